@@ -1,0 +1,24 @@
+# Two commands for a fresh machine (see README):
+#   make run    set up, then run the main job (`rewardkit run rg-lcd`)
+#   make test   set up, then run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+PYTEST_ARGS ?=
+
+.PHONY: setup run test
+
+$(VENV)/.installed: pyproject.toml examples/reward-plugin/pyproject.toml
+	python3 -m venv $(VENV)
+	# torch first, pinned to the CPU build on local disk, so nothing pulls a CUDA build
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(VENV)/bin/rewardkit run rg-lcd
+
+test: setup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -q $(PYTEST_ARGS)

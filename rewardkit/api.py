@@ -1,0 +1,56 @@
+"""The Python face of rewardkit: the same components the CLI shows, resolved through the host.
+
+>>> import rewardkit as rk
+>>> rm = rk.reward_model("jpeg-compressibility")
+>>> scores = rm(images, prompts)            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .components import ComponentSpec
+from .config import load_config
+from .plugins import get_host
+
+
+def plugins() -> list[dict[str, Any]]:
+    """Every plugin with its status, version, errors and what it registers (as ``rewardkit plugins``)."""
+    return [info.as_dict() for info in get_host().plugins.values()]
+
+
+def components(kind: str) -> list[ComponentSpec]:
+    """The registered components of ``kind`` (reward, proxy, solver, backbone, recipe)."""
+    return get_host().list(kind)
+
+
+def describe(kind: str, name: str) -> ComponentSpec:
+    """The spec of one component: plugin, description, parameters and defaults."""
+    return get_host().get(kind, name)
+
+
+def reward_model(name: str, **params: Any):
+    """Build the reward model ``name`` (a :class:`rewardkit.rewards.RewardModel`)."""
+    return get_host().get("reward", name).build(**params)
+
+
+def proxy_model(name: str, **params: Any):
+    """Build the proxy reward model ``name`` (a :class:`rewardkit.proxies.ProxyRewardModel`)."""
+    return get_host().get("proxy", name).build(**params)
+
+
+def solver(name: str, **params: Any):
+    """Build the consistency solver ``name`` (a :class:`rewardkit.solvers.ConsistencySolver`)."""
+    return get_host().get("solver", name).build(**params)
+
+
+def backbone(name: str, **params: Any):
+    """Load the backbone ``name`` (a :class:`rewardkit.backbones.Backbone`)."""
+    return get_host().get("backbone", name).build(**params)
+
+
+def recipe(name: str, config: str | Path | None = None, **overrides: Any):
+    """Build the recipe ``name`` from an optional config file plus keyword overrides (validated)."""
+    spec = get_host().get("recipe", name)
+    return spec.factory(load_config(spec.factory.Config, config, overrides))

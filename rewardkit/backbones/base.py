@@ -1,0 +1,72 @@
+"""The backbone contract: a latent diffusion teacher and everything around it.
+
+A backbone loads the teacher's parts (UNet, VAE, text encoder, tokenizer, noise scheduler) by hub
+id or local path, encodes prompts and images, decodes latents, builds the student (teacher
+weights plus a guidance-scale embedding) and saves a complete diffusers pipeline folder.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+
+class Backbone(ABC):
+    """A frozen teacher plus the codecs around it.
+
+    Attributes set by implementations: ``unet`` (the frozen teacher), ``vae``, ``text_encoder``,
+    ``tokenizer``, ``noise_scheduler``, ``prediction_type`` (``"epsilon"``, ``"v_prediction"`` or
+    ``"sample"``), ``vae_scaling_factor``, ``latent_channels``, ``text_embed_dim``.
+    """
+
+    name: ClassVar[str] = "backbone"
+
+    unet: nn.Module
+    vae: nn.Module
+    text_encoder: nn.Module
+    tokenizer: Any
+    noise_scheduler: Any
+    prediction_type: str
+    vae_scaling_factor: float
+    latent_channels: int
+    text_embed_dim: int
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """The teacher's cumulative alpha schedule (what solvers are built from)."""
+        return self.noise_scheduler.alphas_cumprod
+
+    @abstractmethod
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Prompt embeddings ``[B, L, D]`` (no gradients)."""
+
+    @abstractmethod
+    def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled latents from images in ``[-1, 1]`` (``latent_dist.sample() * scaling_factor``)."""
+
+    @abstractmethod
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images in ``[0, 1]`` from scaled latents; differentiable with respect to ``latents``."""
+
+    @abstractmethod
+    def build_student(self, time_cond_proj_dim: int = 256) -> nn.Module:
+        """A UNet with the teacher's weights and a ``time_cond_proj_dim`` guidance embedding."""
+
+    @abstractmethod
+    def predict(self, unet: nn.Module, latents: torch.Tensor, timesteps: torch.Tensor,
+                prompt_embeds: torch.Tensor, timestep_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The raw UNet output (noise, v or sample, per ``prediction_type``)."""
+
+    @abstractmethod
+    def save_pipeline(self, student: nn.Module, output_dir: str | Path, **kwargs: Any) -> Path:
+        """Save a diffusers pipeline folder that samples with ``LCMScheduler`` from the student."""
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Backbone":
+        """Move the frozen parts once."""
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.to(device=device, dtype=dtype)
+        return self

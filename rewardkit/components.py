@@ -1,0 +1,135 @@
+"""What a registered component is: its kind, name, plugin, description and parameters.
+
+A :class:`ComponentSpec` is built from the factory alone (no weights are loaded), so the CLI can
+list and document every component cheaply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+#: The component kinds, in the order the CLI lists them. The keys are the CLI's KIND words.
+KINDS: dict[str, str] = {
+    "reward": "register_reward_models",
+    "proxy": "register_proxy_models",
+    "solver": "register_solvers",
+    "backbone": "register_backbones",
+    "recipe": "register_recipes",
+}
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    """One configurable parameter of a component."""
+
+    name: str
+    type: str
+    default: Any = None
+    required: bool = False
+    help: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        default = self.default
+        if not isinstance(default, (str, int, float, bool, type(None), list, tuple, dict)):
+            default = repr(default)
+        return {"name": self.name, "type": self.type, "default": default,
+                "required": self.required, "help": self.help}
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A component as registered: enough to list, document and build it."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any] = field(repr=False)
+    plugin: str
+    description: str
+    params: tuple[Param, ...] = ()
+
+    def build(self, **params: Any) -> Any:
+        """Build the component; unknown parameter names are rejected with the valid ones listed."""
+        from .errors import ConfigError
+
+        known = {p.name for p in self.params}
+        unknown = sorted(set(params) - known)
+        if unknown and not _accepts_var_kwargs(self.factory):
+            raise ConfigError(
+                f"{self.kind} '{self.name}' has no parameter {', '.join(map(repr, unknown))}; "
+                f"its parameters are: {', '.join(sorted(known)) or '(none)'}"
+            )
+        config_class = getattr(self.factory, "Config", None)
+        if dataclasses.is_dataclass(config_class):  # factories with a Config take one instance
+            return self.factory(config_class(**params))
+        return self.factory(**params)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "plugin": self.plugin,
+                "description": self.description, "params": [p.as_dict() for p in self.params]}
+
+
+def describe_factory(factory: Callable[..., Any]) -> tuple[Param, ...]:
+    """The parameters of ``factory``: its ``Config`` dataclass fields, else its signature."""
+    config_class = getattr(factory, "Config", None)
+    if dataclasses.is_dataclass(config_class):
+        return tuple(_param_from_field(f, config_class) for f in dataclasses.fields(config_class)
+                     if f.init and not f.name.startswith("_"))
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        signature = inspect.signature(target)
+        hints = typing.get_type_hints(target)
+    except (TypeError, ValueError, NameError):
+        return ()
+    params = []
+    for p in signature.parameters.values():
+        if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        required = p.default is inspect.Parameter.empty
+        params.append(Param(
+            name=p.name,
+            type=_type_name(hints.get(p.name, p.annotation)),
+            default=None if required else p.default,
+            required=required,
+        ))
+    return tuple(params)
+
+
+def first_doc_line(obj: Any) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def _param_from_field(f: dataclasses.Field, owner: type) -> Param:
+    hints = typing.get_type_hints(owner)
+    if f.default is not dataclasses.MISSING:
+        default, required = f.default, False
+    elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        default, required = f.default_factory(), False  # type: ignore[misc]
+    else:
+        default, required = None, True
+    return Param(name=f.name, type=_type_name(hints.get(f.name, f.type)), default=default,
+                 required=required, help=f.metadata.get("help", ""))
+
+
+def _type_name(annotation: Any) -> str:
+    if annotation is inspect.Parameter.empty or annotation is None:
+        return "any"
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def _accepts_var_kwargs(factory: Callable[..., Any]) -> bool:
+    if dataclasses.is_dataclass(getattr(factory, "Config", None)):
+        return False
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(target).parameters.values())
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,182 @@
+"""Typed configuration: a dataclass per recipe, filled from a TOML/YAML/JSON file plus overrides.
+
+Keys use the diffusers LCD script's spelling (``pretrained_teacher_model``, ``w_min``, ...); dashes
+and underscores are interchangeable on the command line. Unknown keys and values of the wrong
+type fail here, naming the key, before any model loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a flat mapping from ``.toml``, ``.yaml``/``.yml`` or ``.json``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    text = path.read_text()
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:  # pragma: no cover
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"config file '{path}' must end in .toml, .yaml, .yml or .json")
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"config file '{path}' could not be parsed: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys to values")
+    return data
+
+
+def parse_cli_overrides(args: list[str]) -> dict[str, str | bool]:
+    """``["--w_min", "3", "--lora", "--seed=1"]`` -> ``{"w_min": "3", "lora": True, "seed": "1"}``."""
+    overrides: dict[str, str | bool] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"unexpected argument '{arg}'; options look like --key value")
+        key, eq, value = arg[2:].partition("=")
+        key = normalise_key(key)
+        if eq:
+            overrides[key] = value
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            overrides[key] = args[i + 1]
+            i += 1
+        else:
+            overrides[key] = True
+        i += 1
+    return overrides
+
+
+def normalise_key(key: str) -> str:
+    return key.strip().replace("-", "_")
+
+
+def load_config(config_class: type[T], path: str | Path | None = None,
+                overrides: Mapping[str, Any] | None = None, validate: bool = True) -> T:
+    """Build ``config_class`` from a file and overrides (overrides win), then validate it."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update({normalise_key(k): v for k, v in read_config_file(path).items()})
+    values.update({normalise_key(k): v for k, v in (overrides or {}).items()})
+    config = build_config(config_class, values)
+    if validate and hasattr(config, "validate"):
+        config.validate()
+    return config
+
+
+def build_config(config_class: type[T], values: Mapping[str, Any]) -> T:
+    fields = {f.name: f for f in dataclasses.fields(config_class) if f.init}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(config_class)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key '{key}'{hint}")
+        kwargs[key] = coerce(key, value, hints.get(key, Any))
+    try:
+        return config_class(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from exc
+
+
+def coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Convert ``value`` (possibly a CLI string) to ``annotation``; ConfigError names ``key``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return coerce(key, value, option)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"invalid value for '{key}': {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"'{key}' must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ConfigError(f"'{key}' must be true or false, got {value!r}")
+    if annotation in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"'{key}' must be a number, got {value!r}")
+        try:
+            number = annotation(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"'{key}' must be {'an integer' if annotation is int else 'a number'}, "
+                              f"got {value!r}") from None
+        if annotation is int and isinstance(value, float) and value != number:
+            raise ConfigError(f"'{key}' must be an integer, got {value!r}")
+        return number
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"'{key}' must be a string, got {value!r}")
+        return str(value)
+    if origin in (list, tuple) or annotation in (list, tuple):
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [v for v in text.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"'{key}' must be a list, got {value!r}")
+        item_type = args[0] if args else Any
+        items = [coerce(key, v, item_type) for v in value]
+        return tuple(items) if (origin or annotation) is tuple else items
+    if origin is dict or annotation is dict:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ConfigError(f"'{key}' must be a mapping (JSON on the command line), "
+                                  f"got {value!r}") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}' must be a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-able dict of a config dataclass (paths as strings)."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        out[f.name] = str(value) if isinstance(value, Path) else value
+    return out

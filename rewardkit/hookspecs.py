@@ -1,0 +1,74 @@
+"""The hook specifications of the rewardkit plugin host.
+
+Every component kind is registered the same way: the host calls a hook with a ``register``
+callback, and the plugin calls ``register`` once per component it provides. Built-in components
+use these very hooks (see ``rewardkit.plugins.DEFAULT_PLUGINS``), so a third-party plugin is a
+peer of the built-ins, not a second-class extension.
+
+``register(factory, name=None, description=None)``: ``factory`` is a class (or callable) that
+builds the component from keyword parameters; its parameters and defaults (the fields of its
+``Config`` dataclass where it has one, else its signature) are what ``rewardkit describe`` shows.
+``name`` defaults to ``factory.name``; ``description`` to the first line of its docstring.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("rewardkit")
+hookimpl = pluggy.HookimplMarker("rewardkit")
+
+
+# ---------------------------------------------------------------- components
+
+
+@hookspec
+def register_reward_models(register):
+    """Register reward models: pixels (or latents) and prompts in, one score per image out.
+
+    Each factory builds a :class:`rewardkit.rewards.RewardModel`.
+    """
+
+
+@hookspec
+def register_proxy_models(register):
+    """Register proxy reward models (the paper's latent proxy RM, LRM), trained online.
+
+    Each factory builds a :class:`rewardkit.proxies.ProxyRewardModel`.
+    """
+
+
+@hookspec
+def register_solvers(register):
+    """Register consistency solvers: the teacher's ODE step on the skipping-step grid.
+
+    Each factory builds a :class:`rewardkit.solvers.ConsistencySolver`.
+    """
+
+
+@hookspec
+def register_backbones(register):
+    """Register backbones: load a teacher, encode prompts and images, decode latents, save a student.
+
+    Each factory builds a :class:`rewardkit.backbones.Backbone`.
+    """
+
+
+@hookspec
+def register_recipes(register):
+    """Register recipes: training procedures that compose the other kinds (``rewardkit run NAME``).
+
+    Each factory is a :class:`rewardkit.recipes.Recipe` subclass with a ``Config`` dataclass.
+    """
+
+
+# ---------------------------------------------------------------- command line
+
+
+@hookspec
+def register_commands(register):
+    """Register command-line verbs.
+
+    ``register(app_or_command, name, help=None)``: a ``typer.Typer`` becomes a command group
+    (``rewardkit NAME ...``), a plain function a single command.
+    """

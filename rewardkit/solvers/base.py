@@ -1,0 +1,62 @@
+"""The consistency-solver contract: the teacher's ODE step on the skipping-step grid.
+
+The grid has ``N = num_ddim_timesteps`` points over ``T`` training timesteps, ``k = T // N``
+apart: ``t = k, 2k, ..., T`` minus one (``19, 39, ..., 999`` for N=50, T=1000). A training
+step draws an index ``n`` per sample, starts at ``t_{n+k} = grid[n]`` and the solver moves the
+noisy latent to ``t_n = max(t_{n+k} - k, 0)`` using the (guided) teacher.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable, ClassVar
+
+import torch
+
+#: ``denoise(z_t, t) -> (x0_hat, eps_hat)``: the teacher with classifier-free guidance applied.
+Denoiser = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+class ConsistencySolver(ABC):
+    """Moves ``z_{t_{n+k}}`` to ``z_{t_n}`` with the teacher. Subclasses implement :meth:`step`."""
+
+    name: ClassVar[str] = "solver"
+    #: Teacher evaluations one :meth:`step` makes (for cost accounting).
+    evaluations_per_step: ClassVar[int] = 1
+
+    def __init__(self, alphas_cumprod: torch.Tensor, num_ddim_timesteps: int = 50) -> None:
+        from ..errors import ConfigError
+
+        alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        total = alphas_cumprod.shape[0]
+        if not 1 <= num_ddim_timesteps <= total:
+            raise ConfigError(
+                f"num_ddim_timesteps must be between 1 and {total}, got {num_ddim_timesteps}")
+        self.alphas_cumprod = alphas_cumprod
+        self.num_train_timesteps = total
+        self.num_ddim_timesteps = num_ddim_timesteps
+        self.skip = total // num_ddim_timesteps
+        self.timesteps = (torch.arange(1, num_ddim_timesteps + 1) * self.skip).round().long() - 1
+
+    def sample_indices(self, batch: int, generator: torch.Generator | None = None,
+                       device: torch.device | str = "cpu") -> torch.Tensor:
+        """Uniform grid indices ``n`` in ``[0, N)``, one per sample."""
+        return torch.randint(0, self.num_ddim_timesteps, (batch,), generator=generator).to(device)
+
+    def start_timesteps(self, index: torch.Tensor) -> torch.Tensor:
+        """``t_{n+k}`` for grid indices ``index``."""
+        return self.timesteps.to(index.device)[index]
+
+    def end_timesteps(self, index: torch.Tensor) -> torch.Tensor:
+        """``t_n = max(t_{n+k} - k, 0)``."""
+        return (self.start_timesteps(index) - self.skip).clamp(min=0)
+
+    def alpha_sigma(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``sqrt(abar_t)`` and ``sqrt(1 - abar_t)`` broadcast to ``like``."""
+        abar = self.alphas_cumprod.to(like.device)[t].to(like.dtype)
+        shape = (-1,) + (1,) * (like.ndim - 1)
+        return abar.sqrt().view(shape), (1 - abar).sqrt().view(shape)
+
+    @abstractmethod
+    def step(self, denoise: Denoiser, z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Return the estimate of ``z_{t_n}`` from ``z = z_{t_{n+k}}`` (no gradients needed)."""
