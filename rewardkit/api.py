@@ -7,11 +7,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .components import ComponentSpec
 from .config import load_config
+from .errors import PluginError
 from .plugins import get_host
 
 
@@ -50,7 +52,19 @@ def backbone(name: str, **params: Any):
     return get_host().get("backbone", name).build(**params)
 
 
-def recipe(name: str, config: str | Path | None = None, **overrides: Any):
-    """Build the recipe ``name`` from an optional config file plus keyword overrides (validated)."""
+def recipe(name: str, config: str | Path | Mapping[str, Any] | None = None, **overrides: Any):
+    """Build the recipe ``name`` from a config (file path or mapping) plus keyword overrides.
+
+    The config is validated (unknown keys, wrong types) before the recipe is built; nothing
+    heavy loads until ``.run()``.
+    """
     spec = get_host().get("recipe", name)
-    return spec.factory(load_config(spec.factory.Config, config, overrides))
+    config_class = getattr(spec.factory, "Config", None)
+    if not dataclasses.is_dataclass(config_class):
+        raise PluginError(f"recipe '{name}' from plugin '{spec.plugin}' has no Config dataclass")
+    path = None
+    if isinstance(config, Mapping):
+        overrides = {**config, **overrides}
+    else:
+        path = config
+    return spec.factory(load_config(config_class, path, overrides))

@@ -3,6 +3,9 @@
 Core verbs live here (``plugins``, ``list``, ``describe``, ``run``); plugins add more through the
 ``register_commands`` hook. Errors print as one red sentence and a non-zero exit code; ``--debug``
 shows the traceback instead.
+
+Exit codes: 0 success; 1 an error (unknown component, bad config, a recipe failing); 2 a usage
+error (unknown command or option, missing argument); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,11 +13,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -23,25 +26,47 @@ from .config import parse_cli_overrides
 from .errors import RewardkitError
 from .plugins import PluginHost, get_host
 
+#: Consoles for normal output and for errors; rebuilt by :func:`run` so that each invocation
+#: honours the current ``sys.stdout`` and ``COLUMNS``.
 console = Console()
 err_console = Console(stderr=True)
 
-app = typer.Typer(
-    name="rewardkit",
-    help="Align fast text-to-image generators with reward models (RG-LCD and friends).",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+#: The verbs rewardkit itself defines; a plugin cannot replace them.
+CORE_COMMANDS: tuple[str, ...] = ("plugins", "list", "describe", "run")
+
+_STATUS_STYLE = {"ok": "green", "conflict": "yellow", "disabled": "yellow", "broken": "red"}
+
+
+def _click_exceptions() -> tuple[Any, Any, Any]:
+    """``(ClickException, Exit, Abort)`` classes: typer may vendor click, or use the real one."""
+    click_errors, exits, aborts = [], [typer.Exit], [typer.Abort]
+    modules = []
+    try:
+        from typer import _click  # typer >= 0.2x ships its own copy of click
+
+        modules.append(_click.exceptions)
+    except ImportError:
+        pass
+    try:
+        import click.exceptions
+
+        modules.append(click.exceptions)
+    except ImportError:  # pragma: no cover - click is optional with a vendoring typer
+        pass
+    for module in modules:  # each copy names these differently; take what exists
+        for found, attribute in ((click_errors, "ClickException"), (exits, "Exit"),
+                                 (aborts, "Abort")):
+            if hasattr(module, attribute):
+                found.append(getattr(module, attribute))
+    return tuple(click_errors), tuple(exits), tuple(aborts)
 
 
 def _version_callback(value: bool) -> None:
     if value:
-        console.print(f"rewardkit {__version__}")
+        console.print(f"rewardkit {__version__}", highlight=False)
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
                                  help="Show the version and exit."),
@@ -50,39 +75,38 @@ def _root(
     """rewardkit: plugins for reward-guided consistency distillation."""
 
 
-@app.command("plugins")
 def plugins_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List installed plugins, what each registers, and any that are broken or disabled."""
     host = get_host()
     infos = [info.as_dict() for info in host.plugins.values()]
+    for name in host.unknown_names:  # on stderr, so --json output stays parseable
+        err_console.print(f"[yellow]unknown plugin name in REWARDKIT_LOAD_PLUGINS/"
+                          f"REWARDKIT_DISABLE_PLUGINS: {escape(name)}[/]", highlight=False,
+                          soft_wrap=True)
     if as_json:
         typer.echo(json.dumps(infos, indent=2))
         return
     table = Table(title="rewardkit plugins")
-    for column in ("plugin", "version", "status", "registers"):
-        table.add_column(column)
+    table.add_column("plugin", overflow="fold")
+    table.add_column("version", overflow="fold")
+    table.add_column("status")
+    table.add_column("registers", overflow="fold")
+    table.add_column("errors / notes", overflow="fold")
     for info in infos:
-        registers = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in info["components"].items())
+        registers = [f"{kind}: {', '.join(names)}" for kind, names in info["components"].items()]
         if info["commands"]:
-            registers = "; ".join(filter(None, [registers, "commands: " + ", ".join(info["commands"])]))
-        status = {"ok": "[green]ok[/]", "disabled": "[yellow]disabled[/]"}.get(
-            info["status"], "[red]broken[/]")
-        if info["errors"] and info["status"] == "ok":
-            status = "[yellow]conflict[/]"
+            registers.append("commands: " + ", ".join(info["commands"]))
+        style = _STATUS_STYLE.get(info["status"], "red")
         name = info["name"] + (" (built-in)" if info["builtin"] else "")
-        table.add_row(name, info["version"] or "", status, registers)
+        remarks = info["errors"] + ([info["note"]] if info["note"] else [])
+        table.add_row(escape(name), escape(info["version"] or ""),
+                      f"[{style}]{info['status']}[/]", escape("; ".join(registers)),
+                      escape("; ".join(remarks)))
     console.print(table)
-    for info in infos:
-        for error in info["errors"]:
-            err_console.print(f"[red]{info['name']}[/]: {error}", highlight=False)
-    for name in host.unknown_names:
-        err_console.print(f"[yellow]unknown plugin name in REWARDKIT_LOAD_PLUGINS/"
-                          f"REWARDKIT_DISABLE_PLUGINS: {name}[/]", highlight=False)
 
 
-@app.command("list")
 def list_command(
     kind: Optional[str] = typer.Argument(None, help=f"One of: {', '.join(KINDS)}."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -92,18 +116,25 @@ def list_command(
     kinds = [kind] if kind else list(KINDS)
     specs = [spec for k in kinds for spec in host.list(k)]
     if as_json:
-        typer.echo(json.dumps([{k: v for k, v in s.as_dict().items() if k != "params"}
-                               for s in specs], indent=2))
+        rows = []
+        for spec in specs:
+            row = {k: v for k, v in spec.as_dict().items() if k != "params"}
+            row["plugins"] = host.owners(spec.kind, spec.name)
+            rows.append(row)
+        typer.echo(json.dumps(rows, indent=2))
         return
     table = Table(title="rewardkit components")
     for column in ("kind", "name", "plugin", "description"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for spec in specs:
-        table.add_row(spec.kind, spec.name, spec.plugin, spec.description)
+        owners = host.owners(spec.kind, spec.name)
+        plugin = escape(", ".join(owners))
+        if len(owners) > 1:
+            plugin += " [yellow](conflict)[/]"
+        table.add_row(spec.kind, escape(spec.name), plugin, escape(spec.description))
     console.print(table)
 
 
-@app.command("describe")
 def describe_command(
     kind: str = typer.Argument(..., help=f"One of: {', '.join(KINDS)}."),
     name: str = typer.Argument(..., help="The component's registered name."),
@@ -114,18 +145,19 @@ def describe_command(
     if as_json:
         typer.echo(json.dumps(spec.as_dict(), indent=2, default=repr))
         return
-    console.print(f"[bold]{spec.kind} {spec.name}[/] (from {spec.plugin})", highlight=False)
+    console.print(f"[bold]{spec.kind} {escape(spec.name)}[/] (from {escape(spec.plugin)})",
+                  highlight=False)
     if spec.description:
-        console.print(spec.description, highlight=False)
+        console.print(escape(spec.description), highlight=False)
     table = Table()
     for column in ("parameter", "type", "default", "help"):
         table.add_column(column)
     for p in spec.params:
-        table.add_row(p.name, p.type, "(required)" if p.required else repr(p.default), p.help)
+        table.add_row(p.name, escape(p.type), "(required)" if p.required else escape(repr(p.default)),
+                      escape(p.help))
     console.print(table)
 
 
-@app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def run_command(
     ctx: typer.Context,
     recipe: str = typer.Argument(..., help="A registered recipe (see `rewardkit list recipe`)."),
@@ -137,45 +169,91 @@ def run_command(
 
     overrides = parse_cli_overrides(list(ctx.args))
     output = build_recipe(recipe, config, **overrides).run(progress=True)
-    console.print(f"[green]done[/]: {output}", highlight=False)
+    console.print(f"[green]done[/]: {escape(str(output))}", highlight=False)
+
+
+def _core_app() -> typer.Typer:
+    """A Typer app with only rewardkit's own verbs."""
+    core = typer.Typer(
+        name="rewardkit",
+        help="Align fast text-to-image generators with reward models (RG-LCD and friends).",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+    core.callback()(_root)
+    core.command("plugins")(plugins_command)
+    core.command("list")(list_command)
+    core.command("describe")(describe_command)
+    core.command("run", context_settings={"allow_extra_args": True,
+                                          "ignore_unknown_options": True})(run_command)
+    return core
+
+
+#: The core app (no plugin verbs); :func:`build_app` adds those to a fresh copy.
+app = _core_app()
+
+
+def _attach(target_app: typer.Typer, name: str, target: Any, help: str | None) -> None:
+    if isinstance(target, typer.Typer):
+        target_app.add_typer(target, name=name, help=help)
+    elif callable(target):
+        target_app.command(name, help=help)(target)
+    else:
+        raise TypeError(f"expected a typer.Typer or a function, got {type(target).__name__}")
 
 
 def build_app(host: PluginHost | None = None) -> typer.Typer:
-    """The app with every plugin-registered command attached."""
+    """A fresh app: the core verbs plus every plugin-registered command that builds cleanly.
+
+    A plugin command that shadows a core verb, or that typer cannot turn into a command, marks
+    its plugin broken and is left out; the rest of the CLI keeps working.
+    """
     host = host or get_host()
+    full = _core_app()
     for spec in host.commands.values():
+        info = host.plugins[spec.plugin]
+        if spec.name in CORE_COMMANDS:
+            if not any(f"command '{spec.name}'" in e for e in info.errors):
+                info.mark_broken(f"command '{spec.name}' would replace a core rewardkit command")
+            continue
         try:
-            if isinstance(spec.target, typer.Typer):
-                app.add_typer(spec.target, name=spec.name, help=spec.help)
-            else:
-                app.command(spec.name, help=spec.help)(spec.target)
+            probe = typer.Typer(add_completion=False)
+            probe.callback()(lambda: None)  # keeps a lone command a sub-command, as in `full`
+            _attach(probe, spec.name, spec.target, spec.help)
+            typer.main.get_command(probe)
         except Exception as exc:
-            info = host.plugins[spec.plugin]
-            info.status = "broken"
-            info.errors.append(f"command '{spec.name}' could not be added: {exc}")
-    return app
+            if not any(f"command '{spec.name}'" in e for e in info.errors):
+                info.mark_broken(f"command '{spec.name}' could not be added: "
+                                 f"{type(exc).__name__}: {exc}")
+            continue
+        _attach(full, spec.name, spec.target, spec.help)
+    return full
 
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv``; return the exit code (errors printed, tracebacks only with --debug)."""
+    global console, err_console
+    console, err_console = _make_console(), _make_console(stderr=True)
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    click_errors, exits, aborts = _click_exceptions()
     try:
         command = typer.main.get_command(build_app())
         result = command.main(args=argv, prog_name="rewardkit", standalone_mode=False)
         return result if isinstance(result, int) else 0
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.Abort:
+    except exits as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except aborts:
         err_console.print("[red]aborted[/]")
         return 130
-    except click.ClickException as exc:
+    except click_errors as exc:
         exc.show()
-        return exc.exit_code
+        return int(exc.exit_code)
     except RewardkitError as exc:
         if debug:
             raise
-        err_console.print(f"[red]Error: {exc}[/]", highlight=False)
+        _print_error(str(exc))
         return 1
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/]")
@@ -183,9 +261,22 @@ def run(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
-        err_console.print(f"[red]Error: {type(exc).__name__}: {exc} (run with --debug for the "
-                          "traceback)[/]", highlight=False)
+        _print_error(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)")
         return 1
+
+
+def _make_console(stderr: bool = False) -> Console:
+    """A console; when writing to a file or pipe (not a terminal) and ``COLUMNS`` is unset,
+    tables get room to stay unwrapped instead of rich's default 80 columns."""
+    import os
+
+    stream = sys.stderr if stderr else sys.stdout
+    wide = not os.environ.get("COLUMNS") and not getattr(stream, "isatty", lambda: False)()
+    return Console(stderr=stderr, width=160 if wide else None)
+
+
+def _print_error(message: str) -> None:
+    err_console.print(f"[red]Error: {escape(message)}[/]", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

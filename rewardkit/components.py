@@ -21,8 +21,6 @@ KINDS: dict[str, str] = {
     "recipe": "register_recipes",
 }
 
-_MISSING = object()
-
 
 @dataclass(frozen=True)
 class Param:
@@ -64,6 +62,10 @@ class ComponentSpec:
                 f"{self.kind} '{self.name}' has no parameter {', '.join(map(repr, unknown))}; "
                 f"its parameters are: {', '.join(sorted(known)) or '(none)'}"
             )
+        missing = [p.name for p in self.params if p.required and p.name not in params]
+        if missing:
+            raise ConfigError(
+                f"{self.kind} '{self.name}' needs the parameter(s) {', '.join(map(repr, missing))}")
         config_class = getattr(self.factory, "Config", None)
         if dataclasses.is_dataclass(config_class):  # factories with a Config take one instance
             return self.factory(config_class(**params))
@@ -83,9 +85,9 @@ def describe_factory(factory: Callable[..., Any]) -> tuple[Param, ...]:
     target = factory.__init__ if inspect.isclass(factory) else factory
     try:
         signature = inspect.signature(target)
-        hints = typing.get_type_hints(target)
-    except (TypeError, ValueError, NameError):
+    except (TypeError, ValueError):  # builtins without a signature
         return ()
+    hints = _type_hints(target)
     params = []
     for p in signature.parameters.values():
         if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
@@ -101,12 +103,13 @@ def describe_factory(factory: Callable[..., Any]) -> tuple[Param, ...]:
 
 
 def first_doc_line(obj: Any) -> str:
+    """The first line of ``obj``'s docstring (inherited ones included), or ``""``."""
     doc = inspect.getdoc(obj) or ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
 def _param_from_field(f: dataclasses.Field, owner: type) -> Param:
-    hints = typing.get_type_hints(owner)
+    hints = _type_hints(owner)
     if f.default is not dataclasses.MISSING:
         default, required = f.default, False
     elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
@@ -115,6 +118,14 @@ def _param_from_field(f: dataclasses.Field, owner: type) -> Param:
         default, required = None, True
     return Param(name=f.name, type=_type_name(hints.get(f.name, f.type)), default=default,
                  required=required, help=f.metadata.get("help", ""))
+
+
+def _type_hints(obj: Any) -> dict[str, Any]:
+    """Resolved annotations; an annotation that cannot be resolved falls back to its text."""
+    try:
+        return typing.get_type_hints(obj)
+    except Exception:  # a forward reference to a name the plugin imports lazily
+        return dict(getattr(obj, "__annotations__", {}) or {})
 
 
 def _type_name(annotation: Any) -> str:

@@ -65,6 +65,8 @@ def parse_cli_overrides(args: list[str]) -> dict[str, str | bool]:
             raise ConfigError(f"unexpected argument '{arg}'; options look like --key value")
         key, eq, value = arg[2:].partition("=")
         key = normalise_key(key)
+        if not key:
+            raise ConfigError(f"option '{arg}' has no key; options look like --key value")
         if eq:
             overrides[key] = value
         elif i + 1 < len(args) and not args[i + 1].startswith("--"):
@@ -77,6 +79,7 @@ def parse_cli_overrides(args: list[str]) -> dict[str, str | bool]:
 
 
 def normalise_key(key: str) -> str:
+    """``"w-min "`` -> ``"w_min"``: dashes and underscores are interchangeable."""
     return key.strip().replace("-", "_")
 
 
@@ -94,6 +97,7 @@ def load_config(config_class: type[T], path: str | Path | None = None,
 
 
 def build_config(config_class: type[T], values: Mapping[str, Any]) -> T:
+    """Instantiate ``config_class`` from ``values``, converting each value to its field's type."""
     fields = {f.name: f for f in dataclasses.fields(config_class) if f.init}  # type: ignore[arg-type]
     hints = typing.get_type_hints(config_class)
     kwargs = {}
@@ -103,6 +107,11 @@ def build_config(config_class: type[T], values: Mapping[str, Any]) -> T:
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"unknown config key '{key}'{hint}")
         kwargs[key] = coerce(key, value, hints.get(key, Any))
+    missing = [name for name, f in fields.items() if name not in kwargs
+               and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    if missing:
+        raise ConfigError(f"missing required config key(s): {', '.join(map(repr, missing))}")
     try:
         return config_class(**kwargs)
     except TypeError as exc:
@@ -133,6 +142,8 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
     if annotation is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
         if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
             return value.lower() in _TRUE
         raise ConfigError(f"'{key}' must be true or false, got {value!r}")
@@ -170,6 +181,10 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"'{key}' must be a mapping, got {value!r}")
         return dict(value)
+    if isinstance(annotation, type) and issubclass(annotation, Path):
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"'{key}' must be a path, got {value!r}")
+        return Path(value)
     return value
 
 
