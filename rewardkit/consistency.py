@@ -1,0 +1,250 @@
+"""The arithmetic of latent consistency distillation (LCD), shared by every recipe and solver.
+
+Everything here follows the RG-LCD reference code (Ji4chenLi/rg-lcd, ``common_utils.py`` and
+``train_lcm_distill_sd_wds.py``), written up in PAPER.md §1.2-1.7:
+
+- the noise schedule view ``z_t = alpha_t x0 + sigma_t eps`` with ``alpha_t = sqrt(abar_t)`` and
+  ``sigma_t = sqrt(1 - abar_t)`` (§1.2);
+- the teacher's x0- and eps-estimates from its raw output for the ``epsilon``, ``v_prediction`` and
+  ``sample`` parametrisations (§1.2);
+- the consistency function ``f(z, t) = c_skip(t) z + c_out(t) x0_hat`` with its boundary-condition
+  scalings (§1.1, §1.6);
+- the guidance-scale embedding fed to the student as ``timestep_cond`` (§1.5);
+- the consistency distance (pseudo-Huber or L2) and the EMA target update (§1.7).
+
+All functions take a per-sample batch of integer DDPM timesteps ``t`` (shape ``[B]``; a 0-d tensor
+or a Python int is broadcast) and return tensors in the dtype of the latents they are given.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+__all__ = [
+    "PREDICTION_TYPES",
+    "LOSS_TYPES",
+    "scalings_for_boundary_conditions",
+    "predicted_origin",
+    "predicted_noise",
+    "consistency_output",
+    "guidance_scale_embedding",
+    "consistency_distance",
+    "ema_update",
+]
+
+#: The teacher output parametrisations diffusers schedulers know (``prediction_type``).
+PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
+#: The consistency distances :func:`consistency_distance` implements (``loss_type``).
+LOSS_TYPES: tuple[str, ...] = ("huber", "l2")
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a ``[B]`` (or scalar) tensor to broadcast against ``like`` (``[B, ...]``)."""
+    values = values.reshape(-1)
+    return values.view((values.shape[0],) + (1,) * (like.ndim - 1))
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Half-precision latents are combined in float32, then cast back (keeps x0 at t=999 sane)."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _alpha_sigma(timesteps: torch.Tensor | int, alphas_cumprod: torch.Tensor,
+                 like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``alpha_t = sqrt(abar_t)``, ``sigma_t = sqrt(1 - abar_t)`` shaped to broadcast with ``like``."""
+    t = torch.as_tensor(timesteps, device=like.device).long()
+    if t.ndim == 0:
+        t = t.expand(like.shape[0])
+    abar = torch.as_tensor(alphas_cumprod).to(device=like.device, dtype=torch.float64)[t]
+    dtype = _compute_dtype(like.dtype)
+    alpha = _per_sample(abar.sqrt().to(dtype), like)
+    sigma = _per_sample((1 - abar).sqrt().to(dtype), like)
+    return alpha, sigma
+
+
+def _check_prediction_type(prediction_type: str) -> None:
+    if prediction_type not in PREDICTION_TYPES:
+        raise ConfigError(
+            f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
+
+
+# ------------------------------------------------------------------ teacher parametrisations
+
+
+def predicted_origin(model_output: torch.Tensor, timesteps: torch.Tensor | int,
+                     sample: torch.Tensor, prediction_type: str,
+                     alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The x0-estimate ``x0_hat`` from the teacher's raw output (PAPER.md §1.2).
+
+    - ``epsilon``: ``(z_t - sigma_t * out) / alpha_t``
+    - ``v_prediction``: ``alpha_t * z_t - sigma_t * out``
+    - ``sample``: ``out``
+
+    ``alphas_cumprod`` is the teacher scheduler's ``abar`` (length ``T``); ``timesteps`` index it.
+    """
+    _check_prediction_type(prediction_type)
+    if prediction_type == "sample":
+        return model_output
+    alpha, sigma = _alpha_sigma(timesteps, alphas_cumprod, sample)
+    dtype = alpha.dtype
+    z, out = sample.to(dtype), model_output.to(dtype)
+    if prediction_type == "epsilon":
+        x0 = (z - sigma * out) / alpha
+    else:
+        x0 = alpha * z - sigma * out
+    return x0.to(sample.dtype)
+
+
+def predicted_noise(model_output: torch.Tensor, timesteps: torch.Tensor | int,
+                    sample: torch.Tensor, prediction_type: str,
+                    alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The noise estimate ``eps_hat`` from the teacher's raw output (PAPER.md §1.2).
+
+    - ``epsilon``: ``out``
+    - ``v_prediction``: ``alpha_t * out + sigma_t * z_t``
+    - ``sample``: ``(z_t - alpha_t * out) / sigma_t``
+    """
+    _check_prediction_type(prediction_type)
+    if prediction_type == "epsilon":
+        return model_output
+    alpha, sigma = _alpha_sigma(timesteps, alphas_cumprod, sample)
+    dtype = alpha.dtype
+    z, out = sample.to(dtype), model_output.to(dtype)
+    if prediction_type == "v_prediction":
+        eps = alpha * out + sigma * z
+    else:
+        eps = (z - alpha * out) / sigma
+    return eps.to(sample.dtype)
+
+
+# -------------------------------------------------------------------- consistency function
+
+
+def scalings_for_boundary_conditions(timesteps: torch.Tensor | int, sigma_data: float = 0.5,
+                                     timestep_scaling: float = 10.0
+                                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``c_skip(t)`` and ``c_out(t)`` of the consistency function (PAPER.md §1.6).
+
+    ``c_skip = sigma_d^2 / ((s t)^2 + sigma_d^2)`` and ``c_out = s t / sqrt((s t)^2 + sigma_d^2)``
+    with ``s = timestep_scaling`` and ``t`` the integer DDPM timestep, so ``c_skip(0) = 1`` and
+    ``c_out(0) = 0`` exactly: the boundary condition ``f(z, 0) = z`` (PAPER.md §1.1). Returned in
+    float32 with the shape of ``timesteps``.
+    """
+    t = torch.as_tensor(timesteps).to(torch.float32)
+    scaled = timestep_scaling * t
+    denominator = scaled ** 2 + sigma_data ** 2
+    c_skip = sigma_data ** 2 / denominator
+    c_out = scaled / denominator.sqrt()
+    return c_skip, c_out
+
+
+def consistency_output(sample: torch.Tensor, x0_pred: torch.Tensor,
+                       timesteps: torch.Tensor | int, sigma_data: float = 0.5,
+                       timestep_scaling: float = 10.0) -> torch.Tensor:
+    """The consistency function ``f(z, t) = c_skip(t) z + c_out(t) x0_hat`` (PAPER.md §1.1, §1.6).
+
+    Used for the student at ``t_{n+k}`` (with grad) and for the EMA target at ``t_n``; at
+    ``t = 0`` it returns ``sample`` exactly. Keeps the gradient of ``x0_pred``.
+    """
+    t = torch.as_tensor(timesteps, device=sample.device)
+    if t.ndim == 0:
+        t = t.expand(sample.shape[0])
+    c_skip, c_out = scalings_for_boundary_conditions(t, sigma_data, timestep_scaling)
+    dtype = _compute_dtype(sample.dtype)
+    c_skip = _per_sample(c_skip.to(dtype), sample)
+    c_out = _per_sample(c_out.to(dtype), sample)
+    out = c_skip * sample.to(dtype) + c_out * x0_pred.to(dtype)
+    return out.to(sample.dtype)
+
+
+# ----------------------------------------------------------------------- guidance embedding
+
+
+def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int = 256,
+                             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The student's guidance-scale embedding of ``w`` (PAPER.md §1.5; VDM sinusoids).
+
+    ``w' = 1000 w``, ``half = d // 2``, ``freq_j = exp(-j ln(10000) / (half - 1))``,
+    ``emb = [sin(w' freq), cos(w' freq)]``, zero-padded by one column when ``d`` is odd. Computed
+    in float32 and cast to ``dtype`` (as diffusers' LCM pipeline does at inference, which embeds
+    ``guidance_scale - 1`` with its ``get_guidance_scale_embedding``). ``w`` has shape ``[B]``.
+    """
+    w = torch.as_tensor(w)
+    if w.ndim != 1:
+        raise ValueError(f"guidance_scale_embedding expects w of shape [B], got {tuple(w.shape)}")
+    if embedding_dim < 4:
+        raise ConfigError(f"time_cond_proj_dim (embedding_dim) must be at least 4, got {embedding_dim}")
+    half = embedding_dim // 2
+    scale = math.log(10000.0) / (half - 1)
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=w.device) * -scale)
+    angles = (w.to(torch.float32) * 1000.0)[:, None] * freqs[None, :]
+    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    if embedding_dim % 2 == 1:
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb.to(dtype)
+
+
+# ------------------------------------------------------------------------ loss and target
+
+
+def consistency_distance(a: torch.Tensor, b: torch.Tensor, loss_type: str = "huber",
+                         huber_c: float = 0.001) -> torch.Tensor:
+    """The consistency distance ``d(a, b)``, a scalar in float32 (PAPER.md §1.7).
+
+    ``huber``: pseudo-Huber ``mean(sqrt((a - b)^2 + c^2) - c)`` over all elements;
+    ``l2``: mean squared error. The student output goes in ``a`` (it carries the gradient).
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ConfigError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {loss_type!r}")
+    if a.shape != b.shape:
+        raise ValueError(f"consistency_distance: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
+    diff = a.float() - b.float()
+    if loss_type == "l2":
+        return diff.pow(2).mean()
+    if huber_c <= 0:
+        raise ConfigError(f"huber_c must be positive, got {huber_c}")
+    return (torch.sqrt(diff.pow(2) + huber_c ** 2) - huber_c).mean()
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The module inside DDP/DataParallel (accelerate wraps the student in these)."""
+    while isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        module = module.module
+    return module
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, source: nn.Module, decay: float) -> None:
+    """In place ``target <- decay * target + (1 - decay) * source`` (PAPER.md §1.7, the EMA target).
+
+    Matches parameters and buffers by name. Floating-point buffers (e.g. norm statistics) are
+    averaged like parameters; other buffers (counters) are copied. ``decay = 0`` copies ``source``
+    exactly, ``decay = 1`` leaves ``target`` unchanged. Runs without autograd.
+    """
+    if not 0.0 <= decay <= 1.0:
+        raise ConfigError(f"ema_decay must be in [0, 1], got {decay}")
+    target, source = _unwrap(target), _unwrap(source)
+    for kind, target_items, source_items in (
+        ("parameter", target.named_parameters(), dict(source.named_parameters())),
+        ("buffer", target.named_buffers(), dict(source.named_buffers())),
+    ):
+        for name, tensor in target_items:
+            if name not in source_items:
+                raise ValueError(f"ema_update: source has no {kind} {name!r} (target and source "
+                                 "must have the same architecture)")
+            src = source_items[name].detach().to(device=tensor.device, dtype=tensor.dtype)
+            if src.shape != tensor.shape:
+                raise ValueError(f"ema_update: {kind} {name!r} has shape {tuple(src.shape)} in the "
+                                 f"source but {tuple(tensor.shape)} in the target")
+            if tensor.is_floating_point():
+                tensor.mul_(decay).add_(src, alpha=1.0 - decay)
+            else:
+                tensor.copy_(src)
