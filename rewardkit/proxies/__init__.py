@@ -1,5 +1,8 @@
 """Proxy reward models: latent-space RMs trained online from an expert RM (the paper's LRM)."""
 
 from .base import ProxyRewardModel
+from .lrm import LatentRewardModel
+from .update import ProxyCandidates, ProxyUpdater, sample_candidates
 
-__all__ = ["ProxyRewardModel"]
+__all__ = ["LatentRewardModel", "ProxyCandidates", "ProxyRewardModel", "ProxyUpdater",
+           "sample_candidates"]
