@@ -1,5 +1,31 @@
-"""Built-in backbones plugin: registers rewardkit's own backbones through the public hooks."""
+"""Built-in backbones plugin: registers rewardkit's own backbones through the public hooks.
+
+- backbone ``stable-diffusion``: :class:`~rewardkit.backbones.stable_diffusion.StableDiffusionBackbone`,
+  an SD 1.x/2.x teacher (epsilon or v-prediction) loaded from a hub id or a local diffusers folder.
+- command ``rewardkit sample``: sample a saved student (LCMScheduler, 1-8 steps) or, with
+  ``--teacher``, a teacher (DDIM + classifier-free guidance); see :mod:`rewardkit.sampling`.
+
+Heavy imports (diffusers, transformers) happen only when a backbone is built or a sample is taken,
+so ``rewardkit list`` stays fast.
+"""
 
 from __future__ import annotations
 
-from ..hookspecs import hookimpl  # noqa: F401  (implementations are added below)
+from ..hookspecs import hookimpl
+
+
+@hookimpl
+def register_backbones(register):
+    """Register the Stable Diffusion backbone."""
+    from .stable_diffusion import StableDiffusionBackbone
+
+    register(StableDiffusionBackbone)
+
+
+@hookimpl
+def register_commands(register):
+    """Register `rewardkit sample`."""
+    from ..sampling import sample_command
+
+    register(sample_command, "sample",
+             help="Sample a saved student (LCMScheduler) or, with --teacher, a teacher (DDIM + CFG).")

@@ -1,0 +1,396 @@
+"""The ``stable-diffusion`` backbone: a Stable Diffusion 1.x / 2.x teacher loaded with diffusers.
+
+Every part loads with ``from_pretrained(path_or_hub_id, subfolder=...)``, so a hub id such as
+``stabilityai/stable-diffusion-2-1`` and a local pipeline folder take the same code path
+(``revision``, ``variant`` and ``dtype`` are honoured). The teacher may predict ``epsilon`` or
+``v_prediction`` (read from its scheduler config).
+
+The student is the teacher's UNet plus a guidance-scale embedding (``time_cond_proj_dim``, the
+LCM "w-conditioning"), trained in full or through peft LoRA adapters. :meth:`save_pipeline` writes
+a complete diffusers folder with an ``LCMScheduler``, so::
+
+    pipe = DiffusionPipeline.from_pretrained("out")
+    pipe("a photo of a cat", num_inference_steps=4, guidance_scale=7.5)
+
+samples the student with no rewardkit code. Note that diffusers' pipelines embed
+``w = guidance_scale - 1`` for a w-conditioned UNet, matching the LCM training convention
+``x0 = x0_c + w (x0_c - x0_u)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .base import Backbone
+
+#: LoRA targets of diffusers' LCD-LoRA scripts, as module-name suffixes of an SD UNet.
+DEFAULT_LORA_TARGETS: tuple[str, ...] = (
+    "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+    "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
+)
+#: Folders a Stable Diffusion pipeline must have.
+PIPELINE_PARTS: tuple[str, ...] = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+#: File written next to a LoRA when the student has a guidance embedding the LoRA cannot carry.
+GUIDANCE_EMBEDDING_FILE = "guidance_embedding.safetensors"
+LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def resolve_dtype(dtype: str | torch.dtype, key: str = "dtype") -> torch.dtype:
+    """``"float32"``/``"fp16"``/``"bf16"``/... or a ``torch.dtype`` -> ``torch.dtype``."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ConfigError(f"{key}: unknown dtype {dtype!r}; use one of "
+                          f"{', '.join(sorted(_DTYPES))}") from None
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """True for ``owner/name`` strings that the Hugging Face Hub could resolve."""
+    return bool(_HUB_ID.match(name)) and not name.startswith((".", "~"))
+
+
+def check_pipeline_location(path_or_id: str, key: str = "pretrained_model_name_or_path") -> None:
+    """Fail early (before any loading) on a local pipeline folder that is missing or incomplete.
+
+    Hub ids pass through untouched; ``from_pretrained`` resolves them (and their cache).
+    """
+    path = Path(os.path.expanduser(str(path_or_id)))
+    if path.is_dir():
+        missing = [part for part in PIPELINE_PARTS if not (path / part).is_dir()]
+        if missing:
+            raise ConfigError(f"{key}: '{path_or_id}' is not a Stable Diffusion pipeline folder "
+                              f"(missing {', '.join(missing)})")
+        return
+    if path.exists():
+        raise ConfigError(f"{key}: '{path_or_id}' is a file, not a pipeline folder")
+    if not looks_like_hub_id(str(path_or_id)):
+        raise ConfigError(f"{key}: '{path_or_id}' does not exist (and is not a Hugging Face Hub "
+                          "id like 'stabilityai/stable-diffusion-2-1')")
+
+
+def _transformers_dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
+class StableDiffusionBackbone(Backbone):
+    """Stable Diffusion 1.x/2.x teacher (epsilon or v-prediction) loaded with diffusers."""
+
+    name: ClassVar[str] = "stable-diffusion"
+
+    def __init__(self, pretrained_model_name_or_path: str, revision: str | None = None,
+                 variant: str | None = None, dtype: str = "float32", device: str = "cpu") -> None:
+        """Load the teacher's UNet, VAE, text encoder, tokenizer and noise scheduler.
+
+        Args:
+            pretrained_model_name_or_path: hub id or local diffusers pipeline folder.
+            revision: hub revision (branch, tag or commit).
+            variant: weight file variant, e.g. ``"fp16"``.
+            dtype: dtype of the frozen parts (``float32``, ``float16``, ``bfloat16``).
+            device: where the frozen parts live.
+        """
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import AutoTokenizer, CLIPTextModel
+
+        check_pipeline_location(pretrained_model_name_or_path)
+        self.path = str(pretrained_model_name_or_path)
+        self.revision = revision
+        self.variant = variant
+        self.dtype = resolve_dtype(dtype)
+        self.device = torch.device(device)
+        source = dict(pretrained_model_name_or_path=self.path, revision=revision)
+
+        self.tokenizer = AutoTokenizer.from_pretrained(subfolder="tokenizer", **source)
+        self.noise_scheduler = DDPMScheduler.from_pretrained(subfolder="scheduler", **source)
+        self.text_encoder = CLIPTextModel.from_pretrained(
+            subfolder="text_encoder", variant=variant, **source,
+            **_transformers_dtype_kwarg(self.dtype))
+        self.vae = AutoencoderKL.from_pretrained(subfolder="vae", variant=variant,
+                                                 torch_dtype=self.dtype, **source)
+        self.unet = UNet2DConditionModel.from_pretrained(subfolder="unet", variant=variant,
+                                                         torch_dtype=self.dtype, **source)
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.requires_grad_(False)
+            module.eval()
+            module.to(self.device)
+
+        self.prediction_type = self.noise_scheduler.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ConfigError(f"{self.path}: scheduler prediction_type "
+                              f"'{self.prediction_type}' is not supported")
+        self.vae_scaling_factor = float(self.vae.config.scaling_factor)
+        self.vae_shift_factor = getattr(self.vae.config, "shift_factor", None)
+        self.latent_channels = int(self.unet.config.in_channels)
+        self.text_embed_dim = int(self.text_encoder.config.hidden_size)
+        self.sample_size = int(self.unet.config.sample_size)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self._empty_embeds: torch.Tensor | None = None
+
+    # ------------------------------------------------------------ codecs
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Prompt embeddings ``[B, L, D]``: the text encoder's last hidden state (no gradients)."""
+        ids = self.tokenizer(list(prompts), padding="max_length", truncation=True,
+                             max_length=self.tokenizer.model_max_length,
+                             return_tensors="pt").input_ids
+        return self.text_encoder(ids.to(self.text_encoder.device))[0]
+
+    def empty_prompt_embeds(self, batch: int) -> torch.Tensor:
+        """Embeddings of the empty prompt repeated ``batch`` times (encoded once, cached)."""
+        cached = self._empty_embeds
+        if cached is None or cached.device != self.text_encoder.device or cached.dtype != self.text_encoder.dtype:
+            cached = self._empty_embeds = self.encode_prompts([""])
+        return cached.expand(batch, -1, -1)
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled latents ``latent_dist.sample() * scaling_factor`` from images in ``[-1, 1]``."""
+        pixels = pixels.to(device=self.vae.device, dtype=self.vae.dtype)
+        latents = self.vae.encode(pixels).latent_dist.sample(generator)
+        if self.vae_shift_factor is not None:
+            latents = latents - self.vae_shift_factor
+        return latents * self.vae_scaling_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images in ``[0, 1]`` from scaled latents, differentiable w.r.t. ``latents``."""
+        latents = latents.to(device=self.vae.device, dtype=self.vae.dtype) / self.vae_scaling_factor
+        if self.vae_shift_factor is not None:
+            latents = latents + self.vae_shift_factor
+        images = self.vae.decode(latents).sample
+        return (images / 2 + 0.5).clamp(0, 1)
+
+    # ------------------------------------------------------------ the student
+
+    def build_student(self, time_cond_proj_dim: int | None = 256) -> nn.Module:
+        """A trainable fp32 UNet with the teacher's weights plus a ``time_cond_proj_dim`` embedding.
+
+        Only ``time_embedding.cond_proj`` is new (``nn.Linear`` without bias, default init), so
+        with a zero guidance embedding the student equals the teacher. ``time_cond_proj_dim=None``
+        gives a plain copy of the teacher (LCM-LoRA style, guidance baked in by distillation).
+        A half-precision teacher is re-read in fp32, so the student never inherits rounded weights.
+        """
+        from diffusers import UNet2DConditionModel
+
+        config = dict(self.unet.config)
+        config["time_cond_proj_dim"] = time_cond_proj_dim
+        student = UNet2DConditionModel.from_config(config)
+        if self.dtype == torch.float32:
+            state = self.unet.state_dict()
+        else:
+            state = UNet2DConditionModel.from_pretrained(
+                self.path, subfolder="unet", revision=self.revision, variant=self.variant,
+                torch_dtype=torch.float32).state_dict()
+        missing, unexpected = student.load_state_dict(state, strict=False)
+        new = {"time_embedding.cond_proj.weight"} if time_cond_proj_dim else set()
+        if set(missing) != new or unexpected:  # a teacher that is not a plain SD UNet
+            raise ConfigError(f"{self.path}: the teacher UNet does not match the student "
+                              f"(missing {sorted(set(missing) - new)}, unexpected {unexpected})")
+        student.to(self.device)  # from_config built it in float32
+        student.train()
+        student.requires_grad_(True)
+        return student
+
+    def add_lora(self, student: nn.Module, rank: int = 64, alpha: int | None = None,
+                 target_modules: Sequence[str] | None = None, train_cond_proj: bool = True) -> nn.Module:
+        """Add peft LoRA adapters to ``student`` and make them (only) trainable.
+
+        Args:
+            rank: LoRA rank ``r``.
+            alpha: ``lora_alpha``; ``None`` means ``rank`` (scale 1, the diffusers LCD-LoRA SD
+                script's default).
+            target_modules: module-name suffixes; defaults to :data:`DEFAULT_LORA_TARGETS`.
+            train_cond_proj: keep the new guidance embedding ``time_embedding.cond_proj``
+                trainable too (it has no pretrained weights for a LoRA to adapt).
+        """
+        from peft import LoraConfig
+
+        if rank <= 0:
+            raise ConfigError(f"lora rank must be positive, got {rank}")
+        config = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha,
+                            target_modules=list(target_modules or DEFAULT_LORA_TARGETS),
+                            init_lora_weights=True)
+        student.requires_grad_(False)
+        student.add_adapter(config)
+        for name, param in student.named_parameters():
+            param.requires_grad_("lora_" in name)
+        cond_proj = getattr(student.time_embedding, "cond_proj", None)
+        if train_cond_proj and cond_proj is not None:
+            cond_proj.requires_grad_(True)
+        return student
+
+    def predict(self, unet: nn.Module, latents: torch.Tensor, timesteps: torch.Tensor,
+                prompt_embeds: torch.Tensor, timestep_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The raw UNet output (noise, v or sample, per :attr:`prediction_type`)."""
+        return unet(latents, timesteps, encoder_hidden_states=prompt_embeds,
+                    timestep_cond=timestep_cond, return_dict=False)[0]
+
+    # ------------------------------------------------------------ saving
+
+    def lcm_scheduler(self, original_inference_steps: int = 50, timestep_scaling: float = 10.0) -> Any:
+        """An ``LCMScheduler`` derived from the teacher's scheduler (prediction type kept)."""
+        from diffusers import LCMScheduler
+
+        accepted = set(inspect.signature(LCMScheduler.__init__).parameters) - {"self"}
+        config = {k: v for k, v in self.noise_scheduler.config.items() if k in accepted}
+        return LCMScheduler.from_config(config, original_inference_steps=original_inference_steps,
+                                        timestep_scaling=timestep_scaling)
+
+    def save_pipeline(self, student: nn.Module, output_dir: str | Path, lora: bool | None = None,
+                      original_inference_steps: int = 50, timestep_scaling: float = 10.0) -> Path:
+        """Write a complete diffusers pipeline folder that samples the student with ``LCMScheduler``.
+
+        The folder holds ``model_index.json``, the student UNet (LoRA merged in) as safetensors,
+        the teacher's VAE, text encoder and tokenizer, and an ``LCMScheduler`` config. With
+        ``lora`` (default: whenever ``student`` has peft adapters) it also holds
+        ``pytorch_lora_weights.safetensors`` for ``pipe.load_lora_weights`` and, when the student
+        is w-conditioned, ``guidance_embedding.safetensors`` (see :func:`load_student_lora`).
+        The folder is written next to ``output_dir`` and renamed into place, so a crash never
+        leaves a half-written pipeline; an existing ``output_dir`` is replaced.
+        """
+        from diffusers import StableDiffusionPipeline
+
+        output_dir = Path(output_dir)
+        has_lora = bool(getattr(student, "peft_config", None))
+        if lora is None:
+            lora = has_lora
+        if lora and not has_lora:
+            raise ConfigError("save_pipeline(lora=True): the student has no LoRA adapters")
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output_dir.parent / f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            tmp.mkdir()
+            pipe = StableDiffusionPipeline(
+                vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                unet=student, scheduler=self.lcm_scheduler(original_inference_steps, timestep_scaling),
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            pipe.save_config(tmp)  # model_index.json
+            self.vae.save_pretrained(tmp / "vae", safe_serialization=True)
+            self.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp / "tokenizer")
+            pipe.scheduler.save_pretrained(tmp / "scheduler")
+            _save_merged_unet(student, tmp / "unet")
+            if lora:
+                _save_lora(student, tmp)
+            _replace_dir(tmp, output_dir)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return output_dir
+
+
+# ---------------------------------------------------------------- helpers for saving
+
+
+def merged_unet_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
+    """The UNet's state dict with every active LoRA adapter merged into its base weights.
+
+    Computes ``W + scale * B @ A`` per LoRA layer without modifying ``unet`` (no copy of the
+    model either); plain UNets come back unchanged.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = {name: module for name, module in unet.named_modules() if isinstance(module, BaseTunerLayer)}
+    merged: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for key, tensor in unet.state_dict().items():
+            if ".lora_" in key:
+                continue
+            if ".base_layer." in key:
+                owner, param = key.split(".base_layer.", 1)
+                layer = layers[owner]
+                key = f"{owner}.{param}"
+                if param == "weight" and not layer.merged and not layer.disable_adapters:
+                    tensor = tensor.clone()
+                    for adapter in layer.active_adapters:
+                        if adapter in layer.lora_A:
+                            tensor += layer.get_delta_weight(adapter).to(tensor.dtype)
+            merged[key] = tensor.detach().contiguous()
+    return merged
+
+
+def _save_merged_unet(unet: nn.Module, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    unet.save_config(folder)
+    save_file(merged_unet_state_dict(unet), str(folder / "diffusion_pytorch_model.safetensors"),
+              metadata={"format": "pt"})
+
+
+def _save_lora(unet: nn.Module, folder: Path) -> None:
+    # Keys stay in peft's format (``lora_A``/``lora_B``), which load_lora_weights reads as is.
+    # diffusers' convert_state_dict_to_diffusers renames only attention keys, and the loader then
+    # sees mixed formats and silently drops the renamed ones; the adapter metadata carries alpha.
+    from diffusers import StableDiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    adapter = next(iter(unet.peft_config))
+    layers = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(unet, adapter_name=adapter).items()}
+    StableDiffusionPipeline.save_lora_weights(
+        folder, unet_lora_layers=layers, weight_name=LORA_WEIGHTS_FILE, safe_serialization=True,
+        unet_lora_adapter_metadata=unet.peft_config[adapter].to_dict())
+    cond_proj = getattr(unet.time_embedding, "cond_proj", None)
+    if cond_proj is not None:
+        save_file({"time_embedding.cond_proj.weight": cond_proj.weight.detach().contiguous()},
+                  str(folder / GUIDANCE_EMBEDDING_FILE),
+                  metadata={"format": "pt",
+                            "time_cond_proj_dim": str(unet.config.time_cond_proj_dim)})
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``; an existing ``dst`` is moved aside first and removed after."""
+    old = None
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_student_lora(pipe: Any, lora_dir: str | Path) -> Any:
+    """Apply a saved student LoRA to a teacher pipeline (``pipe``), in place; returns ``pipe``.
+
+    A LoRA of a student without guidance embedding is plain diffusers: this is just
+    ``pipe.load_lora_weights(lora_dir)``. For a w-conditioned student, the teacher UNet first
+    gets the saved ``time_embedding.cond_proj`` (``guidance_embedding.safetensors``).
+    """
+    from diffusers import UNet2DConditionModel
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    lora_dir = Path(lora_dir)
+    if not (lora_dir / LORA_WEIGHTS_FILE).is_file():
+        raise ConfigError(f"'{lora_dir}' has no {LORA_WEIGHTS_FILE}")
+    embedding_file = lora_dir / GUIDANCE_EMBEDDING_FILE
+    if embedding_file.is_file():
+        with safe_open(str(embedding_file), "pt") as handle:
+            dim = int(json.loads(handle.metadata()["time_cond_proj_dim"]))
+        teacher = pipe.unet
+        unet = UNet2DConditionModel.from_config({**teacher.config, "time_cond_proj_dim": dim})
+        state = {**teacher.state_dict(), **load_file(str(embedding_file))}
+        unet.load_state_dict(state)
+        pipe.unet = unet.to(device=teacher.device, dtype=teacher.dtype)
+    pipe.load_lora_weights(str(lora_dir), weight_name=LORA_WEIGHTS_FILE)
+    return pipe

@@ -1,0 +1,231 @@
+"""Sample a saved student (LCM, 1-8 steps) or a teacher (DDIM + classifier-free guidance).
+
+From Python::
+
+    from rewardkit.sampling import sample_student, sample_teacher
+
+    result = sample_student("runs/rg-lcd/final", ["a photo of a cat"], steps=4, guidance_scale=7.5)
+    result.images[0].save("cat.png"); print(result.ms_per_image, result.unet_evaluations)
+
+From the terminal::
+
+    rewardkit sample runs/rg-lcd/final "a photo of a cat" --steps 2 --guidance 7.5 --seed 0 -o cat.png
+    rewardkit sample runs/rg-lcd/final --prompt-file prompts.txt -o grid.png --grid
+    rewardkit sample stabilityai/stable-diffusion-2-1 "a photo of a cat" --teacher -o teacher.png
+
+Any diffusers Stable Diffusion folder works as a student (it is loaded with
+``DiffusionPipeline.from_pretrained`` and given an ``LCMScheduler`` built from its own scheduler
+config); no rewardkit code is needed to *use* a saved student, only to time and batch it here.
+For a w-conditioned student, diffusers embeds ``w = guidance_scale - 1`` and runs one UNet call
+per step (no separate unconditional pass); a teacher runs two (batched) when guidance > 1.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional, Sequence
+
+import torch
+import typer
+
+from .errors import ConfigError
+
+
+@dataclass
+class SampleResult:
+    """Images plus how long they took."""
+
+    images: list = field(default_factory=list)  # list[PIL.Image.Image]
+    seconds: float = 0.0
+    unet_evaluations: int = 0  # UNet forward calls (a CFG call on [uncond; cond] counts once)
+    steps: int = 0
+    guidance_scale: float = 0.0
+
+    @property
+    def ms_per_image(self) -> float:
+        """Wall-clock milliseconds per image (model loading excluded)."""
+        return 1000.0 * self.seconds / max(len(self.images), 1)
+
+    def summary(self) -> str:
+        """One line: images, steps, UNet calls and time per image."""
+        return (f"{len(self.images)} image(s), {self.steps} step(s), {self.unet_evaluations} UNet "
+                f"call(s), {self.ms_per_image:.1f} ms/image")
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``"auto"``/``None`` -> CUDA when available, else CPU; anything else as given."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"--device: {exc}") from None
+
+
+def load_pipeline(model_dir: str | Path, scheduler: str = "lcm", device: str | None = "auto",
+                  dtype: str = "float32") -> Any:
+    """Load a diffusers pipeline folder (or hub id) with an ``LCMScheduler`` or ``DDIMScheduler``."""
+    from diffusers import DDIMScheduler, DiffusionPipeline, LCMScheduler
+
+    from .backbones.stable_diffusion import check_pipeline_location, resolve_dtype
+
+    check_pipeline_location(str(model_dir), key="model_dir")
+    pipe = DiffusionPipeline.from_pretrained(str(model_dir), torch_dtype=resolve_dtype(dtype))
+    scheduler_class = {"lcm": LCMScheduler, "ddim": DDIMScheduler}[scheduler]
+    pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+    if hasattr(pipe, "safety_checker") and getattr(pipe, "safety_checker", None) is not None:
+        pipe.safety_checker = None  # a research tool compares raw samples
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(resolve_device(device))
+
+
+def _count_unet_calls(unet: torch.nn.Module) -> tuple[list[int], Any]:
+    counter = [0]
+
+    def hook(*_: Any) -> None:
+        counter[0] += 1
+
+    return counter, unet.register_forward_hook(hook)
+
+
+def run_pipeline(pipe: Any, prompts: Sequence[str], steps: int, guidance_scale: float, seed: int = 0,
+                 batch_size: int = 8, height: int | None = None, width: int | None = None,
+                 on_batch: Callable[[int], None] | None = None) -> SampleResult:
+    """Sample ``prompts`` with a loaded pipeline in batches; image ``i`` uses seed ``seed + i``.
+
+    Per-image seeds make an image independent of the batch size and of its neighbours.
+    """
+    if steps < 1:
+        raise ConfigError(f"steps must be at least 1, got {steps}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    prompts = list(prompts)
+    if not prompts:
+        raise ConfigError("no prompts to sample")
+    device = pipe.device
+    counter, handle = _count_unet_calls(pipe.unet)
+    result = SampleResult(steps=steps, guidance_scale=guidance_scale)
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            generators = [torch.Generator(device=device.type).manual_seed(seed + start + i)
+                          for i in range(len(chunk))]
+            began = time.perf_counter()
+            with torch.inference_mode():
+                output = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance_scale,
+                              generator=generators, height=height, width=width, output_type="pil")
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            result.seconds += time.perf_counter() - began
+            result.images.extend(output.images)
+            if on_batch is not None:
+                on_batch(len(chunk))
+    finally:
+        handle.remove()
+    result.unet_evaluations = counter[0]
+    return result
+
+
+def sample_student(model_dir: str | Path, prompts: Sequence[str] | str, steps: int = 4,
+                   guidance_scale: float = 7.5, seed: int = 0, *, device: str | None = "auto",
+                   dtype: str = "float32", batch_size: int = 8, height: int | None = None,
+                   width: int | None = None, on_batch: Callable[[int], None] | None = None) -> SampleResult:
+    """Sample a saved student with ``LCMScheduler`` in ``steps`` steps (1, 2, 4, ...)."""
+    pipe = load_pipeline(model_dir, "lcm", device, dtype)
+    prompts = [prompts] if isinstance(prompts, str) else prompts
+    return run_pipeline(pipe, prompts, steps, guidance_scale, seed, batch_size, height, width, on_batch)
+
+
+def sample_teacher(model_dir: str | Path, prompts: Sequence[str] | str, steps: int = 50,
+                   guidance_scale: float = 7.5, seed: int = 0, *, device: str | None = "auto",
+                   dtype: str = "float32", batch_size: int = 8, height: int | None = None,
+                   width: int | None = None, on_batch: Callable[[int], None] | None = None) -> SampleResult:
+    """Sample a teacher with ``DDIMScheduler`` and classifier-free guidance (default 50 steps)."""
+    pipe = load_pipeline(model_dir, "ddim", device, dtype)
+    prompts = [prompts] if isinstance(prompts, str) else prompts
+    return run_pipeline(pipe, prompts, steps, guidance_scale, seed, batch_size, height, width, on_batch)
+
+
+def make_grid(images: Sequence[Any], columns: int | None = None) -> Any:
+    """Paste same-sized PIL images into one grid image (``columns`` defaults to ~square)."""
+    from PIL import Image
+
+    if not images:
+        raise ConfigError("no images to put in a grid")
+    columns = columns or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    w, h = images[0].size
+    grid = Image.new("RGB", (columns * w, rows * h))
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % columns) * w, (i // columns) * h))
+    return grid
+
+
+def read_prompt_file(path: str | Path) -> list[str]:
+    """Non-empty lines of a text file, stripped."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--prompt-file: '{path}' does not exist")
+    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    prompts = [p for p in prompts if p]
+    if not prompts:
+        raise ConfigError(f"--prompt-file: '{path}' holds no prompts")
+    return prompts
+
+
+def save_images(images: Sequence[Any], output: Path, grid: bool) -> list[Path]:
+    """One image -> ``output``; several -> a grid at ``output`` or ``output_000.png`` ... files."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if len(images) == 1 or grid:
+        (images[0] if len(images) == 1 else make_grid(images)).save(output)
+        return [output]
+    suffix = output.suffix or ".png"
+    paths = [output.with_name(f"{output.stem}_{i:03d}{suffix}") for i in range(len(images))]
+    for image, path in zip(images, paths):
+        image.save(path)
+    return paths
+
+
+def sample_command(
+    model_dir: Annotated[str, typer.Argument(help="Saved student folder (or teacher with --teacher): "
+                                             "a diffusers pipeline folder or hub id.")],
+    prompt: Annotated[Optional[str], typer.Argument(help="The prompt (or use --prompt-file).")] = None,
+    steps: Annotated[Optional[int], typer.Option(
+        "--steps", "-n", help="Sampling steps (default: 4 for a student, 50 with --teacher).")] = None,
+    guidance: Annotated[float, typer.Option("--guidance", "-g", help="Guidance scale.")] = 7.5,
+    seed: Annotated[int, typer.Option(help="Seed of the first image (image i uses seed+i).")] = 0,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output PNG (several prompts: "
+                                         "OUTPUT_000.png, ... or a --grid).")] = Path("sample.png"),
+    prompt_file: Annotated[Optional[Path], typer.Option(
+        "--prompt-file", "-f", help="Text file with one prompt per line.")] = None,
+    teacher: Annotated[bool, typer.Option(
+        "--teacher", help="Sample MODEL_DIR as a teacher: DDIM + classifier-free guidance.")] = False,
+    grid: Annotated[bool, typer.Option("--grid", help="Write one grid image for several prompts.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Prompts per batch.")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
+    height: Annotated[Optional[int], typer.Option(help="Image height (default: the model's).")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Image width (default: the model's).")] = None,
+) -> None:
+    """Sample a saved student (LCMScheduler) or, with --teacher, a teacher (DDIM + CFG)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if (prompt is None) == (prompt_file is None):
+        raise ConfigError("give exactly one of PROMPT or --prompt-file")
+    prompts = read_prompt_file(prompt_file) if prompt_file is not None else [prompt]
+    steps = steps if steps is not None else (50 if teacher else 4)
+    sampler = sample_teacher if teacher else sample_student
+    console = Console(stderr=True)
+    with Progress(TextColumn("[bold]sampling[/]"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
+        task = progress.add_task("sampling", total=len(prompts))
+        result = sampler(model_dir, prompts, steps=steps, guidance_scale=guidance, seed=seed,
+                         device=device, dtype=dtype, batch_size=batch_size, height=height,
+                         width=width, on_batch=lambda n: progress.advance(task, n))
+    paths = save_images(result.images, Path(output), grid)
+    where = str(paths[0]) if len(paths) == 1 else f"{paths[0]} ... {paths[-1]}"
+    console.print(f"[green]wrote[/] {where}: {result.summary()}", highlight=False)
