@@ -2,4 +2,12 @@
 
 from __future__ import annotations
 
-from ..hookspecs import hookimpl  # noqa: F401  (implementations are added below)
+from ..hookspecs import hookimpl
+
+
+@hookimpl
+def register_recipes(register):
+    """``lcd``: plain latent consistency distillation."""
+    from .lcd import LCDRecipe
+
+    register(LCDRecipe)

@@ -1,0 +1,390 @@
+"""The ``lcd`` recipe: plain latent consistency distillation, and the loop ``rg-lcd`` extends.
+
+One optimiser step (PAPER.md §1, ARCHITECTURE.md "One RG-LCD step")::
+
+    batch -> z0 (VAE-encoded or pre-encoded), c = E(captions), empty = E("")
+    StepOutputs = lcd_forward(...)              # f_theta (grad), f_theta- (EMA), L_LCD
+    loss = L_LCD + sum(extra_losses(step))      # rg-lcd adds -beta * reward
+    backward; clip 1.0; optimiser + LR step; target <- mu target + (1 - mu) theta
+    after_optimizer_step(step)                  # rg-lcd updates its proxy RM here
+
+Extension points for subclasses (``rg-lcd``): :meth:`LCDRecipe.setup_extra`,
+:meth:`~LCDRecipe.extra_losses`, :meth:`~LCDRecipe.after_optimizer_step`,
+:meth:`~LCDRecipe.extra_state_dict` / :meth:`~LCDRecipe.load_extra_state_dict`,
+:meth:`~LCDRecipe.save_extra` / :meth:`~LCDRecipe.load_extra`.
+
+Distributed layout: only trained modules (the student, plus whatever ``setup_extra`` prepares,
+e.g. an LRM) go through ``accelerator.prepare``; the teacher, the EMA target, the VAE and the text
+encoder stay outside, moved to the device once. Logging, validation and the final save happen on
+the main process; checkpoints are written by every process (DeepSpeed shards, per-rank RNG and
+data positions) into a temporary folder renamed into place by the main process.
+
+LoRA mode (``use_lora``): the target network is the online student itself under ``no_grad``
+(``ema_decay`` unused), as in diffusers' LCD-LoRA scripts; the EMA of a full UNet copy would undo
+LoRA's memory savings.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ..config import config_to_dict
+from ..consistency import ema_update
+from ..training.checkpoint import (TARGET_WEIGHTS, load_checkpoint, load_rank_state,
+                                   resolve_resume, save_checkpoint, save_rank_state)
+from ..training.config import LCDConfig
+from ..training.errors import TrainingError
+from ..training.metrics import MetricsLog, TrainingProgress
+from ..training.optim import build_lr_scheduler, build_optimizer
+from ..training.runtime import build_accelerator, weight_dtype
+from ..training.step import LCDHyper, StepOutputs, lcd_forward
+from ..training.validation import validation_grid
+from .base import Recipe
+
+__all__ = ["LCDRecipe", "StepOutputs"]
+
+logger = logging.getLogger(__name__)
+
+EXTRA_STATE = "extra_state.pt"
+
+
+class LCDRecipe(Recipe):
+    """Latent consistency distillation (LCD) of a diffusion teacher into a few-step student."""
+
+    name = "lcd"
+    Config = LCDConfig
+
+    def __init__(self, config: LCDConfig) -> None:
+        super().__init__(config)
+        self.config: LCDConfig = config
+        self.output_dir = Path(config.output_dir)
+        self.global_step = 0
+
+    # ================================================================ extension points
+
+    def setup_extra(self, accelerator: Any) -> None:
+        """Build extra models (RMs, a proxy and its optimiser); called after the student is prepared."""
+
+    def extra_losses(self, step: StepOutputs) -> dict[str, torch.Tensor]:
+        """Scalar loss terms added to ``L_LCD`` before backward (``rg-lcd``: ``-beta * reward``)."""
+        return {}
+
+    def after_optimizer_step(self, step: StepOutputs) -> dict[str, float]:
+        """Work after the student's optimiser and EMA step (``rg-lcd``: the LRM update); metrics."""
+        return {}
+
+    def extra_state_dict(self) -> dict[str, Any]:
+        """Extra state saved into each checkpoint by the main process (torch-saveable)."""
+        return {}
+
+    def load_extra_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state_dict` returned."""
+
+    def save_extra(self, checkpoint_dir: Path) -> None:
+        """Write extra files into a checkpoint folder (main process, before it is renamed into place)."""
+
+    def load_extra(self, checkpoint_dir: Path) -> None:
+        """Read the files :meth:`save_extra` wrote (every process)."""
+
+    # ================================================================ building blocks
+
+    def build_backbone(self, device: torch.device, dtype: torch.dtype) -> Any:
+        """The teacher backbone (frozen parts on ``device`` in ``dtype``)."""
+        from ..plugins import get_host
+
+        cfg = self.config
+        return get_host().get("backbone", cfg.backbone).build(
+            pretrained_model_name_or_path=cfg.pretrained_teacher_model, revision=cfg.revision,
+            variant=cfg.variant, dtype=str(dtype).replace("torch.", ""), device=str(device),
+            **cfg.backbone_params)
+
+    def build_solver(self, backbone: Any) -> Any:
+        """The consistency solver on the teacher's schedule."""
+        from ..plugins import get_host
+
+        cfg = self.config
+        return get_host().get("solver", cfg.solver).build(
+            alphas_cumprod=backbone.alphas_cumprod, num_ddim_timesteps=cfg.num_ddim_timesteps,
+            **cfg.solver_params)
+
+    def build_loader(self, accelerator: Any, backbone: Any) -> Any:
+        """This process's shard of the training data (a resumable, infinite loader)."""
+        from ..data import build_loader
+
+        cfg = self.config
+        seed = cfg.dataloader_seed if cfg.dataloader_seed is not None else (cfg.seed or 0)
+        return build_loader(cfg.train_shards_path_or_url, resolution=cfg.resolution,
+                            batch_size=cfg.train_batch_size, seed=seed,
+                            rank=accelerator.process_index, world_size=accelerator.num_processes,
+                            center_crop=cfg.center_crop, random_flip=cfg.random_flip,
+                            num_workers=cfg.dataloader_num_workers,
+                            vae_scaling_factor=backbone.vae_scaling_factor)
+
+    @property
+    def hyper(self) -> LCDHyper:
+        """The LCD step's numbers, from the config."""
+        cfg = self.config
+        return LCDHyper(w_min=cfg.w_min, w_max=cfg.w_max,
+                        time_cond_proj_dim=cfg.unet_time_cond_proj_dim, loss_type=cfg.loss_type,
+                        huber_c=cfg.huber_c, timestep_scaling=cfg.timestep_scaling_factor)
+
+    # ================================================================ setup
+
+    def setup(self) -> None:
+        """Build the accelerator, models, optimiser, data; resume if asked. Idempotent."""
+        if getattr(self, "accelerator", None) is not None:
+            return
+        from accelerate.utils import set_seed
+
+        cfg = self.config
+        acc = self.accelerator = build_accelerator(
+            output_dir=self.output_dir, mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps, report_to=cfg.report_to,
+            train_batch_size=cfg.train_batch_size, max_grad_norm=cfg.max_grad_norm)
+        if cfg.seed is not None:
+            set_seed(cfg.seed)  # python, numpy, torch: identical student init on every rank
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.json").write_text(
+                json.dumps(config_to_dict(cfg), indent=2, default=str))
+        acc.wait_for_everyone()
+
+        backbone = self.backbone = self.build_backbone(acc.device, weight_dtype(cfg.mixed_precision))
+        self.solver = self.build_solver(backbone)
+
+        student = backbone.build_student(time_cond_proj_dim=cfg.unet_time_cond_proj_dim)
+        if cfg.use_lora:
+            student = backbone.add_lora(student, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                                        target_modules=cfg.lora_target_modules)
+            self.target = None  # the online student under no_grad (see module docstring)
+        else:
+            self.target = copy.deepcopy(student).requires_grad_(False).to(acc.device)
+        if cfg.gradient_checkpointing:
+            student.enable_gradient_checkpointing()
+        student.train()
+
+        optimizer = build_optimizer(
+            student.parameters(), learning_rate=cfg.learning_rate,
+            betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay,
+            eps=cfg.adam_epsilon, use_8bit_adam=cfg.use_8bit_adam)
+        # accelerate steps a prepared scheduler once per process per optimiser step (diffusers'
+        # scripts scale the same way)
+        lr_scheduler = build_lr_scheduler(
+            cfg.lr_scheduler, optimizer, warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
+            total_steps=cfg.max_train_steps * acc.num_processes)
+        self.student, self.optimizer, self.lr_scheduler = acc.prepare(student, optimizer, lr_scheduler)
+
+        self.setup_extra(acc)
+
+        self.loader = self.build_loader(acc, backbone)
+        base_seed = cfg.seed if cfg.seed is not None else torch.initial_seed()
+        self.generator = torch.Generator().manual_seed(
+            (base_seed * 1_000_003 + acc.process_index) % 2**63)
+        self.global_step = 0
+
+        checkpoint = resolve_resume(cfg.resume_from_checkpoint, self.output_dir)
+        if checkpoint is not None:
+            self.load_checkpoint(checkpoint)
+        elif cfg.resume_from_checkpoint:
+            acc.print(f"resume_from_checkpoint={cfg.resume_from_checkpoint}: no checkpoint in "
+                      f"{self.output_dir}; starting a new run")
+        self.batches: Iterator[dict[str, Any]] = iter(self.loader)
+
+        if acc.is_main_process and acc.log_with:
+            acc.init_trackers(cfg.tracker_project_name, config={
+                k: v for k, v in config_to_dict(cfg).items()
+                if isinstance(v, (int, float, str, bool))})
+        self.metrics_log = MetricsLog(self.output_dir / "metrics.jsonl")
+
+    @property
+    def unwrapped_student(self) -> nn.Module:
+        """The student module without DDP/DeepSpeed wrappers."""
+        return self.accelerator.unwrap_model(self.student)
+
+    @property
+    def target_network(self) -> nn.Module:
+        """The EMA target (full fine-tuning) or the online student (LoRA)."""
+        return self.target if self.target is not None else self.unwrapped_student
+
+    # ================================================================ one step
+
+    def encode_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Scaled latents ``z0``, prompt embeddings and empty-prompt embeddings (no grad, fp32)."""
+        device = self.accelerator.device
+        if "latents" in batch:
+            latents = batch["latents"].to(device=device, dtype=torch.float32)
+        else:
+            latents = self.backbone.encode_images(batch["pixel_values"].to(device),
+                                                  generator=self.generator).float()
+        prompt_embeds = self.backbone.encode_prompts(batch["captions"]).float()
+        uncond_embeds = self.backbone.empty_prompt_embeds(latents.shape[0]).float()
+        return latents, prompt_embeds, uncond_embeds
+
+    def forward(self, batch: dict[str, Any]) -> StepOutputs:
+        """``lcd_forward`` on one batch with this run's models and generator."""
+        latents, prompt_embeds, uncond_embeds = self.encode_batch(batch)
+        return lcd_forward(
+            backbone=self.backbone, solver=self.solver, student=self.student,
+            target=self.target_network, latents=latents, prompt_embeds=prompt_embeds,
+            uncond_embeds=uncond_embeds, captions=batch["captions"], hyper=self.hyper,
+            generator=self.generator, autocast=self.accelerator.autocast,
+            global_step=self.global_step)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimiser step (``gradient_accumulation_steps`` micro-batches); returns metrics."""
+        acc, cfg = self.accelerator, self.config
+        totals: dict[str, float] = {}
+        for _ in range(cfg.gradient_accumulation_steps):
+            batch = next(self.batches)
+            with acc.accumulate(self.student):
+                step = self.forward(batch)
+                terms = {"lcd_loss": step.lcd_loss, **self.extra_losses(step)}
+                for name, value in terms.items():
+                    if not torch.isfinite(value.detach()).all():
+                        raise TrainingError(f"step {self.global_step + 1}: {name} is not finite "
+                                            f"({value.detach().float().item()}); stopping with "
+                                            "the checkpoints written so far intact")
+                loss = sum(terms.values())
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    acc.clip_grad_norm_(self.student.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0.0) + value.detach().float().item()
+        # target <- mu target + (1 - mu) theta, once per optimiser step
+        if self.target is not None:
+            ema_update(self.target, self.unwrapped_student, cfg.ema_decay)
+        metrics = {name: value / cfg.gradient_accumulation_steps for name, value in totals.items()}
+        metrics = self._mean_over_processes(metrics)
+        metrics["lr"] = float(self.lr_scheduler.get_last_lr()[0])
+        step.global_step = self.global_step + 1
+        metrics.update(self.after_optimizer_step(step))
+        return metrics
+
+    def _mean_over_processes(self, metrics: dict[str, float]) -> dict[str, float]:
+        if self.accelerator.num_processes == 1 or not metrics:
+            return metrics
+        names = sorted(metrics)
+        values = torch.tensor([metrics[n] for n in names], device=self.accelerator.device)
+        values = self.accelerator.reduce(values, reduction="mean")
+        return dict(zip(names, values.tolist()))
+
+    # ================================================================ checkpoints
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoint-{step}`` atomically (every process calls this)."""
+        acc = self.accelerator
+
+        def rank_files(folder: Path) -> None:
+            save_rank_state(folder, acc.process_index, {
+                "generator": self.generator.get_state(),
+                "loader": self.loader.state_dict(),
+            })
+
+        def main_files(folder: Path) -> None:
+            from safetensors.torch import save_file
+
+            if self.target is not None:
+                save_file({k: v.detach().contiguous().cpu()
+                           for k, v in self.target.state_dict().items()},
+                          str(folder / TARGET_WEIGHTS))
+            extra = self.extra_state_dict()
+            if extra:
+                torch.save(extra, folder / EXTRA_STATE)
+            self.save_extra(folder)
+
+        return save_checkpoint(acc, self.output_dir, self.global_step, rank_files, main_files,
+                               {"world_size": acc.num_processes},
+                               total_limit=self.config.checkpoints_total_limit)
+
+    def load_checkpoint(self, checkpoint: Path) -> None:
+        """Restore student, optimiser, LR schedule, RNGs, target, data position and extensions."""
+        from safetensors.torch import load_file
+
+        acc = self.accelerator
+        state = load_checkpoint(acc, checkpoint)
+        if state.get("world_size", acc.num_processes) != acc.num_processes:
+            logger.warning("checkpoint %s was written by %s processes, resuming with %s",
+                           checkpoint, state.get("world_size"), acc.num_processes)
+        rank_state = load_rank_state(checkpoint, acc.process_index)
+        self.generator.set_state(rank_state["generator"])
+        self.loader.load_state_dict(rank_state["loader"])
+        if self.target is not None:
+            self.target.load_state_dict(load_file(str(checkpoint / TARGET_WEIGHTS),
+                                                  device=str(acc.device)))
+        if (checkpoint / EXTRA_STATE).is_file():
+            self.load_extra_state_dict(torch.load(checkpoint / EXTRA_STATE, weights_only=False))
+        self.load_extra(checkpoint)
+        self.global_step = int(state["global_step"])
+        acc.print(f"resumed from {checkpoint} at step {self.global_step}")
+
+    # ================================================================ validation and the run
+
+    def validate(self) -> Path | None:
+        """The validation grid of the current student (main process; others wait)."""
+        cfg, acc = self.config, self.accelerator
+        path = None
+        if acc.is_main_process and cfg.validation_prompts:
+            path = validation_grid(
+                self.backbone, self.unwrapped_student, cfg.validation_prompts,
+                cfg.validation_seeds, cfg.validation_inference_steps,
+                self.output_dir / "validation" / f"step-{self.global_step}.png",
+                guidance_scale=cfg.validation_guidance_scale,
+                time_cond_proj_dim=cfg.unet_time_cond_proj_dim,
+                original_inference_steps=cfg.num_ddim_timesteps,
+                timestep_scaling=cfg.timestep_scaling_factor)
+        acc.wait_for_everyone()
+        return path
+
+    def log(self, metrics: dict[str, float]) -> None:
+        """metrics.jsonl and the accelerate trackers (main process)."""
+        if self.accelerator.is_main_process:
+            self.metrics_log.append(self.global_step, metrics)
+            if self.accelerator.log_with:
+                self.accelerator.log(metrics, step=self.global_step)
+
+    def save_final(self) -> Path:
+        """The student as a complete diffusers pipeline folder (``output_dir/pipeline``)."""
+        path = self.output_dir / "pipeline"
+        if self.accelerator.is_main_process:
+            self.backbone.save_pipeline(
+                self.unwrapped_student, path, original_inference_steps=self.config.num_ddim_timesteps,
+                timestep_scaling=self.config.timestep_scaling_factor)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def run(self, progress: bool = True) -> Path:
+        """Train to ``max_train_steps`` (resuming if asked), save the pipeline; return ``output_dir``."""
+        self.setup()
+        cfg, acc = self.config, self.accelerator
+        with TrainingProgress(cfg.max_train_steps, self.global_step,
+                              enabled=progress and acc.is_main_process) as bar:
+            while self.global_step < cfg.max_train_steps:
+                started = time.perf_counter()
+                metrics = self.train_step()
+                self.global_step += 1
+                metrics["step_time"] = time.perf_counter() - started
+                self.log(metrics)
+                bar.update(self.global_step, metrics)
+                if cfg.checkpointing_steps and self.global_step % cfg.checkpointing_steps == 0:
+                    self.save_checkpoint()
+                if cfg.validation_steps and self.global_step % cfg.validation_steps == 0:
+                    self.validate()
+        self.save_final()
+        if acc.is_main_process:
+            skipped = sum(getattr(self.loader, "skipped", {}).values())
+            if skipped:
+                acc.print(self.loader.report())
+        acc.end_training()
+        return self.output_dir

@@ -1,0 +1,17 @@
+"""The training machinery of the ``lcd`` recipe (and of ``rg-lcd``, which extends it).
+
+- :mod:`.config`: :class:`LCDConfig`, the typed config (diffusers LCD script flag names);
+- :mod:`.step`: :func:`lcd_forward`, one LCD step as in the paper, and :class:`StepOutputs`;
+- :mod:`.runtime`: the ``Accelerator`` (CPU data parallelism, DeepSpeed);
+- :mod:`.optim`: AdamW / AdamW8bit and the LR schedule;
+- :mod:`.checkpoint`: atomic, rotating, resumable checkpoints;
+- :mod:`.validation`: LCMScheduler sample grids;
+- :mod:`.metrics`: ``metrics.jsonl`` and the progress bar.
+
+The loop itself is :class:`rewardkit.recipes.lcd.LCDRecipe`.
+"""
+
+from .config import LCDConfig
+from .step import LCDHyper, StepOutputs, lcd_forward
+
+__all__ = ["LCDConfig", "LCDHyper", "StepOutputs", "lcd_forward"]

@@ -1,0 +1,160 @@
+"""Atomic, rotating training checkpoints: ``output_dir/checkpoint-{step}``.
+
+A checkpoint is written into a hidden temporary folder next to the final one and renamed into
+place only once every process has finished writing, so a crash mid-write leaves the previous
+checkpoint untouched and usable. ``trainer_state.json`` is written last, and only folders holding
+it count as checkpoints. After a successful save the oldest checkpoints beyond the limit are
+removed (never before: the newest complete checkpoint always survives).
+
+Layout of one checkpoint::
+
+    checkpoint-{step}/
+      model.safetensors, optimizer.bin, scheduler.bin,     # accelerate.save_state (the trained
+      random_states_{rank}.pkl                             #   modules, their optimisers, RNGs)
+      target.safetensors                                   # the EMA target (full fine-tuning)
+      rank_state_{rank}.pt                                 # step generator + data position, per rank
+      (extension files: save_extra, e.g. the LRM)
+      trainer_state.json                                   # global step; marks the folder complete
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..errors import ConfigError
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+TRAINER_STATE = "trainer_state.json"
+TARGET_WEIGHTS = "target.safetensors"
+
+
+def rank_state_file(rank: int) -> str:
+    """Name of the per-process state file (generators and data position) of ``rank``."""
+    return f"rank_state_{rank}.pt"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints in ``output_dir`` as ``(step, path)``, oldest first."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = []
+    for child in output_dir.iterdir():
+        match = CHECKPOINT_PATTERN.match(child.name)
+        if match and (child / TRAINER_STATE).is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
+    """The checkpoint folder for ``resume_from_checkpoint`` ('latest' may find none: ``None``)."""
+    if not resume:
+        return None
+    if resume == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        return checkpoints[-1][1] if checkpoints else None
+    path = Path(resume).expanduser()
+    if not (path / TRAINER_STATE).is_file():
+        raise ConfigError(f"resume_from_checkpoint: '{resume}' is not a complete checkpoint "
+                          f"(no {TRAINER_STATE})")
+    return path
+
+
+def read_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
+    """The ``trainer_state.json`` of a checkpoint."""
+    return json.loads((Path(checkpoint) / TRAINER_STATE).read_text())
+
+
+def save_checkpoint(accelerator: Any, output_dir: str | Path, step: int,
+                    write_rank_files: Callable[[Path], None],
+                    write_main_files: Callable[[Path], None],
+                    trainer_state: dict[str, Any], total_limit: int | None = None) -> Path:
+    """Write ``checkpoint-{step}`` atomically; every process must call this.
+
+    ``write_rank_files(tmp)`` runs on every process (its per-rank state);
+    ``write_main_files(tmp)`` runs on the main process only (target weights, extensions).
+    """
+    output_dir = Path(output_dir)
+    final = output_dir / f"checkpoint-{step}"
+    tmp = output_dir / f".checkpoint-{step}.tmp"
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)  # left over by a crash: never complete
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    write_rank_files(tmp)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_main_files(tmp)
+        _write_json_atomic(tmp / TRAINER_STATE, {"global_step": step, **trainer_state})
+        _fsync_dir(tmp)
+        _replace_dir(tmp, final)
+        if total_limit is not None:
+            for _, old in list_checkpoints(output_dir)[:-total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Any, checkpoint: str | Path) -> dict[str, Any]:
+    """Restore what ``accelerate.save_state`` wrote; returns the trainer state."""
+    checkpoint = Path(checkpoint)
+    accelerator.load_state(str(checkpoint))
+    return read_trainer_state(checkpoint)
+
+
+def save_rank_state(folder: Path, rank: int, state: dict[str, Any]) -> None:
+    """Per-process state (generator states, loader position) as a torch file."""
+    torch.save(state, folder / rank_state_file(rank))
+
+
+def load_rank_state(folder: Path, rank: int) -> dict[str, Any]:
+    """The per-process state saved by :func:`save_rank_state`."""
+    path = Path(folder) / rank_state_file(rank)
+    if not path.is_file():
+        raise ConfigError(f"resume_from_checkpoint: '{folder}' has no state for process {rank} "
+                          "(was it written with a different number of processes?)")
+    return torch.load(path, weights_only=False)
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Rename ``src`` onto ``dst``; an existing ``dst`` is moved aside first, then removed."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

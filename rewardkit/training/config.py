@@ -1,0 +1,188 @@
+"""The typed configuration of the ``lcd`` recipe (and the base of ``rg-lcd``'s).
+
+Field names map 1:1 to the flags of diffusers' ``examples/consistency_distillation/
+train_lcd_distill_sd_wds.py`` (``--pretrained_teacher_model``, ``--w_min``, ``--resume_from_checkpoint``
+...), so a diffusers command line carries over: ``rewardkit run lcd --pretrained_teacher_model X
+--w_min 3``. Every field says where its default comes from in its help text: "reference default"
+(the Ji4chenLi/rg-lcd / diffusers script) or "rewardkit default".
+
+:meth:`LCDConfig.validate` runs before any model loads and raises
+:class:`rewardkit.errors.ConfigError` naming the offending key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ..errors import ConfigError
+from ..recipes.base import RecipeConfig
+
+REF = "reference default"
+OURS = "rewardkit default"
+
+LOSS_TYPES = ("huber", "l2")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                 "constant_with_warmup")
+REPORT_TO = ("none", "tensorboard", "wandb", "all")
+
+DEFAULT_VALIDATION_PROMPTS = [
+    "portrait photo of a girl, photograph, highly detailed face, depth of field, moody light",
+    "Self-portrait oil painting, a beautiful cyborg with golden hair, 8k",
+    "Astronaut in a jungle, cold color palette, muted colors, detailed, 8k",
+    "A photo of beautiful mountain with realistic sunset and blue lake, highly detailed, masterpiece",
+]
+
+
+def _f(default: Any, help: str, provenance: str = REF, **kwargs: Any) -> Any:
+    """A dataclass field whose help text (shown by ``rewardkit describe``) ends with its provenance."""
+    meta = {"help": f"{help} ({provenance})", "provenance": provenance}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta, **kwargs)
+    return field(default=default, metadata=meta, **kwargs)
+
+
+def looks_like_local_path(value: str) -> bool:
+    """True for strings that are clearly filesystem paths rather than hub ids (``org/name``)."""
+    return (value.startswith(("/", "./", "../", "~", "\\")) or value in (".", "..")
+            or value.count("/") > 1 or "\\" in value or (len(value) > 1 and value[1] == ":"))
+
+
+@dataclass
+class LCDConfig(RecipeConfig):
+    """Plain latent consistency distillation (LCD) of a Stable Diffusion teacher."""
+
+    # ---------------------------------------------------------------- models and data
+    pretrained_teacher_model: str = field(metadata={
+        "help": "Teacher: a hub id or a local diffusers pipeline folder (required)",
+        "provenance": REF})
+    train_shards_path_or_url: str = field(metadata={
+        "help": "Training data: webdataset shards (paths, brace ranges, pipe:), an image+caption "
+                "folder or a folder of pre-encoded latent shards (required)", "provenance": REF})
+    revision: Optional[str] = _f(None, "Teacher revision on the hub")
+    variant: Optional[str] = _f(None, "Teacher weight variant, e.g. fp16")
+    output_dir: str = _f("lcd-model", "Where checkpoints, validation images, metrics and the final "
+                         "pipeline go", OURS)
+    backbone: str = _f("stable-diffusion", "Registered backbone that loads the teacher", OURS)
+    backbone_params: dict = _f({}, "Extra keyword arguments for the backbone", OURS)
+    solver: str = _f("ddim", "Registered consistency solver (the teacher's ODE step)", REF)
+    solver_params: dict = _f({}, "Extra keyword arguments for the solver", OURS)
+    resolution: int = _f(512, "Training image side in pixels")
+    center_crop: bool = _f(False, "Center crop instead of random crop")
+    random_flip: bool = _f(False, "Random horizontal flips")
+    train_batch_size: int = _f(16, "Batch size per process")
+    dataloader_num_workers: int = _f(0, "Threads decoding samples (batches do not depend on it)",
+                                     OURS)
+    dataloader_seed: Optional[int] = _f(None, "Seed of the data order (defaults to seed)", OURS)
+
+    # ---------------------------------------------------------------- optimisation
+    max_train_steps: int = _f(10000, "Optimiser steps to train")
+    learning_rate: float = _f(1e-6, "AdamW learning rate (full fine-tuning)")
+    lr_scheduler: str = _f("constant", f"LR schedule: {', '.join(LR_SCHEDULERS)}")
+    lr_warmup_steps: int = _f(500, "LR warm-up steps (ignored by 'constant')")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimiser step")
+    mixed_precision: str = _f("no", "Mixed precision: no, fp16 or bf16 (frozen models run in it)",
+                              OURS)
+    gradient_checkpointing: bool = _f(False, "Recompute student activations in backward")
+    use_8bit_adam: bool = _f(False, "bitsandbytes AdamW8bit (when installed)")
+    adam_beta1: float = _f(0.9, "AdamW beta1")
+    adam_beta2: float = _f(0.999, "AdamW beta2")
+    adam_weight_decay: float = _f(0.0, "AdamW weight decay")
+    adam_epsilon: float = _f(1e-8, "AdamW epsilon")
+    max_grad_norm: float = _f(1.0, "Gradient-norm clip")
+
+    # ---------------------------------------------------------------- consistency distillation
+    w_min: float = _f(5.0, "Lowest guidance scale w (LCM formulation) sampled per example")
+    w_max: float = _f(15.0, "Highest guidance scale w sampled per example")
+    num_ddim_timesteps: int = _f(50, "Points N of the skipping-step solver grid (k = T // N)")
+    unet_time_cond_proj_dim: int = _f(256, "Size of the student's guidance-scale embedding")
+    loss_type: str = _f("huber", "Consistency distance: huber (pseudo-Huber) or l2")
+    huber_c: float = _f(0.001, "Pseudo-Huber constant c")
+    ema_decay: float = _f(0.95, "EMA decay mu of the target network")
+    timestep_scaling_factor: float = _f(10.0, "Boundary-condition timestep scaling s")
+
+    # ---------------------------------------------------------------- LoRA
+    use_lora: bool = _f(False, "Train LoRA adapters instead of the full UNet", OURS)
+    lora_rank: int = _f(64, "LoRA rank")
+    lora_alpha: Optional[int] = _f(None, "LoRA alpha (None: the peft default)")
+    lora_target_modules: Optional[list[str]] = _f(None, "LoRA target modules (None: the "
+                                                  "backbone's default list)")
+
+    # ---------------------------------------------------------------- checkpoints, validation, logs
+    checkpointing_steps: int = _f(500, "Save a checkpoint every N optimiser steps (0: never)")
+    checkpoints_total_limit: Optional[int] = _f(None, "Keep only the newest K checkpoints")
+    resume_from_checkpoint: Optional[str] = _f(None, "'latest' or a checkpoint folder to resume")
+    validation_steps: int = _f(200, "Validation grid every N steps (0: never)")
+    validation_prompts: list[str] = _f(DEFAULT_VALIDATION_PROMPTS, "Prompts of the validation grid",
+                                       OURS)
+    validation_seeds: list[int] = _f([0], "Seeds of the validation grid (one row per prompt x seed)",
+                                     OURS)
+    validation_inference_steps: list[int] = _f([1, 2, 4], "LCMScheduler step counts (columns)",
+                                               OURS)
+    validation_guidance_scale: float = _f(7.5, "Pipeline guidance_scale of validation samples "
+                                          "(embeds w = guidance_scale - 1)", OURS)
+    seed: Optional[int] = _f(None, "Global seed (None: not seeded)")
+    report_to: str = _f("tensorboard", "accelerate trackers: none, tensorboard, wandb or all "
+                        "(skipped with a notice when not installed)")
+    tracker_project_name: str = _f("rewardkit-lcd", "Tracker project name", OURS)
+
+    def validate(self) -> None:
+        """Reject bad values, naming the key, before anything is loaded."""
+        if not self.pretrained_teacher_model:
+            raise ConfigError("pretrained_teacher_model is required (a hub id or a local folder)")
+        teacher = os.path.expanduser(self.pretrained_teacher_model)
+        if looks_like_local_path(teacher) and not Path(teacher).exists():
+            raise ConfigError(f"pretrained_teacher_model: '{self.pretrained_teacher_model}' looks "
+                              "like a local path but does not exist")
+        if not self.train_shards_path_or_url:
+            raise ConfigError("train_shards_path_or_url is required")
+        for key in ("resolution", "train_batch_size", "max_train_steps",
+                    "gradient_accumulation_steps", "num_ddim_timesteps",
+                    "unet_time_cond_proj_dim", "lora_rank"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
+        if self.unet_time_cond_proj_dim % 2:
+            raise ConfigError(f"unet_time_cond_proj_dim must be even, got "
+                              f"{self.unet_time_cond_proj_dim}")
+        for key in ("lr_warmup_steps", "checkpointing_steps", "dataloader_num_workers", "validation_steps", "w_min",
+                    "adam_weight_decay", "adam_epsilon", "huber_c"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must not be negative, got {getattr(self, key)}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.max_grad_norm <= 0:
+            raise ConfigError(f"max_grad_norm must be positive, got {self.max_grad_norm}")
+        if self.w_min > self.w_max:
+            raise ConfigError(f"w_min ({self.w_min}) must not exceed w_max ({self.w_max})")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1], got {self.ema_decay}")
+        for key in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)}")
+        if self.timestep_scaling_factor <= 0:
+            raise ConfigError("timestep_scaling_factor must be positive, got "
+                              f"{self.timestep_scaling_factor}")
+        _choice("loss_type", self.loss_type, LOSS_TYPES)
+        _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        _choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
+        _choice("report_to", self.report_to, REPORT_TO)
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise ConfigError(f"checkpoints_total_limit must be at least 1, got "
+                              f"{self.checkpoints_total_limit}")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ConfigError(f"lora_alpha must be positive, got {self.lora_alpha}")
+        if any(s <= 0 for s in self.validation_inference_steps):
+            raise ConfigError("validation_inference_steps must all be positive, got "
+                              f"{self.validation_inference_steps}")
+        resume = self.resume_from_checkpoint
+        if resume and resume != "latest" and not Path(resume).expanduser().is_dir():
+            raise ConfigError(f"resume_from_checkpoint: '{resume}' is neither 'latest' nor an "
+                              "existing checkpoint folder")
+
+
+def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ConfigError(f"{key} must be one of {', '.join(options)}, got {value!r}")

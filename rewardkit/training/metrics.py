@@ -1,0 +1,60 @@
+"""Training metrics: one JSON object per optimiser step appended to ``metrics.jsonl``, and a
+rich progress bar showing loss, learning rate and seconds per step."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+
+class MetricsLog:
+    """Appends ``{"step": ..., **metrics}`` lines to a JSONL file (main process only)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, step: int, metrics: dict[str, Any]) -> None:
+        """Write one line; non-finite floats become ``null`` (valid JSON)."""
+        row = {"step": step}
+        for key, value in metrics.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                value = None
+            row[key] = value
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All rows of a ``metrics.jsonl`` file."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+class TrainingProgress:
+    """A rich progress bar over optimiser steps (a no-op when disabled)."""
+
+    def __init__(self, total: int, start: int = 0, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            disable=not enabled, transient=False)
+        self.task = self.progress.add_task("train", total=total, completed=start, info="")
+
+    def __enter__(self) -> "TrainingProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+    def update(self, step: int, metrics: dict[str, Any]) -> None:
+        """Advance to ``step`` and show loss, lr and s/step."""
+        info = "  ".join(f"{key} {metrics[key]:.4g}" for key in ("lcd_loss", "lr", "step_time")
+                         if isinstance(metrics.get(key), (int, float)))
+        self.progress.update(self.task, completed=step, info=info.replace("step_time", "s/step"))

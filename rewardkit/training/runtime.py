@@ -1,0 +1,78 @@
+"""Building the ``accelerate.Accelerator`` the way LCD training needs it.
+
+Facts measured with accelerate 1.15 that shape this module (see docs/training.md):
+
+- On a machine without CUDA, a default ``Accelerator()`` under ``torchrun`` starts processes that
+  each train *alone* (no gradient all-reduce), silently; and ``accelerate launch --cpu
+  --num_processes 2`` starts one process. Real CPU data parallelism needs ``Accelerator(cpu=True)``
+  (or ``ACCELERATE_USE_CPU=true``), which makes torchrun ranks join a gloo process group. So we
+  pass ``cpu=True`` whenever CUDA is absent.
+- ``Accelerator(cpu=True, deepspeed_plugin=...)`` silently drops DeepSpeed for plain DDP, so when
+  DeepSpeed is asked for (``ACCELERATE_USE_DEEPSPEED=true``, set by ``accelerate launch`` with a
+  DeepSpeed config) we do not pass ``cpu=True``.
+- DeepSpeed needs ``train_micro_batch_size_per_gpu`` even though no dataloader goes through
+  ``prepare`` (the data loaders are rewardkit's own, sharded by rank); we set it from the config.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
+
+
+def deepspeed_requested() -> bool:
+    """True when ``accelerate launch`` (or the environment) asks for DeepSpeed."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes")
+
+
+def available_trackers(report_to: str) -> list[str]:
+    """The trackers of ``report_to`` whose package is installed (others are skipped with a notice)."""
+    wanted = list(_TRACKER_PACKAGES) if report_to == "all" else (
+        [] if report_to == "none" else [report_to])
+    found = []
+    for name in wanted:
+        if any(importlib.util.find_spec(pkg) is not None for pkg in _TRACKER_PACKAGES[name]):
+            found.append(name)
+        else:
+            logger.info("report_to=%s: %s is not installed; skipping that tracker", report_to, name)
+    return found
+
+
+def build_accelerator(*, output_dir: str | Path, mixed_precision: str,
+                      gradient_accumulation_steps: int, report_to: str,
+                      train_batch_size: int, max_grad_norm: float) -> Any:
+    """An ``Accelerator`` that really runs data parallel on CPU, CUDA and DeepSpeed."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType, ProjectConfiguration
+
+    output_dir = Path(output_dir)
+    use_deepspeed = deepspeed_requested()
+    cpu = not torch.cuda.is_available() and not use_deepspeed
+    accelerator = Accelerator(
+        cpu=cpu,
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        log_with=available_trackers(report_to) or None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir),
+                                            logging_dir=str(output_dir / "logs")),
+    )
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = train_batch_size
+        if ds_config.get("gradient_clipping") in (None, "auto"):
+            ds_config["gradient_clipping"] = max_grad_norm
+    return accelerator
+
+
+def weight_dtype(mixed_precision: str) -> torch.dtype:
+    """The dtype frozen models (teacher, VAE, text encoder) run in."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)

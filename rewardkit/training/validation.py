@@ -1,0 +1,87 @@
+"""Validation grids: fixed prompts and seeds sampled from the current student with ``LCMScheduler``.
+
+One row per (prompt, seed), one column per step count (1, 2 and 4 by default), saved as
+``output_dir/validation/step-{step}.png``. Sampling uses its own generators, so validation never
+changes the training run's random stream (resumed and uninterrupted runs stay identical).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..consistency import guidance_scale_embedding
+
+
+@torch.no_grad()
+def sample_lcm(backbone: Any, unet: nn.Module, prompt_embeds: torch.Tensor, *, steps: int,
+               seed: int, guidance_scale: float, time_cond_proj_dim: int | None,
+               original_inference_steps: int = 50, timestep_scaling: float = 10.0,
+               latent_size: int | None = None) -> torch.Tensor:
+    """Images in ``[0, 1]`` from ``unet`` with an ``LCMScheduler`` of ``steps`` steps.
+
+    The guidance embedding is of ``w = guidance_scale - 1``, as diffusers' pipelines do.
+    """
+    scheduler = backbone.lcm_scheduler(original_inference_steps, timestep_scaling)
+    device = prompt_embeds.device
+    scheduler.set_timesteps(steps, device=device, original_inference_steps=original_inference_steps)
+    batch = prompt_embeds.shape[0]
+    size = latent_size or backbone.sample_size
+    generator = torch.Generator().manual_seed(seed)
+    dtype = next(unet.parameters()).dtype
+    latents = torch.randn((batch, backbone.latent_channels, size, size), generator=generator)
+    latents = (latents * scheduler.init_noise_sigma).to(device=device, dtype=dtype)
+    w_embedding = None
+    if time_cond_proj_dim:
+        w = torch.full((batch,), guidance_scale - 1.0)
+        w_embedding = guidance_scale_embedding(w, time_cond_proj_dim).to(device=device, dtype=dtype)
+    denoised = latents
+    for t in scheduler.timesteps:
+        out = backbone.predict(unet, latents, t.expand(batch).to(device), prompt_embeds.to(dtype),
+                               w_embedding)
+        # LCMScheduler re-noises with torch.randn(generator=...) on the generator's device
+        latents, denoised = scheduler.step(out, t, latents, generator=generator, return_dict=False)
+        latents = latents.to(dtype)
+    return backbone.decode_latents(denoised.to(dtype)).float().cpu()
+
+
+def image_grid(rows: Sequence[Sequence[torch.Tensor]]) -> Any:
+    """A PIL image of ``rows`` of ``[3, H, W]`` tensors in ``[0, 1]`` (1 px gap)."""
+    from PIL import Image
+
+    height, width = rows[0][0].shape[-2:]
+    grid = Image.new("RGB", (len(rows[0]) * (width + 1) - 1, len(rows) * (height + 1) - 1), "white")
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            array = (image.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+            grid.paste(Image.fromarray(array), (c * (width + 1), r * (height + 1)))
+    return grid
+
+
+def validation_grid(backbone: Any, unet: nn.Module, prompts: Sequence[str], seeds: Sequence[int],
+                    steps: Sequence[int], path: str | Path, *, guidance_scale: float,
+                    time_cond_proj_dim: int | None, original_inference_steps: int = 50,
+                    timestep_scaling: float = 10.0) -> Path:
+    """Sample every (prompt, seed) at every step count and save the grid as a PNG."""
+    was_training = unet.training
+    unet.eval()
+    try:
+        embeds = backbone.encode_prompts(list(prompts))
+        columns = []
+        for n_steps in steps:
+            per_seed = [sample_lcm(backbone, unet, embeds, steps=n_steps, seed=seed,
+                                   guidance_scale=guidance_scale,
+                                   time_cond_proj_dim=time_cond_proj_dim,
+                                   original_inference_steps=original_inference_steps,
+                                   timestep_scaling=timestep_scaling) for seed in seeds]
+            columns.append([img for images in per_seed for img in images])  # seed-major rows
+    finally:
+        unet.train(was_training)
+    rows = [list(cells) for cells in zip(*columns)]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(rows).save(path)
+    return path
