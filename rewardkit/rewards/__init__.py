@@ -1,5 +1,18 @@
-"""Reward models: pixels (or latents) and prompts in, one score per image out."""
+"""Reward models: pixels (or latents) and prompts in, one score per image out.
 
+Built in: ``clip-score`` (:class:`CLIPScore`), ``pickscore`` (:class:`PickScore`), ``aesthetic``
+(:class:`AestheticScore`), ``weighted`` (:class:`WeightedReward`), and the non-differentiable
+``jpeg-compressibility`` (:class:`JpegCompressibility`) and ``rule-judge`` (:class:`RuleJudge`).
+Build them by name with ``rewardkit.reward_model(name, **params)``.
+"""
+
+from .aesthetic import AestheticScore
 from .base import RewardModel
+from .clip_score import CLIPScore
+from .jpeg_compressibility import JpegCompressibility
+from .pickscore import PickScore
+from .rule_judge import RuleJudge
+from .weighted import WeightedReward
 
-__all__ = ["RewardModel"]
+__all__ = ["RewardModel", "CLIPScore", "PickScore", "AestheticScore", "WeightedReward",
+           "JpegCompressibility", "RuleJudge"]

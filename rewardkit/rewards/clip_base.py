@@ -1,0 +1,130 @@
+"""Shared machinery of the CLIP-based reward models (clip-score, pickscore, aesthetic).
+
+:class:`CLIPRewardModel` loads a ``transformers`` ``CLIPModel`` plus its tokenizer and
+image-processor settings by hub id or local path, freezes it, and moves it to its device and dtype
+once. Images go through :class:`~rewardkit.rewards.preprocess.ImageTransform` in torch (gradients
+flow to the pixels); prompts are embedded under ``no_grad`` and cached per prompt.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import ConfigError, RewardModelError
+from .base import RewardModel
+from .preprocess import ImageTransform
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype, owner: str) -> torch.dtype:
+    """``"float16"``/``"fp16"``/``torch.float16`` -> ``torch.float16``; ConfigError naming ``owner``."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ConfigError(f"reward model '{owner}': dtype must be one of "
+                          f"{', '.join(sorted(DTYPES))}, got {dtype!r}") from None
+
+
+def features(output: Any) -> torch.Tensor:
+    """The projected embeddings from ``get_image_features``/``get_text_features``.
+
+    transformers 4 returns a tensor, transformers 5 a model output whose ``pooler_output`` holds
+    the projection.
+    """
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+class CLIPRewardModel(RewardModel):
+    """Base of the CLIP-based reward models: loading, torch preprocessing, text-embedding cache.
+
+    Subclasses implement :meth:`score` with :meth:`image_embeddings` and :meth:`text_embeddings`.
+    """
+
+    #: Prompts whose embeddings are kept (least recently used ones are dropped first).
+    text_cache_size: int = 4096
+
+    def __init__(self, model: str, processor: str | None = None, dtype: str = "float32",
+                 device: str = "cpu", revision: str | None = None) -> None:
+        from transformers import AutoTokenizer, CLIPModel
+
+        self.model_path = str(model)
+        self.processor_path = str(processor or model)
+        torch_dtype = resolve_dtype(dtype, self.name)
+        hub = {"revision": revision} if revision else {}
+        processor_hub = hub if processor is None else {}  # the revision pins `model` only
+        try:
+            clip = CLIPModel.from_pretrained(self.model_path, **hub)
+            self.tokenizer = AutoTokenizer.from_pretrained(self.processor_path, **processor_hub)
+        except OSError as exc:
+            raise ConfigError(f"reward model '{self.name}' could not load CLIP from "
+                              f"'{self.model_path}' (tokenizer from '{self.processor_path}'): "
+                              f"{exc}") from exc
+        self.model = clip.eval().requires_grad_(False)
+        self.transform = ImageTransform.from_pretrained(
+            self.processor_path, default_size=int(clip.config.vision_config.image_size),
+            **processor_hub)
+        self.max_length = min(int(getattr(self.tokenizer, "model_max_length", 77) or 77),
+                              int(clip.config.text_config.max_position_embeddings))
+        self.logit_scale = float(clip.logit_scale.detach().float().exp())
+        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.to(device, torch_dtype)
+
+    # ------------------------------------------------------------ placement
+
+    def to(self, device: torch.device | str | None = None,
+           dtype: torch.dtype | None = None) -> "CLIPRewardModel":
+        """Move the weights once (and drop cached text embeddings made elsewhere)."""
+        self.model.to(device=device, dtype=dtype)
+        self._text_cache.clear()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.logit_scale.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.logit_scale.dtype
+
+    # ------------------------------------------------------------ embeddings
+
+    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image embeddings of [0, 1] images; differentiable w.r.t. ``images``."""
+        pixels = self.transform(images.to(self.device, self.dtype))
+        embeds = features(self.model.get_image_features(pixel_values=pixels))
+        return embeds / embeds.norm(dim=-1, keepdim=True)
+
+    @torch.no_grad()
+    def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
+        """L2-normalised text embeddings (no gradient), computed once per distinct prompt."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if missing:
+            tokens = self.tokenizer(list(missing), padding=True, truncation=True,
+                                    max_length=self.max_length, return_tensors="pt")
+            tokens = {k: v.to(self.device) for k, v in tokens.items()
+                      if k in ("input_ids", "attention_mask")}
+            embeds = features(self.model.get_text_features(**tokens))
+            embeds = embeds / embeds.norm(dim=-1, keepdim=True)
+            for prompt, embed in zip(missing, embeds):
+                self._text_cache[prompt] = embed
+        for prompt in prompts:
+            self._text_cache.move_to_end(prompt)
+        while len(self._text_cache) > self.text_cache_size:
+            self._text_cache.popitem(last=False)
+        return torch.stack([self._text_cache[p] for p in prompts])
+
+    def cosine(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """Cosine similarity of each image with its prompt, shape ``[B]``, on ``images.device``."""
+        if len(prompts) > self.text_cache_size:
+            raise RewardModelError(f"reward model '{self.name}' got {len(prompts)} prompts in one "
+                                   f"batch; at most {self.text_cache_size} are supported")
+        image = self.image_embeddings(images)
+        text = self.text_embeddings(prompts).to(image.dtype)
+        return (image * text).sum(dim=-1).to(images.device)
