@@ -391,6 +391,9 @@ def load_student_lora(pipe: Any, lora_dir: str | Path) -> Any:
         unet = UNet2DConditionModel.from_config({**teacher.config, "time_cond_proj_dim": dim})
         state = {**teacher.state_dict(), **load_file(str(embedding_file))}
         unet.load_state_dict(state)
-        pipe.unet = unet.to(device=teacher.device, dtype=teacher.dtype)
+        unet.to(device=teacher.device)
+        if teacher.dtype != unet.dtype:
+            unet.to(dtype=teacher.dtype)
+        pipe.unet = unet
     pipe.load_lora_weights(str(lora_dir), weight_name=LORA_WEIGHTS_FILE)
     return pipe
