@@ -122,6 +122,10 @@ class PluginHost:
                 f"loaded; the one loaded is {first.module or name}")
             return
         info = self.plugins[name] = PluginInfo(name, builtin, version, module)
+        if self.pm.is_registered(plugin):
+            info.mark_broken(f"the same plugin object is already loaded as "
+                             f"'{self.pm.get_name(plugin)}'")
+            return
         try:
             self.pm.register(plugin, name=name)
         except Exception as exc:  # a malformed hookimpl (wrong argument names), a re-registration
