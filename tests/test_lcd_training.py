@@ -1,0 +1,190 @@
+"""The ``lcd`` recipe end to end on the tiny offline SD pipeline (8x8 latents, batch 2-4, CPU)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rewardkit.recipes.lcd import LCDRecipe, StepOutputs
+from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
+from rewardkit.training.checkpoint import list_checkpoints, resolve_resume
+from rewardkit.training.errors import TrainingError
+from rewardkit.training.metrics import read_metrics
+from rewardkit.training.testing import tiny_lcd_config, write_tiny_image_folder
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lcd")
+    return {"teacher": build_tiny_sd_pipeline(root / "teacher"),
+            "data": write_tiny_image_folder(root / "data", count=8, size=16)}
+
+
+def config(assets, out, **overrides):
+    return tiny_lcd_config(assets["teacher"], assets["data"], out, **overrides)
+
+
+def student_state(output_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(str(output_dir / f"checkpoint-{step}" / "model.safetensors"))
+
+
+def test_loss_falls_on_a_fixed_batch(assets, tmp_path):
+    recipe = LCDRecipe(config(assets, tmp_path, learning_rate=3e-4, train_batch_size=4))
+    recipe.setup()
+    batch = next(recipe.batches)
+    recipe.batches = itertools.repeat(batch)
+    losses = []
+    for _ in range(25):
+        recipe.generator.manual_seed(123)  # same n, w and noise every step: a fixed problem
+        losses.append(recipe.train_step()["lcd_loss"])
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-5:]) / 5 < 0.5 * losses[0], losses
+    assert sum(losses[-5:]) / 5 < 0.2 * max(losses[:5]), losses
+
+
+def test_step_outputs_carry_the_student_graph(assets, tmp_path):
+    recipe = LCDRecipe(config(assets, tmp_path))
+    recipe.setup()
+    step = recipe.forward(next(recipe.batches))
+    assert isinstance(step, StepOutputs)
+    assert step.student_x0.requires_grad and not step.target_x0.requires_grad
+    assert step.student_x0.shape == step.latents.shape == (2, 4, 8, 8)
+    assert ((step.w >= 5) & (step.w <= 15)).all()
+    assert (step.target_timesteps == (step.timesteps - 20).clamp(min=0)).all()
+    # the reward term of rg-lcd back-propagates through the same tensor the LCD loss uses
+    step.student_x0.mean().backward()
+    grads = [p.grad for p in recipe.unwrapped_student.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_run_saves_a_pipeline_that_samples_with_lcm_scheduler(assets, tmp_path):
+    from diffusers import DiffusionPipeline, LCMScheduler
+
+    out = LCDRecipe(config(assets, tmp_path, max_train_steps=4, checkpointing_steps=1,
+                           checkpoints_total_limit=2, validation_steps=2)).run(progress=False)
+    assert [step for step, _ in list_checkpoints(out)] == [3, 4]
+    assert not list(out.glob(".checkpoint-*"))
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(r["lcd_loss"] > 0 and r["lr"] == 1e-4 and r["step_time"] > 0 for r in rows)
+
+    from PIL import Image
+
+    grid = Image.open(out / "validation" / "step-4.png")
+    assert grid.size == (3 * 17 - 1, 2 * 17 - 1)  # 3 step counts x (2 prompts x 1 seed) of 16 px
+    assert (out / "validation" / "step-2.png").is_file()
+
+    pipe = DiffusionPipeline.from_pretrained(out / "pipeline")
+    assert isinstance(pipe.scheduler, LCMScheduler)
+    assert pipe.unet.config.time_cond_proj_dim == 32
+    trained = student_state(out, 4)
+    for name, value in pipe.unet.state_dict().items():
+        assert torch.equal(value, trained[name]), name
+    for steps in (1, 2, 4):
+        images = pipe("a photo of a red circle", num_inference_steps=steps, guidance_scale=7.5,
+                      generator=torch.Generator().manual_seed(0), output_type="np").images
+        assert images.shape == (1, 16, 16, 3)
+        assert images.min() >= 0 and images.max() <= 1
+
+
+class CrashAt(LCDRecipe):
+    """Raises inside the step after optimiser step ``crash_step`` (an interrupted run)."""
+
+    crash_step = 3
+
+    def after_optimizer_step(self, step: StepOutputs) -> dict[str, float]:
+        if step.global_step == self.crash_step:
+            raise KeyboardInterrupt("simulated interruption")
+        return {}
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(assets, tmp_path):
+    common = dict(max_train_steps=4, checkpointing_steps=2, gradient_accumulation_steps=2,
+                  lr_scheduler="linear", lr_warmup_steps=1)
+    straight = LCDRecipe(config(assets, tmp_path / "a", **common)).run(progress=False)
+
+    with pytest.raises(KeyboardInterrupt):
+        CrashAt(config(assets, tmp_path / "b", **common)).run(progress=False)
+    assert [s for s, _ in list_checkpoints(tmp_path / "b")] == [2]
+    resumed_recipe = LCDRecipe(config(assets, tmp_path / "b", resume_from_checkpoint="latest",
+                                      **common))
+    resumed = resumed_recipe.run(progress=False)
+    assert resumed_recipe.global_step == 4
+
+    for name in ("model.safetensors", "target.safetensors"):
+        a = load_file(str(straight / "checkpoint-4" / name))
+        b = load_file(str(resumed / "checkpoint-4" / name))
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
+    # and the run did train: the student moved away from the teacher-initialised weights
+    first = load_file(str(straight / "checkpoint-2" / "model.safetensors"))
+    assert any(not torch.equal(first[k], a[k]) for k in a)
+    rows_a = read_metrics(straight / "metrics.jsonl")
+    rows_b = [r for r in read_metrics(resumed / "metrics.jsonl") if r["step"] in (3, 4)][-2:]
+    assert [r["lcd_loss"] for r in rows_a[2:]] == [r["lcd_loss"] for r in rows_b]
+
+
+class FailingSave(LCDRecipe):
+    """An extension whose checkpoint file cannot be written (a crash mid-checkpoint)."""
+
+    def save_extra(self, checkpoint_dir: Path) -> None:
+        (checkpoint_dir / "half-written.bin").write_bytes(b"x")
+        if self.global_step == 4:
+            raise OSError("disk full")
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint_usable(assets, tmp_path):
+    with pytest.raises(OSError, match="disk full"):
+        FailingSave(config(assets, tmp_path, max_train_steps=4,
+                           checkpointing_steps=2)).run(progress=False)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2]
+    assert resolve_resume("latest", tmp_path) == tmp_path / "checkpoint-2"
+    assert not (tmp_path / "checkpoint-4").exists()
+    state = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    # the surviving checkpoint resumes
+    recipe = LCDRecipe(config(assets, tmp_path, max_train_steps=3,
+                              resume_from_checkpoint="latest"))
+    recipe.run(progress=False)
+    assert recipe.global_step == 3
+
+
+class NaNReward(LCDRecipe):
+    def extra_losses(self, step: StepOutputs) -> dict[str, torch.Tensor]:
+        value = step.student_x0.mean() * (float("nan") if step.global_step >= 2 else 0.0)
+        return {"reward_loss": value}
+
+
+def test_a_non_finite_extra_loss_stops_the_run_and_keeps_checkpoints(assets, tmp_path):
+    with pytest.raises(TrainingError, match="reward_loss"):
+        NaNReward(config(assets, tmp_path, max_train_steps=4,
+                         checkpointing_steps=1)).run(progress=False)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [1, 2]
+    assert "reward_loss" in read_metrics(tmp_path / "metrics.jsonl")[0]
+    assert not (tmp_path / "pipeline").exists()
+
+
+def test_lora_run_saves_lora_weights(assets, tmp_path):
+    out = LCDRecipe(config(assets, tmp_path, use_lora=True, lora_rank=4, max_train_steps=2,
+                           checkpointing_steps=2)).run(progress=False)
+    assert (out / "pipeline" / "pytorch_lora_weights.safetensors").is_file()
+    assert not (out / "checkpoint-2" / "target.safetensors").exists()
+    saved = load_file(str(out / "checkpoint-2" / "model.safetensors"))
+    assert any("lora_" in key for key in saved)
+
+
+def test_v_prediction_teacher_trains(tmp_path):
+    teacher = build_tiny_sd_pipeline(tmp_path / "teacher", prediction_type="v_prediction")
+    data = write_tiny_image_folder(tmp_path / "data", count=4, size=16)
+    recipe = LCDRecipe(tiny_lcd_config(teacher, data, tmp_path / "out", max_train_steps=2,
+                                       loss_type="l2"))
+    recipe.run(progress=False)
+    assert recipe.backbone.prediction_type == "v_prediction"
+    rows = read_metrics(tmp_path / "out" / "metrics.jsonl")
+    assert len(rows) == 2 and all(r["lcd_loss"] > 0 for r in rows)
