@@ -188,3 +188,22 @@ def test_v_prediction_teacher_trains(tmp_path):
     assert recipe.backbone.prediction_type == "v_prediction"
     rows = read_metrics(tmp_path / "out" / "metrics.jsonl")
     assert len(rows) == 2 and all(r["lcd_loss"] > 0 for r in rows)
+
+
+def test_cli_run_lcd_end_to_end(assets, tmp_path):
+    from rewardkit.cli import run as cli_run
+
+    out = tmp_path / "cli-out"
+    code = cli_run(["run", "lcd", "--pretrained_teacher_model", str(assets["teacher"]),
+                    "--train_shards_path_or_url", str(assets["data"]), "--output_dir", str(out),
+                    "--max_train_steps", "4", "--resolution", "16", "--train_batch_size", "2",
+                    "--unet_time_cond_proj_dim", "32", "--checkpointing_steps", "2",
+                    "--validation_steps", "4", "--validation_prompts", "a red circle",
+                    "--validation_inference_steps", "1,2", "--report_to", "none", "--seed", "1",
+                    "--w_min", "3"])
+    assert code == 0
+    assert (out / "pipeline" / "model_index.json").is_file()
+    assert [s for s, _ in list_checkpoints(out)] == [2, 4]
+    assert (out / "validation" / "step-4.png").is_file()
+    assert json.loads((out / "config.json").read_text())["w_min"] == 3.0
+    assert len(read_metrics(out / "metrics.jsonl")) == 4
