@@ -235,7 +235,7 @@ def test_save_replaces_existing_folder_and_survives_a_crash(backbone, tmp_path, 
     student = backbone.build_student()
     out = backbone.save_pipeline(student, tmp_path / "student")
     (out / "stale.txt").write_text("old")
-    backbone.save_pipeline(student, out)
+    backbone.save_pipeline(torch.nn.DataParallel(student), out)  # wrapped models are unwrapped
     assert not (out / "stale.txt").exists()
     before = (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
 

@@ -145,6 +145,15 @@ class StableDiffusionBackbone(Backbone):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self._empty_embeds: torch.Tensor | None = None
 
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "StableDiffusionBackbone":
+        """Move (and optionally cast) the frozen parts; the student is built on this device."""
+        super().to(device, dtype)
+        self.device = torch.device(device)
+        if dtype is not None:
+            self.dtype = dtype
+        self._empty_embeds = None
+        return self
+
     # ------------------------------------------------------------ codecs
 
     @torch.no_grad()
@@ -270,6 +279,7 @@ class StableDiffusionBackbone(Backbone):
         from diffusers import StableDiffusionPipeline
 
         output_dir = Path(output_dir)
+        student = unwrap_model(student)
         has_lora = bool(getattr(student, "peft_config", None))
         if lora is None:
             lora = has_lora
@@ -301,6 +311,15 @@ class StableDiffusionBackbone(Backbone):
 # ---------------------------------------------------------------- helpers for saving
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare module inside DDP/DataParallel (``.module``) and ``torch.compile`` (``._orig_mod``)."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
 def merged_unet_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
     """The UNet's state dict with every active LoRA adapter merged into its base weights.
 
@@ -324,7 +343,7 @@ def merged_unet_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
                     for adapter in layer.active_adapters:
                         if adapter in layer.lora_A:
                             tensor += layer.get_delta_weight(adapter).to(tensor.dtype)
-            merged[key] = tensor.detach().contiguous()
+            merged[key] = tensor.detach().to("cpu").contiguous()
     return merged
 
 
@@ -346,13 +365,14 @@ def _save_lora(unet: nn.Module, folder: Path) -> None:
     from safetensors.torch import save_file
 
     adapter = next(iter(unet.peft_config))
-    layers = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(unet, adapter_name=adapter).items()}
+    layers = {k: v.detach().to("cpu").contiguous()
+              for k, v in get_peft_model_state_dict(unet, adapter_name=adapter).items()}
     StableDiffusionPipeline.save_lora_weights(
         folder, unet_lora_layers=layers, weight_name=LORA_WEIGHTS_FILE, safe_serialization=True,
         unet_lora_adapter_metadata=unet.peft_config[adapter].to_dict())
     cond_proj = getattr(unet.time_embedding, "cond_proj", None)
     if cond_proj is not None:
-        save_file({"time_embedding.cond_proj.weight": cond_proj.weight.detach().contiguous()},
+        save_file({"time_embedding.cond_proj.weight": cond_proj.weight.detach().to("cpu").contiguous()},
                   str(folder / GUIDANCE_EMBEDDING_FILE),
                   metadata={"format": "pt",
                             "time_cond_proj_dim": str(unet.config.time_cond_proj_dim)})
