@@ -69,7 +69,7 @@ class ImageFolderSource:
             path = self.root / str(name)
             entry = _Entry(path, text.strip() if isinstance(text, str) else None)
             if not path.is_file():
-                entry.problem = CorruptSample("missing image file", str(name), where)
+                entry.problem = CorruptSample("missing image file", str(name), f"{name} ({where})")
             listed[path.resolve()] = entry
         unlisted = [_Entry(p) for p in images if p.resolve() not in listed]
         return sorted([*listed.values(), *unlisted], key=lambda e: str(e.path)) + broken

@@ -38,11 +38,13 @@ def iter_tar_samples(stream: IO[bytes], where: str) -> Iterator[RawSample]:
                 if parts is None or "/." in "/" + info.name:  # no extension, or a hidden file
                     continue
                 member_key, ext = parts
-                data = tar.extractfile(info).read()  # type: ignore[union-attr]
                 if member_key != key:
                     if key is not None:
                         yield key, members
                     key, members = member_key, {}
+                data = tar.extractfile(info).read()  # type: ignore[union-attr]
+                if len(data) != info.size:  # tarfile's stream mode ends quietly on a short file
+                    raise EOFError(f"{info.name} is cut short ({len(data)} of {info.size} bytes)")
                 members[ext] = data
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         # The sample being assembled when the tar broke is lost with the rest of the shard.

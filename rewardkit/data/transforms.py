@@ -26,7 +26,7 @@ def to_rgb_tensor_or_image(image: Any) -> Image.Image | torch.Tensor:
     if isinstance(image, Image.Image):
         return image if image.mode == "RGB" else image.convert("RGB")
     if isinstance(image, np.ndarray):
-        image = torch.from_numpy(np.ascontiguousarray(image))
+        image = torch.from_numpy(np.array(image))  # a copy: the array may be read-only
         image = image.unsqueeze(0) if image.ndim == 2 else image.permute(2, 0, 1)
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"an image must be a PIL image, a numpy array or a tensor, "
