@@ -239,7 +239,9 @@ def run(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     click_errors, exits, aborts = _click_exceptions()
     try:
-        command = typer.main.get_command(build_app())
+        # `--version` needs no plugins: skip loading them (it imports torch and friends)
+        wants_version = any(arg == "--version" for arg in argv[:2])
+        command = typer.main.get_command(_core_app() if wants_version else build_app())
         result = command.main(args=argv, prog_name="rewardkit", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except exits as exc:

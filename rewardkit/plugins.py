@@ -122,6 +122,12 @@ class PluginHost:
                 f"loaded; the one loaded is {first.module or name}")
             return
         info = self.plugins[name] = PluginInfo(name, builtin, version, module)
+        try:
+            hash(plugin)  # pluggy keeps plugins in sets
+        except TypeError:
+            info.mark_broken(f"a plugin must be a module or a hashable object, got "
+                             f"{type(plugin).__name__}")
+            return
         if self.pm.is_registered(plugin):
             info.mark_broken(f"the same plugin object is already loaded as "
                              f"'{self.pm.get_name(plugin)}'")
