@@ -1,0 +1,162 @@
+"""Data-parallel LCD on 2 CPU processes (gloo), and DeepSpeed ZeRO-2 in one process.
+
+This file is also the worker script: ``python -m torch.distributed.run --nproc_per_node 2
+tests/test_distributed_lcd.py OUT TEACHER DATA`` trains a few steps on each rank and writes what
+the rank saw and the weights it ended with; the test then compares the ranks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("ACCELERATE_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_"))}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+               **extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
+    from rewardkit.training.testing import write_tiny_image_folder
+
+    root = tmp_path_factory.mktemp("dist")
+    return {"teacher": build_tiny_sd_pipeline(root / "teacher"),
+            "data": write_tiny_image_folder(root / "data", count=8, size=16)}
+
+
+# ------------------------------------------------------------------------------ the worker
+
+
+def worker(out: str, teacher: str, data: str, steps: int, extra: dict) -> None:
+    """Train ``steps`` steps and record this rank's data keys, world and final weights."""
+    torch.set_num_threads(1)
+    from rewardkit.recipes.lcd import LCDRecipe
+    from rewardkit.training.testing import tiny_lcd_config
+
+    class Recording(LCDRecipe):
+        keys: list[str] = []
+
+        def forward(self, batch):
+            self.keys.extend(batch["keys"])
+            return super().forward(batch)
+
+    recipe = Recording(tiny_lcd_config(teacher, data, out, max_train_steps=steps, **extra))
+    recipe.run(progress=False)
+    acc = recipe.accelerator
+    rank = acc.process_index
+    torch.save({k: v.detach().cpu() for k, v in recipe.unwrapped_student.state_dict().items()},
+               Path(out) / f"weights-{rank}.pt")
+    (Path(out) / f"rank-{rank}.json").write_text(json.dumps({
+        "process_index": rank, "num_processes": acc.num_processes,
+        "distributed_type": str(acc.distributed_type), "keys": recipe.keys,
+        "global_step": recipe.global_step,
+        "zero_stage": getattr(recipe.student, "zero_optimization_stage", lambda: None)(),
+        "optimizer": type(getattr(recipe.optimizer, "optimizer", recipe.optimizer)).__name__,
+        "env_world_size": os.environ.get("WORLD_SIZE")}))
+
+
+# ------------------------------------------------------------------------------ the tests
+
+
+def load_rank(out: Path, rank: int) -> tuple[dict, dict[str, torch.Tensor]]:
+    return (json.loads((out / f"rank-{rank}.json").read_text()),
+            torch.load(out / f"weights-{rank}.pt", weights_only=True))
+
+
+def test_two_gloo_processes_see_different_data_and_end_identical(assets, tmp_path):
+    out = tmp_path / "out"
+    extra = {"checkpointing_steps": 2}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), __file__, str(out),
+           str(assets["teacher"]), str(assets["data"]), "2", json.dumps(extra)]
+    result = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    info0, weights0 = load_rank(out, 0)
+    info1, weights1 = load_rank(out, 1)
+    # really two ranks of one data-parallel group (not two lone trainers)
+    assert {info0["process_index"], info1["process_index"]} == {0, 1}
+    assert info0["num_processes"] == info1["num_processes"] == 2
+    assert info0["distributed_type"] == info1["distributed_type"] == "DistributedType.MULTI_CPU"
+    assert info0["global_step"] == info1["global_step"] == 2
+    # different data on each replica ...
+    assert len(info0["keys"]) == len(info1["keys"]) == 4
+    assert not set(info0["keys"]) & set(info1["keys"])
+    # ... identical weights afterwards (gradients were all-reduced), and they did train
+    assert weights0.keys() == weights1.keys()
+    for key in weights0:
+        assert torch.equal(weights0[key], weights1[key]), key
+    teacher = torch.load(out / "weights-0.pt", weights_only=True)  # same file, sanity of load
+    from safetensors.torch import load_file
+
+    initial = load_file(str(assets["teacher"] / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert any(not torch.equal(initial[k], teacher[k]) for k in initial if k in teacher)
+    # the checkpoint holds both ranks' RNG and data positions
+    checkpoint = out / "checkpoint-2"
+    assert (checkpoint / "rank_state_0.pt").is_file() and (checkpoint / "rank_state_1.pt").is_file()
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["world_size"] == 2
+    assert (out / "pipeline" / "model_index.json").is_file()
+
+
+DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
+
+
+def deepspeed_env() -> dict[str, str]:
+    return child_env(ACCELERATE_USE_DEEPSPEED="true", ACCELERATE_DEEPSPEED_ZERO_STAGE="2",
+                     RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                     MASTER_PORT=str(free_port()))
+
+
+@pytest.mark.skipif(not DEEPSPEED, reason="deepspeed is not installed (pip install deepspeed)")
+def test_deepspeed_zero2_trains_checkpoints_and_resumes_in_one_process(assets, tmp_path):
+    out = tmp_path / "ds"
+    base = {"checkpointing_steps": 2}
+
+    def launch(steps: int, extra: dict) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, __file__, str(out), str(assets["teacher"]), str(assets["data"]),
+               str(steps), json.dumps({**base, **extra})]
+        return subprocess.run(cmd, cwd=REPO, env=deepspeed_env(), capture_output=True, text=True,
+                              timeout=300)
+
+    first = launch(2, {})
+    assert first.returncode == 0, first.stderr[-4000:]
+    info, weights_2 = load_rank(out, 0)
+    assert info["distributed_type"] == "DistributedType.DEEPSPEED"
+    assert info["zero_stage"] == 2 and "Zero" in info["optimizer"], info
+    checkpoint = out / "checkpoint-2"
+    # DeepSpeed's own checkpoint layout (engine + ZeRO-2 optimiser shards) inside ours
+    assert any(checkpoint.rglob("*optim_states.pt")), sorted(p.name for p in checkpoint.rglob("*"))
+    assert (checkpoint / "target.safetensors").is_file()
+
+    second = launch(3, {"resume_from_checkpoint": "latest"})
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert "resumed from" in second.stdout + second.stderr
+    info, weights_3 = load_rank(out, 0)
+    assert info["global_step"] == 3 and len(info["keys"]) == 2  # only the one remaining step ran
+    assert any(not torch.equal(weights_2[k], weights_3[k]) for k in weights_2)
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), json.loads(sys.argv[5]))
