@@ -9,9 +9,11 @@ values are converted to the RM's parameter types (JSON for mappings, e.g.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
+import sys
 import typing
 from pathlib import Path
 from typing import Any, List, Optional
@@ -109,8 +111,10 @@ def score_command(
     from ..plugins import get_host
 
     spec = get_host().get("reward", reward)
-    records = score_files(list(images), list(prompt), reward, parse_params(list(param or []),
-                                                                             spec.factory))
+    params = parse_params(list(param or []), spec.factory)
+    # Libraries imported while loading a model may log to stdout; keep stdout for the results.
+    with contextlib.redirect_stdout(sys.stderr):
+        records = score_files(list(images), list(prompt), reward, params)
     if as_json:
         typer.echo(json.dumps(records, indent=2))
         return
@@ -118,8 +122,9 @@ def score_command(
     from rich.table import Table
 
     table = Table(title=f"reward: {reward}")
-    for column in ("image", "prompt", "score"):
-        table.add_column(column)
+    table.add_column("image", overflow="fold")  # full paths, wrapped, never elided
+    table.add_column("prompt", overflow="fold")
+    table.add_column("score", no_wrap=True)
     for record in records:
         table.add_row(record["image"], record["prompt"], f"{record['score']:.6g}")
     Console().print(table)

@@ -12,82 +12,33 @@ user's real checkpoint takes. No network access, no downloaded weights.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
 
+from .tiny_sd import DEFAULT_WORDS as TINY_SD_WORDS
+from .tiny_sd import write_tiny_clip_tokenizer
+
 #: Words the tiny tokenizer knows as whole tokens (anything else falls back to single bytes).
-DEFAULT_WORDS: tuple[str, ...] = (
-    "a", "an", "the", "of", "in", "on", "with", "and", "photo", "painting", "picture", "cat",
-    "dog", "house", "tree", "car", "sky", "sea", "red", "green", "blue", "yellow", "white",
-    "black", "orange", "purple", "pink", "brown", "gray", "big", "small", "astronaut", "horse",
-)
-
-BOS_TOKEN = "<|startoftext|>"
-EOS_TOKEN = "<|endoftext|>"
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable unicode character table (256 entries)."""
-    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-                 + list(range(ord("®"), ord("ÿ") + 1)))
-    chars = list(printable)
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars)))
-
-
-def tiny_bpe_vocab(words: Iterable[str] = DEFAULT_WORDS) -> tuple[dict[str, int], list[str]]:
-    """A byte-level BPE vocabulary in CLIP's layout, and its merges.
-
-    Layout as in OpenAI's CLIP: the 256 byte symbols, the same with the end-of-word suffix
-    ``</w>``, then one token per merge, then ``<|startoftext|>`` and ``<|endoftext|>`` (so the
-    end-of-text token has the highest id, which CLIP's pooling relies on). Each word in ``words``
-    is merged left to right into a single token.
-    """
-    symbols = list(bytes_to_unicode().values())
-    tokens = symbols + [s + "</w>" for s in symbols]
-    merges: list[str] = []
-    known = set(tokens)
-    for word in dict.fromkeys(w.lower() for w in words):
-        encoded = "".join(bytes_to_unicode()[b] for b in word.encode("utf-8"))
-        pieces = list(encoded[:-1]) + [encoded[-1] + "</w>"]
-        while len(pieces) > 1:
-            merged = pieces[0] + pieces[1]
-            rule = f"{pieces[0]} {pieces[1]}"
-            if merged not in known:
-                merges.append(rule)
-                tokens.append(merged)
-                known.add(merged)
-            elif rule not in merges:  # the token exists through another merge: still need the rule
-                merges.append(rule)
-            pieces = [merged] + pieces[2:]
-    tokens += [BOS_TOKEN, EOS_TOKEN]
-    return {token: index for index, token in enumerate(tokens)}, merges
+DEFAULT_WORDS: tuple[str, ...] = tuple(dict.fromkeys(TINY_SD_WORDS + (
+    "in", "on", "with", "and", "painting", "picture", "house", "tree", "car", "sky", "sea",
+    "yellow", "white", "black", "orange", "purple", "pink", "brown", "gray", "small", "horse",
+)))
 
 
 def build_tiny_clip_tokenizer(path: str | Path, words: Iterable[str] = DEFAULT_WORDS,
                               model_max_length: int = 77):
-    """Write a tiny CLIP tokenizer (``vocab.json``, ``merges.txt`` and the tokenizer's own files)
-    to ``path`` and return it loaded with ``CLIPTokenizer.from_pretrained(path)``."""
+    """Write a tiny byte-level BPE CLIP tokenizer (``vocab.json``, ``merges.txt``, configs) to
+    ``path`` and return it loaded with ``CLIPTokenizer.from_pretrained(path)``.
+
+    The files come from :func:`rewardkit.testing.tiny_sd.write_tiny_clip_tokenizer` (one tokenizer
+    builder for the whole project); any text tokenises, ``words`` become single tokens.
+    """
     from transformers import CLIPTokenizer
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    vocab, merges = tiny_bpe_vocab(words)
-    (path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    # Load from the two files as a user's tokenizer folder would be, then add the tokenizer's
-    # own files (tokenizer.json, tokenizer_config.json) with save_pretrained.
-    tokenizer = CLIPTokenizer.from_pretrained(path, model_max_length=model_max_length)
-    tokenizer.save_pretrained(path)
-    return CLIPTokenizer.from_pretrained(path)
+    write_tiny_clip_tokenizer(path, tuple(words), model_max_length)
+    return CLIPTokenizer.from_pretrained(Path(path))
 
 
 def tiny_clip_config(vocab_size: int, eos_token_id: int, bos_token_id: int, *,
