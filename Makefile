@@ -13,6 +13,8 @@ $(VENV)/.installed: pyproject.toml examples/reward-plugin/pyproject.toml
 	# torch first, pinned to the CPU build on local disk, so nothing pulls a CUDA build
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[dev]"
+	# tests pip-install plugin distributions offline (--no-build-isolation): they need setuptools
+	$(PIP) install -q "setuptools>=61"
 	touch $@
 
 setup: $(VENV)/.installed
