@@ -1,5 +1,12 @@
-"""Built-in world plugin: registers rewardkit's own world through the public hooks."""
+"""Built-in world plugin: the embedded world's judges as reward models, and `rewardkit world`."""
 
 from __future__ import annotations
 
-from ..hookspecs import hookimpl  # noqa: F401  (implementations are added below)
+from ..hookspecs import hookimpl
+from .rewards import WorldJudge, WorldProxy
+
+
+@hookimpl
+def register_reward_models(register):
+    register(WorldJudge)
+    register(WorldProxy)

@@ -1,0 +1,54 @@
+"""The world's reward models: the rule-based judge and the learned, differentiable proxy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..rewards.base import RewardModel
+from .assets import PROXY, asset_path, load_net
+from .judge import judge
+from .nets import WorldProxyNet
+from .scene_codes import encode_captions
+
+
+class WorldJudge(RewardModel):
+    """Rule-based judge of the embedded world (non-differentiable; numpy)."""
+
+    name = "world-judge"
+    differentiable = False
+
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        pixels = images.detach().float().clamp(0, 1).cpu().numpy()
+        scores = [judge(image, prompt).score for image, prompt in zip(pixels, prompts)]
+        return torch.tensor(scores, dtype=torch.float32, device=images.device)
+
+
+class WorldProxy(RewardModel):
+    """Learned, differentiable RM of the embedded world (a small CNN that imitates the judge)."""
+
+    name = "world-proxy"
+    differentiable = True
+
+    def __init__(self, path: str | None = None, device: str = "cpu") -> None:
+        self.net = load_net(WorldProxyNet, Path(path) if path else asset_path(PROXY)).to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def to(self, device=None, dtype=None) -> "WorldProxy":
+        self.net.to(device=device, dtype=dtype)
+        return self
+
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        codes = encode_captions(prompts).to(images.device)
+        return self.net(images.to(next(self.net.parameters()).dtype), codes)
+
+
+def judge_scores(images: np.ndarray | torch.Tensor, prompts: Sequence[str]) -> np.ndarray:
+    """Judge scores of a batch (NCHW in [0, 1]) as a numpy array."""
+    return WorldJudge()(torch.as_tensor(images).float(), list(prompts)).numpy()
