@@ -18,12 +18,12 @@ import torch
 
 from ..errors import ConfigError
 from .aesthetic_head import load_head
-from .base import RewardModel
+from .module_reward import ModuleRewardModel
 from .clip_base import resolve_dtype
 from .preprocess import ImageTransform
 
 
-class AestheticScore(RewardModel):
+class AestheticScore(ModuleRewardModel):
     """LAION aesthetic predictor on CLIP ViT-L/14 image embeddings (prompt ignored; differentiable)."""
 
     name = "aesthetic"
@@ -64,20 +64,8 @@ class AestheticScore(RewardModel):
             processor or clip_model, default_size=int(vision.config.image_size), **processor_hub)
         self.to(device, resolve_dtype(dtype, self.name))
 
-    def to(self, device: torch.device | str | None = None,
-           dtype: torch.dtype | None = None) -> "AestheticScore":
-        """Move the CLIP tower and the head once."""
-        self.vision.to(device=device, dtype=dtype)
-        self.head.to(device=device, dtype=dtype)
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return self.head.layers[0].weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.head.layers[0].weight.dtype
+    def weight_modules(self) -> list[torch.nn.Module]:
+        return [self.head, self.vision]
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Predicted aesthetic rating of each image, shape ``[B]`` (prompts are not used)."""

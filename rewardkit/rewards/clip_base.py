@@ -13,23 +13,14 @@ from typing import Any, Sequence
 
 import torch
 
+from ..backbones.stable_diffusion import resolve_dtype as resolve_any_dtype
 from ..errors import ConfigError, RewardModelError
-from .base import RewardModel
+from .module_reward import ModuleRewardModel
 from .preprocess import ImageTransform
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
 
 def resolve_dtype(dtype: str | torch.dtype, owner: str) -> torch.dtype:
     """``"float16"``/``"fp16"``/``torch.float16`` -> ``torch.float16``; ConfigError naming ``owner``."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise ConfigError(f"reward model '{owner}': dtype must be one of "
-                          f"{', '.join(sorted(DTYPES))}, got {dtype!r}") from None
+    return resolve_any_dtype(dtype, key=f"reward model '{owner}': dtype")
 
 
 def features(output: Any) -> torch.Tensor:
@@ -41,7 +32,7 @@ def features(output: Any) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-class CLIPRewardModel(RewardModel):
+class CLIPRewardModel(ModuleRewardModel):
     """Base of the CLIP-based reward models: loading, torch preprocessing, text-embedding cache.
 
     Subclasses implement :meth:`score` with :meth:`image_embeddings` and :meth:`text_embeddings`.
@@ -78,20 +69,15 @@ class CLIPRewardModel(RewardModel):
 
     # ------------------------------------------------------------ placement
 
+    def weight_modules(self) -> list[torch.nn.Module]:
+        return [self.model]
+
     def to(self, device: torch.device | str | None = None,
            dtype: torch.dtype | None = None) -> "CLIPRewardModel":
         """Move the weights once (and drop cached text embeddings made elsewhere)."""
-        self.model.to(device=device, dtype=dtype)
+        super().to(device, dtype)
         self._text_cache.clear()
         return self
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.logit_scale.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.logit_scale.dtype
 
     # ------------------------------------------------------------ embeddings
 
