@@ -207,3 +207,12 @@ def test_cli_run_lcd_end_to_end(assets, tmp_path):
     assert (out / "validation" / "step-4.png").is_file()
     assert json.loads((out / "config.json").read_text())["w_min"] == 3.0
     assert len(read_metrics(out / "metrics.jsonl")) == 4
+
+
+def test_metrics_describe_one_run_after_a_restart(assets, tmp_path):
+    LCDRecipe(config(assets, tmp_path, max_train_steps=3, checkpointing_steps=2)).run(progress=False)
+    assert len(read_metrics(tmp_path / "metrics.jsonl")) == 3
+    # resuming from checkpoint-2 drops the rows of step 3, which is trained again
+    LCDRecipe(config(assets, tmp_path, max_train_steps=3,
+                     resume_from_checkpoint="latest")).run(progress=False)
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]

@@ -204,6 +204,8 @@ class LCDRecipe(Recipe):
                 k: v for k, v in config_to_dict(cfg).items()
                 if isinstance(v, (int, float, str, bool))})
         self.metrics_log = MetricsLog(self.output_dir / "metrics.jsonl")
+        if acc.is_main_process:
+            self.metrics_log.truncate_after(self.global_step)
 
     @property
     def unwrapped_student(self) -> nn.Module:

@@ -19,6 +19,15 @@ class MetricsLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
+    def truncate_after(self, step: int) -> None:
+        """Drop rows of steps after ``step`` (a fresh run: 0; a resumed run: the checkpoint's step),
+        so the file describes exactly one run's history."""
+        if not self.path.is_file():
+            return
+        keep = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in keep))
+
     def append(self, step: int, metrics: dict[str, Any]) -> None:
         """Write one line; non-finite floats become ``null`` (valid JSON)."""
         row = {"step": step}

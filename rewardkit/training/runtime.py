@@ -52,8 +52,14 @@ def build_accelerator(*, output_dir: str | Path, mixed_precision: str,
                       train_batch_size: int, max_grad_norm: float) -> Any:
     """An ``Accelerator`` that really runs data parallel on CPU, CUDA and DeepSpeed."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedType, ProjectConfiguration
 
+    # AcceleratorState is a process-wide singleton that refuses new settings (e.g. another
+    # mixed_precision) once set; a run owns its accelerator, so drop the previous run's settings.
+    # The PartialState (the process group) is kept.
+    if AcceleratorState._shared_state:
+        AcceleratorState._reset_state()
     output_dir = Path(output_dir)
     use_deepspeed = deepspeed_requested()
     cpu = not torch.cuda.is_available() and not use_deepspeed
