@@ -10,9 +10,10 @@ from .aesthetic import AestheticScore
 from .base import RewardModel
 from .clip_score import CLIPScore
 from .jpeg_compressibility import JpegCompressibility
+from .module_reward import ModuleRewardModel
 from .pickscore import PickScore
 from .rule_judge import RuleJudge
 from .weighted import WeightedReward
 
-__all__ = ["RewardModel", "CLIPScore", "PickScore", "AestheticScore", "WeightedReward",
+__all__ = ["RewardModel", "ModuleRewardModel", "CLIPScore", "PickScore", "AestheticScore", "WeightedReward",
            "JpegCompressibility", "RuleJudge"]
