@@ -143,3 +143,13 @@ def test_freeze_unfreeze_toggle_exactly_the_trainable_set(trainable):
     assert unlocked == model.trainable_parameter_names()
     model.freeze()
     assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_channels_last_latents_backpropagate():
+    """UNet outputs may be channels_last; GroupNorm's CPU backward on those crashed torch."""
+    model = small(trainable="all").unfreeze()
+    latents = torch.randn(3, 4, 8, 8).contiguous(memory_format=torch.channels_last)
+    latents.requires_grad_(True)
+    model(latents, torch.randn(3, 7, TEXT_DIM)).sum().backward()
+    assert latents.grad is not None and torch.isfinite(latents.grad).all()
+    assert model.image_tower.stem.weight.grad is not None

@@ -287,8 +287,10 @@ class LatentRewardModel(ProxyRewardModel):
             raise ConfigError(
                 f"LRM expects latents [B, {self.latent_channels}, h, w], got "
                 f"{tuple(latents.shape)}; build it with latent_channels=backbone.latent_channels")
-        dtype = self.logit_scale.dtype
-        return F.normalize(self.image_tower(latents.to(dtype)), dim=-1)
+        # Contiguous (NCHW): UNet outputs can be channels_last, and GroupNorm's CPU backward on
+        # channels_last inputs crashes the process (segfault) in torch 2.13.
+        latents = latents.to(self.logit_scale.dtype).contiguous()
+        return F.normalize(self.image_tower(latents), dim=-1)
 
     def encode_prompts(self, prompt_embeds: torch.Tensor) -> torch.Tensor:
         """Unit-norm text embeddings ``[B, embed_dim]`` of prompt embeddings ``[B, L, D]``."""

@@ -7,7 +7,9 @@ from ..hookspecs import hookimpl
 
 @hookimpl
 def register_recipes(register):
-    """``lcd``: plain latent consistency distillation."""
+    """``lcd``: plain latent consistency distillation; ``rg-lcd``: reward guided LCD."""
     from .lcd import LCDRecipe
+    from .rg_lcd import RGLCDRecipe
 
     register(LCDRecipe)
+    register(RGLCDRecipe)
