@@ -1,0 +1,286 @@
+"""The ``rg-lcd`` recipe on the tiny offline SD pipeline: direct and LRM modes, resume, failures."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import rewardkit as rk
+from rewardkit.errors import ConfigError, RewardModelError
+from rewardkit.hookspecs import hookimpl
+from rewardkit.plugins import load_host, reset_host
+from rewardkit.proxies import LatentRewardModel
+from rewardkit.recipes.rg_lcd import LATENT_RM_DIR, RGLCDConfig, RGLCDRecipe
+from rewardkit.rewards.base import RewardModel
+from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
+from rewardkit.training.checkpoint import list_checkpoints
+from rewardkit.training.metrics import read_metrics
+from rewardkit.training.step import StepOutputs
+from rewardkit.training.testing import tiny_lcd_config, write_tiny_image_folder
+
+SMALL_LRM = dict(embed_dim=16, image_widths=[8, 16], text_width=16, text_heads=2)
+
+
+# ---------------------------------------------------------------- in-test reward models
+
+
+class Redness(RewardModel):
+    """Differentiable: red minus the other channels, weighted by a (trainable-looking) tensor."""
+
+    name = "test-redness"
+    differentiable = True
+
+    def __init__(self) -> None:
+        # requires_grad on purpose: any gradient reaching the expert would show up in .grad
+        self.weight = torch.ones(3, requires_grad=True)
+        self.calls: list[dict] = []
+
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        self.calls.append({"requires_grad": images.requires_grad, "prompts": list(prompts),
+                           "grad_enabled": torch.is_grad_enabled()})
+        channels = images.mean((2, 3)) * self.weight
+        return channels[:, 0] - 0.5 * (channels[:, 1] + channels[:, 2])
+
+
+class SecretlyNotDifferentiable(Redness):
+    """The class says differentiable, the built instance does not (like a mixed weighted RM)."""
+
+    name = "test-secretly-nondiff"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.differentiable = False
+
+
+class Broken(RewardModel):
+    """Returns NaN or a wrong shape from its ``fail_at``-th call on."""
+
+    name = "test-broken"
+    differentiable = True
+
+    def __init__(self, fail_at: int = 3, mode: str = "nan") -> None:
+        self.fail_at, self.mode, self.count = fail_at, mode, 0
+
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        self.count += 1
+        scores = images.mean((1, 2, 3))
+        if self.count >= self.fail_at:
+            return scores * float("nan") if self.mode == "nan" else torch.cat([scores, scores])
+        return scores
+
+
+class TestRewards:
+    @hookimpl
+    def register_reward_models(self, register):
+        for factory in (Redness, SecretlyNotDifferentiable, Broken):
+            register(factory)
+
+
+@pytest.fixture(autouse=True)
+def test_rewards():
+    reset_host(load_host(extra_plugins=[("rg-lcd-test-rewards", TestRewards())]))
+    yield
+    reset_host()
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rg-lcd")
+    return {"teacher": build_tiny_sd_pipeline(root / "teacher"),
+            "data": write_tiny_image_folder(root / "data", count=8, size=16)}
+
+
+def config(assets, out, **overrides) -> RGLCDConfig:
+    base = dataclasses.asdict(tiny_lcd_config(assets["teacher"], assets["data"], out))
+    values = {**base, "reward": "test-redness", "proxy": "lrm", "proxy_params": dict(SMALL_LRM),
+              "rm_batch_size": 2, "vae_decode_batch_size": 4, **overrides}
+    built = RGLCDConfig(**values)
+    built.validate()
+    return built
+
+
+def proxy_snapshot(recipe: RGLCDRecipe) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in recipe.proxy_model.named_parameters()}
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_registered_and_reward_is_required(assets, tmp_path):
+    assert rk.describe("recipe", "rg-lcd").factory is RGLCDRecipe
+    with pytest.raises(ConfigError, match="--reward"):
+        config(assets, tmp_path, reward=None)
+    with pytest.raises(ConfigError, match="latent_rm_loss_type"):
+        config(assets, tmp_path, latent_rm_loss_type="hinge")
+    with pytest.raises(Exception, match="no-such-rm"):
+        config(assets, tmp_path, reward="no-such-rm")
+
+
+def test_direct_mode_refuses_a_non_differentiable_rm_before_training(assets, tmp_path):
+    with pytest.raises(ConfigError, match="'jpeg-compressibility'.*proxy=lrm"):
+        config(assets, tmp_path, reward="jpeg-compressibility", proxy="none")
+    # an RM whose *instance* is not differentiable is caught when built, before any step
+    recipe = RGLCDRecipe(config(assets, tmp_path, reward="test-secretly-nondiff", proxy="none"))
+    with pytest.raises(ConfigError, match="'test-secretly-nondiff'.*proxy=lrm"):
+        recipe.run(progress=False)
+    assert recipe.global_step == 0 and not list_checkpoints(tmp_path)
+    assert not (tmp_path / "metrics.jsonl").exists() or not read_metrics(tmp_path / "metrics.jsonl")
+
+
+# ---------------------------------------------------------------- direct mode
+
+
+def test_direct_mode_reward_gradient_reaches_the_student(assets, tmp_path):
+    recipe = RGLCDRecipe(config(assets, tmp_path, proxy="none", reward_scale=2.0))
+    recipe.setup()
+    step = recipe.forward(next(recipe.batches))
+    losses = recipe.extra_losses(step)
+    expected = -2.0 * Redness().score(recipe.backbone.decode_latents(step.student_x0).float(),
+                                      step.captions).mean()
+    assert float(losses["reward_loss"].detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+    losses["reward_loss"].backward()
+    grads = [p.grad for p in recipe.unwrapped_student.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    assert recipe.reward_model.calls[-1]["requires_grad"]  # decoded images carry the graph
+    assert all(p.grad is None for p in recipe.backbone.vae.parameters())  # the VAE stays frozen
+
+
+def test_direct_mode_run_logs_rewards(assets, tmp_path):
+    out = RGLCDRecipe(config(assets, tmp_path, proxy="none", max_train_steps=2)).run(progress=False)
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    for row in rows:
+        assert {"lcd_loss", "reward_loss", "expert_reward"} <= set(row)
+        assert row["reward_loss"] == pytest.approx(-row["expert_reward"], rel=1e-4)
+    assert not (out / LATENT_RM_DIR).exists()
+
+
+# ---------------------------------------------------------------- LRM mode
+
+
+def test_lrm_mode_student_step_has_no_expert_and_no_decoder(assets, tmp_path):
+    recipe = RGLCDRecipe(config(assets, tmp_path))
+    recipe.setup()
+    decoder_calls = []
+    hook = recipe.backbone.vae.decoder.register_forward_hook(lambda *a: decoder_calls.append(1))
+    step = recipe.forward(next(recipe.batches))
+    losses = recipe.extra_losses(step)
+    assert not recipe.reward_model.calls and not decoder_calls  # latent space only
+    losses["reward_loss"].backward()
+    grads = [p.grad for p in recipe.unwrapped_student.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    assert all(p.grad is None for p in recipe.proxy_model.parameters())  # proxy frozen
+    hook.remove()
+
+    metrics = recipe.after_optimizer_step(step)
+    assert recipe.reward_model.calls  # the expert judged the candidates...
+    assert all(not c["requires_grad"] and not c["grad_enabled"] for c in recipe.reward_model.calls)
+    assert recipe.reward_model.weight.grad is None  # ...and got no gradient
+    assert {"proxy_loss", "proxy_accuracy", "expert_reward", "expert_reward_gt",
+            "lrm_reward"} <= set(metrics)
+    # the expert saw 3 candidates for each sub-batch prompt, with their own captions
+    prompts = [p for c in recipe.reward_model.calls for p in c["prompts"]]
+    assert len(prompts) == 3 * 2 and prompts[:2] == prompts[2:4] == prompts[4:]
+    assert set(prompts) <= set(step.captions)
+
+
+def test_lrm_mode_trains_from_a_non_differentiable_rm_and_keeps_the_lock(assets, tmp_path):
+    recipe = RGLCDRecipe(config(assets, tmp_path, reward="jpeg-compressibility", max_train_steps=3,
+                                rm_lr=1e-2))
+    recipe.setup()
+    before = proxy_snapshot(recipe)
+    rows = [recipe.train_step() for _ in range(3)]
+    for row in rows:
+        assert {"lcd_loss", "reward_loss", "expert_reward", "proxy_accuracy",
+                "proxy_loss"} <= set(row)
+        assert 0.0 <= row["proxy_accuracy"] <= 1.0 and row["proxy_loss"] >= 0
+        assert row["expert_reward"] < 0  # -JPEG size in kB
+    after = proxy_snapshot(recipe)
+    trainable = recipe.proxy_model.trainable_parameter_names()
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and changed <= trainable
+    assert not any(p.requires_grad for p in recipe.proxy_model.parameters())
+
+
+def test_lrm_can_start_from_a_saved_proxy(assets, tmp_path):
+    recipe = RGLCDRecipe(config(assets, tmp_path / "a"))
+    recipe.setup()
+    saved = LatentRewardModel(**{**recipe.proxy_model.config, "logit_scale_init": 1.5})
+    saved.save_pretrained(tmp_path / "pretrained")
+    resumed = RGLCDRecipe(config(assets, tmp_path / "b", pretrained_latent_rm=str(
+        tmp_path / "pretrained"), proxy_params={"trainable": "heads"}))
+    resumed.setup()
+    assert float(resumed.proxy_model.logit_scale) == 1.5
+    assert resumed.proxy_model.trainable == "heads"
+    for name, value in saved.state_dict().items():
+        assert torch.equal(resumed.proxy_model.state_dict()[name], value), name
+    with pytest.raises(ConfigError, match="pretrained_latent_rm"):
+        config(assets, tmp_path, pretrained_latent_rm=str(tmp_path / "missing"))
+
+
+# ---------------------------------------------------------------- checkpoints and failures
+
+
+class CrashAt(RGLCDRecipe):
+    """Interrupted after the student step of step 3 (before its proxy update)."""
+
+    def after_optimizer_step(self, step: StepOutputs) -> dict[str, float]:
+        if step.global_step == 3:
+            raise KeyboardInterrupt("simulated interruption")
+        return super().after_optimizer_step(step)
+
+
+def test_checkpoint_and_resume_restore_the_lrm_and_its_optimiser(assets, tmp_path):
+    common = dict(max_train_steps=4, checkpointing_steps=2, rm_lr=1e-3,
+                  reward="jpeg-compressibility")
+    straight = RGLCDRecipe(config(assets, tmp_path / "a", **common)).run(progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        CrashAt(config(assets, tmp_path / "b", **common)).run(progress=False)
+    resumed = RGLCDRecipe(config(assets, tmp_path / "b", resume_from_checkpoint="latest",
+                                 **common))
+    resumed.run(progress=False)
+
+    first = load_file(str(straight / "checkpoint-2" / LATENT_RM_DIR / "proxy.safetensors"))
+    for folder in (f"checkpoint-4/{LATENT_RM_DIR}", LATENT_RM_DIR):
+        a = load_file(str(straight / folder / "proxy.safetensors"))
+        b = load_file(str(tmp_path / "b" / folder / "proxy.safetensors"))
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (folder, key)
+    assert any(not torch.equal(first[k], a[k]) for k in a)  # the LRM did train
+    opt_a = torch.load(straight / "checkpoint-4" / "extra_state.pt", weights_only=False)
+    opt_b = torch.load(tmp_path / "b" / "checkpoint-4" / "extra_state.pt", weights_only=False)
+    state_a = opt_a["proxy_updater"]["optimizer"]["state"]
+    state_b = opt_b["proxy_updater"]["optimizer"]["state"]
+    assert state_a.keys() == state_b.keys() and state_a
+    for key in state_a:
+        assert int(state_a[key]["step"]) == 4
+        assert torch.equal(state_a[key]["exp_avg_sq"], state_b[key]["exp_avg_sq"])
+    loaded = LatentRewardModel.from_pretrained(straight / LATENT_RM_DIR)  # usable as pretrained
+    assert loaded.config["text_dim"] == resumed.backbone.text_embed_dim
+
+
+@pytest.mark.parametrize("proxy,mode,fail_at", [("none", "nan", 3), ("lrm", "nan", 5),
+                                                 ("lrm", "shape", 5)])
+def test_a_broken_rm_stops_the_run_naming_it_with_the_last_checkpoint_intact(
+        assets, tmp_path, proxy, mode, fail_at):
+    # direct mode calls the RM once per step; LRM mode once per chunk (2 chunks of 4 per step)
+    recipe = RGLCDRecipe(config(assets, tmp_path, proxy=proxy, reward="test-broken",
+                                reward_params={"fail_at": fail_at, "mode": mode},
+                                max_train_steps=4, checkpointing_steps=1))
+    with pytest.raises(RewardModelError, match="'test-broken'.*(non-finite|shape)"):
+        recipe.run(progress=False)
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [1, 2]
+    last = tmp_path / "checkpoint-2"
+    assert load_file(str(last / "model.safetensors"))
+    if proxy == "lrm":
+        assert LatentRewardModel.from_pretrained(last / LATENT_RM_DIR).num_parameters() > 0
+    resumed = RGLCDRecipe(config(assets, tmp_path, proxy=proxy, reward="test-redness",
+                                 max_train_steps=3, resume_from_checkpoint="latest"))
+    resumed.run(progress=False)
+    assert resumed.global_step == 3
