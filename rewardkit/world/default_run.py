@@ -1,0 +1,193 @@
+"""What ``rewardkit run rg-lcd`` does with no arguments: RG-LCD on the embedded world, then a report.
+
+Two functions for the recipe (or the CLI) to call when no teacher is given::
+
+    from rewardkit.world.default_run import default_rg_lcd_overrides, finalize_world_run
+
+    overrides = default_rg_lcd_overrides()            # shipped teacher, world data, world-judge + lrm
+    output_dir = api.recipe("rg-lcd", overrides).run()
+    finalize_world_run(output_dir)                    # evaluate teacher + student, write report.md
+
+The training data is named by the string ``"world:train"`` (config values are strings); the
+recipe turns it into a :class:`~rewardkit.world.source.WorldSource` with
+:func:`world_source_from_spec` (``"world:SPLIT?size=N&side=S&seed=K"``; every part after the split
+is optional). Until ``LCDRecipe.build_loader`` does that itself, :func:`build_world_recipe`
+builds a recipe whose loader understands the spec.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import parse_qs
+
+from ..errors import ConfigError
+from .assets import TEACHER, asset_path
+from .evaluate import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_IMAGES, WorldEvaluator, add_speedups
+from .source import SPLITS, WorldSource
+
+WORLD_SCHEME = "world:"
+DEFAULT_OUTPUT_DIR = "rg-lcd-world"
+#: Optimiser steps of the default run: about 10 minutes on 2 CPU cores with the shipped teacher
+#: (training plus the final evaluation).
+DEFAULT_MAX_TRAIN_STEPS = 600
+#: Validation prompts of the default run (the first captions of the world's validation split).
+NUM_VALIDATION_PROMPTS = 6
+#: A small LRM for 8x8x4 latents, trained from scratch online (every layer trainable).
+WORLD_LRM_PARAMS: dict[str, Any] = {
+    "embed_dim": 64, "image_widths": [32, 64], "blocks_per_stage": 1,
+    "text_width": 64, "text_depth": 1, "text_heads": 4, "trainable": "all",
+}
+
+
+def is_world_spec(value: Any) -> bool:
+    """True for strings like ``"world:train"``."""
+    return isinstance(value, str) and value.startswith(WORLD_SCHEME)
+
+
+def world_source_from_spec(spec: Any, side: int | None = None) -> WorldSource | None:
+    """The :class:`WorldSource` a ``"world:SPLIT[?size=N&side=S&seed=K]"`` string names.
+
+    Returns ``None`` for anything that is not a world spec (so callers can fall through to the
+    other data sources). ``side`` (e.g. the training resolution) is used when the spec has none.
+    """
+    if not is_world_spec(spec):
+        return None
+    body = spec[len(WORLD_SCHEME):]
+    split, _, query = body.partition("?")
+    split = split or "train"
+    if split not in SPLITS:
+        raise ConfigError(f"train_shards_path_or_url: '{spec}' names no world split; use one of "
+                          + ", ".join(f"world:{s}" for s in SPLITS))
+    options: dict[str, int] = {}
+    for key, values in parse_qs(query, keep_blank_values=True).items():
+        if key not in ("size", "side", "seed"):
+            raise ConfigError(f"train_shards_path_or_url: unknown option '{key}' in '{spec}' "
+                              "(world sources take size, side and seed)")
+        try:
+            options[key] = int(values[-1])
+        except ValueError:
+            raise ConfigError(f"train_shards_path_or_url: {key} must be an integer in "
+                              f"'{spec}'") from None
+    if "side" not in options and side is not None:
+        options["side"] = side
+    return WorldSource(split, **options)
+
+
+def validation_captions(count: int = NUM_VALIDATION_PROMPTS, seed: int = 0) -> list[str]:
+    """The first ``count`` captions of the world's validation split."""
+    return WorldSource("validation", size=count, seed=seed).captions()[:count]
+
+
+def default_rg_lcd_overrides(assets_root: str | Path | None = None,
+                             output_dir: str = DEFAULT_OUTPUT_DIR,
+                             max_train_steps: int = DEFAULT_MAX_TRAIN_STEPS) -> dict[str, Any]:
+    """Config overrides of ``rg-lcd`` for the embedded world (LRM learning from ``world-judge``).
+
+    ``assets_root`` points at another built world (default: the shipped assets). Every value is
+    an ordinary :class:`~rewardkit.recipes.rg_lcd.RGLCDConfig` key, so a user can override any of
+    them on the command line.
+    """
+    root = Path(assets_root) if assets_root is not None else None
+    return {
+        "pretrained_teacher_model": str(asset_path(TEACHER, root)),
+        "train_shards_path_or_url": "world:train",
+        "output_dir": output_dir,
+        "reward": "world-judge",
+        "proxy": "lrm",
+        "proxy_params": dict(WORLD_LRM_PARAMS),
+        "resolution": 32,
+        "train_batch_size": 32,
+        "max_train_steps": max_train_steps,
+        "learning_rate": 1e-4,
+        "lr_scheduler": "constant_with_warmup",
+        "lr_warmup_steps": 20,
+        # a narrower w range than SD's [5, 15]: a small student learns it faster; it holds the
+        # evaluation guidance (7.5 embeds w = 6.5)
+        "w_min": 4.0,
+        "w_max": 9.0,
+        "reward_scale": 1.0,
+        "rm_batch_size": 8,
+        "rm_lr": 1e-3,
+        "vae_decode_batch_size": 24,
+        "checkpointing_steps": 200,
+        "checkpoints_total_limit": 1,
+        "validation_steps": 200,
+        "validation_prompts": validation_captions(),
+        "validation_seeds": [0],
+        "validation_guidance_scale": DEFAULT_GUIDANCE_SCALE,
+        "seed": 0,
+        "report_to": "none",
+    }
+
+
+def build_world_recipe(name: str = "rg-lcd", overrides: dict[str, Any] | None = None) -> Any:
+    """``api.recipe(name, overrides)`` whose data loader also understands ``"world:..."`` specs."""
+    from ..api import recipe as build_recipe
+
+    recipe = build_recipe(name, dict(overrides or {}))
+    original = recipe.build_loader
+
+    def build_loader(accelerator: Any, backbone: Any) -> Any:
+        config = recipe.config
+        spec = config.train_shards_path_or_url
+        source = world_source_from_spec(spec, side=config.resolution)
+        if source is None:
+            return original(accelerator, backbone)
+        config.train_shards_path_or_url = source
+        try:
+            return original(accelerator, backbone)
+        finally:
+            config.train_shards_path_or_url = spec
+
+    recipe.build_loader = build_loader
+    return recipe
+
+
+def _run_config(output_dir: Path) -> dict[str, Any]:
+    path = output_dir / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def finalize_world_run(output_dir: str | Path, *, teacher: str | Path | None = None,
+                       student: str | Path | None = None, assets_root: str | Path | None = None,
+                       proxy_path: str | Path | None = None, features_path: str | Path | None = None,
+                       prompts: Sequence[str] | None = None, num_images: int = DEFAULT_NUM_IMAGES,
+                       validation_prompts: Sequence[str] | None = None,
+                       student_steps: Sequence[int] = (1, 2, 4), teacher_steps: int = 50,
+                       guidance_scale: float | None = None, batch_size: int = 16,
+                       device: str = "cpu", command: str | None = None) -> Path:
+    """Evaluate the teacher and the run's student, write the run's report; returns ``report.md``.
+
+    Defaults come from the run folder: the student is ``output_dir/pipeline``, the teacher is the
+    config's ``pretrained_teacher_model``, the grid's prompts are its ``validation_prompts`` and
+    the guidance scale its ``validation_guidance_scale``. The table is measured on ``num_images``
+    test-split prompts (or ``prompts``); ``report.md``, ``eval.json``, ``comparison.png`` and
+    ``training_curves.png`` land in ``output_dir`` (see :mod:`rewardkit.world.report`).
+    """
+    from .report import comparison_columns, write_report
+
+    output_dir = Path(output_dir)
+    config = _run_config(output_dir)
+    root = Path(assets_root) if assets_root is not None else None
+    teacher = teacher or config.get("pretrained_teacher_model") or asset_path(TEACHER, root)
+    student = Path(student) if student is not None else output_dir / "pipeline"
+    if not student.is_dir():
+        raise ConfigError(f"no student pipeline at '{student}' to evaluate")
+    scale = guidance_scale if guidance_scale is not None else float(
+        config.get("validation_guidance_scale", DEFAULT_GUIDANCE_SCALE))
+    grid_prompts = list(validation_prompts or config.get("validation_prompts") or validation_captions())
+
+    evaluator = WorldEvaluator(prompts, num_images=num_images, proxy_path=proxy_path,
+                               features_path=features_path, assets_root=root, device=device)
+    rows = evaluator.evaluate(teacher, "teacher", teacher_steps, name="teacher",
+                              guidance_scale=scale, batch_size=batch_size)
+    rows += evaluator.evaluate(student, "student", tuple(student_steps), name="student",
+                               guidance_scale=scale, batch_size=batch_size)
+    add_speedups(rows)
+    columns = comparison_columns(teacher, student, grid_prompts, teacher_steps=teacher_steps,
+                                 student_steps=student_steps, guidance_scale=scale, device=device)
+    return write_report(output_dir, rows, columns=columns, grid_prompts=grid_prompts,
+                        command=command, config=config or None,
+                        title=f"Run report: {output_dir.name}")

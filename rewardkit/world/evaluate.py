@@ -1,0 +1,261 @@
+"""Evaluating a teacher or a distilled student on the embedded world.
+
+One row of metrics per (model, step count), all measured in this process on the same prompts and
+seeds::
+
+    from rewardkit.world.evaluate import WorldEvaluator, add_speedups
+
+    evaluator = WorldEvaluator(num_images=64)                  # test-split prompts + real renders
+    rows = evaluator.evaluate(teacher_dir, kind="teacher", steps=50)
+    rows += evaluator.evaluate("runs/rg-lcd/pipeline", kind="student", steps=(1, 2, 4))
+    add_speedups(rows)                                         # speed-up over the teacher row
+
+Metrics of a row (:class:`EvalRow`):
+
+- ``judge_reward``: mean ``world-judge`` score of the images (rule-based, in [0, 1]), plus the
+  mean of each judge term in ``judge_terms``;
+- ``proxy_reward``: mean ``world-proxy`` score (the learned, differentiable RM);
+- ``frechet_distance``: Frechet distance between the features (``WorldFeatureNet.features``) of
+  the generated images and of real renders of the same prompts (the world's FID);
+- ``ms_per_image``: wall-clock sampling time per image, after an untimed warm-up batch, model
+  loading excluded (:func:`rewardkit.sampling.run_pipeline`);
+- ``unet_evaluations``: UNet evaluations **per image**, the conditional and unconditional passes
+  of classifier-free guidance counted separately (the paper's count): ``steps`` for a
+  w-conditioned student, ``2 * steps`` for a teacher with CFG. ``unet_calls`` is the number of
+  forward calls per batch actually made (diffusers batches ``[uncond; cond]`` into one call, so a
+  teacher makes ``steps`` calls of twice the batch). Both are counted with a forward hook, not
+  assumed.
+
+The assets (the proxy RM and the feature net) default to the shipped ones
+(:mod:`rewardkit.world.assets`) and can be any folders written by
+:func:`rewardkit.world.assets.save_net`, so tests pass tiny ones.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .assets import FEATURES, PROXY, asset_path, load_net
+from .frechet import frechet_distance
+from .grammar import parse_caption
+from .judge import WEIGHTS, judge
+from .nets import WorldFeatureNet
+from .render import render
+from .source import WorldSource
+
+KINDS = ("student", "teacher")
+#: Guidance scale of evaluation (diffusers' convention: a student embeds ``w = scale - 1``, a
+#: teacher runs CFG with it), the same as the recipes' ``validation_guidance_scale`` default.
+DEFAULT_GUIDANCE_SCALE = 7.5
+DEFAULT_NUM_IMAGES = 64
+DEFAULT_STUDENT_STEPS = (1, 2, 4)
+DEFAULT_TEACHER_STEPS = 50
+
+
+@dataclass
+class EvalRow:
+    """The metrics of one model sampled at one step count (see the module docstring)."""
+
+    name: str
+    kind: str
+    steps: int
+    guidance_scale: float
+    judge_reward: float
+    proxy_reward: float
+    frechet_distance: float
+    ms_per_image: float
+    unet_evaluations: int
+    unet_calls: int
+    num_images: int
+    speedup: float | None = None
+    judge_terms: dict[str, float] = field(default_factory=dict)
+    images: list = field(default_factory=list, repr=False)  # PIL images, not serialised
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row without its images (JSON-serialisable)."""
+        data = asdict(self)
+        data.pop("images")
+        return data
+
+
+def pil_to_tensor(images: Sequence[Any]) -> torch.Tensor:
+    """``[N, 3, H, W]`` float tensor in [0, 1] from PIL images (or HWC uint8 arrays)."""
+    arrays = [np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+              for image in images]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def evaluation_prompts(num_images: int = DEFAULT_NUM_IMAGES, split: str = "test", seed: int = 0) -> list[str]:
+    """The captions of the first ``num_images`` samples of a world split (scenes cycle)."""
+    source = WorldSource(split, size=num_images, seed=seed)
+    return [source.scene(i).caption() for i in range(num_images)]
+
+
+def real_images(prompts: Sequence[str], side: int, split: str = "test", seed: int = 0) -> torch.Tensor:
+    """Real renders of ``prompts`` (``[N, 3, side, side]`` in [0, 1]).
+
+    When ``prompts`` are exactly :func:`evaluation_prompts` of ``split``, these are that split's samples
+    (:class:`~rewardkit.world.source.WorldSource`); other prompts are rendered with seeds 0..N-1.
+    """
+    prompts = list(prompts)
+    source = WorldSource(split, size=len(prompts), side=side, seed=seed)
+    if [source.scene(i).caption() for i in range(len(prompts))] == prompts:
+        return pil_to_tensor([source.load(i).image for i in range(len(prompts))])
+    arrays = []
+    for index, prompt in enumerate(prompts):
+        scene = parse_caption(prompt)
+        if scene is None:
+            raise ConfigError(f"prompt '{prompt}' is not a caption of the world's grammar, so it "
+                              "has no real image for the Frechet distance")
+        arrays.append(render(scene, seed + index, side=side))
+    return pil_to_tensor(arrays)
+
+
+class WorldEvaluator:
+    """Scores generated images on fixed prompts: judge, proxy and Frechet distance to real renders.
+
+    Args:
+        prompts: the evaluation prompts (default: :func:`evaluation_prompts` of ``split``).
+        num_images: how many test prompts when ``prompts`` is not given.
+        split: the world split the default prompts and real images come from.
+        seed: the split's seed (fixes the real renders) and the first sampling seed (image ``i``
+            is sampled with seed ``seed + i``).
+        proxy_path: a saved ``WorldProxyNet`` folder (default: the shipped ``world-proxy`` asset).
+        features_path: a saved ``WorldFeatureNet`` folder (default: the shipped ``features``).
+        assets_root: where the default assets live (default: the package's assets folder).
+        device: where the judges' networks and the sampling pipelines run.
+    """
+
+    def __init__(self, prompts: Sequence[str] | None = None, *, num_images: int = DEFAULT_NUM_IMAGES,
+                 split: str = "test", seed: int = 0, proxy_path: str | Path | None = None,
+                 features_path: str | Path | None = None, assets_root: str | Path | None = None,
+                 device: str = "cpu") -> None:
+        from .rewards import WorldProxy
+
+        root = Path(assets_root) if assets_root is not None else None
+        self.prompts = list(prompts) if prompts is not None else evaluation_prompts(num_images, split, seed)
+        if len(self.prompts) < 2:
+            raise ConfigError(f"evaluation needs at least 2 prompts for a Frechet distance, got "
+                              f"{len(self.prompts)}")
+        self.split, self.seed, self.device = split, seed, device
+        proxy_dir = Path(proxy_path) if proxy_path is not None else asset_path(PROXY, root)
+        features_dir = Path(features_path) if features_path is not None else asset_path(FEATURES, root)
+        self.proxy = WorldProxy(str(proxy_dir), device=device)
+        self.features_net = load_net(WorldFeatureNet, features_dir).to(device)
+        self._real_features: dict[int, np.ndarray] = {}
+
+    # ------------------------------------------------------------ scoring images
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        """``[N, D]`` Frechet features of images in [0, 1]."""
+        chunks = [self.features_net.features(images[i:i + batch_size].to(self.device)).float().cpu()
+                  for i in range(0, len(images), batch_size)]
+        return torch.cat(chunks).numpy()
+
+    def real_features(self, side: int) -> np.ndarray:
+        """Features of the real renders of the prompts at ``side`` pixels (cached)."""
+        if side not in self._real_features:
+            reals = real_images(self.prompts, side, self.split, self.seed)
+            self._real_features[side] = self.features(reals)
+        return self._real_features[side]
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> dict[str, Any]:
+        """Judge reward, its terms, proxy reward and Frechet distance of ``[N, 3, H, W]`` images.
+
+        ``prompts`` default to the evaluator's; the Frechet distance is always against the real
+        renders of the evaluator's prompts at the images' side.
+        """
+        prompts = list(prompts) if prompts is not None else self.prompts
+        if len(prompts) != len(images):
+            raise ConfigError(f"{len(images)} images but {len(prompts)} prompts")
+        pixels = images.detach().float().clamp(0, 1).cpu()
+        verdicts = [judge(image.numpy(), prompt) for image, prompt in zip(pixels, prompts)]
+        terms = {name: float(np.mean([v.terms[name] for v in verdicts])) for name in WEIGHTS}
+        proxy = self.proxy.score(pixels.to(self.device), prompts).float().cpu()
+        side = int(pixels.shape[-1])
+        return {
+            "judge_reward": float(np.mean([v.score for v in verdicts])),
+            "judge_terms": terms,
+            "proxy_reward": float(proxy.mean()),
+            "frechet_distance": frechet_distance(self.features(pixels), self.real_features(side)),
+        }
+
+    # ------------------------------------------------------------ sampling models
+
+    def evaluate(self, model_dir: str | Path, kind: str = "student",
+                 steps: int | Sequence[int] | None = None, *, name: str | None = None,
+                 guidance_scale: float = DEFAULT_GUIDANCE_SCALE, batch_size: int = 16,
+                 warmup: bool = True, keep_images: bool = False) -> list[EvalRow]:
+        """Sample ``model_dir`` on the prompts at each step count and score it: one row each.
+
+        ``kind="student"`` samples with ``LCMScheduler`` (default steps 1, 2, 4);
+        ``kind="teacher"`` with DDIM and classifier-free guidance (default 50 steps). The
+        pipeline is loaded once; each step count gets an untimed warm-up batch, then one timed
+        pass over all prompts in batches of ``batch_size``.
+        """
+        from ..sampling import load_pipeline, run_pipeline
+
+        if kind not in KINDS:
+            raise ConfigError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        if steps is None:
+            steps = DEFAULT_STUDENT_STEPS if kind == "student" else DEFAULT_TEACHER_STEPS
+        step_counts = [int(steps)] if isinstance(steps, int) else [int(s) for s in steps]
+        pipe = load_pipeline(model_dir, "lcm" if kind == "student" else "ddim", self.device)
+        rows = []
+        for count in step_counts:
+            if warmup:
+                run_pipeline(pipe, self.prompts[:batch_size], count, guidance_scale, self.seed,
+                             batch_size)
+            result = run_pipeline(pipe, self.prompts, count, guidance_scale, self.seed, batch_size)
+            batches = math.ceil(len(self.prompts) / batch_size)
+            calls = result.unet_evaluations // batches
+            # diffusers' own test: CFG runs only for guidance > 1 and a UNet without a w-embedding
+            passes = 2 if getattr(pipe, "do_classifier_free_guidance", False) else 1
+            scores = self.score(pil_to_tensor(result.images))
+            rows.append(EvalRow(
+                name=name or kind, kind=kind, steps=count, guidance_scale=guidance_scale,
+                judge_reward=scores["judge_reward"], proxy_reward=scores["proxy_reward"],
+                frechet_distance=scores["frechet_distance"], ms_per_image=result.ms_per_image,
+                unet_evaluations=calls * passes, unet_calls=calls, num_images=len(result.images),
+                judge_terms=scores["judge_terms"], images=result.images if keep_images else []))
+        del pipe
+        return rows
+
+
+def add_speedups(rows: list[EvalRow], reference: EvalRow | None = None) -> list[EvalRow]:
+    """Set each row's ``speedup`` = reference ms/image / its ms/image (in place; returns ``rows``).
+
+    The reference defaults to the first teacher row; without one, speed-ups stay ``None``.
+    """
+    reference = reference or next((row for row in rows if row.kind == "teacher"), None)
+    if reference is None:
+        return rows
+    for row in rows:
+        row.speedup = reference.ms_per_image / row.ms_per_image if row.ms_per_image > 0 else None
+    return rows
+
+
+def evaluate(model_dir: str | Path, kind: str = "student", steps: int | Sequence[int] | None = None,
+             *, prompts: Sequence[str] | None = None, num_images: int = DEFAULT_NUM_IMAGES,
+             seed: int = 0, guidance_scale: float = DEFAULT_GUIDANCE_SCALE, batch_size: int = 16,
+             device: str = "cpu", proxy_path: str | Path | None = None,
+             features_path: str | Path | None = None, assets_root: str | Path | None = None,
+             name: str | None = None, evaluator: WorldEvaluator | None = None) -> list[EvalRow]:
+    """One-call evaluation of a student or teacher folder (see :class:`WorldEvaluator`).
+
+    Pass an ``evaluator`` to reuse its prompts, nets and cached real features across models.
+    """
+    evaluator = evaluator or WorldEvaluator(
+        prompts, num_images=num_images, seed=seed, proxy_path=proxy_path,
+        features_path=features_path, assets_root=assets_root, device=device)
+    return evaluator.evaluate(model_dir, kind, steps, name=name, guidance_scale=guidance_scale,
+                              batch_size=batch_size)

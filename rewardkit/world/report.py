@@ -1,0 +1,117 @@
+"""A run's report: ``report.md`` (metrics table, command, config) and its PNG figures.
+
+Files written into the run folder by :func:`write_report`::
+
+    report.md             the metrics table, the command that produced it, the run's config
+    eval.json             the table's rows (machine-readable)
+    comparison.png        teacher (50 DDIM steps + CFG) next to the student at 1, 2 and 4 steps
+    training_curves.png   one panel per numeric key of metrics.jsonl (when the run has one)
+
+:func:`comparison_columns` samples the grid's columns on fixed prompts with
+:func:`rewardkit.sampling.sample_teacher` / :func:`~rewardkit.sampling.sample_student`.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .evaluate import DEFAULT_GUIDANCE_SCALE, EvalRow
+from .plots import labelled_grid, plot_training_curves
+
+REPORT = "report.md"
+EVAL_JSON = "eval.json"
+COMPARISON_PNG = "comparison.png"
+CURVES_PNG = "training_curves.png"
+
+TABLE_NOTE = (
+    "Judge reward: mean `world-judge` score in [0, 1] (rule-based, non-differentiable). Proxy "
+    "reward: mean `world-proxy` score (learned, differentiable). Frechet distance: between "
+    "`WorldFeatureNet` features of the samples and of real renders of the same prompts (lower is "
+    "better). ms/image: sampling wall-clock time per image after a warm-up batch, model loading "
+    "excluded, same process for every row. UNet evals/image: UNet evaluations per image with the "
+    "conditional and unconditional passes of classifier-free guidance counted separately (a "
+    "teacher batches both into one call, so it makes half as many forward calls). Speed-up: the "
+    "teacher row's ms/image divided by the row's.")
+
+
+def _steps_label(steps: int) -> str:
+    return f"{steps} step" + ("" if steps == 1 else "s")
+
+
+def format_table(rows: Sequence[EvalRow]) -> str:
+    """The rows as a markdown table (one line per model and step count)."""
+    header = ("| model | steps | judge reward ↑ | proxy reward ↑ | Frechet distance ↓ | ms/image "
+              "| UNet evals/image | speed-up |")
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        speedup = f"{row.speedup:.1f}x" if row.speedup is not None else "-"
+        lines.append(f"| {row.name} | {row.steps} | {row.judge_reward:.3f} | {row.proxy_reward:.3f} "
+                     f"| {row.frechet_distance:.3f} | {row.ms_per_image:.1f} "
+                     f"| {row.unet_evaluations} | {speedup} |")
+    return "\n".join(lines)
+
+
+def comparison_columns(teacher_dir: str | Path, student_dir: str | Path, prompts: Sequence[str], *,
+                       teacher_steps: int = 50, student_steps: Sequence[int] = (1, 2, 4),
+                       guidance_scale: float = DEFAULT_GUIDANCE_SCALE, seed: int = 0,
+                       device: str = "cpu") -> list[tuple[str, list[Any]]]:
+    """``[(title, images)]``: the teacher (DDIM + CFG), then the student at each step count.
+
+    Image ``i`` of every column uses seed ``seed + i``, so a row compares like with like.
+    """
+    from ..sampling import sample_student, sample_teacher
+
+    prompts = list(prompts)
+    teacher = sample_teacher(teacher_dir, prompts, steps=teacher_steps, guidance_scale=guidance_scale,
+                             seed=seed, device=device)
+    columns = [(f"teacher {_steps_label(teacher_steps)} + CFG", teacher.images)]
+    for steps in student_steps:
+        student = sample_student(student_dir, prompts, steps=steps, guidance_scale=guidance_scale,
+                                 seed=seed, device=device)
+        columns.append((f"student {_steps_label(steps)}", student.images))
+    return columns
+
+
+def write_report(run_dir: str | Path, rows: Sequence[EvalRow], *,
+                 columns: Sequence[tuple[str, Sequence[Any]]] | None = None,
+                 grid_prompts: Sequence[str] | None = None, command: str | None = None,
+                 config: dict[str, Any] | None = None, title: str = "rewardkit run report",
+                 notes: str | None = None) -> Path:
+    """Write ``report.md``, ``eval.json`` and the PNGs into ``run_dir``; returns ``report.md``.
+
+    ``columns`` + ``grid_prompts`` (from :func:`comparison_columns`) make ``comparison.png``;
+    ``training_curves.png`` is drawn from ``run_dir/metrics.jsonl`` if it exists. ``config``
+    defaults to ``run_dir/config.json`` (written by the recipes); ``command`` to this process's
+    command line.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config is None and (run_dir / "config.json").is_file():
+        config = json.loads((run_dir / "config.json").read_text())
+    command = command or shlex.join(["rewardkit" if Path(sys.argv[0]).name == "rewardkit"
+                                     else sys.argv[0], *sys.argv[1:]])
+    (run_dir / EVAL_JSON).write_text(json.dumps([row.as_dict() for row in rows], indent=2))
+
+    figures = []
+    if columns and grid_prompts:
+        labelled_grid(columns, list(grid_prompts)).save(run_dir / COMPARISON_PNG)
+        figures.append(("Teacher vs student on the validation prompts", COMPARISON_PNG))
+    if plot_training_curves(run_dir / "metrics.jsonl", run_dir / CURVES_PNG) is not None:
+        figures.append(("Training curves (metrics.jsonl; faint: raw, dark: moving average)",
+                        CURVES_PNG))
+
+    parts = [f"# {title}", "", "## Metrics", "", format_table(rows), "", TABLE_NOTE, ""]
+    if notes:
+        parts += [notes, ""]
+    for caption, name in figures:
+        parts += [f"## {caption}", "", f"![{caption}]({name})", ""]
+    parts += ["## Command", "", "```", command, "```", ""]
+    if config:
+        parts += ["## Config", "", "```json", json.dumps(config, indent=2, default=str), "```", ""]
+    path = run_dir / REPORT
+    path.write_text("\n".join(parts))
+    return path
