@@ -182,6 +182,10 @@ class LCDRecipe(Recipe):
             cfg.lr_scheduler, optimizer, warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
             total_steps=cfg.max_train_steps * acc.num_processes)
         self.student, self.optimizer, self.lr_scheduler = acc.prepare(student, optimizer, lr_scheduler)
+        if self.target is not None:
+            # DDP/DeepSpeed broadcast rank 0's weights at wrap time; start every rank's target
+            # from those (matters when no seed makes the new guidance embedding's init agree)
+            self.target.load_state_dict(self.unwrapped_student.state_dict())
 
         self.setup_extra(acc)
 
