@@ -1,0 +1,28 @@
+"""The shipped example configs parse into the rg-lcd config with the values they document."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rewardkit.config import load_config
+from rewardkit.recipes.rg_lcd import RGLCDConfig
+
+CONFIGS = sorted((Path(__file__).parent.parent / "examples" / "configs").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_example_config_loads(path):
+    # validate=False: the hpsv2 plugin (and hub access) are not part of the core test environment
+    config = load_config(RGLCDConfig, path, validate=False)
+    assert config.reward == "hpsv2"
+    assert config.reward_params == {"version": "v2.1"}
+    assert config.pretrained_teacher_model.startswith("stabilityai/stable-diffusion-2-1")
+    assert config.w_min <= config.w_max
+
+
+def test_sd21_config_is_the_papers_setting():
+    config = load_config(RGLCDConfig, Path(CONFIGS[0]).parent / "sd21-hpsv21.toml", validate=False)
+    assert (config.resolution, config.proxy, config.mixed_precision) == (768, "none", "bf16")
+    assert (config.learning_rate, config.ema_decay, config.num_ddim_timesteps) == (1e-6, 0.95, 50)
