@@ -216,3 +216,12 @@ def test_metrics_describe_one_run_after_a_restart(assets, tmp_path):
     LCDRecipe(config(assets, tmp_path, max_train_steps=3,
                      resume_from_checkpoint="latest")).run(progress=False)
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_solver_and_grid_are_pluggable_from_the_config(assets, tmp_path):
+    recipe = LCDRecipe(config(assets, tmp_path, solver="heun", num_ddim_timesteps=10,
+                              max_train_steps=1))
+    recipe.run(progress=False)
+    assert recipe.solver.name == "heun" and recipe.solver.skip == 100
+    step = recipe.forward(next(recipe.batches))
+    assert set(step.timesteps.tolist()) <= set(range(99, 1000, 100))
