@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: setup run test
+.PHONY: setup run test test-plugins
 
 $(VENV)/.installed: pyproject.toml examples/reward-plugin/pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,3 +24,19 @@ run: setup
 
 test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -q $(PYTEST_ARGS)
+	$(MAKE) test-plugins
+
+# The reward plugins in plugins/ need torchvision, which does not import beside torch 2.13.0, so
+# they are tested in their own venv with the torch/torchvision pair that lies on local disk.
+PLUGINS_VENV ?= .venv-plugins
+PLUGINS_PY := $(PLUGINS_VENV)/bin/python
+PLUGINS := plugins/rewardkit-hpsv2 plugins/rewardkit-imagereward
+
+$(PLUGINS_VENV)/.installed: pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
+	python3 -m venv $(PLUGINS_VENV)
+	$(PLUGINS_PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PLUGINS_PY) -m pip install -q -e ".[dev]" $(addprefix -e ,$(PLUGINS))
+	touch $@
+
+test-plugins: $(PLUGINS_VENV)/.installed
+	OMP_NUM_THREADS=1 $(PLUGINS_PY) -m pytest -q -p no:cacheprovider $(addsuffix /tests,$(PLUGINS))
