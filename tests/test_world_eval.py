@@ -1,0 +1,144 @@
+"""World evaluation: metric rows of tiny teachers/students, real renders, the Frechet distance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rewardkit.backbones.stable_diffusion import StableDiffusionBackbone
+from rewardkit.errors import ConfigError
+from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
+from rewardkit.world.assets import save_net
+from rewardkit.world.evaluate import (WorldEvaluator, add_speedups, evaluate, evaluation_prompts,
+                                      pil_to_tensor, real_images)
+from rewardkit.world.frechet import frechet_distance
+from rewardkit.world.judge import WEIGHTS
+from rewardkit.world.nets import WorldFeatureNet, WorldProxyNet
+from rewardkit.world.source import WorldSource
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    """A tiny (untrained) teacher, its saved student, and tiny random proxy/feature nets."""
+    root = tmp_path_factory.mktemp("world")
+    teacher = build_tiny_sd_pipeline(root / "teacher")  # 16 px images
+    backbone = StableDiffusionBackbone(str(teacher))
+    student = backbone.save_pipeline(backbone.build_student(), root / "student")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        proxy = save_net(WorldProxyNet(width=8, attribute_dim=4), root / "proxy")
+        features = save_net(WorldFeatureNet(width=8), root / "features")
+    return {"teacher": teacher, "student": student, "proxy": proxy, "features": features}
+
+
+@pytest.fixture(scope="module")
+def evaluator(world) -> WorldEvaluator:
+    return WorldEvaluator(num_images=6, proxy_path=world["proxy"], features_path=world["features"])
+
+
+def test_rows_count_unet_evaluations_per_image_and_time_sampling(world, evaluator):
+    rows = evaluator.evaluate(world["teacher"], "teacher", steps=3, batch_size=4)
+    rows += evaluator.evaluate(world["student"], "student", steps=(1, 2), batch_size=4,
+                               name="lcd")
+    add_speedups(rows)
+    teacher, one, two = rows
+    # CFG: cond + uncond per step, batched into one forward call of twice the batch
+    assert (teacher.unet_evaluations, teacher.unet_calls) == (6, 3)
+    assert (one.unet_evaluations, one.unet_calls) == (1, 1)
+    assert (two.unet_evaluations, two.unet_calls) == (2, 2)
+    assert [r.name for r in rows] == ["teacher", "lcd", "lcd"] and teacher.kind == "teacher"
+    for row in rows:
+        assert row.num_images == 6 and row.ms_per_image > 0
+        assert 0.0 <= row.judge_reward <= 1.0 and np.isfinite(row.proxy_reward)
+        assert row.frechet_distance >= 0.0
+        assert set(row.judge_terms) == set(WEIGHTS)
+        assert "images" not in row.as_dict()
+    assert teacher.speedup == pytest.approx(1.0)
+    assert one.speedup == pytest.approx(teacher.ms_per_image / one.ms_per_image)
+
+
+def test_scores_match_the_judge_and_proxy_on_real_renders(world, evaluator):
+    from rewardkit.world.rewards import WorldJudge, WorldProxy
+
+    reals = real_images(evaluator.prompts, side=16)
+    scores = evaluator.score(reals)
+    judge = WorldJudge()(reals, evaluator.prompts).mean().item()
+    proxy = WorldProxy(str(world["proxy"]))(reals, evaluator.prompts).mean().item()
+    assert scores["judge_reward"] == pytest.approx(judge, abs=1e-6)
+    assert scores["proxy_reward"] == pytest.approx(proxy, abs=1e-5)
+    assert scores["frechet_distance"] == pytest.approx(0.0, abs=1e-6)  # the very same images
+    with pytest.raises(ConfigError, match="6 images but 2 prompts"):
+        evaluator.score(reals, evaluator.prompts[:2])
+
+
+def test_one_call_evaluate_keeps_its_seeds(world):
+    kwargs = dict(num_images=4, proxy_path=world["proxy"], features_path=world["features"],
+                  batch_size=2)
+    first = evaluate(world["student"], "student", steps=1, **kwargs)[0]
+    again = evaluate(world["student"], "student", steps=1, **kwargs)[0]
+    assert first.judge_reward == pytest.approx(again.judge_reward, abs=1e-3)
+    assert first.frechet_distance == pytest.approx(again.frechet_distance, rel=1e-3, abs=1e-6)
+
+
+def test_bad_arguments_name_the_culprit(world, evaluator):
+    with pytest.raises(ConfigError, match="kind"):
+        evaluator.evaluate(world["student"], "pupil")
+    with pytest.raises(ConfigError, match="at least 2 prompts"):
+        WorldEvaluator(["a red circle on a white background"], proxy_path=world["proxy"],
+                       features_path=world["features"])
+    with pytest.raises(ConfigError, match="world build"):
+        WorldEvaluator(num_images=2, assets_root=world["teacher"].parent / "nowhere")
+    with pytest.raises(ConfigError, match="'a photo of a cat'"):
+        real_images(["a photo of a cat", "a red circle on a white background"], side=16)
+
+
+def test_real_images_are_the_test_split_samples():
+    prompts = evaluation_prompts(5)
+    source = WorldSource("test", size=5, side=16)
+    assert prompts == [source.load(i).caption for i in range(5)]
+    reals = real_images(prompts, side=16)
+    assert reals.shape == (5, 3, 16, 16)
+    assert torch.equal(reals, pil_to_tensor([source.load(i).image for i in range(5)]))
+    other = real_images(prompts[::-1], side=16)  # not the split's order: rendered by seed
+    assert other.shape == (5, 3, 16, 16) and 0.0 <= float(other.min()) <= float(other.max()) <= 1.0
+
+
+def test_frechet_features_separate_renders_from_noise(world):
+    evaluator = WorldEvaluator(num_images=96, proxy_path=world["proxy"],
+                               features_path=world["features"])
+    real = evaluator.real_features(16)
+    # the same prompts rendered again with other placements and colour jitter
+    other = evaluator.features(real_images(evaluator.prompts[::-1], side=16))
+    noise = evaluator.features(torch.rand(96, 3, 16, 16, generator=torch.Generator().manual_seed(0)))
+    near, far = frechet_distance(real, other), frechet_distance(real, noise)
+    assert 0.0 <= near < far / 10
+
+
+def _with_moments(rng: np.random.Generator, n: int, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """``n`` samples whose sample mean and covariance are exactly ``mean`` and ``cov``."""
+    x = rng.normal(size=(n, len(mean)))
+    x -= x.mean(0)
+    whiten = np.linalg.inv(np.linalg.cholesky(np.cov(x, rowvar=False)))
+    return x @ whiten.T @ np.linalg.cholesky(cov).T + mean
+
+
+def test_frechet_distance_matches_the_closed_form_of_two_gaussians():
+    rng = np.random.default_rng(0)
+    mu_a, mu_b = np.array([0.0, 1.0, -2.0]), np.array([1.0, 1.0, 0.5])
+    var_a, var_b = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
+    a = _with_moments(rng, 500, mu_a, np.diag(var_a))
+    b = _with_moments(rng, 700, mu_b, np.diag(var_b))
+    # diagonal (commuting) covariances: |mu_a - mu_b|^2 + sum (sqrt(var_a) - sqrt(var_b))^2
+    expected = ((mu_a - mu_b) ** 2).sum() + ((np.sqrt(var_a) - np.sqrt(var_b)) ** 2).sum()
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(b, a) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    # a full covariance against itself shifted: only the means differ
+    cov = np.array([[2.0, 0.8, 0.1], [0.8, 1.0, -0.3], [0.1, -0.3, 0.5]])
+    c = _with_moments(rng, 400, np.zeros(3), cov)
+    assert frechet_distance(c, c + np.array([3.0, 0.0, -4.0])) == pytest.approx(25.0, rel=1e-9)
+    with pytest.raises(ValueError):
+        frechet_distance(a, b[:, :2])

@@ -1,0 +1,146 @@
+"""Run reports: the markdown table, the labelled grid, training curves, and the default world run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from rewardkit.backbones.stable_diffusion import StableDiffusionBackbone
+from rewardkit.errors import ConfigError
+from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
+from rewardkit.world.assets import FEATURES, PROXY, TEACHER, save_net
+from rewardkit.world.default_run import (DEFAULT_MAX_TRAIN_STEPS, build_world_recipe,
+                                         default_rg_lcd_overrides, finalize_world_run,
+                                         validation_captions, world_source_from_spec)
+from rewardkit.world.evaluate import EvalRow
+from rewardkit.world.nets import WorldFeatureNet, WorldProxyNet
+from rewardkit.world.plots import (PANEL_COLUMNS, PANEL_SIZE, grid_size, labelled_grid,
+                                   moving_average, numeric_series, plot_training_curves)
+from rewardkit.world.report import format_table, write_report
+from rewardkit.world.source import WorldSource
+
+
+def _row(name: str, steps: int, ms: float, kind: str = "student", speedup: float | None = None) -> EvalRow:
+    return EvalRow(name=name, kind=kind, steps=steps, guidance_scale=7.5, judge_reward=0.5,
+                   proxy_reward=0.25, frechet_distance=1.5, ms_per_image=ms,
+                   unet_evaluations=2 * steps if kind == "teacher" else steps, unet_calls=steps,
+                   num_images=4, speedup=speedup)
+
+
+def _metrics(path: Path, steps: int = 30) -> Path:
+    with open(path, "w") as handle:
+        for step in range(1, steps + 1):
+            handle.write(json.dumps({"step": step, "lcd_loss": 1.0 / step, "reward_loss": -0.01 * step,
+                                     "proxy_accuracy": 0.5 + step / 100, "note": "text",
+                                     "lr": 1e-4, "bad": None}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> Path:
+    """A tiny world at 32 px: teacher (3 VAE blocks: 8x8 latents), random proxy and feature nets."""
+    root = tmp_path_factory.mktemp("assets")
+    build_tiny_sd_pipeline(root / TEACHER, vae_block_out_channels=(32, 32, 64))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        save_net(WorldProxyNet(width=8, attribute_dim=4), root / PROXY)
+        save_net(WorldFeatureNet(width=8), root / FEATURES)
+    return root
+
+
+def test_table_has_one_line_per_row_with_speedups():
+    table = format_table([_row("teacher", 50, 200.0, "teacher", 1.0), _row("rg-lcd", 2, 8.0, speedup=25.0)])
+    lines = table.splitlines()
+    assert len(lines) == 4 and "Frechet distance" in lines[0] and "UNet evals/image" in lines[0]
+    assert lines[2].startswith("| teacher | 50 |") and "| 100 | 1.0x |" in lines[2]
+    assert lines[3].startswith("| rg-lcd | 2 | 0.500 | 0.250 | 1.500 | 8.0 | 2 | 25.0x |")
+
+
+def test_labelled_grid_has_the_layout_size_and_the_images():
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    columns = [(f"model {c}", [Image.new("RGB", (16, 16), colour) for colour in colours])
+               for c in range(4)]
+    grid = labelled_grid(columns, ["a red circle on a white background"] * 3, scale=2)
+    assert grid.size == grid_size(4, 3, 32)
+    x0, y0 = grid_size(0, 0, 32)  # the label column and header band
+    assert grid.getpixel((x0 + 5, y0 + 5)) == (255, 0, 0)
+    assert grid.getpixel((x0 + 5, y0 + 34 + 5)) == (0, 255, 0)
+    with pytest.raises(ValueError, match="column 'bad'"):
+        labelled_grid([("bad", columns[0][1][:2])], ["x"] * 3)
+
+
+def test_training_curves_plot_every_numeric_key(tmp_path):
+    series = numeric_series([json.loads(line) for line in _metrics(tmp_path / "m.jsonl").read_text().splitlines()])
+    assert list(series) == ["lcd_loss", "reward_loss", "proxy_accuracy", "lr"]  # preferred order
+    assert series["lcd_loss"][0][:3] == [1.0, 2.0, 3.0]
+    assert moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    out = plot_training_curves(tmp_path / "m.jsonl", tmp_path / "curves.png")
+    with Image.open(out) as image:
+        assert image.size == (PANEL_COLUMNS * PANEL_SIZE[0], 2 * PANEL_SIZE[1])
+    assert plot_training_curves(tmp_path / "missing.jsonl", tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_write_report_writes_markdown_json_and_pngs(tmp_path):
+    _metrics(tmp_path / "metrics.jsonl")
+    (tmp_path / "config.json").write_text(json.dumps({"reward": "world-judge", "seed": 0}))
+    rows = [_row("teacher", 50, 200.0, "teacher", 1.0), _row("student", 1, 4.0, speedup=50.0)]
+    columns = [("teacher", [Image.new("RGB", (8, 8))] * 2), ("student", [Image.new("RGB", (8, 8))] * 2)]
+    report = write_report(tmp_path, rows, columns=columns, grid_prompts=["p one", "p two"],
+                          command="rewardkit run rg-lcd")
+    text = report.read_text()
+    assert "| student | 1 |" in text and "rewardkit run rg-lcd" in text and '"reward": "world-judge"' in text
+    assert "comparison.png" in text and "training_curves.png" in text
+    assert [r["name"] for r in json.loads((tmp_path / "eval.json").read_text())] == ["teacher", "student"]
+    with Image.open(tmp_path / "comparison.png") as image:
+        assert image.size == grid_size(2, 2, 24)
+
+
+def test_world_source_specs():
+    source = world_source_from_spec("world:train", side=16)
+    assert isinstance(source, WorldSource) and source.split == "train" and source.side == 16
+    source = world_source_from_spec("world:test?size=10&side=32&seed=3", side=16)
+    assert (source.split, len(source), source.side, source.seed) == ("test", 10, 32, 3)
+    assert world_source_from_spec("data-{000..009}.tar") is None
+    with pytest.raises(ConfigError, match="world:train"):
+        world_source_from_spec("world:nope")
+    with pytest.raises(ConfigError, match="'colour'"):
+        world_source_from_spec("world:train?colour=red")
+
+
+def test_default_overrides_make_a_valid_rg_lcd_config(assets):
+    from rewardkit.api import recipe
+
+    overrides = default_rg_lcd_overrides(assets_root=assets)
+    config = recipe("rg-lcd", overrides).config
+    assert config.pretrained_teacher_model == str(assets / TEACHER)
+    assert (config.reward, config.proxy, config.resolution) == ("world-judge", "lrm", 32)
+    assert config.max_train_steps == DEFAULT_MAX_TRAIN_STEPS
+    assert config.validation_prompts == validation_captions()
+    assert set(config.validation_prompts) <= set(WorldSource("validation").captions())
+    with pytest.raises(ConfigError, match="world build"):
+        default_rg_lcd_overrides(assets_root=assets / "nowhere")
+
+
+def test_default_world_run_trains_and_reports(assets, tmp_path):
+    overrides = default_rg_lcd_overrides(assets_root=assets, output_dir=str(tmp_path / "run"),
+                                         max_train_steps=2)
+    overrides.update(train_batch_size=4, rm_batch_size=2, validation_steps=0, checkpointing_steps=0,
+                     validation_prompts=validation_captions(2))
+    output = build_world_recipe("rg-lcd", overrides).run(progress=False)
+    report = finalize_world_run(output, assets_root=assets, num_images=4, teacher_steps=2,
+                                student_steps=(1, 2), batch_size=4, command="rewardkit run rg-lcd")
+    rows = json.loads((output / "eval.json").read_text())
+    assert [(r["kind"], r["steps"], r["unet_evaluations"]) for r in rows] == [
+        ("teacher", 2, 4), ("student", 1, 1), ("student", 2, 2)]
+    assert "world:train" in report.read_text()  # the config is in the report
+    with Image.open(output / "comparison.png") as image:  # teacher + 2 student columns, 2 prompts
+        assert image.size == grid_size(3, 2, 32 * 3)
+    with Image.open(output / "training_curves.png") as image:
+        assert image.size[0] == PANEL_COLUMNS * PANEL_SIZE[0]
+    with pytest.raises(ConfigError, match="no student pipeline"):
+        finalize_world_run(tmp_path / "empty", assets_root=assets)
