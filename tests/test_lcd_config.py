@@ -33,7 +33,7 @@ def teacher_dir(tmp_path):
 def test_fields_carry_the_diffusers_flag_names_defaults_and_help():
     fields = {f.name: f for f in dataclasses.fields(LCDConfig)}
     assert set(DIFFUSERS_FLAGS) <= set(fields)
-    config = LCDConfig(pretrained_teacher_model="org/model", train_shards_path_or_url="x")
+    config = LCDConfig(pretrained_teacher_model="org/model", train_shards_path_or_url="s.tar")
     assert (config.learning_rate, config.lr_scheduler, config.max_grad_norm) == (1e-6, "constant", 1.0)
     assert (config.w_min, config.w_max, config.num_ddim_timesteps) == (5.0, 15.0, 50)
     assert (config.unet_time_cond_proj_dim, config.loss_type, config.huber_c) == (256, "huber", 0.001)
@@ -49,7 +49,8 @@ def test_fields_carry_the_diffusers_flag_names_defaults_and_help():
 
 def test_toml_file_plus_cli_overrides(tmp_path, teacher_dir):
     path = tmp_path / "lcd.toml"
-    path.write_text(f'pretrained_teacher_model = "{teacher_dir}"\ntrain_shards_path_or_url = "d"\n'
+    path.write_text(f'pretrained_teacher_model = "{teacher_dir}"\n'
+                    'train_shards_path_or_url = "s-{0..1}.tar"\n'
                     "w_min = 4.0\nmax_train_steps = 100\nvalidation_prompts = ['a cat']\n")
     overrides = parse_cli_overrides(["--w_min", "3", "--use-lora", "--lora_target_modules",
                                      "to_q,to_v", "--mixed_precision=bf16"])
@@ -61,8 +62,8 @@ def test_toml_file_plus_cli_overrides(tmp_path, teacher_dir):
 
 def test_yaml_file(tmp_path, teacher_dir):
     path = tmp_path / "lcd.yaml"
-    path.write_text(f"pretrained_teacher_model: {teacher_dir}\ntrain_shards_path_or_url: d\n"
-                    "loss_type: l2\nseed: 7\n")
+    path.write_text(f"pretrained_teacher_model: {teacher_dir}\n"
+                    "train_shards_path_or_url: 'pipe:cat x.tar'\nloss_type: l2\nseed: 7\n")
     config = load_config(LCDConfig, path)
     assert config.loss_type == "l2" and config.seed == 7
 
@@ -84,6 +85,7 @@ def test_yaml_file(tmp_path, teacher_dir):
     ({"pretrained_teacher_model": "/no/such/teacher"}, "pretrained_teacher_model"),
     ({"pretrained_teacher_model": "./missing/teacher"}, "pretrained_teacher_model"),
     ({"w_mni": 3}, "w_mni"),
+    ({"train_shards_path_or_url": "/no/such/data"}, "train_shards_path_or_url"),
     ({"max_train_steps": "many"}, "max_train_steps"),
 ])
 def test_bad_values_fail_before_any_model_loads(overrides, key, teacher_dir, monkeypatch):
@@ -91,7 +93,8 @@ def test_bad_values_fail_before_any_model_loads(overrides, key, teacher_dir, mon
         raise AssertionError("a model was loaded before the config was validated")
 
     monkeypatch.setattr(LCDRecipe, "build_backbone", no_loading)
-    values = {"pretrained_teacher_model": teacher_dir, "train_shards_path_or_url": "data",
+    values = {"pretrained_teacher_model": teacher_dir,
+              "train_shards_path_or_url": "data-{000..009}.tar",
               **overrides}
     with pytest.raises(ConfigError, match=key):
         rk.recipe("lcd", **values).run(progress=False)
@@ -99,11 +102,11 @@ def test_bad_values_fail_before_any_model_loads(overrides, key, teacher_dir, mon
 
 def test_hub_ids_are_not_checked_on_disk():
     LCDConfig(pretrained_teacher_model="stabilityai/stable-diffusion-2-1",
-              train_shards_path_or_url="x").validate()
+              train_shards_path_or_url="https://host/data-{00000..01090}.tar").validate()
 
 
 def test_cli_reports_a_bad_value_naming_the_key(teacher_dir, capsys):
     code = cli_run(["run", "lcd", "--pretrained_teacher_model", teacher_dir,
-                    "--train_shards_path_or_url", "d", "--w_min", "20"])
+                    "--train_shards_path_or_url", teacher_dir, "--w_min", "20"])
     assert code == 1
     assert "w_min" in capsys.readouterr().err
