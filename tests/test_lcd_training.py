@@ -225,3 +225,22 @@ def test_solver_and_grid_are_pluggable_from_the_config(assets, tmp_path):
     assert recipe.solver.name == "heun" and recipe.solver.skip == 100
     step = recipe.forward(next(recipe.batches))
     assert set(step.timesteps.tolist()) <= set(range(99, 1000, 100))
+
+
+def test_training_from_pre_encoded_latents_skips_the_vae_encoder(assets, tmp_path, monkeypatch):
+    from rewardkit.backbones.stable_diffusion import StableDiffusionBackbone
+    from rewardkit.data.encode import encode_dataset
+
+    backbone = StableDiffusionBackbone(str(assets["teacher"]))
+    encode_dataset(assets["data"], tmp_path / "latents", backbone, resolution=16, batch_size=4,
+                   progress=False)
+
+    def no_encoding(*args, **kwargs):  # pragma: no cover - reaching it is the failure
+        raise AssertionError("the VAE encoder ran although the data are latents")
+
+    monkeypatch.setattr(StableDiffusionBackbone, "encode_images", no_encoding)
+    recipe = LCDRecipe(tiny_lcd_config(assets["teacher"], tmp_path / "latents", tmp_path / "out",
+                                       max_train_steps=2))
+    recipe.run(progress=False)
+    assert recipe.loader.batch_key == "latents"
+    assert len(read_metrics(tmp_path / "out" / "metrics.jsonl")) == 2
