@@ -57,7 +57,9 @@ def test_table_has_one_line_per_row_with_speedups():
     lines = table.splitlines()
     assert len(lines) == 4 and "Frechet distance" in lines[0] and "UNet evals/image" in lines[0]
     assert lines[2].startswith("| teacher | 50 |") and "| 100 | 1.0x |" in lines[2]
-    assert lines[3].startswith("| rg-lcd | 2 | 0.500 | 0.250 | 1.500 | 8.0 | 2 | 25.0x |")
+    assert lines[3].startswith("| rg-lcd | 2 | 0.500 | 0.250 | 1.5 | 8.0 | 2 | 25.0x |")
+    with_error = EvalRow(**{**_row("x", 1, 1.0).as_dict(), "judge_reward_se": 0.02})
+    assert "| 0.500 ± 0.020 |" in format_table([with_error])
 
 
 def test_labelled_grid_has_the_layout_size_and_the_images():
@@ -113,17 +115,20 @@ def test_world_source_specs():
 
 
 def test_default_overrides_make_a_valid_rg_lcd_config(assets):
-    from rewardkit.api import recipe
-
     overrides = default_rg_lcd_overrides(assets_root=assets)
-    config = recipe("rg-lcd", overrides).config
+    config = build_world_recipe("rg-lcd", overrides).config
     assert config.pretrained_teacher_model == str(assets / TEACHER)
     assert (config.reward, config.proxy, config.resolution) == ("world-judge", "lrm", 32)
     assert config.max_train_steps == DEFAULT_MAX_TRAIN_STEPS
     assert config.validation_prompts == validation_captions()
     assert set(config.validation_prompts) <= set(WorldSource("validation").captions())
+    assert config.train_shards_path_or_url == "world:train"
     with pytest.raises(ConfigError, match="world build"):
         default_rg_lcd_overrides(assets_root=assets / "nowhere")
+    with pytest.raises(ConfigError, match="w_min"):  # the rest of the config is still validated
+        build_world_recipe("rg-lcd", {**overrides, "w_min": 20.0})
+    with pytest.raises(ConfigError, match="world:nope"):
+        build_world_recipe("rg-lcd", {**overrides, "train_shards_path_or_url": "world:nope"})
 
 
 def test_default_world_run_trains_and_reports(assets, tmp_path):

@@ -123,23 +123,39 @@ def default_rg_lcd_overrides(assets_root: str | Path | None = None,
 
 
 def build_world_recipe(name: str = "rg-lcd", overrides: dict[str, Any] | None = None) -> Any:
-    """``api.recipe(name, overrides)`` whose data loader also understands ``"world:..."`` specs."""
-    from ..api import recipe as build_recipe
+    """Like ``api.recipe(name, overrides)``, but ``train_shards_path_or_url`` may be ``"world:..."``.
 
-    recipe = build_recipe(name, dict(overrides or {}))
+    Interim glue until the recipes know world specs themselves: ``LCDConfig.validate`` checks
+    that a data path exists, so the spec is checked here (:func:`world_source_from_spec`) and the
+    rest of the config validated as usual (with an existing folder standing in for the data
+    path); the recipe's ``build_loader`` is then given the
+    :class:`WorldSource` object, which the data loader accepts. ``config.json`` keeps the spec.
+    """
+    from ..config import load_config
+    from ..plugins import get_host
+
+    factory = get_host().get("recipe", name).factory
+    config = load_config(factory.Config, None, dict(overrides or {}), validate=False)
+    data = config.train_shards_path_or_url
+    if is_world_spec(data):
+        world_source_from_spec(data)  # a bad spec fails here, naming it
+        config.train_shards_path_or_url = str(Path(__file__).parent)  # any existing folder
+    try:
+        recipe = factory(config)  # validates the config
+    finally:
+        config.train_shards_path_or_url = data
     original = recipe.build_loader
 
     def build_loader(accelerator: Any, backbone: Any) -> Any:
-        config = recipe.config
-        spec = config.train_shards_path_or_url
-        source = world_source_from_spec(spec, side=config.resolution)
+        spec = recipe.config.train_shards_path_or_url
+        source = world_source_from_spec(spec, side=recipe.config.resolution)
         if source is None:
             return original(accelerator, backbone)
-        config.train_shards_path_or_url = source
+        recipe.config.train_shards_path_or_url = source
         try:
             return original(accelerator, backbone)
         finally:
-            config.train_shards_path_or_url = spec
+            recipe.config.train_shards_path_or_url = spec
 
     recipe.build_loader = build_loader
     return recipe

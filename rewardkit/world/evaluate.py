@@ -12,8 +12,8 @@ seeds::
 
 Metrics of a row (:class:`EvalRow`):
 
-- ``judge_reward``: mean ``world-judge`` score of the images (rule-based, in [0, 1]), plus the
-  mean of each judge term in ``judge_terms``;
+- ``judge_reward``: mean ``world-judge`` score of the images (rule-based, in [0, 1]), its
+  standard error ``judge_reward_se``, and the mean of each judge term in ``judge_terms``;
 - ``proxy_reward``: mean ``world-proxy`` score (the learned, differentiable RM);
 - ``frechet_distance``: Frechet distance between the features (``WorldFeatureNet.features``) of
   the generated images and of real renders of the same prompts (the world's FID);
@@ -75,6 +75,7 @@ class EvalRow:
     unet_calls: int
     num_images: int
     speedup: float | None = None
+    judge_reward_se: float = 0.0  # standard error of the mean judge reward
     judge_terms: dict[str, float] = field(default_factory=dict)
     images: list = field(default_factory=list, repr=False)  # PIL images, not serialised
 
@@ -180,10 +181,13 @@ class WorldEvaluator:
         pixels = images.detach().float().clamp(0, 1).cpu()
         verdicts = [judge(image.numpy(), prompt) for image, prompt in zip(pixels, prompts)]
         terms = {name: float(np.mean([v.terms[name] for v in verdicts])) for name in WEIGHTS}
+        judged = np.array([v.score for v in verdicts])
+        spread = float(judged.std(ddof=1) / np.sqrt(len(judged))) if len(judged) > 1 else 0.0
         proxy = self.proxy.score(pixels.to(self.device), prompts).float().cpu()
         side = int(pixels.shape[-1])
         return {
-            "judge_reward": float(np.mean([v.score for v in verdicts])),
+            "judge_reward": float(judged.mean()),
+            "judge_reward_se": spread,
             "judge_terms": terms,
             "proxy_reward": float(proxy.mean()),
             "frechet_distance": frechet_distance(self.features(pixels), self.real_features(side)),
@@ -226,7 +230,8 @@ class WorldEvaluator:
                 judge_reward=scores["judge_reward"], proxy_reward=scores["proxy_reward"],
                 frechet_distance=scores["frechet_distance"], ms_per_image=result.ms_per_image,
                 unet_evaluations=calls * passes, unet_calls=calls, num_images=len(result.images),
-                judge_terms=scores["judge_terms"], images=result.images if keep_images else []))
+                judge_reward_se=scores["judge_reward_se"], judge_terms=scores["judge_terms"],
+                images=result.images if keep_images else []))
         del pipe
         return rows
 

@@ -28,7 +28,8 @@ COMPARISON_PNG = "comparison.png"
 CURVES_PNG = "training_curves.png"
 
 TABLE_NOTE = (
-    "Judge reward: mean `world-judge` score in [0, 1] (rule-based, non-differentiable). Proxy "
+    "Judge reward: mean `world-judge` score in [0, 1] (rule-based, non-differentiable) ± its "
+    "standard error over the images. Proxy "
     "reward: mean `world-proxy` score (learned, differentiable). Frechet distance: between "
     "`WorldFeatureNet` features of the samples and of real renders of the same prompts (lower is "
     "better). ms/image: sampling wall-clock time per image after a warm-up batch, model loading "
@@ -49,8 +50,11 @@ def format_table(rows: Sequence[EvalRow]) -> str:
     lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         speedup = f"{row.speedup:.1f}x" if row.speedup is not None else "-"
-        lines.append(f"| {row.name} | {row.steps} | {row.judge_reward:.3f} | {row.proxy_reward:.3f} "
-                     f"| {row.frechet_distance:.3f} | {row.ms_per_image:.1f} "
+        judged = f"{row.judge_reward:.3f}"
+        if row.judge_reward_se:
+            judged += f" ± {row.judge_reward_se:.3f}"
+        lines.append(f"| {row.name} | {row.steps} | {judged} | {row.proxy_reward:.3f} "
+                     f"| {row.frechet_distance:.4g} | {row.ms_per_image:.1f} "
                      f"| {row.unet_evaluations} | {speedup} |")
     return "\n".join(lines)
 
