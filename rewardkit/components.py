@@ -140,6 +140,8 @@ def _accepts_var_kwargs(factory: Callable[..., Any]) -> bool:
     if dataclasses.is_dataclass(getattr(factory, "Config", None)):
         return False
     target = factory.__init__ if inspect.isclass(factory) else factory
+    if target is object.__init__:  # no constructor of its own: takes no parameters
+        return False
     try:
         return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(target).parameters.values())
     except (TypeError, ValueError):

@@ -250,6 +250,21 @@ def test_unhashable_plugin_object_is_broken_not_fatal(fresh_host):
     assert host.plugins["all-kinds"].status == "ok"
 
 
+def test_factory_without_a_constructor_takes_no_parameters(fresh_host):
+    class Plain:
+        """No __init__ of its own."""
+
+        name = "plain"
+
+    host = load_host(extra_plugins=[("plain", namespace(
+        register_reward_models=hookimpl(lambda register: register(Plain))))])
+    spec = host.get("reward", "plain")
+    assert spec.params == () and isinstance(spec.build(), Plain)
+    with pytest.raises(ConfigError, match="reward 'plain' has no parameter 'x'; its parameters "
+                                          "are: \\(none\\)"):
+        spec.build(x=1)
+
+
 def test_canonical_names():
     assert canonical_name(" RewardKit_Example.reward ") == "rewardkit-example-reward"
 
