@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml examples/reward-plugin/pyproject.toml
 	$(PIP) install -q -e ".[dev]"
 	# tests pip-install plugin distributions offline (--no-build-isolation): they need setuptools
 	$(PIP) install -q "setuptools>=61"
+	# the deepspeed extra: an sdist whose build imports torch, so build it against the torch above
+	$(PIP) install -q --no-build-isolation "deepspeed>=0.14"
 	touch $@
 
 setup: $(VENV)/.installed
