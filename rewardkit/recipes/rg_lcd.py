@@ -117,6 +117,15 @@ class RGLCDConfig(LCDConfig):
                                   "a folder")
 
 
+def broadcast_from_main(module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank (an unseeded init differs per rank)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
+
 def _not_differentiable(name: str) -> str:
     return (f"reward model '{name}' is not differentiable, so it cannot be optimised directly "
             f"(proxy=none); use proxy=lrm to learn from it through the latent proxy RM")
@@ -152,6 +161,8 @@ class RGLCDRecipe(LCDRecipe):
             return
         proxy = self.build_proxy().to(accelerator.device)
         proxy.freeze().eval()
+        if accelerator.num_processes > 1:
+            broadcast_from_main(proxy)
         self.proxy_model = proxy
         self.proxy_updater = ProxyUpdater(proxy, loss_type=cfg.latent_rm_loss_type,
                                           smooth_gt_label=cfg.smooth_gt_label, lr=cfg.rm_lr)
