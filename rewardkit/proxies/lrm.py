@@ -236,7 +236,8 @@ class LatentRewardModel(ProxyRewardModel):
     - ``logit_scale_init``: initial ``logit_scale`` (``ln(1/0.07)`` as in CLIP).
 
     The defaults give about 3 M parameters; widen ``image_widths``/``text_width`` and deepen
-    the towers for a larger proxy.
+    the towers for a larger proxy. A new LRM is frozen and in eval mode (the student-step
+    state); :class:`~rewardkit.proxies.ProxyUpdater` unfreezes the trainable set per update.
     """
 
     name = "lrm"
