@@ -10,3 +10,11 @@ from .rewards import WorldJudge, WorldProxy
 def register_reward_models(register):
     register(WorldJudge)
     register(WorldProxy)
+
+
+@hookimpl
+def register_commands(register):
+    """``rewardkit world build``: train the world's teacher and judges."""
+    from .commands import world_app
+
+    register(world_app, name="world", help="The embedded world: build its teacher and judges.")

@@ -1,0 +1,293 @@
+"""``rewardkit world build``: train every model of the embedded world and write them as assets.
+
+Stages, in order (each with a rich progress bar and its own budget):
+
+1. ``vae``: the teacher's AutoencoderKL (:func:`rewardkit.world.teacher.train_vae`);
+2. ``unet``: the teacher's UNet (:func:`rewardkit.world.teacher.train_unet`);
+3. ``world-proxy``: the learned RM (:func:`rewardkit.world.train_judges.train_proxy`);
+4. ``features``: the Frechet feature net (:func:`rewardkit.world.train_judges.train_features`);
+5. ``quality``: the teacher's judge reward at 50 DDIM steps + CFG on the validation prompts
+   (next to the same pipeline with an untrained UNet, and real renders), the feature net's
+   per-attribute accuracy, and the proxy's correlation with the judge on unseen samples.
+
+The output folder gets ``teacher/`` (a diffusers pipeline), ``world-proxy/``, ``features/`` and
+``build.json`` (sizes, steps, seconds, seed, quality numbers). Everything is first written to a
+hidden temporary folder inside the output folder and renamed into place at the end, so an
+interrupted build never leaves half-written assets. From Python::
+
+    from rewardkit.world.build import build_world
+    report = build_world("my-world", size="tiny")     # dict, also written to my-world/build.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .assets import ASSETS, FEATURES, PROXY, TEACHER, save_net
+from .teacher import TeacherPlan, TeacherSize, judge_renders, judge_teacher, train_teacher, validation_prompts
+
+BUILD_FILE = "build.json"
+#: Guidance scale of the quality check (the evaluation's default, diffusers' convention).
+GUIDANCE_SCALE = 7.5
+#: Share of ``--minutes`` given to the VAE; the UNet gets the rest.
+VAE_SHARE = 1 / 7
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Sizes, steps and budgets of one world build."""
+
+    teacher: TeacherPlan = field(default_factory=TeacherPlan)
+    proxy_count: int = 6_000
+    proxy_epochs: int = 8
+    features_count: int = 6_000
+    features_epochs: int = 4
+    eval_steps: int = 50  # DDIM steps of the teacher quality check
+    eval_prompts: int | None = None  # validation captions sampled (None: all of them)
+    eval_images_per_prompt: int = 2
+    quality_count: int = 1_000  # unseen samples for the proxy correlation and feature accuracy
+
+
+PLANS: dict[str, BuildPlan] = {
+    "full": BuildPlan(),
+    # a smoke build for tests: every stage runs for real, at toy sizes, in seconds
+    "tiny": BuildPlan(
+        teacher=TeacherPlan(
+            size=TeacherSize(vae_block_out_channels=(8, 8, 16), unet_block_out_channels=(16, 32),
+                             cross_attention_dim=32, text_layers=1, text_heads=2,
+                             text_intermediate_size=32, norm_num_groups=8),
+            pool_images=64, vae_steps=3, vae_batch_size=8, vae_seconds=30, unet_steps=3,
+            unet_batch_size=8, unet_seconds=30, warmup_steps=1),
+        proxy_count=64, proxy_epochs=1, features_count=64, features_epochs=1, eval_steps=2,
+        eval_prompts=2, eval_images_per_prompt=1, quality_count=32),
+}
+
+
+def make_plan(size: str = "full", minutes: float | None = None) -> BuildPlan:
+    """The plan of ``size`` ("tiny" or "full"); ``minutes`` overrides the teacher's time budget.
+
+    ``minutes`` is the time for the VAE and the UNet together (the long stages; the UNet gets
+    6/7 of it); their step counts stay as caps.
+    """
+    if size not in PLANS:
+        raise ConfigError(f"--size must be one of {', '.join(PLANS)}, got '{size}'")
+    plan = PLANS[size]
+    if minutes is None:
+        return plan
+    if minutes <= 0:
+        raise ConfigError(f"--minutes must be positive, got {minutes}")
+    seconds = 60.0 * minutes
+    teacher = replace(plan.teacher, vae_seconds=seconds * VAE_SHARE,
+                      unet_seconds=seconds * (1 - VAE_SHARE))
+    return replace(plan, teacher=teacher)
+
+
+class _Bars:
+    """One rich progress bar per stage (or nothing, for tests and scripts)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.progress = None
+        if enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn)
+
+            self.progress = Progress(TextColumn("{task.description:<12}"), BarColumn(),
+                                     MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+                                     TimeElapsedColumn())
+
+    @contextmanager
+    def running(self) -> Iterator["_Bars"]:
+        if self.progress is None:
+            yield self
+            return
+        with self.progress:
+            yield self
+
+    def stage(self, name: str):
+        """A ``progress(done, total, loss)`` callback for a new bar (``None`` when disabled)."""
+        if self.progress is None:
+            return None
+        task = self.progress.add_task(name, total=None, loss=float("nan"))
+
+        def update(done: int, total: int, loss: float) -> None:
+            self.progress.update(task, completed=done, total=total, loss=loss)
+
+        return update
+
+    def log(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(message, highlight=False)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(np.asarray(a, float), np.asarray(b, float))[0, 1])
+
+
+def _folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``, replacing an existing ``dst`` (a folder or file)."""
+    old = None
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+
+
+def _proxy_quality(net, count: int, seed: int) -> dict[str, float]:
+    from .scene_codes import encode_captions
+    from .train_judges import proxy_training_set
+
+    pixels, captions, scores = proxy_training_set(count, seed=seed)
+    with torch.no_grad():
+        predicted = net(pixels, encode_captions(captions)).numpy()
+    return {"correlation_with_judge": _pearson(predicted, scores.numpy()),
+            "mean_abs_error": float(np.abs(predicted - scores.numpy()).mean()), "samples": count}
+
+
+def _features_quality(net, count: int) -> dict[str, Any]:
+    from .source import WorldSource
+    from .train_judges import attribute_accuracy
+
+    source = WorldSource("validation", size=count, seed=0)
+    samples = [source.load(i) for i in range(count)]
+    pixels = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float() / 255
+    return {"attribute_accuracy": attribute_accuracy(net, pixels, [s.caption for s in samples]),
+            "samples": count}
+
+
+def build_world(out_dir: str | Path | None = None, size: str = "full", minutes: float | None = None,
+                seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Train the world's teacher, proxy RM and feature net; write them and ``build.json`` to ``out_dir``.
+
+    Args:
+        out_dir: output folder (default: the package's assets folder, what ships).
+        size: ``"full"`` (the shipped world, ~35 min on 2 busy CPU cores) or ``"tiny"`` (seconds).
+        minutes: time budget of the teacher's VAE + UNet training (default: the plan's).
+        seed: seeds weight initialisation and training order (the world's splits are fixed).
+        progress: show rich progress bars.
+
+    Returns the build report (the content of ``build.json``).
+    """
+    plan = make_plan(size, minutes)
+    out = Path(out_dir) if out_dir is not None else ASSETS
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / f".build-{uuid.uuid4().hex[:8]}"
+    work.mkdir()
+    bars = _Bars(progress)
+    with _quiet_libraries():
+        return _build(plan, out, work, bars, size, minutes, seed)
+
+
+@contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Silence diffusers/transformers info logs and their per-load progress bars during a build."""
+    import diffusers
+    import transformers
+
+    levels = (diffusers.logging.get_verbosity(), transformers.logging.get_verbosity())
+    diffusers.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()
+    diffusers.logging.disable_progress_bar()
+    transformers.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers.logging.set_verbosity(levels[0])
+        transformers.logging.set_verbosity(levels[1])
+        diffusers.logging.enable_progress_bar()
+        transformers.logging.enable_progress_bar()
+
+
+def _build(plan: BuildPlan, out: Path, work: Path, bars: _Bars, size: str, minutes: float | None,
+           seed: int) -> dict[str, Any]:
+    from .train_judges import train_features, train_proxy
+
+    seconds: dict[str, float] = {}
+    began = time.perf_counter()
+    try:
+        with bars.running():
+            teacher = train_teacher(work / TEACHER, plan.teacher, seed=seed,
+                                    vae_progress=bars.stage("vae"), unet_progress=bars.stage("unet"),
+                                    untrained_path=work / "untrained-teacher")
+            seconds["vae"], seconds["unet"] = teacher.vae.seconds, teacher.unet.seconds
+
+            start = time.perf_counter()
+            proxy = train_proxy(count=plan.proxy_count, epochs=plan.proxy_epochs, seed=seed,
+                                progress=bars.stage("world-proxy"))
+            save_net(proxy, work / PROXY)
+            seconds["world-proxy"] = time.perf_counter() - start
+
+            start = time.perf_counter()
+            features = train_features(count=plan.features_count, epochs=plan.features_epochs,
+                                      seed=seed + 1, progress=bars.stage("features"))
+            save_net(features, work / FEATURES)
+            seconds["features"] = time.perf_counter() - start
+
+            start = time.perf_counter()
+            bars.log(f"measuring quality: teacher at {plan.eval_steps} DDIM steps + CFG "
+                     f"{GUIDANCE_SCALE}, proxy correlation, feature accuracy")
+            quality = _quality(plan, work, proxy, features, seed)
+            seconds["quality"] = time.perf_counter() - start
+        shutil.rmtree(work / "untrained-teacher", ignore_errors=True)
+
+        report = {
+            "size": size, "seed": seed, "minutes": minutes,
+            "seconds": {**{k: round(v, 1) for k, v in seconds.items()},
+                        "total": round(time.perf_counter() - began, 1)},
+            "teacher": {**teacher.summary(), "path": TEACHER,
+                        "megabytes": round(_folder_bytes(work / TEACHER) / 2**20, 2)},
+            "world-proxy": {"count": plan.proxy_count, "epochs": plan.proxy_epochs,
+                            "megabytes": round(_folder_bytes(work / PROXY) / 2**20, 2)},
+            "features": {"count": plan.features_count, "epochs": plan.features_epochs,
+                         "megabytes": round(_folder_bytes(work / FEATURES) / 2**20, 2)},
+            "quality": quality,
+            "torch": torch.__version__,
+        }
+        (work / BUILD_FILE).write_text(json.dumps(report, indent=2))
+        for name in (TEACHER, PROXY, FEATURES, BUILD_FILE):
+            _replace(work / name, out / name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def _quality(plan: BuildPlan, work: Path, proxy, features, seed: int) -> dict[str, Any]:
+    prompts = validation_prompts("validation", plan.eval_prompts) * plan.eval_images_per_prompt
+    test_prompts = validation_prompts("test", plan.eval_prompts)
+    checks = {"steps": plan.eval_steps, "guidance_scale": GUIDANCE_SCALE}
+    teacher = {
+        "validation": judge_teacher(work / TEACHER, prompts, plan.eval_steps, GUIDANCE_SCALE, seed),
+        "test": judge_teacher(work / TEACHER, test_prompts, plan.eval_steps, GUIDANCE_SCALE, seed),
+        "untrained_unet_validation": judge_teacher(work / "untrained-teacher", prompts,
+                                                   plan.eval_steps, GUIDANCE_SCALE, seed),
+        "renders_validation": {"judge_reward": judge_renders(prompts, seed)},
+        **checks,
+    }
+    return {"teacher": teacher,
+            "world-proxy": _proxy_quality(proxy, plan.quality_count, seed=seed + 1000),
+            "features": _features_quality(features, plan.quality_count)}
+
+
+def load_build_report(directory: str | Path | None = None) -> dict[str, Any]:
+    """The ``build.json`` of a built world (default: the shipped assets)."""
+    path = (Path(directory) if directory is not None else ASSETS) / BUILD_FILE
+    if not path.is_file():
+        raise ConfigError(f"no {BUILD_FILE} in '{path.parent}'; build the world with `rewardkit world build`")
+    return json.loads(path.read_text())
