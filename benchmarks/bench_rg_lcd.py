@@ -11,8 +11,9 @@ All three run the same tiny Stable-Diffusion-architecture teacher, data and batc
 
 Each mode runs in a fresh subprocess, so peak memory is per mode: CUDA ``max_memory_allocated``,
 or on CPU the growth of the process's peak resident set size over its size after setup
-(``peak_rss_growth``) plus the absolute peak. Step time is the median over ``--steps`` steps
-(robust to a shared CPU). The data loader is bypassed (one repeated batch).
+(``peak_rss_growth``) plus the absolute peak. Step times come from one more process that builds
+all three recipes and steps them round-robin (medians), so a shared machine's drifting load hits
+every mode alike. The data loader is bypassed (one repeated batch).
 
 Usage::
 
@@ -146,6 +147,32 @@ def worker(mode: str, assets: dict[str, str], out: Path, args: argparse.Namespac
     return result
 
 
+def interleaved_times(assets: dict[str, str], root: Path, args: argparse.Namespace) -> dict:
+    """Median step time of every mode, all built in one process and stepped round-robin.
+
+    A shared machine's load drifts; alternating the modes step by step exposes all of them to
+    the same drift, so their ratios are steadier than those of separate runs.
+    """
+    recipes = {}
+    for mode in MODES:
+        recipe = build_recipe(mode, assets, root / f"interleaved-{mode}", args)
+        recipe.setup()
+        recipe.batches = itertools.repeat(next(recipe.batches))
+        for _ in range(args.warmup):
+            recipe.train_step()
+        recipes[mode] = recipe
+    device = recipes["lcd"].accelerator.device
+    times: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for _ in range(args.steps):
+        for mode, recipe in recipes.items():
+            synchronize(device)
+            started = time.perf_counter()
+            recipe.train_step()
+            synchronize(device)
+            times[mode].append(time.perf_counter() - started)
+    return {mode: statistics.median(values) for mode, values in times.items()}
+
+
 def run_mode(mode: str, assets_file: Path, root: Path, argv: list[str]) -> dict:
     command = [sys.executable, __file__, *argv, "--worker", mode, "--assets", str(assets_file),
                "--out", str(root / f"out-{mode}")]
@@ -171,7 +198,7 @@ def main() -> None:
                         help="device of the expert RM (the recipe uses accelerate's device)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=MODES + ("interleaved",), help=argparse.SUPPRESS)
     parser.add_argument("--assets", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -180,7 +207,10 @@ def main() -> None:
 
     if args.worker:
         assets = json.loads(args.assets.read_text())
-        print(json.dumps(worker(args.worker, assets, args.out, args)))
+        if args.worker == "interleaved":
+            print(json.dumps(interleaved_times(assets, args.out, args)))
+        else:
+            print(json.dumps(worker(args.worker, assets, args.out, args)))
         return
 
     argv = [a for a in sys.argv[1:]]
@@ -189,6 +219,9 @@ def main() -> None:
         assets_file = root / "assets.json"
         assets_file.write_text(json.dumps(build_assets(root, args)))
         results = {mode: run_mode(mode, assets_file, root, argv) for mode in MODES}
+        interleaved = run_mode("interleaved", assets_file, root, argv)
+    for mode in MODES:
+        results[mode]["s_per_step_interleaved"] = interleaved[mode]
 
     base = results["lcd"]
     memory = "peak memory (MiB)" if base["device"].startswith("cuda") else \
@@ -201,11 +234,13 @@ def main() -> None:
     print(f"{'mode':8s} {'ms/step*':>10s} {'time ratio':>11s} {memory:>22s} {'memory ratio':>13s} {'of which after-step ms':>23s}")
     for mode in MODES:
         r = results[mode]
-        print(f"{mode:8s} {r['s_per_step'] * 1e3:10.1f} {r['s_per_step'] / base['s_per_step']:10.2f}x"
+        step, base_step = r["s_per_step_interleaved"], base["s_per_step_interleaved"]
+        print(f"{mode:8s} {step * 1e3:10.1f} {step / base_step:10.2f}x"
               f" {r['peak_memory_mib']:22.1f} "
               f"{r['peak_memory_mib'] / max(base['peak_memory_mib'], 1e-9):12.2f}x"
               f" {r['s_after_step'] * 1e3:23.1f}")
-    print("* median over steps; after-step = the LRM update in lrm mode (decode, expert, step)")
+    print("* median over steps, the three modes stepped round-robin in one process; after-step ="
+          " the LRM update in lrm mode (decode, expert, step), timed in its own process")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                          "results": results}, indent=2, default=str))
