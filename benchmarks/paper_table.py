@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     labelled_grid(columns, evaluator.prompts[:shown]).save(args.output / "grid.png")
     (args.output / "eval.json").write_text(json.dumps([r.as_dict() for r in rows], indent=2))
 
-    command = "python benchmarks/paper_table.py " + " ".join(argv if argv is not None else os.sys.argv[1:])
+    command = "python benchmarks/paper_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [table, "", f"command: `{command.strip()}`",
              f"{args.steps} optimiser steps per student at batch {args.batch_size}, "
              f"{args.num_images} test prompts, seed {args.seed}, device {args.device}, "
