@@ -42,7 +42,7 @@ BUILD_FILE = "build.json"
 #: Guidance scale of the quality check (the evaluation's default, diffusers' convention).
 GUIDANCE_SCALE = 7.5
 #: Share of ``--minutes`` given to the VAE; the UNet gets the rest.
-VAE_SHARE = 1 / 7
+VAE_SHARE = 1 / 5
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def make_plan(size: str = "full", minutes: float | None = None) -> BuildPlan:
     """The plan of ``size`` ("tiny" or "full"); ``minutes`` overrides the teacher's time budget.
 
     ``minutes`` is the time for the VAE and the UNet together (the long stages; the UNet gets
-    6/7 of it); their step counts stay as caps.
+    4/5 of it); their step counts stay as caps.
     """
     if size not in PLANS:
         raise ConfigError(f"--size must be one of {', '.join(PLANS)}, got '{size}'")
@@ -95,17 +95,21 @@ def make_plan(size: str = "full", minutes: float | None = None) -> BuildPlan:
 
 
 class _Bars:
-    """One rich progress bar per stage (or nothing, for tests and scripts)."""
+    """One rich progress bar per stage; plain lines every ~30 s when the output is not a terminal
+    (``nohup rewardkit world build > log``); nothing when disabled (tests and scripts)."""
 
     def __init__(self, enabled: bool) -> None:
+        from rich.console import Console
+
         self.progress = None
-        if enabled:
+        self.console = Console() if enabled else None
+        if self.console is not None and self.console.is_terminal:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn)
+                                       TimeElapsedColumn, TimeRemainingColumn)
 
             self.progress = Progress(TextColumn("{task.description:<12}"), BarColumn(),
                                      MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
-                                     TimeElapsedColumn())
+                                     TimeElapsedColumn(), TimeRemainingColumn(), console=self.console)
 
     @contextmanager
     def running(self) -> Iterator["_Bars"]:
@@ -116,19 +120,30 @@ class _Bars:
             yield self
 
     def stage(self, name: str):
-        """A ``progress(done, total, loss)`` callback for a new bar (``None`` when disabled)."""
-        if self.progress is None:
+        """A ``progress(done, total, loss)`` callback for a new stage (``None`` when disabled)."""
+        if self.progress is not None:
+            task = self.progress.add_task(name, total=None, loss=float("nan"))
+
+            def update(done: int, total: int, loss: float) -> None:
+                self.progress.update(task, completed=done, total=total, loss=loss)
+
+            return update
+        if self.console is None:
             return None
-        task = self.progress.add_task(name, total=None, loss=float("nan"))
+        began, last = time.perf_counter(), [0.0]
 
-        def update(done: int, total: int, loss: float) -> None:
-            self.progress.update(task, completed=done, total=total, loss=loss)
+        def log(done: int, total: int, loss: float) -> None:
+            now = time.perf_counter()
+            if now - last[0] >= 30 or done >= total:
+                last[0] = now
+                self.console.print(f"{name}: step {done}/{total}, loss {loss:.4f}, "
+                                   f"{now - began:.0f} s", highlight=False)
 
-        return update
+        return log
 
     def log(self, message: str) -> None:
-        if self.progress is not None:
-            self.progress.console.print(message, highlight=False)
+        if self.console is not None:
+            self.console.print(message, highlight=False)
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:

@@ -108,15 +108,16 @@ class TeacherPlan:
 
     size: TeacherSize = field(default_factory=TeacherSize)
     pool_images: int = 20_000  # rendered training images, encoded once by the trained VAE
-    vae_steps: int = 1_200
+    vae_steps: int = 4_000
     vae_batch_size: int = 32
-    vae_lr: float = 1e-3
-    vae_kl_weight: float = 1e-3
-    vae_seconds: float = 240.0
+    vae_lr: float = 5e-3
+    vae_kl_weight: float = 1e-6
+    vae_seconds: float = 300.0
+    vae_foreground_weight: float = 2.0
     unet_steps: int = 6_000
     unet_batch_size: int = 64
     unet_lr: float = 1e-3
-    unet_seconds: float = 1_320.0
+    unet_seconds: float = 1_200.0
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
     snr_gamma: float = 5.0
@@ -169,6 +170,11 @@ class _Schedule:
     def progress(self, step: int) -> float:
         return max(step / self.steps, self.elapsed() / self.seconds if self.seconds > 0 else 1.0)
 
+    def expected_steps(self, step: int) -> int:
+        """The step count the stage will likely end at (for progress bars): the cap or the budget."""
+        fraction = self.progress(step)
+        return self.steps if fraction <= 0 else max(step, min(self.steps, round(step / fraction)))
+
     def factor(self, step: int) -> float:
         warm = min(1.0, (step + 1) / max(self.warmup, 1))
         return warm * 0.5 * (1 + math.cos(math.pi * min(self.progress(step), 1.0)))
@@ -185,10 +191,26 @@ def _record(losses: list[float], running: list[float], step: int, steps: int) ->
         running.clear()
 
 
+def _foreground_weights(pixels: torch.Tensor, weight: float) -> torch.Tensor:
+    """``1 + weight`` on pixels far from the image's border colour, 1 elsewhere: ``[B, 1, H, W]``.
+
+    The background fills most of a world image; without this, the shape's colour (what captions
+    are about) is the last thing a small VAE learns.
+    """
+    border = torch.cat([pixels[..., 0, :], pixels[..., -1, :], pixels[..., :, 0], pixels[..., :, -1]], dim=-1)
+    background = border.median(dim=-1).values[..., None, None]
+    foreground = (pixels - background).norm(dim=1, keepdim=True) > 0.25
+    return 1.0 + weight * foreground.float()
+
+
 def train_vae(vae: nn.Module, pixels: torch.Tensor, *, steps: int, batch_size: int, lr: float,
               kl_weight: float, seconds: float, seed: int = 0, warmup: int = 50,
-              progress: Progress | None = None) -> StageStats:
-    """Train an ``AutoencoderKL`` in place to reconstruct ``pixels`` (in ``[-1, 1]``)."""
+              foreground_weight: float = 2.0, progress: Progress | None = None) -> StageStats:
+    """Train an ``AutoencoderKL`` in place to reconstruct ``pixels`` (in ``[-1, 1]``).
+
+    Loss: L1 + L2 of the reconstruction (shape pixels weighted ``1 + foreground_weight``) plus
+    ``kl_weight`` times the KL divergence per latent element.
+    """
     generator = torch.Generator().manual_seed(seed)
     vae.train().requires_grad_(True)
     optimiser = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=1e-4)
@@ -204,7 +226,7 @@ def train_vae(vae: nn.Module, pixels: torch.Tensor, *, steps: int, batch_size: i
         posterior = vae.encode(batch).latent_dist
         noise = torch.randn(posterior.mean.shape, generator=generator)
         reconstruction = vae.decode(posterior.mean + posterior.std * noise).sample
-        error = reconstruction - batch
+        error = (reconstruction - batch) * _foreground_weights(batch, foreground_weight)
         kl = posterior.kl().mean() / posterior.mean[0].numel()  # per latent element
         loss = error.abs().mean() + error.pow(2).mean() + kl_weight * kl
         optimiser.zero_grad(set_to_none=True)
@@ -215,7 +237,7 @@ def train_vae(vae: nn.Module, pixels: torch.Tensor, *, steps: int, batch_size: i
         running.append(float(loss.detach()))
         _record(losses, running, step, steps)
         if progress:
-            progress(step, steps, float(loss.detach()))
+            progress(step, schedule.expected_steps(step), float(loss.detach()))
     vae.eval().requires_grad_(False)
     return StageStats(step, schedule.elapsed(), losses[-1] if losses else float(loss.detach()), losses)
 
@@ -299,7 +321,7 @@ def train_unet(unet: nn.Module, latents: tuple[torch.Tensor, torch.Tensor], capt
         running.append(float(per_sample.detach().mean()))
         _record(losses, running, step, steps)
         if progress:
-            progress(step, steps, float(per_sample.detach().mean()))
+            progress(step, schedule.expected_steps(step), float(per_sample.detach().mean()))
     unet.eval().requires_grad_(False)
     return ema, StageStats(step, schedule.elapsed(), losses[-1] if losses else float("nan"), losses)
 
@@ -356,6 +378,7 @@ def train_teacher(path: str | Path, plan: TeacherPlan = TeacherPlan(), seed: int
     pixels, captions = render_pool(plan.pool_images)
     vae_stats = train_vae(vae, pixels, steps=plan.vae_steps, batch_size=plan.vae_batch_size,
                           lr=plan.vae_lr, kl_weight=plan.vae_kl_weight, seconds=plan.vae_seconds,
+                          foreground_weight=plan.vae_foreground_weight,
                           seed=seed, progress=vae_progress)
     means, stds = encode_pool(vae, pixels)
     scaling = latent_scaling_factor(means, stds, seed)
