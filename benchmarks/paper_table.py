@@ -119,11 +119,11 @@ def run_config(name: str, recipe: str, changes: dict[str, Any], args: argparse.N
 def train(name: str, recipe: str, overrides: dict[str, Any]) -> tuple[Path, float]:
     """Train one student; returns its pipeline folder and seconds per step."""
     from rewardkit.training.metrics import read_metrics
-    from rewardkit.world.default_run import build_world_recipe
+    import rewardkit as rk
 
     print(f"\n=== training {name} ({recipe}, {overrides['max_train_steps']} steps)", flush=True)
     started = time.perf_counter()
-    output = Path(build_world_recipe(recipe, overrides).run(progress=True))
+    output = Path(rk.recipe(recipe, overrides).run(progress=True))
     seconds = time.perf_counter() - started
     rows = read_metrics(output / "metrics.jsonl")
     step_time = sum(r.get("step_time", 0.0) for r in rows) / max(len(rows), 1)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .components import ComponentSpec
-from .config import load_config
+from .config import check_keys, load_config, normalise_key
 from .errors import PluginError
 from .plugins import get_host
 
@@ -67,4 +67,16 @@ def recipe(name: str, config: str | Path | Mapping[str, Any] | None = None, **ov
         overrides = {**config, **overrides}
     else:
         path = config
+    overrides = {normalise_key(k): v for k, v in overrides.items()}
+    check_keys(config_class, overrides)  # a typo is reported before any default is resolved
+    if path is None and not _required_given(config_class, overrides):
+        defaults = getattr(spec.factory, "embedded_defaults", lambda: {})()
+        overrides = {**defaults, **overrides}  # the embedded default world, user values on top
     return spec.factory(load_config(config_class, path, overrides))
+
+
+def _required_given(config_class: type, values: Mapping[str, Any]) -> bool:
+    """True if any required key (e.g. the teacher) is given: the user chose a real setting."""
+    given = set(values)
+    return any(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+               and f.name in given for f in dataclasses.fields(config_class) if f.init)

@@ -96,17 +96,22 @@ def load_config(config_class: type[T], path: str | Path | None = None,
     return config
 
 
+def check_keys(config_class: type, values: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` for the first key ``config_class`` does not have (with a hint)."""
+    fields = [f.name for f in dataclasses.fields(config_class) if f.init]
+    for key in values:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key '{key}'{hint}")
+
+
 def build_config(config_class: type[T], values: Mapping[str, Any]) -> T:
     """Instantiate ``config_class`` from ``values``, converting each value to its field's type."""
     fields = {f.name: f for f in dataclasses.fields(config_class) if f.init}  # type: ignore[arg-type]
     hints = typing.get_type_hints(config_class)
-    kwargs = {}
-    for key, value in values.items():
-        if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown config key '{key}'{hint}")
-        kwargs[key] = coerce(key, value, hints.get(key, Any))
+    check_keys(config_class, values)
+    kwargs = {key: coerce(key, value, hints.get(key, Any)) for key, value in values.items()}
     missing = [name for name, f in fields.items() if name not in kwargs
                and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]

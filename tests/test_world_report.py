@@ -13,7 +13,8 @@ from rewardkit.backbones.stable_diffusion import StableDiffusionBackbone
 from rewardkit.errors import ConfigError
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
 from rewardkit.world.assets import FEATURES, PROXY, TEACHER, save_net
-from rewardkit.world.default_run import (DEFAULT_MAX_TRAIN_STEPS, build_world_recipe,
+import rewardkit as rk
+from rewardkit.world.default_run import (DEFAULT_MAX_TRAIN_STEPS,
                                          default_rg_lcd_overrides, finalize_world_run,
                                          validation_captions, world_source_from_spec)
 from rewardkit.world.evaluate import EvalRow
@@ -116,7 +117,7 @@ def test_world_source_specs():
 
 def test_default_overrides_make_a_valid_rg_lcd_config(assets):
     overrides = default_rg_lcd_overrides(assets_root=assets)
-    config = build_world_recipe("rg-lcd", overrides).config
+    config = rk.recipe("rg-lcd", overrides).config
     assert config.pretrained_teacher_model == str(assets / TEACHER)
     assert (config.reward, config.proxy, config.resolution) == ("world-judge", "lrm", 32)
     assert config.max_train_steps == DEFAULT_MAX_TRAIN_STEPS
@@ -126,9 +127,9 @@ def test_default_overrides_make_a_valid_rg_lcd_config(assets):
     with pytest.raises(ConfigError, match="world build"):
         default_rg_lcd_overrides(assets_root=assets / "nowhere")
     with pytest.raises(ConfigError, match="w_min"):  # the rest of the config is still validated
-        build_world_recipe("rg-lcd", {**overrides, "w_min": 20.0})
+        rk.recipe("rg-lcd", {**overrides, "w_min": 20.0})
     with pytest.raises(ConfigError, match="world:nope"):
-        build_world_recipe("rg-lcd", {**overrides, "train_shards_path_or_url": "world:nope"})
+        rk.recipe("rg-lcd", {**overrides, "train_shards_path_or_url": "world:nope"})
 
 
 def test_default_world_run_trains_and_reports(assets, tmp_path):
@@ -136,7 +137,7 @@ def test_default_world_run_trains_and_reports(assets, tmp_path):
                                          max_train_steps=2)
     overrides.update(train_batch_size=4, rm_batch_size=2, validation_steps=0, checkpointing_steps=0,
                      validation_prompts=validation_captions(2))
-    output = build_world_recipe("rg-lcd", overrides).run(progress=False)
+    output = rk.recipe("rg-lcd", overrides).run(progress=False)
     report = finalize_world_run(output, assets_root=assets, num_images=4, teacher_steps=2,
                                 student_steps=(1, 2), batch_size=4, command="rewardkit run rg-lcd")
     rows = json.loads((output / "eval.json").read_text())
@@ -149,3 +150,21 @@ def test_default_world_run_trains_and_reports(assets, tmp_path):
         assert image.size[0] == PANEL_COLUMNS * PANEL_SIZE[0]
     with pytest.raises(ConfigError, match="no student pipeline"):
         finalize_world_run(tmp_path / "empty", assets_root=assets)
+
+
+def test_rg_lcd_with_no_arguments_runs_the_embedded_world(assets, monkeypatch):
+    monkeypatch.setattr("rewardkit.world.assets.ASSETS", assets)
+    config = rk.recipe("rg-lcd").config
+    assert (config.reward, config.proxy, config.train_shards_path_or_url) == (
+        "world-judge", "lrm", "world:train")
+    assert config.world_report and config.pretrained_teacher_model == str(assets / TEACHER)
+    assert rk.recipe("rg-lcd", max_train_steps=3).config.max_train_steps == 3  # user values win
+    # naming a teacher means a real setting: no world defaults are mixed in
+    with pytest.raises(ConfigError, match="train_shards_path_or_url"):
+        rk.recipe("rg-lcd", pretrained_teacher_model=str(assets / TEACHER))
+
+
+def test_rg_lcd_with_no_arguments_and_no_built_world_says_how_to_build_it(tmp_path, monkeypatch):
+    monkeypatch.setattr("rewardkit.world.assets.ASSETS", tmp_path / "missing")
+    with pytest.raises(ConfigError, match="rewardkit world build"):
+        rk.recipe("rg-lcd")

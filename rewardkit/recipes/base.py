@@ -30,6 +30,12 @@ class Recipe(ABC):
         config.validate()
         self.config = config
 
+    @classmethod
+    def embedded_defaults(cls) -> dict[str, Any]:
+        """Config values used when the recipe is run with no config file and without its required
+        keys (``rewardkit run NAME`` on a laptop). Empty: the recipe needs a config."""
+        return {}
+
     @abstractmethod
     def run(self, progress: bool = True) -> Path:
         """Run the recipe; return its output folder."""

@@ -118,10 +118,13 @@ class LCDRecipe(Recipe):
     def build_loader(self, accelerator: Any, backbone: Any) -> Any:
         """This process's shard of the training data (a resumable, infinite loader)."""
         from ..data import build_loader
+        from ..world.source import world_source_from_spec
 
         cfg = self.config
         seed = cfg.dataloader_seed if cfg.dataloader_seed is not None else (cfg.seed or 0)
-        return build_loader(cfg.train_shards_path_or_url, resolution=cfg.resolution,
+        source = (world_source_from_spec(cfg.train_shards_path_or_url, side=cfg.resolution)
+                  or cfg.train_shards_path_or_url)
+        return build_loader(source, resolution=cfg.resolution,
                             batch_size=cfg.train_batch_size, seed=seed,
                             rank=accelerator.process_index, world_size=accelerator.num_processes,
                             center_crop=cfg.center_crop, random_flip=cfg.random_flip,

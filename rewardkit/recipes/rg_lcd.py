@@ -82,6 +82,9 @@ class RGLCDConfig(LCDConfig):
     pretrained_latent_rm: Optional[str] = _f(None, "Start the proxy from a saved one (a folder "
                                              "written by save_pretrained, e.g. a checkpoint's "
                                              "latent_rm/)")
+    world_report: bool = _f(False, "After training, evaluate teacher and student on the embedded "
+                            "world and write report.md, comparison.png and training curves (the "
+                            "default world run turns it on)", OURS)
     vae_decode_batch_size: int = _f(16, "Latents decoded (and scored) per chunk in the proxy "
                                     "update")
 
@@ -143,6 +146,23 @@ class RGLCDRecipe(LCDRecipe):
         self.reward_model: RewardModel | None = None
         self.proxy_model: ProxyRewardModel | None = None
         self.proxy_updater: ProxyUpdater | None = None
+
+    @classmethod
+    def embedded_defaults(cls) -> dict[str, Any]:
+        """The embedded world: the shipped teacher, LRM learning from ``world-judge``, a report."""
+        from ..world.default_run import default_rg_lcd_overrides
+
+        return {**default_rg_lcd_overrides(), "world_report": True}
+
+    def run(self, progress: bool = True) -> Path:
+        """Train (see :class:`LCDRecipe`); with ``world_report``, evaluate and write the report."""
+        output = super().run(progress)
+        if self.config.world_report and self.accelerator.is_main_process:
+            from ..world.default_run import finalize_world_run
+
+            report = finalize_world_run(output, teacher=self.config.pretrained_teacher_model)
+            self.accelerator.print(f"report: {report}")
+        return output
 
     @property
     def direct(self) -> bool:

@@ -140,11 +140,15 @@ class LCDConfig(RecipeConfig):
         if not self.train_shards_path_or_url:
             raise ConfigError("train_shards_path_or_url is required")
         data = self.train_shards_path_or_url
-        if (not any(mark in data for mark in ("{", "::", "*", "pipe:", "://"))
+        if data.startswith("world:"):  # the embedded world, rendered on the fly
+            from ..world.source import world_source_from_spec
+
+            world_source_from_spec(data)  # a bad spec fails here, naming it
+        elif (not any(mark in data for mark in ("{", "::", "*", "pipe:", "://"))
                 and not Path(os.path.expanduser(data)).exists()):
             raise ConfigError(f"train_shards_path_or_url: '{data}' does not exist (expected "
                               "shards, a brace range like data-{000..009}.tar, a pipe: or URL "
-                              "spec, or a folder)")
+                              "spec, a folder, or world:train)")
         for key in ("resolution", "train_batch_size", "max_train_steps",
                     "gradient_accumulation_steps", "num_ddim_timesteps",
                     "unet_time_cond_proj_dim", "lora_rank"):

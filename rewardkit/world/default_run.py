@@ -5,14 +5,14 @@ Two functions for the recipe (or the CLI) to call when no teacher is given::
     from rewardkit.world.default_run import default_rg_lcd_overrides, finalize_world_run
 
     overrides = default_rg_lcd_overrides()            # shipped teacher, world data, world-judge + lrm
-    output_dir = api.recipe("rg-lcd", overrides).run()
+    output_dir = rk.recipe("rg-lcd", **overrides).run()
     finalize_world_run(output_dir)                    # evaluate teacher + student, write report.md
 
 The training data is named by the string ``"world:train"`` (config values are strings); the
 recipe turns it into a :class:`~rewardkit.world.source.WorldSource` with
-:func:`world_source_from_spec` (``"world:SPLIT?size=N&side=S&seed=K"``; every part after the split
-is optional). Until ``LCDRecipe.build_loader`` does that itself, :func:`build_world_recipe`
-builds a recipe whose loader understands the spec.
+:func:`~rewardkit.world.source.world_source_from_spec` (``"world:SPLIT?size=N&side=S&seed=K"``).
+``rg-lcd`` applies :func:`default_rg_lcd_overrides` itself when it is run with no config and no
+teacher (``RGLCDRecipe.embedded_defaults``), and calls :func:`finalize_world_run` at the end.
 """
 
 from __future__ import annotations
@@ -20,14 +20,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any, Sequence
-from urllib.parse import parse_qs
 
 from ..errors import ConfigError
 from .assets import TEACHER, asset_path
 from .evaluate import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_IMAGES, WorldEvaluator, add_speedups
-from .source import SPLITS, WorldSource
+from .source import WORLD_SCHEME, WorldSource, is_world_spec, world_source_from_spec  # noqa: F401
 
-WORLD_SCHEME = "world:"
 DEFAULT_OUTPUT_DIR = "rg-lcd-world"
 #: Optimiser steps of the default run: about 10 minutes on 2 CPU cores with the shipped teacher
 #: (training plus the final evaluation).
@@ -39,40 +37,6 @@ WORLD_LRM_PARAMS: dict[str, Any] = {
     "embed_dim": 64, "image_widths": [32, 64], "blocks_per_stage": 1,
     "text_width": 64, "text_depth": 1, "text_heads": 4, "trainable": "all",
 }
-
-
-def is_world_spec(value: Any) -> bool:
-    """True for strings like ``"world:train"``."""
-    return isinstance(value, str) and value.startswith(WORLD_SCHEME)
-
-
-def world_source_from_spec(spec: Any, side: int | None = None) -> WorldSource | None:
-    """The :class:`WorldSource` a ``"world:SPLIT[?size=N&side=S&seed=K]"`` string names.
-
-    Returns ``None`` for anything that is not a world spec (so callers can fall through to the
-    other data sources). ``side`` (e.g. the training resolution) is used when the spec has none.
-    """
-    if not is_world_spec(spec):
-        return None
-    body = spec[len(WORLD_SCHEME):]
-    split, _, query = body.partition("?")
-    split = split or "train"
-    if split not in SPLITS:
-        raise ConfigError(f"train_shards_path_or_url: '{spec}' names no world split; use one of "
-                          + ", ".join(f"world:{s}" for s in SPLITS))
-    options: dict[str, int] = {}
-    for key, values in parse_qs(query, keep_blank_values=True).items():
-        if key not in ("size", "side", "seed"):
-            raise ConfigError(f"train_shards_path_or_url: unknown option '{key}' in '{spec}' "
-                              "(world sources take size, side and seed)")
-        try:
-            options[key] = int(values[-1])
-        except ValueError:
-            raise ConfigError(f"train_shards_path_or_url: {key} must be an integer in "
-                              f"'{spec}'") from None
-    if "side" not in options and side is not None:
-        options["side"] = side
-    return WorldSource(split, **options)
 
 
 def validation_captions(count: int = NUM_VALIDATION_PROMPTS, seed: int = 0) -> list[str]:
@@ -120,45 +84,6 @@ def default_rg_lcd_overrides(assets_root: str | Path | None = None,
         "seed": 0,
         "report_to": "none",
     }
-
-
-def build_world_recipe(name: str = "rg-lcd", overrides: dict[str, Any] | None = None) -> Any:
-    """Like ``api.recipe(name, overrides)``, but ``train_shards_path_or_url`` may be ``"world:..."``.
-
-    Interim glue until the recipes know world specs themselves: ``LCDConfig.validate`` checks
-    that a data path exists, so the spec is checked here (:func:`world_source_from_spec`) and the
-    rest of the config validated as usual (with an existing folder standing in for the data
-    path); the recipe's ``build_loader`` is then given the
-    :class:`WorldSource` object, which the data loader accepts. ``config.json`` keeps the spec.
-    """
-    from ..config import load_config
-    from ..plugins import get_host
-
-    factory = get_host().get("recipe", name).factory
-    config = load_config(factory.Config, None, dict(overrides or {}), validate=False)
-    data = config.train_shards_path_or_url
-    if is_world_spec(data):
-        world_source_from_spec(data)  # a bad spec fails here, naming it
-        config.train_shards_path_or_url = str(Path(__file__).parent)  # any existing folder
-    try:
-        recipe = factory(config)  # validates the config
-    finally:
-        config.train_shards_path_or_url = data
-    original = recipe.build_loader
-
-    def build_loader(accelerator: Any, backbone: Any) -> Any:
-        spec = recipe.config.train_shards_path_or_url
-        source = world_source_from_spec(spec, side=recipe.config.resolution)
-        if source is None:
-            return original(accelerator, backbone)
-        recipe.config.train_shards_path_or_url = source
-        try:
-            return original(accelerator, backbone)
-        finally:
-            recipe.config.train_shards_path_or_url = spec
-
-    recipe.build_loader = build_loader
-    return recipe
 
 
 def _run_config(output_dir: Path) -> dict[str, Any]:
