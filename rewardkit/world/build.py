@@ -50,10 +50,11 @@ class BuildPlan:
     """Sizes, steps and budgets of one world build."""
 
     teacher: TeacherPlan = field(default_factory=TeacherPlan)
-    proxy_count: int = 6_000
-    proxy_epochs: int = 8
-    features_count: int = 6_000
-    features_epochs: int = 4
+    proxy_count: int = 8_000
+    proxy_epochs: int = 10
+    proxy_lr: float = 3e-3
+    features_count: int = 8_000
+    features_epochs: int = 8
     eval_steps: int = 50  # DDIM steps of the teacher quality check
     eval_prompts: int | None = None  # validation captions sampled (None: all of them)
     eval_images_per_prompt: int = 2
@@ -244,8 +245,8 @@ def _build(plan: BuildPlan, out: Path, work: Path, bars: _Bars, size: str, minut
             seconds["vae"], seconds["unet"] = teacher.vae.seconds, teacher.unet.seconds
 
             start = time.perf_counter()
-            proxy = train_proxy(count=plan.proxy_count, epochs=plan.proxy_epochs, seed=seed,
-                                progress=bars.stage("world-proxy"))
+            proxy = train_proxy(count=plan.proxy_count, epochs=plan.proxy_epochs, lr=plan.proxy_lr,
+                                seed=seed, progress=bars.stage("world-proxy"))
             save_net(proxy, work / PROXY)
             seconds["world-proxy"] = time.perf_counter() - start
 
@@ -268,7 +269,7 @@ def _build(plan: BuildPlan, out: Path, work: Path, bars: _Bars, size: str, minut
                         "total": round(time.perf_counter() - began, 1)},
             "teacher": {**teacher.summary(), "path": TEACHER,
                         "megabytes": round(_folder_bytes(work / TEACHER) / 2**20, 2)},
-            "world-proxy": {"count": plan.proxy_count, "epochs": plan.proxy_epochs,
+            "world-proxy": {"count": plan.proxy_count, "epochs": plan.proxy_epochs, "lr": plan.proxy_lr,
                             "megabytes": round(_folder_bytes(work / PROXY) / 2**20, 2)},
             "features": {"count": plan.features_count, "epochs": plan.features_epochs,
                          "megabytes": round(_folder_bytes(work / FEATURES) / 2**20, 2)},
