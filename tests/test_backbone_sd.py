@@ -318,3 +318,16 @@ def test_w_conditioned_lora_loads_with_its_guidance_embedding(backbone, teacher_
                                        rtol=1e-4, atol=1e-5)
     with pytest.raises(ConfigError, match="no LoRA adapters"):
         backbone.save_pipeline(backbone.build_student(), tmp_path / "x", lora=True)
+
+
+def test_tiny_tokenizer_makes_every_word_one_token_whatever_their_order(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from rewardkit.testing.tiny_sd import write_tiny_clip_tokenizer
+
+    # "red" shares "re" with "green", "large" shares "la" with "black": a naive merge list made
+    # by walking the words in order split the later words into several tokens
+    words = ["red", "green", "large", "black", "square", "squares"]
+    tokenizer = CLIPTokenizer.from_pretrained(write_tiny_clip_tokenizer(tmp_path, words))
+    assert [len(tokenizer.tokenize(w)) for w in words] == [1] * len(words)
+    assert tokenizer.tokenize("two dogs") != []  # other text still falls back to bytes

@@ -47,27 +47,19 @@ def write_tiny_clip_tokenizer(path: str | Path, words: Sequence[str] = DEFAULT_W
     """Write a byte-level BPE ``CLIPTokenizer`` (vocab.json, merges.txt, configs) to ``path``.
 
     The vocabulary follows CLIP's layout: the 256 byte symbols, the same with ``</w>`` (end of
-    word), one token per merge, then bos and eos. Returns ``path``.
+    word), one token per merge, then bos and eos. The merges are learned by BPE on ``words``, so
+    every one of them tokenises to a single token. Returns ``path``.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     symbols = list(_bytes_to_unicode().values())
     vocab: list[str] = symbols + [s + "</w>" for s in symbols]
-    merges: list[tuple[str, str]] = []
     known = set(vocab)
-    byte_map = _bytes_to_unicode()
-    for word in dict.fromkeys(w.lower() for w in words if w):
-        parts = [byte_map[b] for b in word.encode("utf-8")]
-        parts[-1] += "</w>"
-        current = parts[0]
-        for part in parts[1:]:
-            merged = current + part
-            if (current, part) not in merges:
-                merges.append((current, part))
-            if merged not in known:
-                known.add(merged)
-                vocab.append(merged)
-            current = merged
+    merges = _learn_merges(words)
+    for a, b in merges:
+        if a + b not in known:
+            known.add(a + b)
+            vocab.append(a + b)
     vocab += [BOS_TOKEN, EOS_TOKEN]
     (path / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}),
                                      encoding="utf-8")
@@ -81,6 +73,40 @@ def write_tiny_clip_tokenizer(path: str | Path, words: Sequence[str] = DEFAULT_W
          "bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": EOS_TOKEN,
          "unk_token": EOS_TOKEN, "do_lower_case": True}), encoding="utf-8")
     return path
+
+
+def _learn_merges(words: Sequence[str]) -> list[tuple[str, str]]:
+    """BPE training on ``words``: merge the most frequent adjacent pair until each word is one symbol.
+
+    Applying merges in this learned order segments every training word exactly as training did,
+    so each word becomes one token, whatever the word order (ties break by first occurrence).
+    """
+    byte_map = _bytes_to_unicode()
+    segmented = []
+    for word in dict.fromkeys(w.lower() for w in words if w):
+        parts = [byte_map[b] for b in word.encode("utf-8")]
+        parts[-1] += "</w>"
+        segmented.append(parts)
+    merges: list[tuple[str, str]] = []
+    while True:
+        counts: dict[tuple[str, str], int] = {}
+        for parts in segmented:
+            for pair in zip(parts, parts[1:]):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            return merges
+        best = max(counts, key=counts.__getitem__)  # dicts keep first-seen order for ties
+        merges.append(best)
+        for index, parts in enumerate(segmented):
+            merged, i = [], 0
+            while i < len(parts):
+                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
+                    merged.append(parts[i] + parts[i + 1])
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            segmented[index] = merged
 
 
 def build_tiny_sd_pipeline(

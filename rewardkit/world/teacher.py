@@ -47,39 +47,10 @@ SPLIT_SEED = 0
 
 
 def world_words() -> tuple[str, ...]:
-    """Every word a world caption can contain, ordered so that each becomes one token.
-
-    The tiny tokenizer's BPE merges are ranked in word order, and a merge of an earlier word
-    (``r e`` of "red") can pre-empt a later word's chain ("g r" of "green"), splitting it into
-    several tokens. Longest words first, then any word still split moved to the front, until
-    every word is one token (checked with the real ``CLIPTokenizer``).
-    """
+    """Every word a world caption can contain (each becomes one token of the tiny tokenizer)."""
     words = ["on", "background", *COUNTS, *SIZES, *COLOURS, *BACKGROUNDS]
     words += [w for shape in SHAPES for w in (shape, shape + "s")]
-    order = sorted(dict.fromkeys(words), key=len, reverse=True)
-    for _ in range(len(order)):
-        split = [w for w in order if len(_tokenize_with(order, w)) != 1]
-        if not split:
-            break
-        order = split + [w for w in order if w not in split]
-    return tuple(order)
-
-
-def _tokenize_with(words: Sequence[str], text: str) -> list[str]:
-    import tempfile
-
-    from transformers import CLIPTokenizer
-
-    from ..testing.tiny_sd import write_tiny_clip_tokenizer
-
-    key = tuple(words)
-    if key not in _TOKENIZERS:
-        with tempfile.TemporaryDirectory() as folder:
-            _TOKENIZERS[key] = CLIPTokenizer.from_pretrained(write_tiny_clip_tokenizer(folder, words))
-    return _TOKENIZERS[key].tokenize(text)
-
-
-_TOKENIZERS: dict[tuple[str, ...], object] = {}
+    return tuple(dict.fromkeys(words))
 
 
 @dataclass(frozen=True)
