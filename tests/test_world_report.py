@@ -9,20 +9,19 @@ import pytest
 import torch
 from PIL import Image
 
-from rewardkit.backbones.stable_diffusion import StableDiffusionBackbone
+import rewardkit as rk
 from rewardkit.errors import ConfigError
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
 from rewardkit.world.assets import FEATURES, PROXY, TEACHER, save_net
-import rewardkit as rk
 from rewardkit.world.default_run import (DEFAULT_MAX_TRAIN_STEPS,
                                          default_rg_lcd_overrides, finalize_world_run,
-                                         validation_captions, world_source_from_spec)
+                                         validation_captions)
 from rewardkit.world.evaluate import EvalRow
 from rewardkit.world.nets import WorldFeatureNet, WorldProxyNet
 from rewardkit.world.plots import (PANEL_COLUMNS, PANEL_SIZE, grid_size, labelled_grid,
                                    moving_average, numeric_series, plot_training_curves)
 from rewardkit.world.report import format_table, write_report
-from rewardkit.world.source import WorldSource
+from rewardkit.world.source import WorldSource, world_source_from_spec
 
 
 def _row(name: str, steps: int, ms: float, kind: str = "student", speedup: float | None = None) -> EvalRow:

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..files import replace_path
 from .base import Backbone
 
 #: LoRA targets of diffusers' LCD-LoRA scripts, as module-name suffixes of an SD UNet.
@@ -301,7 +302,7 @@ class StableDiffusionBackbone(Backbone):
             _save_merged_unet(student, tmp / "unet")
             if lora:
                 _save_lora(student, tmp)
-            _replace_dir(tmp, output_dir)
+            replace_path(tmp, output_dir)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -376,17 +377,6 @@ def _save_lora(unet: nn.Module, folder: Path) -> None:
                   str(folder / GUIDANCE_EMBEDDING_FILE),
                   metadata={"format": "pt",
                             "time_cond_proj_dim": str(unet.config.time_cond_proj_dim)})
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename ``src`` to ``dst``; an existing ``dst`` is moved aside first and removed after."""
-    old = None
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_student_lora(pipe: Any, lora_dir: str | Path) -> Any:

@@ -29,6 +29,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import ConfigError
+from ..files import replace_path
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
@@ -96,7 +97,7 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, step: int,
         write_main_files(tmp)
         _write_json_atomic(tmp / TRAINER_STATE, {"global_step": step, **trainer_state})
         _fsync_dir(tmp)
-        _replace_dir(tmp, final)
+        replace_path(tmp, final)
         if total_limit is not None:
             for _, old in list_checkpoints(output_dir)[:-total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -147,14 +148,3 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename ``src`` onto ``dst``; an existing ``dst`` is moved aside first, then removed."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

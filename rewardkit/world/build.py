@@ -22,12 +22,11 @@ interrupted build never leaves half-written assets. From Python::
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..files import replace_path
 from .assets import ASSETS, FEATURES, PROXY, TEACHER, save_net
 from .teacher import TeacherPlan, TeacherSize, judge_renders, judge_teacher, train_teacher, validation_prompts
 
@@ -155,17 +155,6 @@ def _folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def _replace(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``, replacing an existing ``dst`` (a folder or file)."""
-    old = None
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-
-
 def _proxy_quality(net, count: int, seed: int) -> dict[str, float]:
     from .scene_codes import encode_captions
     from .train_judges import proxy_training_set
@@ -278,7 +267,7 @@ def _build(plan: BuildPlan, out: Path, work: Path, bars: _Bars, size: str, minut
         }
         (work / BUILD_FILE).write_text(json.dumps(report, indent=2))
         for name in (TEACHER, PROXY, FEATURES, BUILD_FILE):
-            _replace(work / name, out / name)
+            replace_path(work / name, out / name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return report

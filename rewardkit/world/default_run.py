@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from ..errors import ConfigError
 from .assets import TEACHER, asset_path
 from .evaluate import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_IMAGES, WorldEvaluator, add_speedups
-from .source import WORLD_SCHEME, WorldSource, is_world_spec, world_source_from_spec  # noqa: F401
+from .source import WorldSource
 
 DEFAULT_OUTPUT_DIR = "rg-lcd-world"
 #: Optimiser steps of the default run: about 10 minutes on 2 CPU cores with the shipped teacher

@@ -1,0 +1,28 @@
+"""Small file-system helpers shared by everything that writes results (pipelines, checkpoints,
+the world's assets)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+
+def replace_path(src: Path, dst: Path) -> None:
+    """Rename ``src`` (a folder or file) onto ``dst`` so that ``dst`` is never half-written.
+
+    An existing ``dst`` is first renamed aside and removed only once ``src`` is in place, so a
+    crash at any point leaves either the old or the new ``dst`` whole.
+    """
+    src, dst = Path(src), Path(dst)
+    old = None
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
