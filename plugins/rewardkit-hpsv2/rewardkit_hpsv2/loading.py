@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from rewardkit.errors import ConfigError, RewardModelError
+from rewardkit.rewards.checkpoints import read_state_dict
 
 #: The published HPS checkpoints: version -> file in the hub repository :data:`HPS_HUB_REPO`.
 HPS_HUB_REPO = "xswu/HPSv2"
@@ -116,28 +117,6 @@ def build_tokenizer(config: dict[str, Any]):
     return open_clip.SimpleTokenizer(context_length=context_length)
 
 
-def read_state_dict(path: Path, weights_only: bool = True) -> dict[str, torch.Tensor]:
-    """The tensors of an HPS checkpoint: ``{"state_dict": ...}`` or a bare state dict; any
-    ``module.`` prefix (from DDP training) is removed."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            data: Any = load_file(str(path))
-        else:
-            data = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as exc:
-        hint = (" (if you trust the file, pass weights_only=False)"
-                if weights_only and path.suffix != ".safetensors" else "")
-        raise RewardModelError(f"reward model 'hpsv2' could not read checkpoint '{path}': "
-                               f"{type(exc).__name__}: {exc}{hint}") from exc
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise RewardModelError(f"reward model 'hpsv2': checkpoint '{path}' holds no state dict")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in data.items()}
-
-
 def load_hps_model(checkpoint_path: Path, model_config: str | None = None,
                    weights_only: bool = True) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
     """Build the architecture, load the checkpoint strictly, freeze it.
@@ -146,7 +125,7 @@ def load_hps_model(checkpoint_path: Path, model_config: str | None = None,
     """
     config = read_model_config(model_config)
     model = build_clip(config)
-    state_dict = read_state_dict(checkpoint_path, weights_only=weights_only)
+    state_dict = read_state_dict(checkpoint_path, "hpsv2", weights_only=weights_only)
     if "logit_scale" in state_dict and state_dict["logit_scale"].ndim != model.logit_scale.ndim:
         state_dict["logit_scale"] = state_dict["logit_scale"].reshape(model.logit_scale.shape)
     try:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from rewardkit.errors import ConfigError, RewardModelError
+from rewardkit.rewards.checkpoints import read_state_dict
 
 from .configs import (TextConfig, VisionConfig, packaged_med_config, read_json,
                       text_config_from, vision_config_from)
@@ -116,29 +117,6 @@ def load_tokenizer(source: str, vocab_size: int):
     return tokenizer
 
 
-def read_state_dict(path: Path, weights_only: bool = True) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint (a bare state dict, or under ``state_dict``/``model``);
-    a ``module.`` prefix (DDP) is removed."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            data: Any = load_file(str(path))
-        else:
-            data = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as exc:
-        hint = (" (if you trust the file, pass weights_only=False)"
-                if weights_only and path.suffix != ".safetensors" else "")
-        raise RewardModelError(f"reward model 'imagereward' could not read checkpoint '{path}': "
-                               f"{type(exc).__name__}: {exc}{hint}") from exc
-    for key in ("state_dict", "model"):
-        if isinstance(data, dict) and isinstance(data.get(key), dict):
-            data = data[key]
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise RewardModelError(f"reward model 'imagereward': checkpoint '{path}' holds no state dict")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in data.items()}
-
-
 def build_model_from_state_dict(state_dict: dict[str, torch.Tensor], vision: VisionConfig,
                                 text: TextConfig, source: Path) -> ImageRewardModel:
     """Build on the meta device (no wasted random init) and assign the checkpoint's tensors."""
@@ -172,7 +150,8 @@ def load_imagereward(checkpoint: str, *, med_config: str | None = None,
     vision = resolve_vision_config(vision_config, folder)
     text = resolve_text_config(med_config, folder)
     tok = load_tokenizer(resolve_tokenizer_source(tokenizer, folder), text.vocab_size)
-    model = build_model_from_state_dict(read_state_dict(path, weights_only), vision, text, path)
+    state_dict = read_state_dict(path, "imagereward", weights_only)
+    model = build_model_from_state_dict(state_dict, vision, text, path)
     model.float().eval().requires_grad_(False)
     return LoadedImageReward(model=model, tokenizer=tok, checkpoint_path=path)
 
