@@ -95,7 +95,7 @@ def train_proxy(count: int = 12_000, epochs: int = 8, side: int = 32, seed: int 
             schedule.step()
             step += 1
             if progress:
-                progress(step, steps, float(loss))
+                progress(step, steps, float(loss.detach()))
     return net.eval().requires_grad_(False)
 
 
@@ -128,7 +128,7 @@ def train_features(count: int = 8_000, epochs: int = 4, side: int = 32, seed: in
             optimiser.step()
             step += 1
             if progress:
-                progress(step, steps, float(loss))
+                progress(step, steps, float(loss.detach()))
     return net.eval().requires_grad_(False)
 
 
