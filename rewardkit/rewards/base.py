@@ -25,7 +25,9 @@ class RewardModel(ABC):
     - ``differentiable``: ``True`` if gradients flow from the score to the images. Only
       differentiable RMs can be optimised directly; any RM can teach a proxy (LRM).
     - ``logit_scale``: the multiplier that turns a score into a preference logit (CLIP-style RMs
-      use ``exp(logit_scale)`` of their model, about 100); ``None`` means 1.
+      use ``exp(logit_scale)`` of their model, about 100); ``None`` when the RM has none: the
+      LRM's distillation loss then uses the LRM's own learned scale (the reference's choice for
+      ImageReward).
     """
 
     name: ClassVar[str] = "reward"
