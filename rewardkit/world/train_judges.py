@@ -8,7 +8,7 @@ ImageReward, exploitable off it: that is what direct reward optimisation will fi
 from __future__ import annotations
 
 import random
-from typing import Callable
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from .scene_codes import ATTRIBUTES, encode_captions
 from .source import WorldSource
 
 Progress = Callable[[int, int, float], None]
+N = TypeVar("N", bound=nn.Module)
 
 
 def _spoil_caption(scene: Scene, rng: random.Random) -> str:
@@ -73,6 +74,31 @@ def proxy_training_set(count: int, side: int = 32, seed: int = 0) -> tuple[torch
     return pixels, captions, torch.tensor(scores)
 
 
+def _total_steps(count: int, epochs: int, batch_size: int) -> int:
+    return epochs * ((count + batch_size - 1) // batch_size)
+
+
+def _fit(net: N, batch_loss: Callable[[torch.Tensor], torch.Tensor], optimiser: torch.optim.Optimizer,
+         count: int, epochs: int, batch_size: int, schedule: Any = None,
+         progress: Progress | None = None) -> N:
+    """Minibatch training over ``count`` samples for ``epochs`` reshuffled epochs; returns ``net``
+    frozen. ``batch_loss`` maps a batch of sample indices to the loss."""
+    steps, step = _total_steps(count, epochs, batch_size), 0
+    for _ in range(epochs):
+        order = torch.randperm(count)
+        for start in range(0, count, batch_size):
+            loss = batch_loss(order[start:start + batch_size])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            if schedule is not None:
+                schedule.step()
+            step += 1
+            if progress:
+                progress(step, steps, float(loss.detach()))
+    return net.eval().requires_grad_(False)
+
+
 def train_proxy(count: int = 12_000, epochs: int = 8, side: int = 32, seed: int = 0,
                 batch_size: int = 128, lr: float = 2e-3, progress: Progress | None = None) -> WorldProxyNet:
     """Train :class:`WorldProxyNet` to regress the judge's score (MSE)."""
@@ -81,22 +107,13 @@ def train_proxy(count: int = 12_000, epochs: int = 8, side: int = 32, seed: int 
     codes = encode_captions(captions)
     net = WorldProxyNet()
     optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * ((count + batch_size - 1) // batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps)
-    step = 0
-    for _ in range(epochs):
-        order = torch.randperm(count)
-        for start in range(0, count, batch_size):
-            batch = order[start:start + batch_size]
-            loss = nn.functional.mse_loss(net(pixels[batch], codes[batch]), scores[batch])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            step += 1
-            if progress:
-                progress(step, steps, float(loss.detach()))
-    return net.eval().requires_grad_(False)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=lr, total_steps=_total_steps(count, epochs, batch_size))
+
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(net(pixels[batch], codes[batch]), scores[batch])
+
+    return _fit(net, batch_loss, optimiser, count, epochs, batch_size, schedule, progress)
 
 
 def train_features(count: int = 8_000, epochs: int = 4, side: int = 32, seed: int = 1,
@@ -115,21 +132,12 @@ def train_features(count: int = 8_000, epochs: int = 4, side: int = 32, seed: in
     targets = encode_captions(captions) - 1  # heads exclude the "?" index
     net = WorldFeatureNet()
     optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * ((count + batch_size - 1) // batch_size)
-    step = 0
-    for _ in range(epochs):
-        order = torch.randperm(count)
-        for start in range(0, count, batch_size):
-            batch = order[start:start + batch_size]
-            logits = net(pixels[batch])
-            loss = sum(nn.functional.cross_entropy(l, targets[batch, i]) for i, l in enumerate(logits))
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            step += 1
-            if progress:
-                progress(step, steps, float(loss.detach()))
-    return net.eval().requires_grad_(False)
+
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+        logits = net(pixels[batch])
+        return sum(nn.functional.cross_entropy(l, targets[batch, i]) for i, l in enumerate(logits))
+
+    return _fit(net, batch_loss, optimiser, count, epochs, batch_size, None, progress)
 
 
 def attribute_accuracy(net: WorldFeatureNet, pixels: torch.Tensor, captions: list[str]) -> dict[str, float]:
