@@ -25,6 +25,19 @@ def sample_lcm(backbone: Any, unet: nn.Module, prompt_embeds: torch.Tensor, *, s
 
     The guidance embedding is of ``w = guidance_scale - 1``, as diffusers' pipelines do.
     """
+    denoised = sample_lcm_latents(
+        backbone, unet, prompt_embeds, steps=steps, seed=seed, guidance_scale=guidance_scale,
+        time_cond_proj_dim=time_cond_proj_dim, original_inference_steps=original_inference_steps,
+        timestep_scaling=timestep_scaling, latent_size=latent_size)
+    return backbone.decode_latents(denoised).float().cpu()
+
+
+@torch.no_grad()
+def sample_lcm_latents(backbone: Any, unet: nn.Module, prompt_embeds: torch.Tensor, *, steps: int,
+                       seed: int, guidance_scale: float, time_cond_proj_dim: int | None,
+                       original_inference_steps: int = 50, timestep_scaling: float = 10.0,
+                       latent_size: int | None = None) -> torch.Tensor:
+    """The scaled latents :func:`sample_lcm` decodes (in ``unet``'s dtype, on its device)."""
     scheduler = backbone.lcm_scheduler(original_inference_steps, timestep_scaling)
     device = prompt_embeds.device
     scheduler.set_timesteps(steps, device=device, original_inference_steps=original_inference_steps)
@@ -45,7 +58,7 @@ def sample_lcm(backbone: Any, unet: nn.Module, prompt_embeds: torch.Tensor, *, s
         # LCMScheduler re-noises with torch.randn(generator=...) on the generator's device
         latents, denoised = scheduler.step(out, t, latents, generator=generator, return_dict=False)
         latents = latents.to(dtype)
-    return backbone.decode_latents(denoised.to(dtype)).float().cpu()
+    return denoised.to(dtype)
 
 
 def image_grid(rows: Sequence[Sequence[torch.Tensor]]) -> Any:
