@@ -98,7 +98,8 @@ def assets(tmp_path_factory):
 def config(assets, out, **overrides) -> RGLCDConfig:
     base = dataclasses.asdict(tiny_lcd_config(assets["teacher"], assets["data"], out))
     values = {**base, "reward": "test-redness", "proxy": "lrm", "proxy_params": dict(SMALL_LRM),
-              "rm_batch_size": 2, "vae_decode_batch_size": 4, **overrides}
+              "rm_batch_size": 2, "vae_decode_batch_size": 4, "proxy_eval_num_prompts": 4,
+              **overrides}
     built = RGLCDConfig(**values)
     built.validate()
     return built
@@ -166,6 +167,8 @@ def test_direct_mode_run_logs_rewards(assets, tmp_path):
 def test_lrm_mode_student_step_has_no_expert_and_no_decoder(assets, tmp_path):
     recipe = RGLCDRecipe(config(assets, tmp_path))
     recipe.setup()
+    assert all(not c["grad_enabled"] for c in recipe.reward_model.calls)  # the held-out set
+    recipe.reward_model.calls.clear()
     decoder_calls = []
     hook = recipe.backbone.vae.decoder.register_forward_hook(lambda *a: decoder_calls.append(1))
     step = recipe.forward(next(recipe.batches))
@@ -272,7 +275,8 @@ def test_a_broken_rm_stops_the_run_naming_it_with_the_last_checkpoint_intact(
     # direct mode calls the RM once per step; LRM mode once per chunk (2 chunks of 4 per step)
     recipe = RGLCDRecipe(config(assets, tmp_path, proxy=proxy, reward="test-broken",
                                 reward_params={"fail_at": fail_at, "mode": mode},
-                                max_train_steps=4, checkpointing_steps=1))
+                                max_train_steps=4, checkpointing_steps=1,
+                                proxy_eval_num_prompts=0))
     with pytest.raises(RewardModelError, match="'test-broken'.*(non-finite|shape)"):
         recipe.run(progress=False)
     assert [step for step, _ in list_checkpoints(tmp_path)] == [1, 2]

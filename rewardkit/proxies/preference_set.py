@@ -244,6 +244,7 @@ def noised_latents(latents: torch.Tensor, level: float, generator: torch.Generat
     return latents + level * noise
 
 
+@torch.no_grad()
 def build_preference_set(backbone: Any, expert: ExpertFn, latents: torch.Tensor,
                          captions: Sequence[str], *, student: torch.nn.Module | None = None,
                          student_guidance_scale: float = 7.5, time_cond_proj_dim: int | None = None,
@@ -300,9 +301,10 @@ def build_preference_set(backbone: Any, expert: ExpertFn, latents: torch.Tensor,
     all_captions = [captions[int(i)] for i in index]
     if progress:
         progress(f"expert scores of {all_latents.shape[0]} candidates")
-    scores = torch.cat([expert(all_latents[i:i + batch_size].to(device), all_captions[i:i + batch_size])
-                        .detach().float().cpu().reshape(-1)
-                        for i in range(0, all_latents.shape[0], batch_size)])
+    with torch.no_grad():
+        scores = torch.cat([expert(all_latents[i:i + batch_size].to(device),
+                                   all_captions[i:i + batch_size]).detach().float().cpu().reshape(-1)
+                            for i in range(0, all_latents.shape[0], batch_size)])
     if not torch.isfinite(scores).all():
         bad = sorted({kinds[n] for n in torch.nonzero(~torch.isfinite(scores)).flatten().tolist()})
         raise ConfigError(f"the expert RM returned NaN or inf for preference-set candidates of "

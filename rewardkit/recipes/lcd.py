@@ -94,6 +94,11 @@ class LCDRecipe(Recipe):
     def load_extra(self, checkpoint_dir: Path) -> None:
         """Read the files :meth:`save_extra` wrote (every process)."""
 
+    def validation_metrics(self) -> dict[str, float]:
+        """Numbers measured at each validation (and before the first step), logged with that
+        step's metrics (``rg-lcd``: the proxy's held-out accuracy). Main process."""
+        return {}
+
     # ================================================================ building blocks
 
     def build_backbone(self, device: torch.device, dtype: torch.dtype) -> Any:
@@ -376,6 +381,10 @@ class LCDRecipe(Recipe):
         """Train to ``max_train_steps`` (resuming if asked), save the pipeline; return ``output_dir``."""
         self.setup()
         cfg, acc = self.config, self.accelerator
+        if self.global_step == 0 and acc.is_main_process:
+            initial = self.validation_metrics()
+            if initial:
+                self.log(initial)
         with TrainingProgress(cfg.max_train_steps, self.global_step,
                               enabled=progress and acc.is_main_process) as bar:
             while self.global_step < cfg.max_train_steps:
@@ -383,12 +392,14 @@ class LCDRecipe(Recipe):
                 metrics = self.train_step()
                 self.global_step += 1
                 metrics["step_time"] = time.perf_counter() - started
-                self.log(metrics)
                 bar.update(self.global_step, metrics)
-                if cfg.checkpointing_steps and self.global_step % cfg.checkpointing_steps == 0:
-                    self.save_checkpoint()
                 if cfg.validation_steps and self.global_step % cfg.validation_steps == 0:
                     self.validate()
+                    if acc.is_main_process:
+                        metrics.update(self.validation_metrics())
+                self.log(metrics)  # before the checkpoint: a resumed run keeps this step's row
+                if cfg.checkpointing_steps and self.global_step % cfg.checkpointing_steps == 0:
+                    self.save_checkpoint()
         self.save_final()
         if acc.is_main_process:
             skipped = sum(getattr(self.loader, "skipped", {}).values())

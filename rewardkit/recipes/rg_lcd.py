@@ -47,7 +47,10 @@ import torch
 
 from ..errors import ConfigError
 from ..proxies.base import ProxyRewardModel
+from ..files import replace_path
 from ..proxies.losses import LOSS_TYPES
+from ..proxies.preference_set import PreferenceSet, build_preference_set, preference_accuracy
+from ..proxies.replay import CandidateReplay
 from ..proxies.update import ProxyUpdater, sample_candidates
 from ..rewards.base import RewardModel
 from ..training.config import OURS, LCDConfig, _f
@@ -56,6 +59,8 @@ from .lcd import LCDRecipe
 
 NO_PROXY = "none"
 LATENT_RM_DIR = "latent_rm"
+HELDOUT_DIR = "proxy_heldout"
+REPLAY_WEIGHTS = "proxy_replay.safetensors"
 
 
 @dataclass
@@ -87,6 +92,29 @@ class RGLCDConfig(LCDConfig):
                             "default world run turns it on)", OURS)
     vae_decode_batch_size: int = _f(16, "Latents decoded (and scored) per chunk in the proxy "
                                     "update")
+    # ---------------------------------------------------------------- the online proxy schedule
+    proxy_warmup_steps: int = _f(0, "Student steps at the start with the reward term off while "
+                                 "the proxy already learns from the expert (0: the reward acts "
+                                 "from step 1, as in the paper)", OURS)
+    proxy_updates_per_step: int = _f(1, "Proxy optimiser steps after each student step: the "
+                                     "first on the fresh candidates, the others on triples drawn "
+                                     "from the replay buffer (or the fresh ones again without "
+                                     "one); 1 is the paper", OURS)
+    proxy_replay_size: int = _f(0, "Expert-judged candidate triples kept for the extra proxy "
+                                "updates (0: no buffer, the paper)", OURS)
+    expert_logit_scale: Optional[float] = _f(None, "Score-to-logit multiplier of an expert RM "
+                                             "that has no logit scale of its own (None: the "
+                                             "proxy's own exp(logit_scale), as the reference "
+                                             "code does)", OURS)
+    # ---------------------------------------------------------------- held-out proxy evidence
+    proxy_eval_shards_path_or_url: Optional[str] = _f(
+        None, "Data of the held-out preference set the proxy is measured on (never trained on): "
+        "any training-data spec; None: the training data read with proxy_eval_seed", OURS)
+    proxy_eval_num_prompts: int = _f(64, "Prompts of the held-out preference set (each with "
+                                     "ground truth, teacher, student and noised candidates, "
+                                     "scored once by the expert); 0: no held-out accuracy", OURS)
+    proxy_eval_seed: int = _f(1234, "Seed of the held-out preference set (its data order and "
+                              "its samples)", OURS)
 
     def validate(self) -> None:
         """LCD checks plus the reward and proxy settings (registered names, values, paths)."""
@@ -107,9 +135,26 @@ class RGLCDConfig(LCDConfig):
                               "drop pretrained_latent_rm")
         if self.reward_scale < 0:
             raise ConfigError(f"reward_scale must not be negative, got {self.reward_scale}")
-        for key in ("rm_batch_size", "vae_decode_batch_size", "rm_lr"):
+        for key in ("rm_batch_size", "vae_decode_batch_size", "rm_lr", "proxy_updates_per_step"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
+        for key in ("proxy_warmup_steps", "proxy_replay_size", "proxy_eval_num_prompts"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must not be negative, got {getattr(self, key)}")
+        if self.expert_logit_scale is not None and self.expert_logit_scale <= 0:
+            raise ConfigError(f"expert_logit_scale must be positive (or None), got "
+                              f"{self.expert_logit_scale}")
+        if self.proxy_replay_size and self.proxy_replay_size < self.rm_batch_size:
+            raise ConfigError(f"proxy_replay_size ({self.proxy_replay_size}) must hold at least "
+                              f"one update's rm_batch_size ({self.rm_batch_size}) triples, or be 0")
+        eval_data = self.proxy_eval_shards_path_or_url
+        if eval_data and eval_data.startswith("world:"):
+            from ..world.source import world_source_from_spec
+
+            world_source_from_spec(eval_data)
+        elif eval_data and not any(m in eval_data for m in ("{", "::", "*", "pipe:", "://")) \
+                and not Path(os.path.expanduser(eval_data)).exists():
+            raise ConfigError(f"proxy_eval_shards_path_or_url: '{eval_data}' does not exist")
         if self.latent_rm_loss_type not in LOSS_TYPES:
             raise ConfigError(f"latent_rm_loss_type must be one of {', '.join(LOSS_TYPES)}, got "
                               f"{self.latent_rm_loss_type!r}")
@@ -146,6 +191,8 @@ class RGLCDRecipe(LCDRecipe):
         self.reward_model: RewardModel | None = None
         self.proxy_model: ProxyRewardModel | None = None
         self.proxy_updater: ProxyUpdater | None = None
+        self.replay: CandidateReplay | None = None
+        self.heldout: PreferenceSet | None = None
 
     @classmethod
     def embedded_defaults(cls) -> dict[str, Any]:
@@ -186,6 +233,48 @@ class RGLCDRecipe(LCDRecipe):
         self.proxy_model = proxy
         self.proxy_updater = ProxyUpdater(proxy, loss_type=cfg.latent_rm_loss_type,
                                           smooth_gt_label=cfg.smooth_gt_label, lr=cfg.rm_lr)
+        self.replay = CandidateReplay(cfg.proxy_replay_size) if cfg.proxy_replay_size else None
+        if cfg.proxy_eval_num_prompts and accelerator.is_main_process:
+            self.heldout = self.heldout_preference_set()
+        accelerator.wait_for_everyone()
+
+    def heldout_preference_set(self) -> PreferenceSet:
+        """The held-out preference set: built once (from data the proxy never trains on) and
+        saved in ``output_dir/proxy_heldout``, so a resumed run measures on the very same set."""
+        from ..data import build_loader
+        from ..world.source import world_source_from_spec
+
+        cfg = self.config
+        folder = self.output_dir / HELDOUT_DIR
+        if (folder / "preference_set.json").is_file():
+            return PreferenceSet.load(folder)
+        spec = cfg.proxy_eval_shards_path_or_url or cfg.train_shards_path_or_url
+        source = world_source_from_spec(spec, side=cfg.resolution) or spec
+        loader = build_loader(source, resolution=cfg.resolution,
+                              batch_size=cfg.proxy_eval_num_prompts, seed=cfg.proxy_eval_seed,
+                              vae_scaling_factor=self.backbone.vae_scaling_factor)
+        batch = next(iter(loader))
+        generator = torch.Generator().manual_seed(cfg.proxy_eval_seed)
+        if "latents" in batch:
+            latents = batch["latents"].to(self.accelerator.device).float()
+        else:
+            latents = self.backbone.encode_images(batch["pixel_values"].to(self.accelerator.device),
+                                                  generator=generator).float()
+        self.accelerator.print(f"building the held-out proxy preference set "
+                               f"({latents.shape[0]} prompts, scored by '{cfg.reward}')")
+        pset = build_preference_set(
+            self.backbone, self.expert_scores, latents, batch["captions"],
+            student=self.unwrapped_student, time_cond_proj_dim=cfg.unet_time_cond_proj_dim,
+            student_guidance_scale=cfg.validation_guidance_scale, seed=cfg.proxy_eval_seed,
+            batch_size=cfg.vae_decode_batch_size)
+        replace_path(pset.save(folder.with_name(folder.name + ".tmp")), folder)
+        return pset
+
+    def validation_metrics(self) -> dict[str, float]:
+        """``proxy_heldout_accuracy`` (overall and per pair type) on the held-out set."""
+        if self.proxy_model is None or getattr(self, "heldout", None) is None:
+            return {}
+        return preference_accuracy(self.proxy_model, self.heldout)
 
     def build_reward_model(self, device: torch.device) -> RewardModel:
         """The expert RM, moved to ``device`` once."""
@@ -242,7 +331,9 @@ class RGLCDRecipe(LCDRecipe):
             self.proxy_model.freeze().eval()
             reward = self.proxy_model.score(step.student_x0, step.prompt_embeds)
             step.extras["lrm_reward"] = float(reward.detach().mean())
-        return {"reward_loss": -cfg.reward_scale * reward.float().mean()}
+        # step.global_step counts the steps done before this one: off for steps 1..warm-up
+        beta = cfg.reward_scale if step.global_step >= cfg.proxy_warmup_steps else 0.0
+        return {"reward_loss": -beta * reward.float().mean()}
 
     def after_optimizer_step(self, step: StepOutputs) -> dict[str, float]:
         """Direct mode: report the expert reward. LRM mode: one proxy update from the expert."""
@@ -262,8 +353,18 @@ class RGLCDRecipe(LCDRecipe):
                                          captions[i:i + cfg.vae_decode_batch_size])
                       for i in range(0, flat.shape[0], cfg.vae_decode_batch_size)]
         expert = torch.cat(chunks).view(3, size)
-        metrics = self.proxy_updater.step(chosen.latents, chosen.prompt_embeds, expert,
-                                          self.reward_model.logit_scale)
+        scale = self.reward_model.logit_scale
+        if scale is None:
+            scale = cfg.expert_logit_scale
+        metrics = self.proxy_updater.step(chosen.latents, chosen.prompt_embeds, expert, scale)
+        if self.replay is not None:
+            self.replay.add(chosen.latents, chosen.prompt_embeds, expert)
+        for _ in range(cfg.proxy_updates_per_step - 1):
+            if self.replay is not None:
+                latents, embeds, scores = self.replay.sample(size, generator=self.generator)
+            else:
+                latents, embeds, scores = chosen.latents, chosen.prompt_embeds, expert
+            self.proxy_updater.step(latents, embeds, scores, scale)
         metrics.update(expert_reward=float(expert[0].mean()),
                        expert_reward_target=float(expert[1].mean()),
                        expert_reward_gt=float(expert[2].mean()),
@@ -284,9 +385,13 @@ class RGLCDRecipe(LCDRecipe):
             self.proxy_updater.load_state_dict(state["proxy_updater"])
 
     def save_extra(self, checkpoint_dir: Path) -> None:
-        """Write the proxy into ``checkpoint_dir/latent_rm``."""
+        """Write the proxy into ``checkpoint_dir/latent_rm`` (and the replay buffer, if any)."""
         if self.proxy_model is not None:
             self.proxy_model.save_pretrained(Path(checkpoint_dir) / LATENT_RM_DIR)
+        if self.replay is not None and len(self.replay):
+            from safetensors.torch import save_file
+
+            save_file(self.replay.state_tensors(), str(Path(checkpoint_dir) / REPLAY_WEIGHTS))
 
     def load_extra(self, checkpoint_dir: Path) -> None:
         """Load the proxy's weights from ``checkpoint_dir/latent_rm``."""
@@ -303,6 +408,9 @@ class RGLCDRecipe(LCDRecipe):
                               "a proxy?")
         device = next(self.proxy_model.parameters()).device
         self.proxy_model.load_state_dict(load_file(str(weights), device=str(device)))
+        replay = Path(checkpoint_dir) / REPLAY_WEIGHTS
+        if self.replay is not None and replay.is_file():
+            self.replay.load_state_tensors(load_file(str(replay)), device=device)
 
     def save_final(self) -> Path:
         """The student pipeline, plus the trained proxy in ``output_dir/latent_rm``."""
