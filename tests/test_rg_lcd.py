@@ -15,7 +15,9 @@ from rewardkit.errors import ConfigError, RewardModelError
 from rewardkit.hookspecs import hookimpl
 from rewardkit.plugins import load_host, reset_host
 from rewardkit.proxies import LatentRewardModel
-from rewardkit.recipes.rg_lcd import LATENT_RM_DIR, RGLCDConfig, RGLCDRecipe
+from rewardkit.proxies.preference_set import GROUND_TRUTH, PreferenceSet, preference_accuracy
+from rewardkit.recipes.rg_lcd import (HELDOUT_DIR, LATENT_RM_DIR, REPLAY_WEIGHTS, RGLCDConfig,
+                                      RGLCDRecipe)
 from rewardkit.rewards.base import RewardModel
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
 from rewardkit.training.checkpoint import list_checkpoints
@@ -288,3 +290,115 @@ def test_a_broken_rm_stops_the_run_naming_it_with_the_last_checkpoint_intact(
                                  max_train_steps=3, resume_from_checkpoint="latest"))
     resumed.run(progress=False)
     assert resumed.global_step == 3
+
+
+# ---------------------------------------------------------------- held-out evidence and the schedule
+
+
+def heldout_rows(out: Path) -> list[dict]:
+    return [r for r in read_metrics(out / "metrics.jsonl") if "proxy_heldout_accuracy" in r]
+
+
+def test_heldout_accuracy_is_logged_before_training_and_at_each_validation(assets, tmp_path):
+    cfg = config(assets, tmp_path, reward="jpeg-compressibility", max_train_steps=2,
+                 validation_steps=1, checkpointing_steps=1, rm_lr=1e-2)
+    RGLCDRecipe(cfg).run(progress=False)
+    rows = heldout_rows(tmp_path)
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    for row in rows:
+        for key in ("proxy_heldout_accuracy", "proxy_heldout_accuracy_generated_vs_generated",
+                    "proxy_heldout_accuracy_generated_vs_ground_truth"):
+            assert 0.0 <= row[key] <= 1.0
+    saved = PreferenceSet.load(tmp_path / HELDOUT_DIR)
+    assert saved.num_prompts == 4 and GROUND_TRUTH in saved.kinds
+    assert any(k.startswith("teacher-ddim") for k in saved.kinds)
+    assert any(k.startswith("student-lcm") for k in saved.kinds)
+    # a resumed run measures on the very same saved set (not a rebuilt one)
+    resumed = RGLCDRecipe(config(assets, tmp_path, reward="jpeg-compressibility",
+                                 max_train_steps=3, validation_steps=1,
+                                 resume_from_checkpoint="latest"))
+    resumed.setup()
+    assert torch.equal(resumed.heldout.latents, saved.latents)
+    assert resumed.validation_metrics() == preference_accuracy(resumed.proxy_model, saved)
+
+
+def test_heldout_set_can_be_switched_off(assets, tmp_path):
+    RGLCDRecipe(config(assets, tmp_path, max_train_steps=1, validation_steps=1,
+                       proxy_eval_num_prompts=0)).run(progress=False)
+    assert not heldout_rows(tmp_path) and not (tmp_path / HELDOUT_DIR).exists()
+
+
+def test_the_student_maximises_the_very_proxy_the_update_trains(assets, tmp_path):
+    recipe = RGLCDRecipe(config(assets, tmp_path, reward="jpeg-compressibility", rm_lr=1e-2))
+    recipe.setup()
+    assert recipe.proxy_updater.proxy is recipe.proxy_model
+    step = recipe.forward(next(recipe.batches))
+    before = float(recipe.extra_losses(step)["reward_loss"].detach())
+    snapshot = proxy_snapshot(recipe)
+    recipe.after_optimizer_step(step)
+    assert any(not torch.equal(snapshot[n], p) for n, p in recipe.proxy_model.named_parameters())
+    after = float(recipe.extra_losses(step)["reward_loss"].detach())
+    assert after != before  # the same student output now gets the trained proxy's reward
+    expected = -recipe.config.reward_scale * recipe.proxy_updater.proxy.score(
+        step.student_x0, step.prompt_embeds).mean()
+    assert after == pytest.approx(float(expected), abs=1e-6)
+
+
+def test_proxy_warmup_switches_the_reward_term_on_after_it(assets, tmp_path):
+    recipe = RGLCDRecipe(config(assets, tmp_path, reward="jpeg-compressibility",
+                                proxy_warmup_steps=2, rm_lr=1e-2))
+    recipe.setup()
+    rows = []
+    for _ in range(3):
+        rows.append(recipe.train_step())
+        recipe.global_step += 1
+    assert rows[0]["reward_loss"] == 0.0 and rows[1]["reward_loss"] == 0.0
+    assert rows[2]["reward_loss"] != 0.0
+    assert all("proxy_loss" in row for row in rows)  # the proxy learns during the warm-up
+
+
+def test_several_proxy_updates_per_step_draw_from_the_replay_buffer(assets, tmp_path):
+    recipe = RGLCDRecipe(config(assets, tmp_path, reward="jpeg-compressibility",
+                                proxy_updates_per_step=3, proxy_replay_size=4,
+                                expert_logit_scale=50.0))
+    recipe.setup()
+    calls = []
+    original = recipe.proxy_updater.step
+
+    def counting(latents, embeds, scores, scale=None):
+        calls.append((latents.shape, scale))
+        return original(latents, embeds, scores, scale)
+
+    recipe.proxy_updater.step = counting
+    recipe.train_step()
+    assert len(calls) == 3 and all(scale == 50.0 for _, scale in calls)
+    assert all(shape[:2] == (3, 2) for shape, _ in calls)
+    assert len(recipe.replay) == 2
+    recipe.global_step += 1
+    recipe.train_step()
+    recipe.global_step += 1
+    recipe.train_step()
+    assert len(recipe.replay) == 4  # a ring of proxy_replay_size triples
+
+
+def test_resume_restores_the_replay_buffer_bit_identically(assets, tmp_path):
+    common = dict(max_train_steps=4, checkpointing_steps=2, rm_lr=1e-3,
+                  reward="jpeg-compressibility", proxy_updates_per_step=2, proxy_replay_size=4)
+    straight = RGLCDRecipe(config(assets, tmp_path / "a", **common)).run(progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        CrashAt(config(assets, tmp_path / "b", **common)).run(progress=False)
+    RGLCDRecipe(config(assets, tmp_path / "b", resume_from_checkpoint="latest",
+                       **common)).run(progress=False)
+    a = load_file(str(straight / LATENT_RM_DIR / "proxy.safetensors"))
+    b = load_file(str(tmp_path / "b" / LATENT_RM_DIR / "proxy.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (straight / "checkpoint-4" / REPLAY_WEIGHTS).is_file()
+
+
+@pytest.mark.parametrize("key,value", [("proxy_updates_per_step", 0), ("proxy_warmup_steps", -1),
+                                       ("proxy_replay_size", 1), ("expert_logit_scale", 0.0),
+                                       ("proxy_eval_num_prompts", -2),
+                                       ("proxy_eval_shards_path_or_url", "/no/such/data")])
+def test_bad_proxy_schedule_values_are_named(assets, tmp_path, key, value):
+    with pytest.raises(ConfigError, match=key):
+        config(assets, tmp_path, **{key: value})

@@ -22,7 +22,9 @@ GAP = 2
 PANEL_SIZE = (360, 220)
 PANEL_COLUMNS = 2
 #: Keys plotted first, in this order, when present; other numeric keys follow alphabetically.
-PREFERRED_KEYS = ("lcd_loss", "reward_loss", "expert_reward", "lrm_reward", "proxy_accuracy",
+PREFERRED_KEYS = ("lcd_loss", "reward_loss", "expert_reward", "lrm_reward",
+                  "proxy_heldout_accuracy", "proxy_heldout_accuracy_generated_vs_generated",
+                  "proxy_heldout_accuracy_generated_vs_ground_truth", "proxy_accuracy",
                   "proxy_loss", "expert_reward_target", "expert_reward_gt", "proxy_logit_scale",
                   "lr", "step_time")
 SKIPPED_KEYS = ("step",)

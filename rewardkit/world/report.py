@@ -3,7 +3,8 @@
 Files written into the run folder by :func:`write_report`::
 
     report.md             the metrics table, the command that produced it, the run's config
-    eval.json             the table's rows (machine-readable)
+    eval.json             the table's rows (machine-readable); with a latent proxy RM, each
+                          student row also carries the proxy's final held-out accuracy
     comparison.png        teacher (50 DDIM steps + CFG) next to the student at 1, 2 and 4 steps
     training_curves.png   one panel per numeric key of metrics.jsonl (when the run has one)
 
@@ -21,6 +22,10 @@ from typing import Any, Sequence
 
 from .evaluate import DEFAULT_GUIDANCE_SCALE, EvalRow
 from .plots import labelled_grid, plot_training_curves
+
+HELDOUT = "proxy_heldout_accuracy"
+#: Steps at the end of a run over which the in-batch proxy accuracy is averaged in the report.
+IN_BATCH_WINDOW = 100
 
 REPORT = "report.md"
 EVAL_JSON = "eval.json"
@@ -80,6 +85,54 @@ def comparison_columns(teacher_dir: str | Path, student_dir: str | Path, prompts
     return columns
 
 
+def proxy_summary(metrics_rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The proxy's held-out accuracy at the first and last measurement, and the in-batch one.
+
+    Keys: ``proxy_heldout_accuracy*`` (last measurement), ``initial_proxy_heldout_accuracy*``
+    (first one, before training) and ``proxy_accuracy_last_{IN_BATCH_WINDOW}`` (mean in-batch
+    accuracy over the run's last steps). Empty for runs without a proxy.
+    """
+    measured = [row for row in metrics_rows if isinstance(row.get(HELDOUT), (int, float))]
+    summary: dict[str, float] = {}
+    if measured:
+        for key, value in measured[0].items():
+            if key.startswith(HELDOUT):
+                summary[f"initial_{key}"] = float(value)
+        for key, value in measured[-1].items():
+            if key.startswith(HELDOUT):
+                summary[key] = float(value)
+        summary["proxy_heldout_step"] = float(measured[-1].get("step", 0))
+    in_batch = [row["proxy_accuracy"] for row in metrics_rows
+                if isinstance(row.get("proxy_accuracy"), (int, float))][-IN_BATCH_WINDOW:]
+    if in_batch:
+        summary[f"proxy_accuracy_last_{IN_BATCH_WINDOW}"] = sum(in_batch) / len(in_batch)
+    return summary
+
+
+def format_proxy_summary(summary: dict[str, float]) -> str:
+    """The proxy section of ``report.md`` (empty without a held-out measurement)."""
+    if HELDOUT not in summary:
+        return ""
+    lines = ["## Latent proxy RM: agreement with the expert", "",
+             "Pairwise agreement with the expert RM on the held-out preference set (candidates "
+             "the proxy never trained on: ground truth, teacher samples at several step counts "
+             "and guidance scales, student samples, noised ground truth; scored once by the "
+             "expert).", "",
+             "| pairs | before training | end of training |", "|---|---:|---:|"]
+    for suffix, label in (("", "all"), ("_generated_vs_generated", "generated vs generated"),
+                          ("_generated_vs_ground_truth", "generated vs ground truth")):
+        key = HELDOUT + suffix
+        if key in summary:
+            before = summary.get(f"initial_{key}")
+            lines.append(f"| {label} | {before:.3f} | {summary[key]:.3f} |" if before is not None
+                         else f"| {label} | - | {summary[key]:.3f} |")
+    window = f"proxy_accuracy_last_{IN_BATCH_WINDOW}"
+    if window in summary:
+        lines += ["", f"In-batch `proxy_accuracy` (on the candidates of each update, before it), "
+                      f"mean of the last {IN_BATCH_WINDOW} steps: {summary[window]:.3f}."]
+    return "\n".join(lines)
+
+
 def write_report(run_dir: str | Path, rows: Sequence[EvalRow], *,
                  columns: Sequence[tuple[str, Sequence[Any]]] | None = None,
                  grid_prompts: Sequence[str] | None = None, command: str | None = None,
@@ -98,7 +151,16 @@ def write_report(run_dir: str | Path, rows: Sequence[EvalRow], *,
         config = json.loads((run_dir / "config.json").read_text())
     command = command or shlex.join(["rewardkit" if Path(sys.argv[0]).name == "rewardkit"
                                      else sys.argv[0], *sys.argv[1:]])
-    (run_dir / EVAL_JSON).write_text(json.dumps([row.as_dict() for row in rows], indent=2))
+    proxy = {}
+    if (run_dir / "metrics.jsonl").is_file():
+        from ..training.metrics import read_metrics
+
+        proxy = proxy_summary(read_metrics(run_dir / "metrics.jsonl"))
+    records = [row.as_dict() for row in rows]
+    for record in records:
+        if record["kind"] == "student":
+            record.update(proxy)
+    (run_dir / EVAL_JSON).write_text(json.dumps(records, indent=2))
 
     figures = []
     if columns and grid_prompts:
@@ -109,6 +171,8 @@ def write_report(run_dir: str | Path, rows: Sequence[EvalRow], *,
                         CURVES_PNG))
 
     parts = [f"# {title}", "", "## Metrics", "", format_table(rows), "", TABLE_NOTE, ""]
+    if format_proxy_summary(proxy):
+        parts += [format_proxy_summary(proxy), ""]
     if notes:
         parts += [notes, ""]
     for caption, name in figures:
