@@ -27,7 +27,7 @@ def caption_groups(captions: Sequence[str]) -> torch.Tensor:
 
 
 def multi_positive_targets(groups: torch.Tensor) -> torch.Tensor:
-    """``[B, B]`` targets: row ``i`` is uniform over the samples in ``i``'s group (rows sum to 1)."""
+    """``[B, B]`` targets: row ``i`` is uniform over the members of ``i``'s group (sums to 1)."""
     same = (groups[:, None] == groups[None, :]).float()
     return same / same.sum(dim=1, keepdim=True)
 

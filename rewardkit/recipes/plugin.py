@@ -7,9 +7,12 @@ from ..hookspecs import hookimpl
 
 @hookimpl
 def register_recipes(register):
-    """``lcd``: plain latent consistency distillation; ``rg-lcd``: reward guided LCD."""
+    """``lcd``: plain latent consistency distillation; ``rg-lcd``: reward guided LCD;
+    ``lrm-pretrain``: pretraining of rg-lcd's latent proxy RM."""
     from .lcd import LCDRecipe
+    from .lrm_pretrain import LRMPretrainRecipe
     from .rg_lcd import RGLCDRecipe
 
     register(LCDRecipe)
     register(RGLCDRecipe)
+    register(LRMPretrainRecipe)

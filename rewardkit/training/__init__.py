@@ -6,7 +6,9 @@
 - :mod:`.optim`: AdamW / AdamW8bit and the LR schedule;
 - :mod:`.checkpoint`: atomic, rotating, resumable checkpoints;
 - :mod:`.validation`: LCMScheduler sample grids;
-- :mod:`.metrics`: ``metrics.jsonl`` and the progress bar.
+- :mod:`.metrics`: ``metrics.jsonl`` and the progress bar;
+- :mod:`.data`: a data spec (shards, folders, ``world:train``) to a resumable loader;
+- :mod:`.safe_state`: optimiser, generator and loader state as safetensors + JSON.
 
 The loop itself is :class:`rewardkit.recipes.lcd.LCDRecipe`.
 """

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
@@ -45,10 +45,15 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 class TrainingProgress:
-    """A rich progress bar over optimiser steps (a no-op when disabled)."""
+    """A rich progress bar over optimiser steps (a no-op when disabled).
 
-    def __init__(self, total: int, start: int = 0, enabled: bool = True) -> None:
+    ``keys``: the metrics shown next to the bar (``step_time`` is shown as ``s/step``).
+    """
+
+    def __init__(self, total: int, start: int = 0, enabled: bool = True,
+                 keys: Sequence[str] = ("lcd_loss", "lr", "step_time")) -> None:
         self.enabled = enabled
+        self.keys = tuple(keys)
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -64,6 +69,6 @@ class TrainingProgress:
 
     def update(self, step: int, metrics: dict[str, Any]) -> None:
         """Advance to ``step`` and show loss, lr and s/step."""
-        info = "  ".join(f"{key} {metrics[key]:.4g}" for key in ("lcd_loss", "lr", "step_time")
+        info = "  ".join(f"{key} {metrics[key]:.4g}" for key in self.keys
                          if isinstance(metrics.get(key), (int, float)))
         self.progress.update(self.task, completed=step, info=info.replace("step_time", "s/step"))

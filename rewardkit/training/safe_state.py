@@ -122,7 +122,7 @@ def load_tensor_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 def save_optimizer_state(optimizer: torch.optim.Optimizer, folder: str | Path,
                          name: str = "optimizer") -> Path:
-    """Write ``optimizer.state_dict()`` as ``{name}.safetensors`` + ``{name}.json`` in ``folder``."""
+    """Write ``optimizer.state_dict()`` as ``{name}.safetensors`` and ``{name}.json``."""
     folder = Path(folder)
     tensors: dict[str, torch.Tensor] = {}
     meta = flatten_state(optimizer.state_dict(), tensors)
