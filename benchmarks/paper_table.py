@@ -44,10 +44,19 @@ VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("rg-lcd lrm proxy", "rg-lcd", {"reward": "world-proxy", "proxy": "lrm"}),
     ("rg-lcd lrm judge", "rg-lcd", {"reward": "world-judge", "proxy": "lrm"}),
 )
-#: Keys only the rg-lcd recipe knows (dropped for plain lcd).
-RG_ONLY_KEYS = ("reward", "reward_params", "proxy", "proxy_params", "reward_scale", "rm_batch_size",
-                "rm_lr", "latent_rm_loss_type", "smooth_gt_label", "pretrained_latent_rm",
-                "vae_decode_batch_size")
+
+
+def rg_only_keys() -> set[str]:
+    """Keys only the rg-lcd recipe knows (dropped for plain lcd)."""
+    import dataclasses
+
+    from rewardkit.recipes.rg_lcd import RGLCDConfig
+    from rewardkit.training.config import LCDConfig
+
+    return ({f.name for f in dataclasses.fields(RGLCDConfig)}
+            - {f.name for f in dataclasses.fields(LCDConfig)})
+
+
 MAIN = "rg-lcd lrm judge"
 STUDENT_STEPS = (1, 2, 4)
 
@@ -109,9 +118,10 @@ def run_config(name: str, recipe: str, changes: dict[str, Any], args: argparse.N
     if overrides.get("reward") == "world-proxy":
         overrides["reward_params"] = {"path": str(asset_path(PROXY, args.assets_root))}
     if overrides.get("proxy") == "none":
-        overrides.pop("proxy_params", None)
+        for key in ("proxy_params", "pretrained_latent_rm"):
+            overrides.pop(key, None)
     if recipe == "lcd":
-        for key in RG_ONLY_KEYS:
+        for key in rg_only_keys():
             overrides.pop(key, None)
     return overrides
 

@@ -97,6 +97,20 @@ def test_proxy_and_features_load(built):
     assert not any(p.requires_grad for p in features.parameters())
 
 
+def test_the_pretrained_world_lrm_loads_into_rg_lcd_sized_for_the_teacher(built):
+    from rewardkit.proxies import LatentRewardModel
+    from rewardkit.world.assets import LATENT_RM
+
+    report = json.loads((built / "build.json").read_text())["latent-rm"]
+    assert report["preference_steps"] == PLANS["tiny"].lrm_preference_steps
+    assert 0.0 <= report["heldout"]["proxy_heldout_accuracy"] <= 1.0
+    proxy = LatentRewardModel.from_pretrained(built / LATENT_RM)
+    backbone = api.backbone("stable-diffusion", pretrained_model_name_or_path=str(built / TEACHER))
+    assert proxy.config["text_dim"] == backbone.text_embed_dim
+    latents = torch.randn(2, backbone.latent_channels, 8, 8)
+    assert proxy(latents, backbone.encode_prompts(["a", "b"])).shape == (2,)
+
+
 def test_a_failed_stage_keeps_the_previous_assets(built, tmp_path, monkeypatch):
     import shutil
 

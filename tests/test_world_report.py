@@ -12,7 +12,9 @@ from PIL import Image
 import rewardkit as rk
 from rewardkit.errors import ConfigError
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
-from rewardkit.world.assets import FEATURES, PROXY, TEACHER, save_net
+from rewardkit.proxies import LatentRewardModel
+from rewardkit.world.assets import FEATURES, LATENT_RM, PROXY, TEACHER, save_net
+from rewardkit.world.latent_rm import WORLD_LRM_PARAMS
 from rewardkit.world.default_run import (DEFAULT_MAX_TRAIN_STEPS,
                                          default_rg_lcd_overrides, finalize_world_run,
                                          validation_captions)
@@ -49,6 +51,9 @@ def assets(tmp_path_factory) -> Path:
         torch.manual_seed(0)
         save_net(WorldProxyNet(width=8, attribute_dim=4), root / PROXY)
         save_net(WorldFeatureNet(width=8), root / FEATURES)
+        text_dim = json.loads((root / TEACHER / "text_encoder" / "config.json").read_text())["hidden_size"]
+        LatentRewardModel(latent_channels=4, text_dim=text_dim,
+                          **WORLD_LRM_PARAMS).save_pretrained(root / LATENT_RM)
     return root
 
 
@@ -123,6 +128,8 @@ def test_default_overrides_make_a_valid_rg_lcd_config(assets):
     assert config.validation_prompts == validation_captions()
     assert set(config.validation_prompts) <= set(WorldSource("validation").captions())
     assert config.train_shards_path_or_url == "world:train"
+    assert config.pretrained_latent_rm == str(assets / LATENT_RM)  # the shipped pretrained LRM
+    assert config.proxy_eval_shards_path_or_url == "world:validation"
     with pytest.raises(ConfigError, match="world build"):
         default_rg_lcd_overrides(assets_root=assets / "nowhere")
     with pytest.raises(ConfigError, match="w_min"):  # the rest of the config is still validated
@@ -134,8 +141,8 @@ def test_default_overrides_make_a_valid_rg_lcd_config(assets):
 def test_default_world_run_trains_and_reports(assets, tmp_path):
     overrides = default_rg_lcd_overrides(assets_root=assets, output_dir=str(tmp_path / "run"),
                                          max_train_steps=2)
-    overrides.update(train_batch_size=4, rm_batch_size=2, validation_steps=0, checkpointing_steps=0,
-                     validation_prompts=validation_captions(2))
+    overrides.update(train_batch_size=4, rm_batch_size=2, validation_steps=2, checkpointing_steps=0,
+                     validation_prompts=validation_captions(2), proxy_eval_num_prompts=4)
     output = rk.recipe("rg-lcd", overrides).run(progress=False)
     report = finalize_world_run(output, assets_root=assets, num_images=4, teacher_steps=2,
                                 student_steps=(1, 2), batch_size=4, command="rewardkit run rg-lcd")
@@ -143,6 +150,10 @@ def test_default_world_run_trains_and_reports(assets, tmp_path):
     assert [(r["kind"], r["steps"], r["unet_evaluations"]) for r in rows] == [
         ("teacher", 2, 4), ("student", 1, 1), ("student", 2, 2)]
     assert "world:train" in report.read_text()  # the config is in the report
+    # the proxy's held-out accuracy, before and after training, in the report and eval.json
+    assert "agreement with the expert" in report.read_text()
+    assert all(0 <= r["proxy_heldout_accuracy"] <= 1 and "initial_proxy_heldout_accuracy" in r
+               for r in rows if r["kind"] == "student")
     with Image.open(output / "comparison.png") as image:  # teacher + 2 student columns, 2 prompts
         assert image.size == grid_size(3, 2, 32 * 3)
     with Image.open(output / "training_curves.png") as image:

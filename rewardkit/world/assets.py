@@ -15,6 +15,7 @@ ASSETS = Path(__file__).parent / "assets"
 TEACHER = "teacher"
 PROXY = "world-proxy"
 FEATURES = "features"
+LATENT_RM = "latent-rm"
 
 N = TypeVar("N", bound=nn.Module)
 

@@ -6,11 +6,14 @@ Stages, in order (each with a rich progress bar and its own budget):
 2. ``unet``: the teacher's UNet (:func:`rewardkit.world.teacher.train_unet`);
 3. ``world-proxy``: the learned RM (:func:`rewardkit.world.train_judges.train_proxy`);
 4. ``features``: the Frechet feature net (:func:`rewardkit.world.train_judges.train_features`);
-5. ``quality``: the teacher's judge reward at 50 DDIM steps + CFG on the validation prompts
+5. ``latent-rm``: the pretrained latent proxy RM that the default ``rg-lcd`` run starts from
+   (``lrm-pretrain`` on world data with ``world-judge``: :mod:`rewardkit.world.latent_rm`);
+6. ``quality``: the teacher's judge reward at 50 DDIM steps + CFG on the validation prompts
    (next to the same pipeline with an untrained UNet, and real renders), the feature net's
    per-attribute accuracy, and the proxy's correlation with the judge on unseen samples.
 
-The output folder gets ``teacher/`` (a diffusers pipeline), ``world-proxy/``, ``features/`` and
+The output folder gets ``teacher/`` (a diffusers pipeline), ``world-proxy/``, ``features/``,
+``latent-rm/`` and
 ``build.json`` (sizes, steps, seconds, seed, quality numbers). Everything is first written to a
 hidden temporary folder inside the output folder and renamed into place at the end, so an
 interrupted build never leaves half-written assets. From Python::
@@ -35,7 +38,8 @@ import torch
 
 from ..errors import ConfigError
 from ..files import replace_path
-from .assets import ASSETS, FEATURES, PROXY, TEACHER, save_net
+from .assets import ASSETS, FEATURES, LATENT_RM, PROXY, TEACHER, save_net
+from .latent_rm import pretrain_world_lrm
 from .teacher import TeacherPlan, TeacherSize, judge_renders, judge_teacher, train_teacher, validation_prompts
 
 BUILD_FILE = "build.json"
@@ -55,6 +59,10 @@ class BuildPlan:
     proxy_lr: float = 3e-3
     features_count: int = 8_000
     features_epochs: int = 8
+    lrm_contrastive_steps: int = 300  # the pretrained world LRM (lrm-pretrain)
+    lrm_preference_prompts: int = 512
+    lrm_preference_steps: int = 400
+    lrm_eval_prompts: int = 64
     eval_steps: int = 50  # DDIM steps of the teacher quality check
     eval_prompts: int | None = None  # validation captions sampled (None: all of them)
     eval_images_per_prompt: int = 2
@@ -72,7 +80,8 @@ PLANS: dict[str, BuildPlan] = {
             pool_images=64, vae_steps=3, vae_batch_size=8, vae_seconds=30, unet_steps=3,
             unet_batch_size=8, unet_seconds=30, warmup_steps=1),
         proxy_count=64, proxy_epochs=1, features_count=64, features_epochs=1, eval_steps=2,
-        eval_prompts=2, eval_images_per_prompt=1, quality_count=32),
+        eval_prompts=2, eval_images_per_prompt=1, quality_count=32, lrm_contrastive_steps=2,
+        lrm_preference_prompts=4, lrm_preference_steps=2, lrm_eval_prompts=4),
 }
 
 
@@ -246,6 +255,17 @@ def _build(plan: BuildPlan, out: Path, work: Path, bars: _Bars, size: str, minut
             seconds["features"] = time.perf_counter() - start
 
             start = time.perf_counter()
+            bars.log("pretraining the world LRM (lrm-pretrain: contrastive, then world-judge "
+                     "preferences)")
+            latent_rm = pretrain_world_lrm(
+                work / TEACHER, work / LATENT_RM, work / "lrm-pretrain",
+                contrastive_steps=plan.lrm_contrastive_steps,
+                preference_prompts=plan.lrm_preference_prompts,
+                preference_steps=plan.lrm_preference_steps, eval_prompts=plan.lrm_eval_prompts,
+                seed=seed)
+            seconds["latent-rm"] = time.perf_counter() - start
+
+            start = time.perf_counter()
             bars.log(f"measuring quality: teacher at {plan.eval_steps} DDIM steps + CFG "
                      f"{GUIDANCE_SCALE}, proxy correlation, feature accuracy")
             quality = _quality(plan, work, proxy, features, seed)
@@ -262,11 +282,12 @@ def _build(plan: BuildPlan, out: Path, work: Path, bars: _Bars, size: str, minut
                             "megabytes": round(_folder_bytes(work / PROXY) / 2**20, 2)},
             "features": {"count": plan.features_count, "epochs": plan.features_epochs,
                          "megabytes": round(_folder_bytes(work / FEATURES) / 2**20, 2)},
+            "latent-rm": {**latent_rm, "megabytes": round(_folder_bytes(work / LATENT_RM) / 2**20, 2)},
             "quality": quality,
             "torch": torch.__version__,
         }
         (work / BUILD_FILE).write_text(json.dumps(report, indent=2))
-        for name in (TEACHER, PROXY, FEATURES, BUILD_FILE):
+        for name in (TEACHER, PROXY, FEATURES, LATENT_RM, BUILD_FILE):
             replace_path(work / name, out / name)
     finally:
         shutil.rmtree(work, ignore_errors=True)

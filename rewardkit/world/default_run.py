@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError
-from .assets import TEACHER, asset_path
+from .assets import LATENT_RM, TEACHER, asset_path
 from .evaluate import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_IMAGES, WorldEvaluator, add_speedups
+from .latent_rm import WORLD_LRM_PARAMS
 from .source import WorldSource
 
 DEFAULT_OUTPUT_DIR = "rg-lcd-world"
@@ -32,13 +33,6 @@ DEFAULT_OUTPUT_DIR = "rg-lcd-world"
 DEFAULT_MAX_TRAIN_STEPS = 600
 #: Validation prompts of the default run (the first captions of the world's validation split).
 NUM_VALIDATION_PROMPTS = 6
-#: A small LRM for 8x8x4 latents, trained from scratch online (every layer trainable).
-WORLD_LRM_PARAMS: dict[str, Any] = {
-    "embed_dim": 64, "image_widths": [32, 64], "blocks_per_stage": 1,
-    "text_width": 64, "text_depth": 1, "text_heads": 4, "trainable": "all",
-}
-
-
 def validation_captions(count: int = NUM_VALIDATION_PROMPTS, seed: int = 0) -> list[str]:
     """The first ``count`` captions of the world's validation split."""
     return WorldSource("validation", size=count, seed=seed).captions()[:count]
@@ -60,7 +54,12 @@ def default_rg_lcd_overrides(assets_root: str | Path | None = None,
         "output_dir": output_dir,
         "reward": "world-judge",
         "proxy": "lrm",
-        "proxy_params": dict(WORLD_LRM_PARAMS),
+        # the LRM starts from the shipped pretrained one (lrm-pretrain on world data, see
+        # rewardkit.world.latent_rm); every layer keeps learning online
+        "pretrained_latent_rm": str(asset_path(LATENT_RM, root)),
+        "proxy_params": {"trainable": WORLD_LRM_PARAMS["trainable"]},
+        "proxy_eval_shards_path_or_url": "world:validation",
+        "proxy_eval_num_prompts": 64,
         "resolution": 32,
         "train_batch_size": 32,
         "max_train_steps": max_train_steps,

@@ -1,0 +1,86 @@
+"""The world's pretrained latent proxy RM: ``lrm-pretrain`` on world data with ``world-judge``.
+
+``rewardkit world build`` trains it after the teacher (its latents and prompt embeddings come
+from that teacher's VAE and text encoder) and ships it as the asset ``latent-rm``; the default
+``rewardkit run rg-lcd`` starts its LRM from it. Two stages, as ``lrm-pretrain`` runs them:
+contrastive (multi-positive InfoNCE) on ``world:train`` (latent, caption) pairs, then
+Bradley-Terry pairs on a preference set of ``world:train`` prompts scored once by the judge.
+Its held-out accuracy is measured on ``world:validation`` candidates; neither the judge nor the
+test prompts are touched.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+#: The LRM of the world: small, for 8x8x4 latents and the world's 32-wide prompt embeddings.
+WORLD_LRM_PARAMS: dict[str, Any] = {
+    "embed_dim": 64, "image_widths": [32, 64], "blocks_per_stage": 1,
+    "text_width": 64, "text_depth": 1, "text_heads": 4, "trainable": "all",
+}
+
+
+def world_lrm_overrides(teacher: str | Path, output_dir: str | Path, *, contrastive_steps: int,
+                        preference_prompts: int, preference_steps: int, eval_prompts: int,
+                        seed: int = 0) -> dict[str, Any]:
+    """``lrm-pretrain`` config values for the world (every one an ordinary recipe key)."""
+    return {
+        "pretrained_teacher_model": str(teacher),
+        "train_shards_path_or_url": "world:train",
+        "output_dir": str(output_dir),
+        "resolution": 32,
+        "proxy": "lrm",
+        "proxy_params": dict(WORLD_LRM_PARAMS),
+        "train_batch_size": 64,
+        "contrastive_steps": contrastive_steps,
+        "learning_rate": 1e-3,
+        "lr_warmup_steps": 20,
+        "reward": "world-judge",
+        "preference_num_prompts": preference_prompts,
+        "preference_steps": preference_steps,
+        "preference_batch_size": 256,
+        "preference_learning_rate": 1e-3,
+        "preference_build_batch_size": 64,
+        "eval_shards_path_or_url": "world:validation",
+        "eval_num_prompts": eval_prompts,
+        "validation_steps": max(contrastive_steps, preference_steps, 1),
+        "checkpointing_steps": 0,
+        "seed": seed,
+        "report_to": "none",
+    }
+
+
+def pretrain_world_lrm(teacher: str | Path, out: str | Path, work: str | Path, *,
+                       contrastive_steps: int, preference_prompts: int, preference_steps: int,
+                       eval_prompts: int, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+    """Pretrain the world LRM into ``out`` (a ``save_pretrained`` folder); returns its summary.
+
+    ``work`` holds the run (metrics, preference sets) and is removed afterwards. The summary has
+    the steps and the held-out accuracy measured at the end (``proxy_heldout_accuracy*``).
+    """
+    from ..recipes.lrm_pretrain import pretrain_lrm
+    from ..training.metrics import read_metrics
+
+    work = Path(work)
+    saved = pretrain_lrm(world_lrm_overrides(
+        teacher, work, contrastive_steps=contrastive_steps, preference_prompts=preference_prompts,
+        preference_steps=preference_steps, eval_prompts=eval_prompts, seed=seed), progress=progress)
+    rows = [r for r in read_metrics(work / "metrics.jsonl") if "proxy_heldout_accuracy" in r]
+    summary: dict[str, Any] = {
+        "contrastive_steps": contrastive_steps, "preference_prompts": preference_prompts,
+        "preference_steps": preference_steps, "eval_prompts": eval_prompts,
+        "heldout": {k: round(v, 4) for k, v in (rows[-1] if rows else {}).items()
+                    if k.startswith("proxy_heldout_accuracy")},
+        "heldout_before": {k: round(v, 4) for k, v in (rows[0] if rows else {}).items()
+                           if k.startswith("proxy_heldout_accuracy")},
+    }
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(saved, out)
+    (out / "pretrain.json").write_text(json.dumps(summary, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+    return summary
