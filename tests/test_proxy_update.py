@@ -184,3 +184,36 @@ def test_pairwise_accuracy_rises_on_a_synthetic_preference_task(loss_type):
     end = accuracy()
     assert start < 0.65
     assert end > 0.85 and end > start + 0.25
+
+
+def test_rehearsal_teaches_what_the_online_candidates_never_show():
+    from rewardkit.proxies.preference_set import PreferenceSet, preference_accuracy
+    from rewardkit.proxies.rehearsal import Rehearsal
+
+    prompt_vectors = torch.randn(2, TEXT_DIM, generator=torch.Generator().manual_seed(7))
+
+    def as_set(seed: int, n: int) -> PreferenceSet:
+        latents, embeds, expert = synthetic_batch(n, torch.Generator().manual_seed(seed),
+                                                  prompt_vectors)
+        return PreferenceSet(latents=latents.flatten(0, 1), prompt_embeds=embeds,
+                             prompt_index=torch.arange(n).repeat(3), captions=["p"] * n,
+                             kinds=["a"] * n + ["b"] * n + ["ground-truth"] * n,
+                             expert=expert.flatten())
+
+    train, heldout = as_set(5, 2048), as_set(123, 128)
+
+    def trained(rehearsal) -> float:
+        model = small("all")
+        updater = ProxyUpdater(model, lr=1e-3, rehearsal=rehearsal,
+                               generator=torch.Generator().manual_seed(0))
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(150):
+            # online judgements without any signal (all ties: the loss pulls scores together)
+            latents, embeds, _ = synthetic_batch(16, generator, prompt_vectors)
+            metrics = updater.step(latents, embeds, torch.zeros(3, 16), expert_logit_scale=10.0)
+        assert ("proxy_rehearsal_loss" in metrics) == (rehearsal is not None)
+        return preference_accuracy(model, heldout)["proxy_heldout_accuracy"]
+
+    without = trained(None)
+    with_rehearsal = trained(Rehearsal(train, batch_size=64))
+    assert without < 0.65 and with_rehearsal > 0.72

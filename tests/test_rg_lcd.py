@@ -402,3 +402,29 @@ def test_resume_restores_the_replay_buffer_bit_identically(assets, tmp_path):
 def test_bad_proxy_schedule_values_are_named(assets, tmp_path, key, value):
     with pytest.raises(ConfigError, match=key):
         config(assets, tmp_path, **{key: value})
+
+
+def test_rehearsal_pairs_join_every_proxy_update(assets, tmp_path):
+    recipe = RGLCDRecipe(config(assets, tmp_path / "a"))
+    recipe.setup()
+    batch = next(recipe.batches)
+    latents, embeds, _ = recipe.encode_batch(batch)
+    n = latents.shape[0]
+    pset = PreferenceSet(latents=torch.cat([latents, latents + 1.0]).cpu(),
+                         prompt_embeds=embeds.cpu(), prompt_index=torch.arange(n).repeat(2),
+                         captions=list(batch["captions"]),
+                         kinds=[GROUND_TRUTH] * n + ["noised"] * n,
+                         expert=torch.cat([torch.ones(n), torch.zeros(n)]))
+    pset.save(tmp_path / "rehearsal")
+    rehearsed = RGLCDRecipe(config(assets, tmp_path / "b", reward="jpeg-compressibility",
+                                   proxy_rehearsal_set=str(tmp_path / "rehearsal"),
+                                   proxy_rehearsal_batch_size=4))
+    rehearsed.setup()
+    assert rehearsed.proxy_updater.generator is rehearsed.generator
+    row = rehearsed.train_step()
+    assert row["proxy_rehearsal_loss"] > 0
+    with pytest.raises(ConfigError, match="proxy_rehearsal_set"):
+        config(assets, tmp_path, proxy_rehearsal_set=str(tmp_path))
+    with pytest.raises(ConfigError, match="proxy_rehearsal_weight"):
+        config(assets, tmp_path, proxy_rehearsal_set=str(tmp_path / "rehearsal"),
+               proxy_rehearsal_weight=0.0)

@@ -40,7 +40,8 @@ class ProxyUpdater:
                  loss_type: str = "distillation", smooth_gt_label: bool = False,
                  lr: float = DEFAULT_RM_LR, betas: tuple[float, float] = (0.9, 0.999),
                  weight_decay: float = 0.0, loss_scale: float = 1.0,
-                 max_grad_norm: float | None = None) -> None:
+                 max_grad_norm: float | None = None, rehearsal: Any = None,
+                 generator: torch.Generator | None = None) -> None:
         if loss_type not in LOSS_TYPES:
             raise ConfigError(f"latent_rm_loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
         self.proxy = proxy
@@ -48,6 +49,8 @@ class ProxyUpdater:
         self.smooth_gt_label = smooth_gt_label
         self.loss_scale = loss_scale
         self.max_grad_norm = max_grad_norm
+        self.rehearsal = rehearsal  # a rewardkit.proxies.rehearsal.Rehearsal, or None
+        self.generator = generator
         self.params = list(proxy.trainable_parameters())
         if optimizer is None and self.params:
             optimizer = torch.optim.AdamW(self.params, lr=lr, betas=betas,
@@ -86,8 +89,12 @@ class ProxyUpdater:
                 targets = expert_logits(expert, expert_logit_scale,
                                         self.proxy.logit_scale_value())
                 loss = pairwise_loss(self.loss_type, proxy_logits, targets, self.smooth_gt_label)
+                total = loss
+                if self.rehearsal is not None:
+                    rehearsal_loss = self.rehearsal.loss(self.proxy, self.generator)
+                    total = loss + rehearsal_loss
                 if self.optimizer is not None:
-                    (loss * self.loss_scale).backward()
+                    (total * self.loss_scale).backward()
                     self._average_gradients()
                     if self.max_grad_norm is not None:
                         torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
@@ -96,7 +103,10 @@ class ProxyUpdater:
         finally:
             self.proxy.freeze()
             self.proxy.train(was_training)
+        metrics = {} if self.rehearsal is None else {
+            "proxy_rehearsal_loss": float(rehearsal_loss.detach())}
         return {
+            **metrics,
             "proxy_loss": float(loss.detach()),
             "proxy_accuracy": float(pairwise_accuracy(proxy_logits.detach(), expert)),
             "proxy_logit_scale": float(self.proxy.logit_scale_value().detach()),

@@ -50,6 +50,7 @@ from ..proxies.base import ProxyRewardModel
 from ..files import replace_path
 from ..proxies.losses import LOSS_TYPES
 from ..proxies.preference_set import PreferenceSet, build_preference_set, preference_accuracy
+from ..proxies.rehearsal import Rehearsal
 from ..proxies.replay import CandidateReplay
 from ..proxies.update import ProxyUpdater, sample_candidates
 from ..rewards.base import RewardModel
@@ -106,6 +107,13 @@ class RGLCDConfig(LCDConfig):
                                              "that has no logit scale of its own (None: the "
                                              "proxy's own exp(logit_scale), as the reference "
                                              "code does)", OURS)
+    proxy_rehearsal_set: Optional[str] = _f(None, "A saved preference set (e.g. lrm-pretrain's "
+                                            "output_dir/preference_set) whose expert-ordered "
+                                            "pairs are rehearsed in every proxy update (None: "
+                                            "none, the paper)", OURS)
+    proxy_rehearsal_batch_size: int = _f(64, "Rehearsal pairs per proxy update", OURS)
+    proxy_rehearsal_weight: float = _f(1.0, "Weight of the rehearsal loss in the proxy update",
+                                       OURS)
     # ---------------------------------------------------------------- held-out proxy evidence
     proxy_eval_shards_path_or_url: Optional[str] = _f(
         None, "Data of the held-out preference set the proxy is measured on (never trained on): "
@@ -136,6 +144,18 @@ class RGLCDConfig(LCDConfig):
         if self.reward_scale < 0:
             raise ConfigError(f"reward_scale must not be negative, got {self.reward_scale}")
         for key in ("rm_batch_size", "vae_decode_batch_size", "rm_lr", "proxy_updates_per_step"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
+        if self.proxy_rehearsal_set is not None:
+            if self.proxy == NO_PROXY:
+                raise ConfigError("proxy_rehearsal_set is only used with a proxy; set proxy=lrm "
+                                  "or drop proxy_rehearsal_set")
+            folder = Path(os.path.expanduser(self.proxy_rehearsal_set))
+            if not (folder / "preference_set.json").is_file():
+                raise ConfigError(f"proxy_rehearsal_set: '{self.proxy_rehearsal_set}' holds no "
+                                  "saved preference set (preference_set.json); pass the "
+                                  "preference_set/ folder lrm-pretrain wrote")
+        for key in ("proxy_rehearsal_batch_size", "proxy_rehearsal_weight"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
         for key in ("proxy_warmup_steps", "proxy_replay_size", "proxy_eval_num_prompts"):
@@ -211,6 +231,13 @@ class RGLCDRecipe(LCDRecipe):
             self.accelerator.print(f"report: {report}")
         return output
 
+    def setup(self) -> None:
+        """LCD's set-up; then the proxy update draws rehearsal pairs from the run's generator
+        (saved in checkpoints, so a resumed run draws the same pairs)."""
+        super().setup()
+        if self.proxy_updater is not None:
+            self.proxy_updater.generator = self.generator
+
     @property
     def direct(self) -> bool:
         """True when the RM is optimised directly (``proxy="none"``)."""
@@ -231,8 +258,17 @@ class RGLCDRecipe(LCDRecipe):
         if accelerator.num_processes > 1:
             broadcast_from_main(proxy)
         self.proxy_model = proxy
+        rehearsal = None
+        if cfg.proxy_rehearsal_set:
+            pset = PreferenceSet.load(os.path.expanduser(cfg.proxy_rehearsal_set))
+            if pset.prompt_embeds.shape[-1] != self.backbone.text_embed_dim:
+                raise ConfigError(f"proxy_rehearsal_set: its prompt embeddings are "
+                                  f"{pset.prompt_embeds.shape[-1]}-wide but the teacher's are "
+                                  f"{self.backbone.text_embed_dim}; build it with this teacher")
+            rehearsal = Rehearsal(pset, cfg.proxy_rehearsal_batch_size, cfg.proxy_rehearsal_weight)
         self.proxy_updater = ProxyUpdater(proxy, loss_type=cfg.latent_rm_loss_type,
-                                          smooth_gt_label=cfg.smooth_gt_label, lr=cfg.rm_lr)
+                                          smooth_gt_label=cfg.smooth_gt_label, lr=cfg.rm_lr,
+                                          rehearsal=rehearsal)
         self.replay = CandidateReplay(cfg.proxy_replay_size) if cfg.proxy_replay_size else None
         if cfg.proxy_eval_num_prompts and accelerator.is_main_process:
             self.heldout = self.heldout_preference_set()
