@@ -416,3 +416,13 @@ def test_the_output_loads_into_rg_lcd(assets, tmp_path):
     assert recipe.proxy_model.trainable == "last"
     assert_same_weights({k: v.cpu() for k, v in recipe.proxy_model.state_dict().items()},
                         weights(out))
+
+
+def test_with_no_arguments_it_pretrains_the_world_lrm_on_the_shipped_teacher():
+    from rewardkit.world.assets import TEACHER, asset_path
+
+    config = rk.recipe("lrm-pretrain").config
+    assert config.pretrained_teacher_model == str(asset_path(TEACHER))
+    assert (config.train_shards_path_or_url, config.reward) == ("world:train", "world-judge")
+    assert config.eval_shards_path_or_url == "world:validation"
+    assert rk.recipe("lrm-pretrain", contrastive_steps=7).config.contrastive_steps == 7

@@ -109,6 +109,11 @@ def test_the_pretrained_world_lrm_loads_into_rg_lcd_sized_for_the_teacher(built)
     assert proxy.config["text_dim"] == backbone.text_embed_dim
     latents = torch.randn(2, backbone.latent_channels, 8, 8)
     assert proxy(latents, backbone.encode_prompts(["a", "b"])).shape == (2,)
+    from rewardkit.proxies.preference_set import PreferenceSet
+
+    rehearsal = PreferenceSet.load(built / LATENT_RM / "preference_set")  # shipped for rehearsal
+    assert rehearsal.num_prompts == PLANS["tiny"].lrm_preference_prompts
+    assert rehearsal.prompt_embeds.shape[-1] == backbone.text_embed_dim
 
 
 def test_a_failed_stage_keeps_the_previous_assets(built, tmp_path, monkeypatch):

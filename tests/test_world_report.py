@@ -13,6 +13,7 @@ import rewardkit as rk
 from rewardkit.errors import ConfigError
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
 from rewardkit.proxies import LatentRewardModel
+from rewardkit.proxies.preference_set import GROUND_TRUTH, PreferenceSet
 from rewardkit.world.assets import FEATURES, LATENT_RM, PROXY, TEACHER, save_net
 from rewardkit.world.latent_rm import WORLD_LRM_PARAMS
 from rewardkit.world.default_run import (DEFAULT_MAX_TRAIN_STEPS,
@@ -54,6 +55,10 @@ def assets(tmp_path_factory) -> Path:
         text_dim = json.loads((root / TEACHER / "text_encoder" / "config.json").read_text())["hidden_size"]
         LatentRewardModel(latent_channels=4, text_dim=text_dim,
                           **WORLD_LRM_PARAMS).save_pretrained(root / LATENT_RM)
+        PreferenceSet(latents=torch.randn(4, 4, 8, 8), prompt_embeds=torch.randn(2, 5, text_dim),
+                      prompt_index=torch.tensor([0, 0, 1, 1]), captions=["a", "b"],
+                      kinds=[GROUND_TRUTH, "x", GROUND_TRUTH, "x"],
+                      expert=torch.tensor([1.0, 0.0, 1.0, 0.0])).save(root / LATENT_RM / "preference_set")
     return root
 
 
@@ -130,6 +135,7 @@ def test_default_overrides_make_a_valid_rg_lcd_config(assets):
     assert config.train_shards_path_or_url == "world:train"
     assert config.pretrained_latent_rm == str(assets / LATENT_RM)  # the shipped pretrained LRM
     assert config.proxy_eval_shards_path_or_url == "world:validation"
+    assert config.proxy_rehearsal_set == str(assets / LATENT_RM / "preference_set")
     with pytest.raises(ConfigError, match="world build"):
         default_rg_lcd_overrides(assets_root=assets / "nowhere")
     with pytest.raises(ConfigError, match="w_min"):  # the rest of the config is still validated

@@ -262,6 +262,20 @@ class LRMPretrainRecipe(Recipe):
     name = "lrm-pretrain"
     Config = LRMPretrainConfig
 
+    @classmethod
+    def embedded_defaults(cls) -> dict[str, Any]:
+        """The embedded world: pretrain a world LRM on the shipped teacher with ``world-judge``
+        (what ``rewardkit world build`` ships as ``latent-rm``), into ``lrm-pretrained-world``."""
+        from ..world.assets import TEACHER, asset_path
+        from ..world.build import PLANS
+        from ..world.latent_rm import world_lrm_overrides
+
+        plan = PLANS["full"]
+        return world_lrm_overrides(
+            asset_path(TEACHER), "lrm-pretrained-world", contrastive_steps=plan.lrm_contrastive_steps,
+            preference_prompts=plan.lrm_preference_prompts,
+            preference_steps=plan.lrm_preference_steps, eval_prompts=plan.lrm_eval_prompts)
+
     def __init__(self, config: LRMPretrainConfig) -> None:
         super().__init__(config)
         self.config: LRMPretrainConfig = config

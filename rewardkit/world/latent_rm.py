@@ -56,12 +56,14 @@ def world_lrm_overrides(teacher: str | Path, output_dir: str | Path, *, contrast
 def pretrain_world_lrm(teacher: str | Path, out: str | Path, work: str | Path, *,
                        contrastive_steps: int, preference_prompts: int, preference_steps: int,
                        eval_prompts: int, seed: int = 0, progress: bool = False) -> dict[str, Any]:
-    """Pretrain the world LRM into ``out`` (a ``save_pretrained`` folder); returns its summary.
+    """Pretrain the world LRM into ``out`` (a ``save_pretrained`` folder, plus the expert-scored
+    ``preference_set/`` it was trained on, for rg-lcd's ``proxy_rehearsal_set``); returns its
+    summary.
 
     ``work`` holds the run (metrics, preference sets) and is removed afterwards. The summary has
     the steps and the held-out accuracy measured at the end (``proxy_heldout_accuracy*``).
     """
-    from ..recipes.lrm_pretrain import pretrain_lrm
+    from ..recipes.lrm_pretrain import PREFERENCE_SET_DIR, pretrain_lrm
     from ..training.metrics import read_metrics
 
     work = Path(work)
@@ -81,6 +83,8 @@ def pretrain_world_lrm(teacher: str | Path, out: str | Path, work: str | Path, *
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(saved, out)
+    # the expert-scored training pairs ship too: the default run rehearses them online
+    shutil.copytree(work / PREFERENCE_SET_DIR, out / PREFERENCE_SET_DIR)
     (out / "pretrain.json").write_text(json.dumps(summary, indent=2))
     shutil.rmtree(work, ignore_errors=True)
     return summary
