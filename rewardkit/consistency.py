@@ -1,16 +1,16 @@
 """The arithmetic of latent consistency distillation (LCD), shared by every recipe and solver.
 
 Everything here follows the RG-LCD reference code (Ji4chenLi/rg-lcd, ``common_utils.py`` and
-``train_lcm_distill_sd_wds.py``), written up in PAPER.md §1.2-1.7:
+``train_lcm_distill_sd_wds.py``):
 
 - the noise schedule view ``z_t = alpha_t x0 + sigma_t eps`` with ``alpha_t = sqrt(abar_t)`` and
-  ``sigma_t = sqrt(1 - abar_t)`` (§1.2);
+  ``sigma_t = sqrt(1 - abar_t)``;
 - the teacher's x0- and eps-estimates from its raw output for the ``epsilon``, ``v_prediction`` and
-  ``sample`` parametrisations (§1.2);
+  ``sample`` parametrisations;
 - the consistency function ``f(z, t) = c_skip(t) z + c_out(t) x0_hat`` with its boundary-condition
-  scalings (§1.1, §1.6);
-- the guidance-scale embedding fed to the student as ``timestep_cond`` (§1.5);
-- the consistency distance (pseudo-Huber or L2) and the EMA target update (§1.7).
+  scalings;
+- the guidance-scale embedding fed to the student as ``timestep_cond``;
+- the consistency distance (pseudo-Huber or L2) and the EMA target update.
 
 All functions take a per-sample batch of integer DDPM timesteps ``t`` (shape ``[B]``; a 0-d tensor
 or a Python int is broadcast) and return tensors in the dtype of the latents they are given.
@@ -82,7 +82,7 @@ def _check_prediction_type(prediction_type: str) -> None:
 def predicted_origin(model_output: torch.Tensor, timesteps: torch.Tensor | int,
                      sample: torch.Tensor, prediction_type: str,
                      alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """The x0-estimate ``x0_hat`` from the teacher's raw output (PAPER.md §1.2).
+    """The x0-estimate ``x0_hat`` from the teacher's raw output.
 
     - ``epsilon``: ``(z_t - sigma_t * out) / alpha_t``
     - ``v_prediction``: ``alpha_t * z_t - sigma_t * out``
@@ -106,7 +106,7 @@ def predicted_origin(model_output: torch.Tensor, timesteps: torch.Tensor | int,
 def predicted_noise(model_output: torch.Tensor, timesteps: torch.Tensor | int,
                     sample: torch.Tensor, prediction_type: str,
                     alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """The noise estimate ``eps_hat`` from the teacher's raw output (PAPER.md §1.2).
+    """The noise estimate ``eps_hat`` from the teacher's raw output.
 
     - ``epsilon``: ``out``
     - ``v_prediction``: ``alpha_t * out + sigma_t * z_t``
@@ -131,11 +131,11 @@ def predicted_noise(model_output: torch.Tensor, timesteps: torch.Tensor | int,
 def scalings_for_boundary_conditions(timesteps: torch.Tensor | int, sigma_data: float = 0.5,
                                      timestep_scaling: float = 10.0
                                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``c_skip(t)`` and ``c_out(t)`` of the consistency function (PAPER.md §1.6).
+    """``c_skip(t)`` and ``c_out(t)`` of the consistency function.
 
     ``c_skip = sigma_d^2 / ((s t)^2 + sigma_d^2)`` and ``c_out = s t / sqrt((s t)^2 + sigma_d^2)``
     with ``s = timestep_scaling`` and ``t`` the integer DDPM timestep, so ``c_skip(0) = 1`` and
-    ``c_out(0) = 0`` exactly: the boundary condition ``f(z, 0) = z`` (PAPER.md §1.1). Returned in
+    ``c_out(0) = 0`` exactly: the boundary condition ``f(z, 0) = z``. Returned in
     float32 with the shape of ``timesteps``.
     """
     t = torch.as_tensor(timesteps).to(torch.float32)
@@ -149,7 +149,7 @@ def scalings_for_boundary_conditions(timesteps: torch.Tensor | int, sigma_data: 
 def consistency_output(sample: torch.Tensor, x0_pred: torch.Tensor,
                        timesteps: torch.Tensor | int, sigma_data: float = 0.5,
                        timestep_scaling: float = 10.0) -> torch.Tensor:
-    """The consistency function ``f(z, t) = c_skip(t) z + c_out(t) x0_hat`` (PAPER.md §1.1, §1.6).
+    """The consistency function ``f(z, t) = c_skip(t) z + c_out(t) x0_hat``.
 
     Used for the student at ``t_{n+k}`` (with grad) and for the EMA target at ``t_n``; at
     ``t = 0`` it returns ``sample`` exactly. Keeps the gradient of ``x0_pred``.
@@ -170,7 +170,7 @@ def consistency_output(sample: torch.Tensor, x0_pred: torch.Tensor,
 
 def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int = 256,
                              dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The student's guidance-scale embedding of ``w`` (PAPER.md §1.5; VDM sinusoids).
+    """The student's guidance-scale embedding of ``w`` (VDM sinusoids).
 
     ``w' = 1000 w``, ``half = d // 2``, ``freq_j = exp(-j ln(10000) / (half - 1))``,
     ``emb = [sin(w' freq), cos(w' freq)]``, zero-padded by one column when ``d`` is odd. Computed
@@ -197,7 +197,7 @@ def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int = 256,
 
 def consistency_distance(a: torch.Tensor, b: torch.Tensor, loss_type: str = "huber",
                          huber_c: float = 0.001) -> torch.Tensor:
-    """The consistency distance ``d(a, b)``, a scalar in float32 (PAPER.md §1.7).
+    """The consistency distance ``d(a, b)``, a scalar in float32.
 
     ``huber``: pseudo-Huber ``mean(sqrt((a - b)^2 + c^2) - c)`` over all elements;
     ``l2``: mean squared error. The student output goes in ``a`` (it carries the gradient).
@@ -223,7 +223,7 @@ def _unwrap(module: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def ema_update(target: nn.Module, source: nn.Module, decay: float) -> None:
-    """In place ``target <- decay * target + (1 - decay) * source`` (PAPER.md §1.7, the EMA target).
+    """In place ``target <- decay * target + (1 - decay) * source`` (the EMA target).
 
     Matches parameters and buffers by name. Floating-point buffers (e.g. norm statistics) are
     averaged like parameters; other buffers (counters) are copied. ``decay = 0`` copies ``source``

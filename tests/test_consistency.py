@@ -41,7 +41,7 @@ def test_scalings_follow_the_formula_and_hit_the_boundary():
         scaled = 10.0 * step
         assert c_skip[i].item() == pytest.approx(0.25 / (scaled ** 2 + 0.25), rel=1e-6)
         assert c_out[i].item() == pytest.approx(scaled / math.sqrt(scaled ** 2 + 0.25), rel=1e-6)
-    # t=19 is already almost pure x0 (PAPER.md §1.6)
+    # t=19 is already almost pure x0
     assert c_skip[2].item() < 1e-5 and c_out[2].item() > 0.99999
     # other sigma_data / scaling
     c_skip, c_out = scalings_for_boundary_conditions(torch.tensor([3]), sigma_data=1.0,

@@ -1,6 +1,6 @@
 """The ``lcd`` recipe: plain latent consistency distillation, and the loop ``rg-lcd`` extends.
 
-One optimiser step (PAPER.md §1, ARCHITECTURE.md "One RG-LCD step")::
+One optimiser step::
 
     batch -> z0 (VAE-encoded or pre-encoded), c = E(captions), empty = E("")
     StepOutputs = lcd_forward(...)              # f_theta (grad), f_theta- (EMA), L_LCD

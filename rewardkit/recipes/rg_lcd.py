@@ -20,7 +20,21 @@ Two modes, chosen by ``proxy``:
   step of its own optimiser (AdamW, ``rm_lr``) on the pairwise ``latent_rm_loss_type`` loss
   (:mod:`rewardkit.proxies.losses`). Only the proxy's configured trainable layers ever train.
 
-Reference defects not copied (PAPER.md §3.4): the LRM lock is kept (the reference re-enabled
+The online schedule beyond the paper (each off by default, so the paper's one update per step
+on fresh candidates is what a bare config does; docs/lrm-online.md has the measurements behind
+them): ``proxy_warmup_steps`` (reward term off while the proxy already learns),
+``proxy_updates_per_step`` with a ``proxy_replay_size`` buffer of judged triples
+(:mod:`rewardkit.proxies.replay`), ``proxy_rehearsal_set`` (Bradley-Terry pairs of a saved
+preference set in every update, :mod:`rewardkit.proxies.rehearsal`) and ``expert_logit_scale``.
+
+Held-out evidence: before step 1, a preference set of ``proxy_eval_num_prompts`` prompts from
+``proxy_eval_shards_path_or_url`` is built and scored once by the expert
+(:mod:`rewardkit.proxies.preference_set`, saved in ``output_dir/proxy_heldout``);
+``proxy_heldout_accuracy`` (overall and per pair type) is logged before step 1 and at every
+validation step. The in-batch ``proxy_accuracy`` is measured on candidates the student has just
+been pushed towards the proxy on, so it is no evidence that the proxy learns.
+
+Reference defects not copied: the LRM lock is kept (the reference re-enabled
 gradients on all LRM layers before every update); cross-entropy labels are per-pair argmaxes;
 the expert sees the sub-batch's own captions (the reference passed the unpermuted ones).
 
@@ -46,8 +60,8 @@ from typing import Any, Optional
 import torch
 
 from ..errors import ConfigError
-from ..proxies.base import ProxyRewardModel
 from ..files import replace_path
+from ..proxies.base import ProxyRewardModel
 from ..proxies.losses import LOSS_TYPES
 from ..proxies.preference_set import PreferenceSet, build_preference_set, preference_accuracy
 from ..proxies.rehearsal import Rehearsal
@@ -308,7 +322,7 @@ class RGLCDRecipe(LCDRecipe):
 
     def validation_metrics(self) -> dict[str, float]:
         """``proxy_heldout_accuracy`` (overall and per pair type) on the held-out set."""
-        if self.proxy_model is None or getattr(self, "heldout", None) is None:
+        if self.proxy_model is None or self.heldout is None:
             return {}
         return preference_accuracy(self.proxy_model, self.heldout)
 

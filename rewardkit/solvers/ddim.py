@@ -1,4 +1,4 @@
-"""The skipping-step DDIM solver, ``ddim``: the reference solver of LCD and RG-LCD (PAPER.md §1.3-1.4).
+"""The skipping-step DDIM solver, ``ddim``: the reference solver of LCD and RG-LCD.
 
 On the grid ``19, 39, ..., 999`` (N=50, k=20) one step moves ``z_{t_{n+k}}`` to
 ``t_n = max(t_{n+k} - k, 0)`` with one (guided) teacher evaluation:

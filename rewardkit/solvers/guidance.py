@@ -1,4 +1,4 @@
-"""Classifier-free guidance inside the solver, in the LCM formulation (PAPER.md §1.4).
+"""Classifier-free guidance inside the solver, in the LCM formulation.
 
 A solver only sees a *denoiser* ``denoise(z_t, t) -> (x0_hat, eps_hat)``. These helpers build one
 from the teacher: the teacher runs on the conditional and the unconditional (empty-prompt)

@@ -1,4 +1,4 @@
-"""One latent consistency distillation (LCD) step, written to read like the paper (PAPER.md §1).
+"""One latent consistency distillation (LCD) step, written to read like the paper.
 
 ::
 
