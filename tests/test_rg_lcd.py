@@ -340,7 +340,7 @@ def test_the_student_maximises_the_very_proxy_the_update_trains(assets, tmp_path
     after = float(recipe.extra_losses(step)["reward_loss"].detach())
     assert after != before  # the same student output now gets the trained proxy's reward
     expected = -recipe.config.reward_scale * recipe.proxy_updater.proxy.score(
-        step.student_x0, step.prompt_embeds).mean()
+        step.student_x0, step.prompt_embeds).mean().detach()
     assert after == pytest.approx(float(expected), abs=1e-6)
 
 

@@ -11,7 +11,7 @@ import torch
 from rewardkit import api, cli
 from rewardkit.errors import ConfigError
 from rewardkit.world import build as world_build
-from rewardkit.world.assets import FEATURES, PROXY, TEACHER, load_net
+from rewardkit.world.assets import FEATURES, LATENT_RM, PROXY, TEACHER, load_net
 from rewardkit.world.build import BUILD_FILE, PLANS, build_world, load_build_report, make_plan
 from rewardkit.world.grammar import make_splits
 from rewardkit.world.nets import WorldFeatureNet
@@ -31,10 +31,11 @@ def built(tmp_path_factory):
 
 
 def test_build_writes_every_asset_and_a_report(built):
-    assert {p.name for p in built.iterdir()} == {TEACHER, PROXY, FEATURES, BUILD_FILE}
+    assert {p.name for p in built.iterdir()} == {TEACHER, PROXY, FEATURES, LATENT_RM, BUILD_FILE}
     report = load_build_report(built)
     assert report["size"] == "tiny" and report["seed"] == 3
-    assert set(report["seconds"]) >= {"vae", "unet", "world-proxy", "features", "quality", "total"}
+    assert set(report["seconds"]) >= {"vae", "unet", "world-proxy", "features", "latent-rm",
+                                      "quality", "total"}
     assert report["teacher"]["unet"]["steps"] == PLANS["tiny"].teacher.unet_steps
     assert report["teacher"]["vae"]["steps"] == PLANS["tiny"].teacher.vae_steps
     quality = report["quality"]
@@ -99,7 +100,6 @@ def test_proxy_and_features_load(built):
 
 def test_the_pretrained_world_lrm_loads_into_rg_lcd_sized_for_the_teacher(built):
     from rewardkit.proxies import LatentRewardModel
-    from rewardkit.world.assets import LATENT_RM
 
     report = json.loads((built / "build.json").read_text())["latent-rm"]
     assert report["preference_steps"] == PLANS["tiny"].lrm_preference_steps
