@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                             "proxy_heldout_accuracy": heldout})
         results[name] = metrics
 
-    lines = [f"| model | seeds | judge reward ↑ | proxy reward ↑ | Frechet distance ↓ | "
-             f"LRM held-out accuracy ↑ |", "|---|---:|---:|---:|---:|---:|",
+    lines = ["| model | seeds | judge reward ↑ | proxy reward ↑ | Frechet distance ↓ | "
+             "LRM held-out accuracy ↑ |", "|---|---:|---:|---:|---:|---:|",
              f"| teacher (50 DDIM steps + CFG) | - | {teacher.judge_reward:.3f} | "
              f"{teacher.proxy_reward:.3f} | {teacher.frechet_distance:.1f} | - |"]
     for name, m in results.items():

@@ -305,25 +305,10 @@ class LRMPretrainRecipe(Recipe):
 
     def build_proxy(self) -> ProxyRewardModel:
         """The proxy: from ``pretrained_latent_rm`` if given, else new, sized for the backbone."""
-        from ..plugins import get_host
+        from ..proxies.factory import build_proxy
 
         cfg = self.config
-        spec = get_host().get("proxy", cfg.proxy)
-        if cfg.pretrained_latent_rm:
-            load = getattr(spec.factory, "from_pretrained", None)
-            if load is None:
-                raise ConfigError(f"proxy '{cfg.proxy}' cannot load pretrained_latent_rm (its "
-                                  "factory has no from_pretrained)")
-            proxy = load(os.path.expanduser(cfg.pretrained_latent_rm), **cfg.proxy_params)
-        else:
-            known = {p.name for p in spec.params}
-            sizes = {"latent_channels": self.backbone.latent_channels,
-                     "text_dim": self.backbone.text_embed_dim}
-            proxy = spec.build(**{**{k: v for k, v in sizes.items() if k in known},
-                                  **cfg.proxy_params})
-        if not isinstance(proxy, ProxyRewardModel):
-            raise ConfigError(f"proxy '{cfg.proxy}' built a {type(proxy).__name__}, not a "
-                              "rewardkit.proxies.ProxyRewardModel")
+        proxy = build_proxy(cfg.proxy, cfg.proxy_params, self.backbone, cfg.pretrained_latent_rm)
         if cfg.contrastive_steps and not all(hasattr(proxy, m) for m in ("encode_latents",
                                                                           "encode_prompts")):
             raise ConfigError(f"proxy '{cfg.proxy}' has no encode_latents/encode_prompts, so it "
