@@ -33,6 +33,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} @{EVAL_STEPS} | {len(m['judge'])} | {fmt(m['judge'])} | "
                      f"{fmt(m['proxy'])} | {fmt(m['fd'], 1)} | {fmt(m['heldout'])} |")
     lines += ["", *verdicts(results, teacher)]
-    command = "python benchmarks/lrm_evidence.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python benchmarks/lrm_evidence.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     lines += ["", f"command: `{command.strip()}`; {args.steps} steps, {args.num_images} test prompts, "
               f"mean ± std over seeds; {(time.perf_counter() - began) / 60:.1f} min"]
     text = "\n".join(lines)
