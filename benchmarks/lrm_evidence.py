@@ -13,7 +13,8 @@ lrm-scratch b1           the LRM learning ``world-judge`` from a random init, th
                          schedule (one update per step on fresh candidates, no replay)
 lrm-pretrained b1        the default run: the shipped pretrained LRM learning ``world-judge``
 direct b20               direct optimisation of ``world-proxy`` at the over-optimisation beta 20
-lrm-pretrained-proxy b20 the pretrained LRM learning ``world-proxy`` at beta 20
+lrm-proxy b20            the LRM learning ``world-proxy`` at beta 20, from scratch (the shipped
+                         LRM and its rehearsal pairs were made with the judge)
 =======================  =====================================================================
 
 Then it states, from the figures, whether (1) the LRM beats plain LCD on judge reward at 2 steps
@@ -45,12 +46,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("lcd", "lcd", {}),
     ("direct b1", "rg-lcd", {"reward": "world-proxy", "proxy": "none"}),
-    ("lrm-scratch b1", "rg-lcd", {"pretrained_latent_rm": None, "rm_lr": 1e-3,
-                                  "proxy_updates_per_step": 1, "proxy_replay_size": 0,
+    ("lrm-scratch b1", "rg-lcd", {"pretrained_latent_rm": None, "proxy_rehearsal_set": None,
+                                  "rm_lr": 1e-3, "proxy_updates_per_step": 1,
+                                  "proxy_replay_size": 0, "latent_rm_loss_type": "distillation",
                                   "scratch": True}),
     ("lrm-pretrained b1", "rg-lcd", {}),
     ("direct b20", "rg-lcd", {"reward": "world-proxy", "proxy": "none", "reward_scale": 20.0}),
-    ("lrm-pretrained-proxy b20", "rg-lcd", {"reward": "world-proxy", "reward_scale": 20.0}),
+    ("lrm-proxy b20", "rg-lcd", {"reward": "world-proxy", "reward_scale": 20.0}),
 )
 EVAL_STEPS = 2
 
@@ -87,7 +89,8 @@ def row_overrides(name: str, recipe: str, changes: dict[str, Any], seed: int,
                                "output": args.output / f"seed-{seed}"})
     overrides = run_config(name, recipe, changes, ns)
     if scratch:
-        overrides.pop("pretrained_latent_rm", None)
+        for key in ("pretrained_latent_rm", "proxy_rehearsal_set"):
+            overrides.pop(key, None)
         overrides["proxy_params"] = dict(WORLD_LRM_PARAMS)
     overrides["validation_steps"] = args.steps  # held-out accuracy at the end (and before step 1)
     overrides["validation_prompts"] = overrides.get("validation_prompts", [])[:1]
@@ -194,7 +197,7 @@ def verdicts(results: dict[str, dict[str, list[float]]], teacher: Any) -> list[s
                    f"({a:.3f} ± {sa:.3f} vs {b:.3f} ± {sb:.3f}, difference {a - b:+.3f})")
     else:
         out.append("not measured: LRM vs LCD needs both rows with >= 2 seeds")
-    direct, guarded = results.get("direct b20"), results.get("lrm-pretrained-proxy b20")
+    direct, guarded = results.get("direct b20"), results.get("lrm-proxy b20")
     if direct and guarded:
         gaps = {key: (abs(mean_std(direct[key])[0] - ref), abs(mean_std(guarded[key])[0] - ref))
                 for key, ref in (("judge", teacher.judge_reward), ("fd", teacher.frechet_distance))}

@@ -106,7 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_config(name: str, recipe: str, changes: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """The full override set of one variant."""
     from rewardkit.world.assets import PROXY, asset_path
-    from rewardkit.world.default_run import default_rg_lcd_overrides
+    from rewardkit.world.default_run import default_rg_lcd_overrides, fit_world_defaults
 
     output_dir = args.output / name.replace(" ", "-")
     overrides = default_rg_lcd_overrides(args.assets_root, str(output_dir), args.steps)
@@ -114,12 +114,10 @@ def run_config(name: str, recipe: str, changes: dict[str, Any], args: argparse.N
                      validation_steps=0)
     if args.quick:
         overrides.update(rm_batch_size=4)
+    overrides = fit_world_defaults(overrides, changes)
     overrides.update(changes)
     if overrides.get("reward") == "world-proxy":
         overrides["reward_params"] = {"path": str(asset_path(PROXY, args.assets_root))}
-    if overrides.get("proxy") == "none":
-        for key in ("proxy_params", "pretrained_latent_rm"):
-            overrides.pop(key, None)
     if recipe == "lcd":
         for key in rg_only_keys():
             overrides.pop(key, None)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -70,7 +71,11 @@ def recipe(name: str, config: str | Path | Mapping[str, Any] | None = None, **ov
     overrides = {normalise_key(k): v for k, v in overrides.items()}
     check_keys(config_class, overrides)  # a typo is reported before any default is resolved
     if path is None and not _required_given(config_class, overrides):
-        defaults = getattr(spec.factory, "embedded_defaults", lambda: {})()
+        embedded = getattr(spec.factory, "embedded_defaults", None)
+        defaults = {}
+        if embedded is not None:  # older plugins define embedded_defaults() without arguments
+            takes_chosen = bool(inspect.signature(embedded).parameters)
+            defaults = embedded(dict(overrides)) if takes_chosen else embedded()
         overrides = {**defaults, **overrides}  # the embedded default world, user values on top
     return spec.factory(load_config(config_class, path, overrides))
 

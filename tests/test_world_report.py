@@ -184,3 +184,15 @@ def test_rg_lcd_with_no_arguments_and_no_built_world_says_how_to_build_it(tmp_pa
     monkeypatch.setattr("rewardkit.world.assets.ASSETS", tmp_path / "missing")
     with pytest.raises(ConfigError, match="rewardkit world build"):
         rk.recipe("rg-lcd")
+
+
+def test_world_defaults_fit_the_users_proxy_and_reward(assets, monkeypatch):
+    monkeypatch.setattr("rewardkit.world.assets.ASSETS", assets)
+    direct = rk.recipe("rg-lcd", proxy="none", reward="world-proxy").config
+    assert direct.pretrained_latent_rm is None and direct.proxy_rehearsal_set is None
+    # an LRM learning another RM must not start from (or rehearse) the judge's LRM
+    other = rk.recipe("rg-lcd", reward="world-proxy").config
+    assert other.proxy == "lrm" and other.pretrained_latent_rm is None
+    assert other.proxy_rehearsal_set is None and other.proxy_params == WORLD_LRM_PARAMS
+    judge = rk.recipe("rg-lcd").config
+    assert judge.pretrained_latent_rm == str(assets / LATENT_RM)

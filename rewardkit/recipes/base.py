@@ -31,9 +31,11 @@ class Recipe(ABC):
         self.config = config
 
     @classmethod
-    def embedded_defaults(cls) -> dict[str, Any]:
+    def embedded_defaults(cls, chosen: dict[str, Any] | None = None) -> dict[str, Any]:
         """Config values used when the recipe is run with no config file and without its required
-        keys (``rewardkit run NAME`` on a laptop). Empty: the recipe needs a config."""
+        keys (``rewardkit run NAME`` on a laptop). ``chosen``: the values the user gave, which
+        win over these (a recipe may fit its defaults to them). Empty: the recipe needs a
+        config."""
         return {}
 
     @abstractmethod

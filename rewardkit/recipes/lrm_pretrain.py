@@ -263,7 +263,7 @@ class LRMPretrainRecipe(Recipe):
     Config = LRMPretrainConfig
 
     @classmethod
-    def embedded_defaults(cls) -> dict[str, Any]:
+    def embedded_defaults(cls, chosen: dict[str, Any] | None = None) -> dict[str, Any]:
         """The embedded world: pretrain a world LRM on the shipped teacher with ``world-judge``
         (what ``rewardkit world build`` ships as ``latent-rm``), into ``lrm-pretrained-world``."""
         from ..world.assets import TEACHER, asset_path

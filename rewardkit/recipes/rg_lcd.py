@@ -229,11 +229,14 @@ class RGLCDRecipe(LCDRecipe):
         self.heldout: PreferenceSet | None = None
 
     @classmethod
-    def embedded_defaults(cls) -> dict[str, Any]:
-        """The embedded world: the shipped teacher, LRM learning from ``world-judge``, a report."""
-        from ..world.default_run import default_rg_lcd_overrides
+    def embedded_defaults(cls, chosen: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The embedded world: the shipped teacher, LRM learning from ``world-judge``, a report
+        (fitted to the user's ``proxy`` and ``reward``: :func:`~rewardkit.world.default_run.
+        fit_world_defaults`)."""
+        from ..world.default_run import default_rg_lcd_overrides, fit_world_defaults
 
-        return {**default_rg_lcd_overrides(), "world_report": True}
+        return {**fit_world_defaults(default_rg_lcd_overrides(), chosen or {}),
+                "world_report": True}
 
     def run(self, progress: bool = True) -> Path:
         """Train (see :class:`LCDRecipe`); with ``world_report``, evaluate and write the report."""

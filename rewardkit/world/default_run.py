@@ -92,6 +92,29 @@ def default_rg_lcd_overrides(assets_root: str | Path | None = None,
     }
 
 
+#: Keys of the default run that only mean something with a proxy RM.
+PROXY_ONLY_KEYS = ("proxy_params", "pretrained_latent_rm", "proxy_rehearsal_set",
+                   "proxy_eval_shards_path_or_url", "proxy_eval_num_prompts")
+
+
+def fit_world_defaults(defaults: dict[str, Any], chosen: dict[str, Any]) -> dict[str, Any]:
+    """The default run's values, fitted to what the user ``chosen``: without a proxy
+    (``proxy="none"``) the proxy-only keys are dropped; with an expert other than
+    ``world-judge`` the LRM starts from scratch (the shipped ``latent-rm`` and its rehearsal
+    pairs were made with the judge, and would leak it into a run meant to learn another RM)."""
+    fitted = dict(defaults)
+    proxy = chosen.get("proxy", fitted.get("proxy"))
+    reward = chosen.get("reward", fitted.get("reward"))
+    if proxy == "none":
+        for key in PROXY_ONLY_KEYS:
+            fitted.pop(key, None)
+    elif reward != "world-judge":
+        fitted.pop("pretrained_latent_rm", None)
+        fitted.pop("proxy_rehearsal_set", None)
+        fitted["proxy_params"] = dict(WORLD_LRM_PARAMS)
+    return fitted
+
+
 def _run_config(output_dir: Path) -> dict[str, Any]:
     path = output_dir / "config.json"
     return json.loads(path.read_text()) if path.is_file() else {}
