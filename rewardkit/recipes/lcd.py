@@ -42,7 +42,7 @@ from ..training.checkpoint import (TARGET_WEIGHTS, load_checkpoint, load_rank_st
                                    resolve_resume, save_checkpoint, save_rank_state)
 from ..training.config import LCDConfig
 from ..training.errors import TrainingError
-from ..training.metrics import MetricsLog, TrainingProgress
+from ..training.metrics import TrainingProgress, start_logging
 from ..training.optim import build_lr_scheduler, build_optimizer
 from ..training.runtime import build_accelerator, weight_dtype
 from ..training.step import LCDHyper, StepOutputs, lcd_forward
@@ -122,14 +122,11 @@ class LCDRecipe(Recipe):
 
     def build_loader(self, accelerator: Any, backbone: Any) -> Any:
         """This process's shard of the training data (a resumable, infinite loader)."""
-        from ..data import build_loader
-        from ..world.source import world_source_from_spec
+        from ..training.data import build_training_loader
 
         cfg = self.config
         seed = cfg.dataloader_seed if cfg.dataloader_seed is not None else (cfg.seed or 0)
-        source = (world_source_from_spec(cfg.train_shards_path_or_url, side=cfg.resolution)
-                  or cfg.train_shards_path_or_url)
-        return build_loader(source, resolution=cfg.resolution,
+        return build_training_loader(cfg.train_shards_path_or_url, resolution=cfg.resolution,
                             batch_size=cfg.train_batch_size, seed=seed,
                             rank=accelerator.process_index, world_size=accelerator.num_processes,
                             center_crop=cfg.center_crop, random_flip=cfg.random_flip,
@@ -210,13 +207,7 @@ class LCDRecipe(Recipe):
                       f"{self.output_dir}; starting a new run")
         self.batches: Iterator[dict[str, Any]] = iter(self.loader)
 
-        if acc.is_main_process and acc.log_with:
-            acc.init_trackers(cfg.tracker_project_name, config={
-                k: v for k, v in config_to_dict(cfg).items()
-                if isinstance(v, (int, float, str, bool))})
-        self.metrics_log = MetricsLog(self.output_dir / "metrics.jsonl")
-        if acc.is_main_process:
-            self.metrics_log.truncate_after(self.global_step)
+        self.metrics_log = start_logging(acc, cfg, self.output_dir, self.global_step)
 
     @property
     def unwrapped_student(self) -> nn.Module:

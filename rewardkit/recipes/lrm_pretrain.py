@@ -55,10 +55,10 @@ from ..proxies.pretrain_losses import (caption_groups, multi_positive_info_nce, 
                                        pairwise_logistic_loss, retrieval_accuracy)
 from ..proxies.pretrain_sets import ensure_preference_set, expert_on_latents, first_samples
 from ..training.checkpoint import TRAINER_STATE, list_checkpoints, save_checkpoint
-from ..training.config import MIXED_PRECISION, OURS, REPORT_TO, _f, looks_like_local_path
+from ..training.config import MIXED_PRECISION, OURS, REPORT_TO, _f, check_teacher_location
 from ..training.data import build_training_loader, check_data_spec
 from ..training.errors import TrainingError
-from ..training.metrics import MetricsLog, TrainingProgress
+from ..training.metrics import TrainingProgress, start_logging
 from ..training.runtime import build_accelerator, weight_dtype
 from ..training.safe_state import (load_generator_state, load_json_state, load_optimizer_state,
                                    load_tensor_file, save_generator_state, save_json_state,
@@ -162,12 +162,7 @@ class LRMPretrainConfig(RecipeConfig):
 
     def validate(self) -> None:
         """Reject bad values, naming the key, before anything is loaded."""
-        if not self.pretrained_teacher_model:
-            raise ConfigError("pretrained_teacher_model is required (a hub id or a local folder)")
-        teacher = os.path.expanduser(self.pretrained_teacher_model)
-        if looks_like_local_path(teacher) and not Path(teacher).exists():
-            raise ConfigError(f"pretrained_teacher_model: '{self.pretrained_teacher_model}' looks "
-                              "like a local path but does not exist")
+        check_teacher_location(self.pretrained_teacher_model)
         check_data_spec("train_shards_path_or_url", self.train_shards_path_or_url)
         if self.eval_shards_path_or_url:
             check_data_spec("eval_shards_path_or_url", self.eval_shards_path_or_url)
@@ -450,13 +445,7 @@ class LRMPretrainRecipe(Recipe):
             acc.print(f"resume_from_checkpoint={cfg.resume_from_checkpoint}: no checkpoint in "
                       f"{self.output_dir}; starting a new run")
         self.batches: Iterator[dict[str, Any]] = iter(self.loader)
-        if acc.is_main_process and acc.log_with:
-            acc.init_trackers(cfg.tracker_project_name, config={
-                k: v for k, v in config_to_dict(cfg).items()
-                if isinstance(v, (int, float, str, bool))})
-        self.metrics_log = MetricsLog(self.output_dir / "metrics.jsonl")
-        if acc.is_main_process:
-            self.metrics_log.truncate_after(self.global_step)
+        self.metrics_log = start_logging(acc, cfg, self.output_dir, self.global_step)
 
     # ================================================================ the steps
 

@@ -181,14 +181,10 @@ class RGLCDConfig(LCDConfig):
         if self.proxy_replay_size and self.proxy_replay_size < self.rm_batch_size:
             raise ConfigError(f"proxy_replay_size ({self.proxy_replay_size}) must hold at least "
                               f"one update's rm_batch_size ({self.rm_batch_size}) triples, or be 0")
-        eval_data = self.proxy_eval_shards_path_or_url
-        if eval_data and eval_data.startswith("world:"):
-            from ..world.source import world_source_from_spec
+        if self.proxy_eval_shards_path_or_url:
+            from ..training.data import check_data_spec
 
-            world_source_from_spec(eval_data)
-        elif eval_data and not any(m in eval_data for m in ("{", "::", "*", "pipe:", "://")) \
-                and not Path(os.path.expanduser(eval_data)).exists():
-            raise ConfigError(f"proxy_eval_shards_path_or_url: '{eval_data}' does not exist")
+            check_data_spec("proxy_eval_shards_path_or_url", self.proxy_eval_shards_path_or_url)
         if self.latent_rm_loss_type not in LOSS_TYPES:
             raise ConfigError(f"latent_rm_loss_type must be one of {', '.join(LOSS_TYPES)}, got "
                               f"{self.latent_rm_loss_type!r}")

@@ -131,24 +131,10 @@ class LCDConfig(RecipeConfig):
 
     def validate(self) -> None:
         """Reject bad values, naming the key, before anything is loaded."""
-        if not self.pretrained_teacher_model:
-            raise ConfigError("pretrained_teacher_model is required (a hub id or a local folder)")
-        teacher = os.path.expanduser(self.pretrained_teacher_model)
-        if looks_like_local_path(teacher) and not Path(teacher).exists():
-            raise ConfigError(f"pretrained_teacher_model: '{self.pretrained_teacher_model}' looks "
-                              "like a local path but does not exist")
-        if not self.train_shards_path_or_url:
-            raise ConfigError("train_shards_path_or_url is required")
-        data = self.train_shards_path_or_url
-        if data.startswith("world:"):  # the embedded world, rendered on the fly
-            from ..world.source import world_source_from_spec
+        from .data import check_data_spec
 
-            world_source_from_spec(data)  # a bad spec fails here, naming it
-        elif (not any(mark in data for mark in ("{", "::", "*", "pipe:", "://"))
-                and not Path(os.path.expanduser(data)).exists()):
-            raise ConfigError(f"train_shards_path_or_url: '{data}' does not exist (expected "
-                              "shards, a brace range like data-{000..009}.tar, a pipe: or URL "
-                              "spec, a folder, or world:train)")
+        check_teacher_location(self.pretrained_teacher_model)
+        check_data_spec("train_shards_path_or_url", self.train_shards_path_or_url)
         for key in ("resolution", "train_batch_size", "max_train_steps",
                     "gradient_accumulation_steps", "num_ddim_timesteps",
                     "unet_time_cond_proj_dim", "lora_rank"):
@@ -191,6 +177,16 @@ class LCDConfig(RecipeConfig):
         if resume and resume != "latest" and not Path(resume).expanduser().is_dir():
             raise ConfigError(f"resume_from_checkpoint: '{resume}' is neither 'latest' nor an "
                               "existing checkpoint folder")
+
+
+def check_teacher_location(teacher: str, key: str = "pretrained_teacher_model") -> None:
+    """Raise :class:`ConfigError` naming ``key`` if the teacher is missing, or is a local path
+    that does not exist (hub ids are checked when they load)."""
+    if not teacher:
+        raise ConfigError(f"{key} is required (a hub id or a local folder)")
+    path = os.path.expanduser(teacher)
+    if looks_like_local_path(path) and not Path(path).exists():
+        raise ConfigError(f"{key}: '{teacher}' looks like a local path but does not exist")
 
 
 def _choice(key: str, value: str, options: tuple[str, ...]) -> None:

@@ -39,6 +39,22 @@ class MetricsLog:
             handle.write(json.dumps(row) + "\n")
 
 
+def start_logging(accelerator: Any, config: Any, output_dir: str | Path, global_step: int) -> MetricsLog:
+    """A recipe's logging at the start (or resume) of a run: the accelerate trackers with the
+    config's scalar values (main process, when trackers are on) and ``metrics.jsonl``, cut back
+    to ``global_step`` so it describes this run's history only."""
+    from ..config import config_to_dict
+
+    if accelerator.is_main_process and accelerator.log_with:
+        accelerator.init_trackers(config.tracker_project_name, config={
+            k: v for k, v in config_to_dict(config).items()
+            if isinstance(v, (int, float, str, bool))})
+    log = MetricsLog(Path(output_dir) / "metrics.jsonl")
+    if accelerator.is_main_process:
+        log.truncate_after(global_step)
+    return log
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """All rows of a ``metrics.jsonl`` file."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
