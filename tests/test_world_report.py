@@ -15,7 +15,7 @@ from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
 from rewardkit.proxies import LatentRewardModel
 from rewardkit.proxies.preference_set import GROUND_TRUTH, PreferenceSet
 from rewardkit.world.assets import FEATURES, LATENT_RM, PROXY, TEACHER, save_net
-from rewardkit.world.latent_rm import WORLD_LRM_PARAMS
+from rewardkit.world.latent_rm import WORLD_LRM_PARAMS, WORLD_UNET_LRM_PARAMS
 from rewardkit.world.default_run import (DEFAULT_MAX_TRAIN_STEPS,
                                          default_rg_lcd_overrides, finalize_world_run,
                                          validation_captions)
@@ -196,3 +196,10 @@ def test_world_defaults_fit_the_users_proxy_and_reward(assets, monkeypatch):
     assert other.proxy_rehearsal_set is None and other.proxy_params == WORLD_LRM_PARAMS
     judge = rk.recipe("rg-lcd").config
     assert judge.pretrained_latent_rm == str(assets / LATENT_RM)
+    # another proxy than lrm: not loaded from the shipped lrm, sized for the world, and it still
+    # rehearses the judge's pairs (they are latents and judge scores, whatever reads them)
+    unet = rk.recipe("rg-lcd", proxy="lrm-unet").config
+    assert unet.pretrained_latent_rm is None and unet.proxy_params == WORLD_UNET_LRM_PARAMS
+    assert unet.proxy_rehearsal_set == judge.proxy_rehearsal_set
+    pretrain = rk.recipe("lrm-pretrain", proxy="lrm-unet").config
+    assert pretrain.contrastive_steps == 0 and pretrain.proxy_params == WORLD_UNET_LRM_PARAMS

@@ -2,7 +2,8 @@
 
 from .base import ProxyRewardModel
 from .lrm import LatentRewardModel
+from .unet_lrm import UNetLatentRewardModel
 from .update import ProxyCandidates, ProxyUpdater, sample_candidates
 
 __all__ = ["LatentRewardModel", "ProxyCandidates", "ProxyRewardModel", "ProxyUpdater",
-           "sample_candidates"]
+           "UNetLatentRewardModel", "sample_candidates"]

@@ -50,6 +50,19 @@ class ProxyRewardModel(nn.Module):
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """The parameters the online update trains (the configured unlocked layers)."""
 
+    # -------------------------------------------------------------- building for a backbone
+
+    @classmethod
+    def backbone_params(cls, backbone) -> dict:
+        """Constructor values a *new* proxy takes from the backbone unless the user sets them
+        (:func:`~rewardkit.proxies.factory.build_proxy`); by default the latent channels and the
+        prompt-embedding width, under the names ``latent_channels`` and ``text_dim``."""
+        return {"latent_channels": backbone.latent_channels, "text_dim": backbone.text_embed_dim}
+
+    def initialise_from_backbone(self, backbone) -> None:
+        """Called once on a *new* proxy, never on a loaded one: a proxy built from the teacher
+        (``lrm-unet``) copies its weights here. The default does nothing."""
+
     def freeze(self) -> "ProxyRewardModel":
         """Freeze every parameter (for the student step)."""
         self.requires_grad_(False)

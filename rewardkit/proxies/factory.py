@@ -13,8 +13,10 @@ from .base import ProxyRewardModel
 def build_proxy(name: str, params: dict[str, Any], backbone: Any,
                 pretrained: str | None = None) -> ProxyRewardModel:
     """The proxy ``name``: loaded from ``pretrained`` (a ``save_pretrained`` folder; ``params``
-    override non-shape settings) or new, with ``latent_channels``/``text_dim`` taken from
-    ``backbone`` unless ``params`` sets them."""
+    override non-shape settings) or new, with the values of its factory's ``backbone_params``
+    (by default ``latent_channels`` and ``text_dim``) taken from ``backbone`` unless ``params``
+    sets them, then :meth:`~ProxyRewardModel.initialise_from_backbone` (a proxy built from the
+    teacher copies its weights there)."""
     from ..plugins import get_host
 
     spec = get_host().get("proxy", name)
@@ -26,9 +28,12 @@ def build_proxy(name: str, params: dict[str, Any], backbone: Any,
         proxy = load(os.path.expanduser(pretrained), **params)
     else:
         known = {p.name for p in spec.params}
-        sizes = {"latent_channels": backbone.latent_channels, "text_dim": backbone.text_embed_dim}
-        proxy = spec.build(**{**{k: v for k, v in sizes.items() if k in known}, **params})
+        from_backbone = getattr(spec.factory, "backbone_params", ProxyRewardModel.backbone_params)
+        given = {k: v for k, v in from_backbone(backbone).items() if k in known}
+        proxy = spec.build(**{**given, **params})
     if not isinstance(proxy, ProxyRewardModel):
         raise ConfigError(f"proxy '{name}' built a {type(proxy).__name__}, not a "
                           "rewardkit.proxies.ProxyRewardModel")
+    if not pretrained:
+        proxy.initialise_from_backbone(backbone)
     return proxy

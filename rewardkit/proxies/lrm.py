@@ -216,10 +216,61 @@ class PromptEmbedTextTower(nn.Module):
         yield from self.pool.parameters()
 
 
+class TwoTowerProxy(ProxyRewardModel):
+    """What the LRMs share: the cosine of an image and a text embedding, a learned
+    ``logit_scale``, and the ``trainable`` groups (heads, last blocks, all, none).
+
+    Subclasses set ``image_tower`` (with a ``head``), ``text_tower``
+    (:class:`PromptEmbedTextTower`), ``logit_scale`` and ``trainable``, and implement
+    :meth:`forward` and :meth:`last_image_parameters`.
+    """
+
+    image_tower: nn.Module
+    text_tower: PromptEmbedTextTower
+    logit_scale: nn.Parameter
+    trainable: str
+
+    def last_image_parameters(self) -> Iterator[nn.Parameter]:
+        """The image side's part of ``trainable="last"`` (beside its head)."""
+        raise NotImplementedError
+
+    def logit_scale_value(self) -> torch.Tensor:
+        """``exp(logit_scale)``, clamped at 100 as in CLIP."""
+        return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+
+    # -------------------------------------------------------------- trainable set
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters selected by ``trainable`` (each yielded once)."""
+        if self.trainable == "none":
+            return iter(())
+        if self.trainable == "all":
+            return iter(list(self.parameters()))
+        groups = [self.image_tower.head.parameters(), self.text_tower.head.parameters(),
+                  iter([self.logit_scale])]
+        if self.trainable == "last":
+            groups += [self.last_image_parameters(), self.text_tower.last_parameters()]
+        seen: dict[int, nn.Parameter] = {}
+        for group in groups:
+            for p in group:
+                seen.setdefault(id(p), p)
+        return iter(list(seen.values()))
+
+    def trainable_parameter_names(self) -> set[str]:
+        """Names (as in ``named_parameters``) of :meth:`trainable_parameters`."""
+        ids = {id(p) for p in self.trainable_parameters()}
+        return {name for name, p in self.named_parameters() if id(p) in ids}
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Parameter count (of the trainable set when ``trainable_only``)."""
+        params = self.trainable_parameters() if trainable_only else self.parameters()
+        return sum(p.numel() for p in params)
+
+
 # ---------------------------------------------------------------- the LRM
 
 
-class LatentRewardModel(ProxyRewardModel):
+class LatentRewardModel(TwoTowerProxy):
     """Latent proxy RM (LRM): cosine between a latent image tower and a prompt-embedding tower.
 
     Parameters (all stored in ``self.config`` for ``save_pretrained``/``from_pretrained``):
@@ -310,34 +361,6 @@ class LatentRewardModel(ProxyRewardModel):
                 f"embeddings; pass one prompt embedding per latent")
         return (self.encode_latents(latents) * self.encode_prompts(prompt_embeds)).sum(-1)
 
-    def logit_scale_value(self) -> torch.Tensor:
-        """``exp(logit_scale)``, clamped at 100 as in CLIP."""
-        return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
-
-    # -------------------------------------------------------------- trainable set
-
-    def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """The parameters selected by ``trainable`` (each yielded once)."""
-        if self.trainable == "none":
-            return iter(())
-        if self.trainable == "all":
-            return iter(list(self.parameters()))
-        groups = [self.image_tower.head.parameters(), self.text_tower.head.parameters(),
-                  iter([self.logit_scale])]
-        if self.trainable == "last":
-            groups += [self.image_tower.last_parameters(), self.text_tower.last_parameters()]
-        seen: dict[int, nn.Parameter] = {}
-        for group in groups:
-            for p in group:
-                seen.setdefault(id(p), p)
-        return iter(list(seen.values()))
-
-    def trainable_parameter_names(self) -> set[str]:
-        """Names (as in ``named_parameters``) of :meth:`trainable_parameters`."""
-        ids = {id(p) for p in self.trainable_parameters()}
-        return {name for name, p in self.named_parameters() if id(p) in ids}
-
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        """Parameter count (of the trainable set when ``trainable_only``)."""
-        params = self.trainable_parameters() if trainable_only else self.parameters()
-        return sum(p.numel() for p in params)
+    def last_image_parameters(self) -> Iterator[nn.Parameter]:
+        """The last image block (part of ``trainable="last"``)."""
+        return self.image_tower.last_parameters()

@@ -7,7 +7,9 @@ from ..hookspecs import hookimpl
 
 @hookimpl
 def register_proxy_models(register):
-    """The latent proxy RM (``lrm``)."""
+    """The latent proxy RM (``lrm``) and its diffusion-native variant (``lrm-unet``)."""
     from .lrm import LatentRewardModel
+    from .unet_lrm import UNetLatentRewardModel
 
     register(LatentRewardModel)
+    register(UNetLatentRewardModel)

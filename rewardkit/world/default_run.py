@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from ..errors import ConfigError
 from .assets import LATENT_RM, TEACHER, asset_path
 from .evaluate import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_IMAGES, WorldEvaluator, add_speedups
-from .latent_rm import WORLD_LRM_PARAMS
+from .latent_rm import WORLD_LRM_PARAMS, world_proxy_params
 from .source import WorldSource
 
 DEFAULT_OUTPUT_DIR = "rg-lcd-world"
@@ -99,19 +99,23 @@ PROXY_ONLY_KEYS = ("proxy_params", "pretrained_latent_rm", "proxy_rehearsal_set"
 
 def fit_world_defaults(defaults: dict[str, Any], chosen: dict[str, Any]) -> dict[str, Any]:
     """The default run's values, fitted to what the user ``chosen``: without a proxy
-    (``proxy="none"``) the proxy-only keys are dropped; with an expert other than
-    ``world-judge`` the LRM starts from scratch (the shipped ``latent-rm`` and its rehearsal
-    pairs were made with the judge, and would leak it into a run meant to learn another RM)."""
+    (``proxy="none"``) the proxy-only keys are dropped; with another proxy than ``lrm`` the
+    shipped ``latent-rm`` (an ``lrm``) is not loaded and the proxy is sized for the world; with
+    an expert other than ``world-judge`` the LRM starts from scratch and rehearses nothing (the
+    shipped ``latent-rm`` and its rehearsal pairs were made with the judge, and would leak it
+    into a run meant to learn another RM)."""
     fitted = dict(defaults)
     proxy = chosen.get("proxy", fitted.get("proxy"))
     reward = chosen.get("reward", fitted.get("reward"))
     if proxy == "none":
         for key in PROXY_ONLY_KEYS:
             fitted.pop(key, None)
-    elif reward != "world-judge":
+        return fitted
+    if proxy != "lrm" or reward != "world-judge":
         fitted.pop("pretrained_latent_rm", None)
+        fitted["proxy_params"] = world_proxy_params(proxy)
+    if reward != "world-judge":
         fitted.pop("proxy_rehearsal_set", None)
-        fitted["proxy_params"] = dict(WORLD_LRM_PARAMS)
     return fitted
 
 

@@ -22,18 +22,39 @@ WORLD_LRM_PARAMS: dict[str, Any] = {
     "text_width": 64, "text_depth": 1, "text_heads": 4, "trainable": "all",
 }
 
+#: The diffusion-native LRM of the world (``lrm-unet``): the teacher's encoder, world-sized heads.
+WORLD_UNET_LRM_PARAMS: dict[str, Any] = {
+    "embed_dim": 64, "text_width": 64, "text_depth": 1, "text_heads": 4, "trainable": "all",
+}
+
+#: World-sized parameters of the built-in proxies (another proxy keeps its own defaults).
+WORLD_PROXY_PARAMS: dict[str, dict[str, Any]] = {
+    "lrm": WORLD_LRM_PARAMS, "lrm-unet": WORLD_UNET_LRM_PARAMS,
+}
+
+
+def world_proxy_params(proxy: str) -> dict[str, Any]:
+    """``proxy_params`` that size ``proxy`` for the world (empty for a third-party proxy)."""
+    return dict(WORLD_PROXY_PARAMS.get(proxy, {}))
+
 
 def world_lrm_overrides(teacher: str | Path, output_dir: str | Path, *, contrastive_steps: int,
                         preference_prompts: int, preference_steps: int, eval_prompts: int,
-                        seed: int = 0) -> dict[str, Any]:
-    """``lrm-pretrain`` config values for the world (every one an ordinary recipe key)."""
+                        seed: int = 0, proxy: str = "lrm") -> dict[str, Any]:
+    """``lrm-pretrain`` config values for the world (every one an ordinary recipe key).
+
+    ``lrm-unet`` skips the contrastive stage: its image side is the teacher's text-aligned
+    encoder, and it has no prompt-free image embedding to contrast.
+    """
+    if proxy == "lrm-unet":
+        contrastive_steps = 0
     return {
         "pretrained_teacher_model": str(teacher),
         "train_shards_path_or_url": "world:train",
         "output_dir": str(output_dir),
         "resolution": 32,
-        "proxy": "lrm",
-        "proxy_params": dict(WORLD_LRM_PARAMS),
+        "proxy": proxy,
+        "proxy_params": world_proxy_params(proxy),
         "train_batch_size": 64,
         "contrastive_steps": contrastive_steps,
         "learning_rate": 1e-3,
