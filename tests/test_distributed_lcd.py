@@ -115,7 +115,9 @@ def test_two_gloo_processes_see_different_data_and_end_identical(assets, tmp_pat
     assert any(not torch.equal(initial[k], teacher[k]) for k in initial if k in teacher)
     # the checkpoint holds both ranks' RNG and data positions
     checkpoint = out / "checkpoint-2"
-    assert (checkpoint / "rank_state_0.pt").is_file() and (checkpoint / "rank_state_1.pt").is_file()
+    for rank in (0, 1):
+        assert (checkpoint / f"rank_state_{rank}.json").is_file()
+        assert (checkpoint / f"rank_state_{rank}.safetensors").is_file()
     assert json.loads((checkpoint / "trainer_state.json").read_text())["world_size"] == 2
     assert (out / "pipeline" / "model_index.json").is_file()
 

@@ -22,6 +22,7 @@ from rewardkit.rewards.base import RewardModel
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
 from rewardkit.training.checkpoint import list_checkpoints
 from rewardkit.training.metrics import read_metrics
+from rewardkit.training.safe_state import load_state
 from rewardkit.training.step import StepOutputs
 from rewardkit.training.testing import tiny_lcd_config, write_tiny_image_folder
 
@@ -258,8 +259,8 @@ def test_checkpoint_and_resume_restore_the_lrm_and_its_optimiser(assets, tmp_pat
         for key in a:
             assert torch.equal(a[key], b[key]), (folder, key)
     assert any(not torch.equal(first[k], a[k]) for k in a)  # the LRM did train
-    opt_a = torch.load(straight / "checkpoint-4" / "extra_state.pt", weights_only=False)
-    opt_b = torch.load(tmp_path / "b" / "checkpoint-4" / "extra_state.pt", weights_only=False)
+    opt_a = load_state(straight / "checkpoint-4", "extra_state")
+    opt_b = load_state(tmp_path / "b" / "checkpoint-4", "extra_state")
     state_a = opt_a["proxy_updater"]["optimizer"]["state"]
     state_b = opt_b["proxy_updater"]["optimizer"]["state"]
     assert state_a.keys() == state_b.keys() and state_a

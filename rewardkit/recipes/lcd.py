@@ -38,6 +38,7 @@ from torch import nn
 
 from ..config import config_to_dict
 from ..consistency import ema_update
+from ..errors import ConfigError
 from ..training.checkpoint import (TARGET_WEIGHTS, load_checkpoint, load_rank_state,
                                    resolve_resume, save_checkpoint, save_rank_state)
 from ..training.config import LCDConfig
@@ -45,6 +46,7 @@ from ..training.errors import TrainingError
 from ..training.metrics import TrainingProgress, start_logging
 from ..training.optim import build_lr_scheduler, build_optimizer
 from ..training.runtime import build_accelerator, weight_dtype
+from ..training.safe_state import has_state, load_legacy_torch_file, load_state, save_state
 from ..training.step import LCDHyper, StepOutputs, lcd_forward
 from ..training.validation import validation_grid
 from .base import Recipe
@@ -53,7 +55,7 @@ __all__ = ["LCDRecipe", "StepOutputs"]
 
 logger = logging.getLogger(__name__)
 
-EXTRA_STATE = "extra_state.pt"
+EXTRA_STATE = "extra_state"  # .safetensors + .json (rewardkit.training.safe_state)
 
 
 class LCDRecipe(Recipe):
@@ -82,7 +84,9 @@ class LCDRecipe(Recipe):
         return {}
 
     def extra_state_dict(self) -> dict[str, Any]:
-        """Extra state saved into each checkpoint by the main process (torch-saveable)."""
+        """Extra state saved into each checkpoint by the main process: nested dicts, lists,
+        numbers, strings and tensors (stored as safetensors + JSON, never pickled); a recipe
+        whose state is non-empty reads it back on resume."""
         return {}
 
     def load_extra_state_dict(self, state: dict[str, Any]) -> None:
@@ -305,7 +309,7 @@ class LCDRecipe(Recipe):
                           str(folder / TARGET_WEIGHTS))
             extra = self.extra_state_dict()
             if extra:
-                torch.save(extra, folder / EXTRA_STATE)
+                save_state(extra, folder, EXTRA_STATE)
             self.save_extra(folder)
 
         return save_checkpoint(acc, self.output_dir, self.global_step, rank_files, main_files,
@@ -327,11 +331,22 @@ class LCDRecipe(Recipe):
         if self.target is not None:
             self.target.load_state_dict(load_file(str(checkpoint / TARGET_WEIGHTS),
                                                   device=str(acc.device)))
-        if (checkpoint / EXTRA_STATE).is_file():
-            self.load_extra_state_dict(torch.load(checkpoint / EXTRA_STATE, weights_only=False))
+        if self.extra_state_dict():  # only a recipe with extra state reads it
+            self.load_extra_state_dict(self._read_extra_state(checkpoint))
         self.load_extra(checkpoint)
         self.global_step = int(state["global_step"])
         acc.print(f"resumed from {checkpoint} at step {self.global_step}")
+
+    @staticmethod
+    def _read_extra_state(checkpoint: Path) -> dict[str, Any]:
+        if has_state(checkpoint, EXTRA_STATE):
+            return load_state(checkpoint, EXTRA_STATE)
+        legacy = checkpoint / f"{EXTRA_STATE}.pt"  # written by an older rewardkit
+        if legacy.is_file():
+            return load_legacy_torch_file(legacy)
+        raise ConfigError(f"resume_from_checkpoint: '{checkpoint}' has no {EXTRA_STATE}.json "
+                          "(the state this recipe keeps beside the model); resume from a "
+                          "checkpoint this recipe wrote")
 
     # ================================================================ validation and the run
 

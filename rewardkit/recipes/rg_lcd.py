@@ -39,8 +39,8 @@ gradients on all LRM layers before every update); cross-entropy labels are per-p
 the expert sees the sub-batch's own captions (the reference passed the unpermuted ones).
 
 Checkpoints hold the proxy (``latent_rm/``, loadable with ``pretrained_latent_rm``) and, in
-``extra_state.pt``, its optimiser; both are restored on resume. The final proxy is saved to
-``output_dir/latent_rm``. The proxy is not wrapped by ``accelerate.prepare``: under several
+``extra_state.safetensors`` + ``.json``, its optimiser; both are restored on resume. The final
+proxy is saved to ``output_dir/latent_rm``. The proxy is not wrapped by ``accelerate.prepare``: under several
 processes :class:`~rewardkit.proxies.ProxyUpdater` averages its gradients across ranks, so
 every rank keeps an identical proxy.
 

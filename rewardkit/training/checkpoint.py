@@ -12,7 +12,9 @@ Layout of one checkpoint::
       model.safetensors, optimizer.bin, scheduler.bin,     # accelerate.save_state (the trained
       random_states_{rank}.pkl                             #   modules, their optimisers, RNGs)
       target.safetensors                                   # the EMA target (full fine-tuning)
-      rank_state_{rank}.pt                                 # step generator + data position, per rank
+      rank_state_{rank}.safetensors / .json                # step generator + data position, per rank
+      extra_state.safetensors / .json                      # a recipe's extra state (rg-lcd: the
+                                                           #   proxy optimiser), if any
       (extension files: save_extra, e.g. the LRM)
       trainer_state.json                                   # global step; marks the folder complete
 """
@@ -26,19 +28,19 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from ..errors import ConfigError
 from ..files import replace_path
+from .safe_state import (describe_load_error, has_state, load_legacy_torch_file, load_state,
+                         save_state)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
 TARGET_WEIGHTS = "target.safetensors"
 
 
-def rank_state_file(rank: int) -> str:
-    """Name of the per-process state file (generators and data position) of ``rank``."""
-    return f"rank_state_{rank}.pt"
+def rank_state_name(rank: int) -> str:
+    """Name (without suffix) of the per-process state of ``rank`` (generators, data position)."""
+    return f"rank_state_{rank}"
 
 
 def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
@@ -110,24 +112,72 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, step: int,
 
 
 def load_checkpoint(accelerator: Any, checkpoint: str | Path) -> dict[str, Any]:
-    """Restore what ``accelerate.save_state`` wrote; returns the trainer state."""
+    """Restore what ``accelerate.save_state`` wrote; returns the trainer state.
+
+    accelerate reads its ``.bin``/``.pkl`` files with ``torch.load(weights_only=True)`` (plain
+    tensors and containers; a pickle that would run code is refused). When that fails, the
+    error names the unreadable file and the other checkpoints of the run.
+    """
     checkpoint = Path(checkpoint)
-    accelerator.load_state(str(checkpoint))
+    try:
+        accelerator.load_state(str(checkpoint))
+    except Exception as error:
+        culprit = _unreadable_torch_file(checkpoint)
+        where = f"'{culprit}'" if culprit else f"'{checkpoint}'"
+        others = [p.name for _, p in list_checkpoints(checkpoint.parent) if p != checkpoint]
+        hint = (f"resume from {others[-1]} (--resume_from_checkpoint {checkpoint.parent / others[-1]})"
+                if others else "start a new run")
+        raise ConfigError(f"resume_from_checkpoint: {where} could not be restored "
+                          f"({describe_load_error(error)}); nothing in it was run; {hint}") from None
+    _check_random_states(checkpoint, accelerator.process_index)
     return read_trainer_state(checkpoint)
 
 
+def _unreadable_torch_file(checkpoint: Path) -> Path | None:
+    """The first accelerate ``.bin``/``.pkl`` file of ``checkpoint`` that accelerate's
+    weights-only load refuses (only looked for after a failed restore)."""
+    from accelerate.utils.other import load
+
+    for path in sorted(checkpoint.iterdir()):
+        if path.suffix in (".bin", ".pkl") and path.is_file():
+            try:
+                load(path, map_location="cpu")
+            except Exception:
+                return path
+    return None
+
+
+def _check_random_states(checkpoint: Path, rank: int) -> None:
+    """accelerate skips an unreadable ``random_states_{rank}.pkl`` silently (the resumed run
+    would then differ from an uninterrupted one): refuse it, naming the file."""
+    from accelerate.utils.other import load
+
+    path = checkpoint / f"random_states_{rank}.pkl"
+    try:
+        load(path)
+    except Exception as error:
+        raise ConfigError(f"resume_from_checkpoint: '{path}' is missing or unreadable "
+                          f"({describe_load_error(error)}); nothing in it was run; resume from "
+                          "another checkpoint or start a new run") from None
+
+
 def save_rank_state(folder: Path, rank: int, state: dict[str, Any]) -> None:
-    """Per-process state (generator states, loader position) as a torch file."""
-    torch.save(state, folder / rank_state_file(rank))
+    """Per-process state (generator states, loader position) as safetensors + JSON."""
+    save_state(state, folder, rank_state_name(rank))
 
 
 def load_rank_state(folder: Path, rank: int) -> dict[str, Any]:
-    """The per-process state saved by :func:`save_rank_state`."""
-    path = Path(folder) / rank_state_file(rank)
-    if not path.is_file():
-        raise ConfigError(f"resume_from_checkpoint: '{folder}' has no state for process {rank} "
-                          "(was it written with a different number of processes?)")
-    return torch.load(path, weights_only=False)
+    """The per-process state saved by :func:`save_rank_state` (or, from a checkpoint of an older
+    rewardkit, its ``rank_state_{rank}.pt``, read with ``weights_only=True``)."""
+    folder = Path(folder)
+    name = rank_state_name(rank)
+    if has_state(folder, name):
+        return load_state(folder, name)
+    legacy = folder / f"{name}.pt"
+    if legacy.is_file():
+        return load_legacy_torch_file(legacy)
+    raise ConfigError(f"resume_from_checkpoint: '{folder}' has no state for process {rank} "
+                      "(was it written with a different number of processes?)")
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:

@@ -3,6 +3,11 @@
 ``torch.save`` / ``torch.load(weights_only=False)`` can run arbitrary code from a tampered file;
 these helpers store the same state as plain data:
 
+- :func:`save_state` / :func:`load_state`: any nested state of dicts, lists, tuples, numbers,
+  strings and tensors as ``{name}.safetensors`` + ``{name}.json`` (the per-process state and the
+  recipes' extra state of rewardkit checkpoints);
+- :func:`load_legacy_torch_file`: a ``.pt`` file of an older checkpoint, with
+  ``weights_only=True``;
 - :func:`save_optimizer_state` / :func:`load_optimizer_state`: ``optimizer.state_dict()`` as
   ``{name}.safetensors`` (tensors named ``state.{param_idx}.{key}``, e.g. ``state.0.exp_avg``)
   plus ``{name}.json`` (``param_groups`` and every non-tensor value);
@@ -117,31 +122,61 @@ def load_tensor_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise ConfigError(_unreadable(path, error)) from None
 
 
-# ---------------------------------------------------------------- optimisers, generators
+# ---------------------------------------------------------------- nested state, optimisers, generators
 
 
-def save_optimizer_state(optimizer: torch.optim.Optimizer, folder: str | Path,
-                         name: str = "optimizer") -> Path:
-    """Write ``optimizer.state_dict()`` as ``{name}.safetensors`` and ``{name}.json``."""
+def save_state(state: Any, folder: str | Path, name: str) -> Path:
+    """Write nested ``state`` (dicts, lists, tuples, numbers, strings, tensors) as
+    ``{name}.safetensors`` (its tensors) and ``{name}.json`` (everything else)."""
     folder = Path(folder)
     tensors: dict[str, torch.Tensor] = {}
-    meta = flatten_state(optimizer.state_dict(), tensors)
+    meta = flatten_state(state, tensors)
     save_tensor_file(tensors, folder / f"{name}.safetensors")
     save_json_state(meta, folder / f"{name}.json")
     return folder
 
 
+def load_state(folder: str | Path, name: str) -> Any:
+    """Read what :func:`save_state` wrote; ConfigError names a missing or unreadable file."""
+    folder = Path(folder)
+    meta = load_json_state(folder / f"{name}.json")
+    tensor_path = folder / f"{name}.safetensors"
+    tensors = load_tensor_file(tensor_path)
+    try:
+        return unflatten_state(meta, tensors)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ConfigError(_unreadable(tensor_path, f"missing tensor {error}")) from None
+
+
+def has_state(folder: str | Path, name: str) -> bool:
+    """Whether :func:`save_state` output ``name`` is in ``folder``."""
+    return (Path(folder) / f"{name}.json").is_file()
+
+
+def load_legacy_torch_file(path: str | Path) -> Any:
+    """A ``torch.save`` file of an older rewardkit checkpoint, read with ``weights_only=True``
+    (tensors and plain containers only: a pickle that would run code is refused, naming it)."""
+    path = Path(path)
+    _require(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # tampered (refused by the weights-only unpickler), truncated
+        raise ConfigError(f"state file '{path}' was not loaded ({describe_load_error(error)}); "
+                          "nothing in it was run; resume from another checkpoint or start a new "
+                          "run") from None
+
+
+def save_optimizer_state(optimizer: torch.optim.Optimizer, folder: str | Path,
+                         name: str = "optimizer") -> Path:
+    """Write ``optimizer.state_dict()`` as ``{name}.safetensors`` and ``{name}.json``."""
+    return save_state(optimizer.state_dict(), folder, name)
+
+
 def load_optimizer_state(optimizer: torch.optim.Optimizer, folder: str | Path,
                          name: str = "optimizer") -> None:
     """Restore what :func:`save_optimizer_state` wrote into ``optimizer``."""
-    folder = Path(folder)
-    meta_path, tensor_path = folder / f"{name}.json", folder / f"{name}.safetensors"
-    meta = load_json_state(meta_path)
-    tensors = load_tensor_file(tensor_path)
-    try:
-        state = unflatten_state(meta, tensors)
-    except KeyError as error:
-        raise ConfigError(_unreadable(tensor_path, f"missing tensor {error}")) from None
+    meta_path = Path(folder) / f"{name}.json"
+    state = load_state(folder, name)
     try:
         optimizer.load_state_dict(state)
     except (KeyError, ValueError, TypeError) as error:
@@ -164,6 +199,15 @@ def load_generator_state(generator: torch.Generator, path: str | Path) -> None:
         raise ConfigError(_unreadable(path, error)) from None
 
 
+def describe_load_error(error: BaseException) -> str:
+    """A one-line reason for a failed ``torch.load`` / safetensors read."""
+    text = str(error)
+    if "Weights only load failed" in text:
+        return "it holds objects other than plain tensors, which could run code, so it was refused"
+    first = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {first[:160]}" if first else type(error).__name__
+
+
 def _require(path: Path) -> None:
     if not path.is_file():
         raise ConfigError(f"missing state file '{path}'")
@@ -174,5 +218,6 @@ def _unreadable(path: Path, error: Any) -> str:
 
 
 __all__ = ["flatten_state", "unflatten_state", "save_json_state", "load_json_state",
-           "save_tensor_file", "load_tensor_file", "save_optimizer_state",
+           "save_tensor_file", "load_tensor_file", "save_state", "load_state", "has_state",
+           "load_legacy_torch_file", "describe_load_error", "save_optimizer_state",
            "load_optimizer_state", "save_generator_state", "load_generator_state"]

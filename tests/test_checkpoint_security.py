@@ -1,0 +1,120 @@
+"""Loading a checkpoint never runs code: every state file rewardkit writes is safetensors + JSON,
+older ``.pt`` files and accelerate's files are read with ``weights_only=True``, and a tampered
+or truncated file is refused with an error that names it."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from rewardkit.errors import ConfigError
+from rewardkit.recipes.lcd import LCDRecipe
+from rewardkit.recipes.rg_lcd import RGLCDConfig, RGLCDRecipe
+from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
+from rewardkit.training.config import LCDConfig
+from rewardkit.training.testing import tiny_lcd_config, write_tiny_image_folder
+
+SMALL_LRM = dict(embed_dim=16, image_widths=[8, 16], text_width=16, text_heads=2)
+
+
+class Payload:
+    """A pickle that, when unpickled by a full unpickler, creates the file ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One finished 2-step run of each recipe, with a checkpoint at step 2."""
+    root = tmp_path_factory.mktemp("security")
+    teacher = build_tiny_sd_pipeline(root / "teacher")
+    data = write_tiny_image_folder(root / "data", count=8, size=16)
+    common = dict(max_train_steps=2, checkpointing_steps=2)
+    lcd = dataclasses.asdict(tiny_lcd_config(teacher, data, root / "lcd", **common))
+    LCDRecipe(LCDConfig(**lcd)).run(progress=False)
+    rg = {**dataclasses.asdict(tiny_lcd_config(teacher, data, root / "rg", **common)),
+          "reward": "jpeg-compressibility", "proxy": "lrm", "proxy_params": dict(SMALL_LRM),
+          "rm_batch_size": 2, "proxy_eval_num_prompts": 0}
+    RGLCDRecipe(RGLCDConfig(**rg)).run(progress=False)
+    return {"lcd": (LCDRecipe, LCDConfig, lcd), "rg-lcd": (RGLCDRecipe, RGLCDConfig, rg)}
+
+
+def copy_run(runs, name, tmp_path) -> tuple[Path, object]:
+    recipe, config_class, values = runs[name]
+    out = tmp_path / name
+    shutil.copytree(values["output_dir"], out)
+    config = config_class(**{**values, "output_dir": str(out), "max_train_steps": 3,
+                             "resume_from_checkpoint": "latest"})
+    return out / "checkpoint-2", lambda: recipe(config).run(progress=False)
+
+
+def test_no_state_file_rewardkit_writes_is_a_pickle(runs):
+    for name in ("lcd", "rg-lcd"):
+        checkpoint = Path(runs[name][2]["output_dir"]) / "checkpoint-2"
+        ours = [p.name for p in checkpoint.rglob("*") if p.suffix in (".pt", ".pkl", ".bin")]
+        # only accelerate's own files (read with weights_only=True) remain
+        assert set(ours) <= {"optimizer.bin", "scheduler.bin", "random_states_0.pkl"}, ours
+        assert (checkpoint / "rank_state_0.json").is_file()
+    rg = Path(runs["rg-lcd"][2]["output_dir"]) / "checkpoint-2"
+    assert (rg / "extra_state.json").is_file() and (rg / "extra_state.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name,file,replaces", [
+    ("rg-lcd", "extra_state.pt", ("extra_state.json", "extra_state.safetensors")),
+    ("rg-lcd", "rank_state_0.pt", ("rank_state_0.json", "rank_state_0.safetensors")),
+    ("lcd", "rank_state_0.pt", ("rank_state_0.json", "rank_state_0.safetensors")),
+    ("lcd", "optimizer.bin", ()),
+    ("rg-lcd", "scheduler.bin", ()),
+    ("lcd", "random_states_0.pkl", ()),
+])
+def test_a_malicious_pickle_is_refused_naming_it_and_never_runs(runs, tmp_path, name, file,
+                                                                  replaces):
+    checkpoint, resume = copy_run(runs, name, tmp_path)
+    for old in replaces:  # a checkpoint in the older .pt layout
+        (checkpoint / old).unlink()
+    marker = tmp_path / "pwned"
+    torch.save({"state": Payload(marker)}, checkpoint / file)
+    with pytest.raises(ConfigError, match=file.replace(".", r"\.")) as raised:
+        resume()
+    assert not marker.exists()
+    assert "nothing in it was run" in str(raised.value)
+    assert (checkpoint / "trainer_state.json").is_file()  # the checkpoint is not touched
+
+
+def test_lcd_does_not_read_an_extra_state_it_never_writes(runs, tmp_path):
+    checkpoint, resume = copy_run(runs, "lcd", tmp_path)
+    marker = tmp_path / "pwned"
+    torch.save({"state": Payload(marker)}, checkpoint / "extra_state.pt")
+    resume()
+    assert not marker.exists()
+
+
+def test_a_legacy_plain_tensor_state_file_still_resumes(runs, tmp_path):
+    from rewardkit.training.safe_state import load_state
+
+    checkpoint, resume = copy_run(runs, "rg-lcd", tmp_path)
+    for name in ("rank_state_0", "extra_state"):
+        state = load_state(checkpoint, name)
+        (checkpoint / f"{name}.json").unlink()
+        (checkpoint / f"{name}.safetensors").unlink()
+        torch.save(state, checkpoint / f"{name}.pt")  # what older rewardkit wrote
+    out = resume()
+    assert (Path(out) / "checkpoint-2").is_dir() and (Path(out) / "pipeline").is_dir()
+
+
+@pytest.mark.parametrize("file", ["rank_state_0.json", "rank_state_0.safetensors",
+                                  "extra_state.json", "random_states_0.pkl"])
+def test_a_truncated_state_file_is_named(runs, tmp_path, file):
+    checkpoint, resume = copy_run(runs, "rg-lcd", tmp_path)
+    path = checkpoint / file
+    path.write_bytes(path.read_bytes()[: max(1, path.stat().st_size // 2)])
+    with pytest.raises(ConfigError, match=file.replace(".", r"\.")):
+        resume()
