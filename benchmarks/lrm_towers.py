@@ -76,6 +76,7 @@ def pretrain_config(proxy: str, changes: dict[str, Any], contrastive: bool, seed
         preference_prompts=plan.lrm_preference_prompts, preference_steps=plan.lrm_preference_steps,
         eval_prompts=plan.lrm_eval_prompts, seed=seed, proxy=proxy)
     config["proxy_params"].update(changes)
+    config["overwrite_output_dir"] = True  # only called to (re)train this row
     return config
 
 
@@ -144,7 +145,7 @@ def online_run(name: str, latent_rm: Path, preference_set: Path, seed: int, args
     overrides = default_rg_lcd_overrides(None, str(out), 20 if args.quick else 600)
     overrides.update(proxy=proxy, pretrained_latent_rm=str(latent_rm), seed=seed,
                      proxy_rehearsal_set=str(preference_set), checkpointing_steps=0,
-                     proxy_params={"trainable": "all"})
+                     proxy_params={"trainable": "all"}, overwrite_output_dir=True)
     overrides["validation_steps"] = overrides["max_train_steps"]
     overrides["validation_prompts"] = overrides["validation_prompts"][:1]
     if not (out / "pipeline").is_dir() or args.retrain:

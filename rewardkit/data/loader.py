@@ -130,12 +130,16 @@ class ResumableLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """This rank's exact data position and skip counts (plain JSON-serialisable values)."""
-        return {"version": STATE_VERSION, "kind": self.kind, "seed": self.seed, "rank": self.rank,
-                "world_size": self.world_size, "position": self.cursor.state_dict(),
-                "skips": self.skips.state_dict()}
+        return {"version": STATE_VERSION, "kind": self.kind, "source": self.opened.describe,
+                "seed": self.seed, "rank": self.rank, "world_size": self.world_size,
+                "position": self.cursor.state_dict(), "skips": self.skips.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a position saved by :meth:`state_dict` on the same source and rank."""
+        if "source" in state and state["source"] != self.opened.describe:  # older states lack it
+            raise DataError(f"cannot resume data position: it was saved reading "
+                            f"{state['source']!r}, this run reads {self.opened.describe!r}; resume "
+                            "with the checkpoint's data source, or start a new run")
         for name in ("kind", "seed", "rank", "world_size"):
             if state.get(name) != getattr(self, name):
                 raise DataError(f"cannot resume data position: it was saved with {name}="

@@ -27,7 +27,6 @@ LoRA's memory savings.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from pathlib import Path
@@ -36,14 +35,15 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from ..config import config_to_dict
 from ..consistency import ema_update
 from ..errors import ConfigError
-from ..training.checkpoint import (TARGET_WEIGHTS, load_checkpoint, load_rank_state,
+from ..training.checkpoint import (TARGET_WEIGHTS, check_resume_step, load_checkpoint,
+                                   load_rank_state,
                                    resolve_resume, save_checkpoint, save_rank_state)
 from ..training.config import LCDConfig
 from ..training.errors import TrainingError
-from ..training.metrics import TrainingProgress, start_logging
+from ..training.metrics import TrainingProgress, start_logging, write_run_config
+from ..training.output_dir import check_output_dir, clear_run
 from ..training.optim import build_lr_scheduler, build_optimizer
 from ..training.runtime import build_accelerator, weight_dtype
 from ..training.safe_state import has_state, load_legacy_torch_file, load_state, save_state
@@ -154,16 +154,17 @@ class LCDRecipe(Recipe):
         from accelerate.utils import set_seed
 
         cfg = self.config
+        check_output_dir(self.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir)
         acc = self.accelerator = build_accelerator(
             output_dir=self.output_dir, mixed_precision=cfg.mixed_precision,
             gradient_accumulation_steps=cfg.gradient_accumulation_steps, report_to=cfg.report_to,
             train_batch_size=cfg.train_batch_size, max_grad_norm=cfg.max_grad_norm)
         if cfg.seed is not None:
             set_seed(cfg.seed)  # python, numpy, torch: identical student init on every rank
-        if acc.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.json").write_text(
-                json.dumps(config_to_dict(cfg), indent=2, default=str))
+        if cfg.overwrite_output_dir and acc.is_main_process:
+            removed = clear_run(self.output_dir)
+            if removed:
+                acc.print(f"overwrite_output_dir: removed {', '.join(removed)} from {self.output_dir}")
         acc.wait_for_everyone()
 
         backbone = self.backbone = self.build_backbone(acc.device, weight_dtype(cfg.mixed_precision))
@@ -210,7 +211,7 @@ class LCDRecipe(Recipe):
             acc.print(f"resume_from_checkpoint={cfg.resume_from_checkpoint}: no checkpoint in "
                       f"{self.output_dir}; starting a new run")
         self.batches: Iterator[dict[str, Any]] = iter(self.loader)
-
+        write_run_config(acc, cfg, self.output_dir)  # every check has passed
         self.metrics_log = start_logging(acc, cfg, self.output_dir, self.global_step)
 
     @property
@@ -335,6 +336,8 @@ class LCDRecipe(Recipe):
             self.load_extra_state_dict(self._read_extra_state(checkpoint))
         self.load_extra(checkpoint)
         self.global_step = int(state["global_step"])
+        check_resume_step(checkpoint, self.global_step, self.config.max_train_steps,
+                          "max_train_steps")
         acc.print(f"resumed from {checkpoint} at step {self.global_step}")
 
     @staticmethod

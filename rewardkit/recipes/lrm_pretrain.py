@@ -35,7 +35,6 @@ process's generator state (safetensors) and data position (JSON)
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -45,7 +44,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 import torch
 
-from ..config import config_to_dict, load_config
+from ..config import load_config
 from ..errors import ConfigError, UnknownComponentError
 from ..files import replace_path
 from ..proxies.base import WEIGHTS_NAME, ProxyRewardModel
@@ -54,11 +53,13 @@ from ..proxies.preference_set import (DEFAULT_NOISE_LEVELS, DEFAULT_TEACHER_SETT
 from ..proxies.pretrain_losses import (caption_groups, multi_positive_info_nce, pairwise_agreement,
                                        pairwise_logistic_loss, retrieval_accuracy)
 from ..proxies.pretrain_sets import ensure_preference_set, expert_on_latents, first_samples
-from ..training.checkpoint import TRAINER_STATE, list_checkpoints, save_checkpoint
+from ..training.checkpoint import (TRAINER_STATE, check_resume_step, resolve_resume,
+                                   save_checkpoint)
 from ..training.config import MIXED_PRECISION, OURS, REPORT_TO, _f, check_teacher_location
 from ..training.data import build_training_loader, check_data_spec
 from ..training.errors import TrainingError
-from ..training.metrics import TrainingProgress, start_logging
+from ..training.metrics import TrainingProgress, start_logging, write_run_config
+from ..training.output_dir import check_output_dir, clear_run
 from ..training.runtime import build_accelerator, weight_dtype
 from ..training.safe_state import (load_generator_state, load_json_state, load_optimizer_state,
                                    load_tensor_file, save_generator_state, save_json_state,
@@ -146,6 +147,9 @@ class LRMPretrainConfig(RecipeConfig):
     checkpoints_total_limit: Optional[int] = _f(None, "Keep only the newest K checkpoints", OURS)
     resume_from_checkpoint: Optional[str] = _f(None, "'latest', a checkpoint name in output_dir "
                                                "(checkpoint-500) or a checkpoint folder", OURS)
+    overwrite_output_dir: bool = _f(False, "Remove the run already in output_dir before starting "
+                                    "(without it, a fresh run into a used folder is refused)",
+                                    OURS)
     report_to: str = _f("tensorboard", "accelerate trackers: none, tensorboard, wandb or all",
                         OURS)
     tracker_project_name: str = _f("rewardkit-lrm-pretrain", "Tracker project name", OURS)
@@ -207,6 +211,10 @@ class LRMPretrainConfig(RecipeConfig):
                 p.is_dir() for p in (Path(resume).expanduser(), Path(self.output_dir) / resume)):
             raise ConfigError(f"resume_from_checkpoint: '{resume}' is neither 'latest' nor a "
                               "checkpoint folder (a path, or a name inside output_dir)")
+        if resume and self.overwrite_output_dir:
+            raise ConfigError("resume_from_checkpoint and overwrite_output_dir contradict each "
+                              "other (one continues the run in output_dir, the other removes it); "
+                              "pass one of them")
         self._check_components()
 
     def _check_candidates(self) -> None:
@@ -404,16 +412,17 @@ class LRMPretrainRecipe(Recipe):
         from accelerate.utils import set_seed
 
         cfg = self.config
+        check_output_dir(self.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir)
         acc = self.accelerator = build_accelerator(
             output_dir=self.output_dir, mixed_precision=cfg.mixed_precision,
             gradient_accumulation_steps=1, report_to=cfg.report_to,
             train_batch_size=cfg.train_batch_size, max_grad_norm=cfg.max_grad_norm)
         if cfg.seed is not None:
             set_seed(cfg.seed)
-        if acc.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.json").write_text(
-                json.dumps(config_to_dict(cfg), indent=2, default=str))
+        if cfg.overwrite_output_dir and acc.is_main_process:
+            removed = clear_run(self.output_dir)
+            if removed:
+                acc.print(f"overwrite_output_dir: removed {', '.join(removed)} from {self.output_dir}")
         acc.wait_for_everyone()
 
         self.backbone = self.build_backbone(acc.device, weight_dtype(cfg.mixed_precision))
@@ -447,6 +456,7 @@ class LRMPretrainRecipe(Recipe):
             acc.print(f"resume_from_checkpoint={cfg.resume_from_checkpoint}: no checkpoint in "
                       f"{self.output_dir}; starting a new run")
         self.batches: Iterator[dict[str, Any]] = iter(self.loader)
+        write_run_config(acc, cfg, self.output_dir)  # every check has passed
         self.metrics_log = start_logging(acc, cfg, self.output_dir, self.global_step)
 
     # ================================================================ the steps
@@ -560,17 +570,7 @@ class LRMPretrainRecipe(Recipe):
 
     def resolve_checkpoint(self) -> Path | None:
         """The folder ``resume_from_checkpoint`` names (``None``: start a new run)."""
-        resume = self.config.resume_from_checkpoint
-        if not resume:
-            return None
-        if resume == "latest":
-            found = list_checkpoints(self.output_dir)
-            return found[-1][1] if found else None
-        for path in (Path(resume).expanduser(), self.output_dir / resume):
-            if (path / TRAINER_STATE).is_file():
-                return path
-        raise ConfigError(f"resume_from_checkpoint: '{resume}' is not a complete checkpoint (no "
-                          f"{TRAINER_STATE})")
+        return resolve_resume(self.config.resume_from_checkpoint, self.output_dir)
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoint-{step}`` atomically, without pickles (every process calls this)."""
@@ -605,6 +605,8 @@ class LRMPretrainRecipe(Recipe):
         load_generator_state(self.generator, checkpoint / f"generator_{rank}.safetensors")
         self.loader.load_state_dict(load_json_state(checkpoint / f"loader_{rank}.json"))
         self.global_step = int(state["global_step"])
+        check_resume_step(checkpoint, self.global_step, self.config.total_steps,
+                          "contrastive_steps + preference_steps")
         stage = state.get("optimizer_stage")
         if stage is not None and stage == self.stage_of(self.global_step + 1):
             load_optimizer_state(self.use_optimizer(stage), checkpoint)

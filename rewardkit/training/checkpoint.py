@@ -64,10 +64,21 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
         checkpoints = list_checkpoints(output_dir)
         return checkpoints[-1][1] if checkpoints else None
     path = Path(resume).expanduser()
+    inside = Path(output_dir) / resume  # diffusers' convention: a checkpoint name in output_dir
+    if not path.is_absolute() and (inside / TRAINER_STATE).is_file():
+        path = inside
     if not (path / TRAINER_STATE).is_file():
         raise ConfigError(f"resume_from_checkpoint: '{resume}' is not a complete checkpoint "
                           f"(no {TRAINER_STATE})")
     return path
+
+
+def check_resume_step(checkpoint: Path, step: int, total: int, key: str) -> None:
+    """Refuse to resume a checkpoint that is already past the run's last step."""
+    if step > total:
+        raise ConfigError(f"resume_from_checkpoint: '{checkpoint}' is at step {step}, beyond this "
+                          f"run's {key} = {total}; raise {key} to at least {step} to train on, or "
+                          "resume from an earlier checkpoint")
 
 
 def read_trainer_state(checkpoint: str | Path) -> dict[str, Any]:

@@ -114,7 +114,11 @@ class LCDConfig(RecipeConfig):
     # ---------------------------------------------------------------- checkpoints, validation, logs
     checkpointing_steps: int = _f(500, "Save a checkpoint every N optimiser steps (0: never)")
     checkpoints_total_limit: Optional[int] = _f(None, "Keep only the newest K checkpoints")
-    resume_from_checkpoint: Optional[str] = _f(None, "'latest' or a checkpoint folder to resume")
+    resume_from_checkpoint: Optional[str] = _f(None, "'latest', a checkpoint name in output_dir "
+                                               "(checkpoint-500) or a checkpoint folder")
+    overwrite_output_dir: bool = _f(False, "Remove the run already in output_dir before starting "
+                                    "(without it, a fresh run into a used folder is refused)",
+                                    OURS)
     validation_steps: int = _f(200, "Validation grid every N steps (0: never)")
     validation_prompts: list[str] = _f(DEFAULT_VALIDATION_PROMPTS, "Prompts of the validation grid",
                                        OURS)
@@ -174,9 +178,14 @@ class LCDConfig(RecipeConfig):
             raise ConfigError("validation_inference_steps must all be positive, got "
                               f"{self.validation_inference_steps}")
         resume = self.resume_from_checkpoint
-        if resume and resume != "latest" and not Path(resume).expanduser().is_dir():
-            raise ConfigError(f"resume_from_checkpoint: '{resume}' is neither 'latest' nor an "
-                              "existing checkpoint folder")
+        if resume and resume != "latest" and not any(
+                p.is_dir() for p in (Path(resume).expanduser(), Path(self.output_dir) / resume)):
+            raise ConfigError(f"resume_from_checkpoint: '{resume}' is neither 'latest' nor a "
+                              "checkpoint folder (a path, or a name inside output_dir)")
+        if resume and self.overwrite_output_dir:
+            raise ConfigError("resume_from_checkpoint and overwrite_output_dir contradict each "
+                              "other (one continues the run in output_dir, the other removes it); "
+                              "pass one of them")
 
 
 def check_teacher_location(teacher: str, key: str = "pretrained_teacher_model") -> None:

@@ -39,6 +39,21 @@ class MetricsLog:
             handle.write(json.dumps(row) + "\n")
 
 
+def write_run_config(accelerator: Any, config: Any, output_dir: str | Path) -> None:
+    """Write the run's ``config.json`` (main process), once every check of the set-up passed:
+    a run that fails before training leaves an old run's config untouched."""
+    import json
+
+    from ..config import config_to_dict
+
+    if accelerator.is_main_process:
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.json").write_text(
+            json.dumps(config_to_dict(config), indent=2, default=str))
+    accelerator.wait_for_everyone()
+
+
 def start_logging(accelerator: Any, config: Any, output_dir: str | Path, global_step: int) -> MetricsLog:
     """A recipe's logging at the start (or resume) of a run: the accelerate trackers with the
     config's scalar values (main process, when trackers are on) and ``metrics.jsonl``, cut back

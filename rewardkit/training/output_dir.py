@@ -1,0 +1,78 @@
+"""A new run never destroys an old one: the output-folder check every training recipe makes
+before it writes anything.
+
+A folder *holds a run* when it has any of :data:`RUN_MARKERS` or a ``checkpoint-N`` folder. A
+fresh run (no ``resume_from_checkpoint``) into such a folder is refused, naming the folder and
+the ways out; ``overwrite_output_dir`` removes the old run's files first (only the files a run
+writes, :data:`RUN_FILES`, never anything else in the folder).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from ..errors import ConfigError
+from .checkpoint import list_checkpoints
+
+#: Entries whose presence means a run was here (a checkpoint, a final model, a metrics log).
+RUN_MARKERS = ("metrics.jsonl", "pipeline", "latent_rm")
+#: Everything a run writes into its output folder (removed by ``overwrite_output_dir``).
+RUN_FILES = RUN_MARKERS + (
+    "config.json", "logs", "validation", "proxy_heldout", "proxy_replay.safetensors",
+    "preference_set", "heldout_preference_set", "report.md", "eval.json", "comparison.png",
+    "training_curves.png")
+_CHECKPOINT = re.compile(r"^\.?checkpoint-\d+(\.tmp)?$")
+
+
+def run_entries(output_dir: str | Path) -> list[str]:
+    """The names in ``output_dir`` that show a run was there (sorted; empty if none)."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir()
+                  if p.name in RUN_MARKERS or (_CHECKPOINT.match(p.name) and p.is_dir()))
+
+
+def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse, before anything is written, a run that would replace another one.
+
+    Allowed: an empty or new folder; ``overwrite`` (the old run is removed by
+    :func:`clear_run`); a resume (``latest`` needs a checkpoint when the folder holds a run).
+    """
+    found = run_entries(output_dir)
+    if not found or overwrite:
+        return
+    shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+    if resume:
+        if resume == "latest" and not list_checkpoints(output_dir):
+            raise ConfigError(
+                f"output_dir '{output_dir}' holds a run ({shown}) but no complete checkpoint to "
+                "resume from; replace it with --overwrite_output_dir, or choose another "
+                "--output_dir")
+        return
+    raise ConfigError(
+        f"output_dir '{output_dir}' already holds a run ({shown}); continue it with "
+        "--resume_from_checkpoint latest, replace it with --overwrite_output_dir (removes the old "
+        "run first), or choose another --output_dir")
+
+
+def clear_run(output_dir: str | Path) -> list[str]:
+    """Remove the files of the run in ``output_dir`` (checkpoints and :data:`RUN_FILES`);
+    returns the names removed. Other files in the folder are left alone."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.iterdir()):
+        if path.name in RUN_FILES or _CHECKPOINT.match(path.name):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path.name)
+    return removed
+
+
+__all__ = ["RUN_FILES", "RUN_MARKERS", "check_output_dir", "clear_run", "run_entries"]
