@@ -46,7 +46,8 @@ from ..training.metrics import TrainingProgress, start_logging, write_run_config
 from ..training.output_dir import check_output_dir, clear_run
 from ..training.optim import build_lr_scheduler, build_optimizer
 from ..training.runtime import build_accelerator, weight_dtype
-from ..training.safe_state import has_state, load_legacy_torch_file, load_state, save_state
+from ..training.safe_state import (has_state, load_legacy_torch_file, load_state,
+                                  load_tensor_file, save_state)
 from ..training.step import LCDHyper, StepOutputs, lcd_forward
 from ..training.validation import validation_grid
 from .base import Recipe
@@ -319,8 +320,6 @@ class LCDRecipe(Recipe):
 
     def load_checkpoint(self, checkpoint: Path) -> None:
         """Restore student, optimiser, LR schedule, RNGs, target, data position and extensions."""
-        from safetensors.torch import load_file
-
         acc = self.accelerator
         state = load_checkpoint(acc, checkpoint)
         if state.get("world_size", acc.num_processes) != acc.num_processes:
@@ -330,8 +329,7 @@ class LCDRecipe(Recipe):
         self.generator.set_state(rank_state["generator"])
         self.loader.load_state_dict(rank_state["loader"])
         if self.target is not None:
-            self.target.load_state_dict(load_file(str(checkpoint / TARGET_WEIGHTS),
-                                                  device=str(acc.device)))
+            self.target.load_state_dict(load_tensor_file(checkpoint / TARGET_WEIGHTS))
         if self.extra_state_dict():  # only a recipe with extra state reads it
             self.load_extra_state_dict(self._read_extra_state(checkpoint))
         self.load_extra(checkpoint)

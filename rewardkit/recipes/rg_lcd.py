@@ -430,9 +430,8 @@ class RGLCDRecipe(LCDRecipe):
         """Load the proxy's weights from ``checkpoint_dir/latent_rm``."""
         if self.proxy_model is None:
             return
-        from safetensors.torch import load_file
-
         from ..proxies.base import WEIGHTS_NAME
+        from ..training.safe_state import load_tensor_file
 
         weights = Path(checkpoint_dir) / LATENT_RM_DIR / WEIGHTS_NAME
         if not weights.is_file():
@@ -440,10 +439,10 @@ class RGLCDRecipe(LCDRecipe):
                               f"({LATENT_RM_DIR}/{WEIGHTS_NAME}); was it written by rg-lcd with "
                               "a proxy?")
         device = next(self.proxy_model.parameters()).device
-        self.proxy_model.load_state_dict(load_file(str(weights), device=str(device)))
+        self.proxy_model.load_state_dict(load_tensor_file(weights))
         replay = Path(checkpoint_dir) / REPLAY_WEIGHTS
         if self.replay is not None and replay.is_file():
-            self.replay.load_state_tensors(load_file(str(replay)), device=device)
+            self.replay.load_state_tensors(load_tensor_file(replay), device=device)
 
     def save_final(self) -> Path:
         """The student pipeline, plus the trained proxy in ``output_dir/latent_rm``."""

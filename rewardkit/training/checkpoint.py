@@ -30,8 +30,8 @@ from typing import Any, Callable
 
 from ..errors import ConfigError
 from ..files import replace_path
-from .safe_state import (describe_load_error, has_state, load_legacy_torch_file, load_state,
-                         save_state)
+from .safe_state import (describe_load_error, has_state, load_json_state, load_legacy_torch_file,
+                         load_state, save_state)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
@@ -82,8 +82,12 @@ def check_resume_step(checkpoint: Path, step: int, total: int, key: str) -> None
 
 
 def read_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
-    """The ``trainer_state.json`` of a checkpoint."""
-    return json.loads((Path(checkpoint) / TRAINER_STATE).read_text())
+    """The ``trainer_state.json`` of a checkpoint (a damaged one is named)."""
+    state = load_json_state(Path(checkpoint) / TRAINER_STATE)
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        raise ConfigError(f"state file '{Path(checkpoint) / TRAINER_STATE}' has no integer "
+                          "global_step; resume from another checkpoint")
+    return state
 
 
 def save_checkpoint(accelerator: Any, output_dir: str | Path, step: int,
@@ -145,16 +149,24 @@ def load_checkpoint(accelerator: Any, checkpoint: str | Path) -> dict[str, Any]:
 
 
 def _unreadable_torch_file(checkpoint: Path) -> Path | None:
-    """The first accelerate ``.bin``/``.pkl`` file of ``checkpoint`` that accelerate's
-    weights-only load refuses (only looked for after a failed restore)."""
+    """The first of accelerate's files in ``checkpoint`` that cannot be read: a ``.safetensors``
+    file safetensors cannot open, or a ``.bin``/``.pkl`` file accelerate's weights-only load
+    refuses (only looked for after a failed restore)."""
     from accelerate.utils.other import load
+    from safetensors import safe_open
 
     for path in sorted(checkpoint.iterdir()):
-        if path.suffix in (".bin", ".pkl") and path.is_file():
-            try:
+        if not path.is_file() or path.suffix not in (".bin", ".pkl", ".safetensors"):
+            continue
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as handle:
+                    for key in handle.keys():
+                        handle.get_slice(key)
+            else:
                 load(path, map_location="cpu")
-            except Exception:
-                return path
+        except Exception:
+            return path
     return None
 
 
