@@ -22,7 +22,7 @@ from rich.table import Table
 
 from . import __version__
 from .components import KINDS
-from .config import parse_cli_overrides
+from .config import normalise_key, parse_cli_overrides
 from .errors import RewardkitError
 from .plugins import PluginHost, get_host
 
@@ -168,8 +168,41 @@ def run_command(
     from .api import recipe as build_recipe
 
     overrides = parse_cli_overrides(list(ctx.args))
-    output = build_recipe(recipe, config, **overrides).run(progress=True)
+    built = build_recipe(recipe, config, **overrides)
+    try:
+        output = built.run(progress=True)
+    except KeyboardInterrupt:
+        command = ["run", recipe, *(["--config", str(config)] if config else []), *ctx.args]
+        err_console.print(interrupted_message(command, built.config), highlight=False)
+        raise typer.Exit(130)
     console.print(f"[green]done[/]: {escape(str(output))}", highlight=False)
+
+
+def interrupted_message(command: list[str], config: Any) -> str:
+    """What a Ctrl-C leaves behind and how to continue: the newest checkpoint and the resume
+    command (``command``: the interrupted one, without ``rewardkit``), or that none was written."""
+    from .training.checkpoint import list_checkpoints
+
+    output_dir = getattr(config, "output_dir", None)
+    found = list_checkpoints(output_dir) if output_dir else []
+    if not found:
+        every = getattr(config, "checkpointing_steps", None)
+        return (f"[red]interrupted[/]: no checkpoint was written yet"
+                f"{f' (checkpointing_steps={every})' if every is not None else ''}; running the "
+                "same command again with --overwrite_output_dir starts over")
+    step, newest = found[-1]
+    kept, i = list(command[:2]), 2  # "run", recipe; then options as parse_cli_overrides reads them
+    while i < len(command):
+        arg = command[i]
+        has_value = "=" not in arg and i + 1 < len(command) and not command[i + 1].startswith("--")
+        key = normalise_key(arg[2:].partition("=")[0]) if arg.startswith("--") else ""
+        step = 2 if has_value else 1
+        if key not in ("resume_from_checkpoint", "overwrite_output_dir"):
+            kept.extend(command[i:i + step])
+        i += step
+    args = " ".join(kept)
+    return (f"[red]interrupted[/]: the newest checkpoint is {escape(str(newest))} (step {step}); "
+            f"continue with: rewardkit {escape(args)} --resume_from_checkpoint latest")
 
 
 def _core_app() -> typer.Typer:

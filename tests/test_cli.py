@@ -26,7 +26,9 @@ class EchoConfig:
     output_dir: str = "out"
     steps: int = 1
     lora: bool = False
-    fail_with: str = ""  # "", "config", "crash"
+    fail_with: str = ""  # "", "config", "crash", "interrupt"
+    checkpointing_steps: int = 2
+    overwrite_output_dir: bool = False
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -45,6 +47,11 @@ class EchoRecipe:
     def run(self, progress: bool = True) -> Path:
         if self.config.fail_with == "crash":
             raise RuntimeError("the recipe crashed")
+        if self.config.fail_with == "interrupt":  # Ctrl-C after writing checkpoint-2
+            (Path(self.config.output_dir) / "checkpoint-2").mkdir(parents=True)
+            (Path(self.config.output_dir) / "checkpoint-2" / "trainer_state.json").write_text(
+                '{"global_step": 2}')
+            raise KeyboardInterrupt
         out = Path(self.config.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(self.config)))
@@ -180,7 +187,8 @@ def test_run_with_config_file_and_overrides(cli_host, capsys, tmp_path):
                     f"--output-dir={out_dir}"])
     assert code == 0, capsys.readouterr().err
     assert json.loads((out_dir / "config.json").read_text()) == {
-        "output_dir": str(out_dir), "steps": 5, "lora": True, "fail_with": ""}
+        "output_dir": str(out_dir), "steps": 5, "lora": True, "fail_with": "",
+        "checkpointing_steps": 2, "overwrite_output_dir": False}
     assert f"done: {out_dir}" in capsys.readouterr().out
 
 
@@ -197,6 +205,25 @@ def test_run_config_errors_are_one_sentence(cli_host, capsys, args, message, tmp
     assert cli.run(["run", "echo", *args]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("Error: ") and message in err and "\n" not in err
+
+
+def test_ctrl_c_names_the_newest_checkpoint_and_the_resume_command(cli_host, capsys, tmp_path):
+    out = tmp_path / "run"
+    code = cli.run(["run", "echo", "--output-dir", str(out), "--fail-with", "interrupt",
+                    "--overwrite_output_dir", "--steps", "3"])
+    assert code == 130
+    err = " ".join(capsys.readouterr().err.split())
+    assert "interrupted" in err and "checkpoint-2 (step 2)" in err
+    assert (f"continue with: rewardkit run echo --output-dir {out} --fail-with interrupt "
+            f"--steps 3 --resume_from_checkpoint latest") in err
+
+
+def test_ctrl_c_before_any_checkpoint_says_so():
+    from types import SimpleNamespace
+
+    message = cli.interrupted_message(["run", "echo"], SimpleNamespace(
+        output_dir="/nonexistent", checkpointing_steps=500))
+    assert "no checkpoint was written yet (checkpointing_steps=500)" in message
 
 
 def test_unexpected_errors_hide_the_traceback_unless_debug(cli_host, capsys, tmp_path):
