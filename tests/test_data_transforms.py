@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rewardkit.data.transforms import (ImageTransform, LatentTransform, crop_square,
-                                       resize_shorter_side, shorter_side_size)
+from rewardkit.data.transforms import (SIXTEEN_BIT_MODES, ImageTransform, LatentTransform,
+                                       crop_square, resize_shorter_side, shorter_side_size)
 
 
 def gradient_image(width: int, height: int) -> Image.Image:
@@ -108,3 +108,45 @@ def test_latent_transform_returns_latents_as_stored_or_flipped():
     outs = [LatentTransform(random_flip=True)(latents, random.Random(s)) for s in range(20)]
     assert any(torch.equal(o, latents.flip(-1)) for o in outs)
     assert all(torch.equal(o, latents) or torch.equal(o, latents.flip(-1)) for o in outs)
+
+
+def _saved_and_reopened(image: Image.Image, fmt: str) -> Image.Image:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    buffer.seek(0)
+    reopened = Image.open(buffer)
+    reopened.load()
+    return reopened
+
+
+NOISE = np.random.default_rng(0).random((32, 32))  # uniform in [0, 1): mean ~0.5
+
+
+@pytest.mark.parametrize("mode,build,fmt", [
+    ("I;16", lambda: Image.fromarray((NOISE * 65535).astype(np.uint16)), "PNG"),
+    ("I", lambda: Image.fromarray((NOISE * 65535).astype(np.int32), mode="I"), "TIFF"),
+    ("F", lambda: Image.fromarray(NOISE.astype(np.float32), mode="F"), "TIFF"),
+    ("L", lambda: Image.fromarray((NOISE * 255).astype(np.uint8)), "PNG"),
+    ("P", lambda: Image.fromarray((NOISE * 255).astype(np.uint8)).convert("P"), "PNG"),
+    ("LA", lambda: Image.fromarray((NOISE * 255).astype(np.uint8)).convert("LA"), "PNG"),
+    ("CMYK", lambda: Image.fromarray((NOISE * 255).astype(np.uint8)).convert("RGB")
+     .convert("CMYK"), "JPEG"),
+])
+def test_high_bit_depth_and_other_modes_are_scaled_not_clipped(mode, build, fmt):
+    """A uniform-noise image keeps its mean (~0 in [-1, 1]) whatever its mode; convert("RGB")
+    alone turns 16-bit and float greyscale white or black."""
+    image = _saved_and_reopened(build(), fmt)
+    assert image.mode.startswith(mode[:1]) and (mode != "I;16" or image.mode in SIXTEEN_BIT_MODES)
+    pixels = ImageTransform(32)(image, random.Random(0))
+    assert pixels.shape == (3, 32, 32)
+    assert abs(float(pixels.mean())) < 0.08, (image.mode, float(pixels.mean()))
+
+
+def test_rewards_cli_reads_a_16_bit_png_scaled(tmp_path):
+    from rewardkit.rewards.cli import load_image
+
+    path = tmp_path / "deep.png"
+    Image.fromarray((NOISE * 65535).astype(np.uint16)).save(path)
+    assert abs(float(load_image(path).mean()) - 0.5) < 0.05

@@ -76,7 +76,7 @@ class _EpochGuard:
         for epoch in sorted(e for e in self.good if e < current_epoch):
             if self.good.pop(epoch) == 0:
                 raise DataError(f"no readable samples in {self.describe}: a whole epoch was "
-                                "skipped (see the skip reasons in the loader's report)")
+                                "skipped")
 
     def state_dict(self) -> dict[str, int]:
         return {str(k): v for k, v in self.good.items()}

@@ -123,7 +123,11 @@ class ResumableLoader:
                 tensors.append(result[0])
                 captions.append(result[1])
                 keys.append(result[2])
-            self.cursor.guard.check(self.cursor.epoch)
+            try:
+                self.cursor.guard.check(self.cursor.epoch)
+            except DataError as error:  # say why every sample was skipped
+                raise DataError(f"{error} ({self.skips.reasons()}); fix or remove those "
+                                "samples") from None
         return {self.batch_key: torch.stack(tensors), "captions": captions, "keys": keys}
 
     # ------------------------------------------------------------ resuming

@@ -39,6 +39,16 @@ class SkipLog:
             lines.append(f"  {reason}: {self.counts[reason]} (e.g. {where})")
         return "\n".join(lines)
 
+    def reasons(self) -> str:
+        """The skip reasons on one line: ``"truncated image: 8, e.g. a.png, b.png; ..."``."""
+        if not self.counts:
+            return "nothing was skipped"
+        parts = []
+        for reason in sorted(self.counts, key=lambda r: (-self.counts[r], r)):
+            examples = ", ".join(self.examples.get(reason, []))
+            parts.append(f"{reason}: {self.counts[reason]}" + (f", e.g. {examples}" if examples else ""))
+        return "skipped " + "; ".join(parts)
+
     def state_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable state."""
         return {"counts": dict(self.counts),

@@ -21,10 +21,35 @@ import torch.nn.functional as F
 from PIL import Image
 
 
+#: 16-bit integer greyscale modes; PIL opens 16-bit PNGs as one of these (or as "I").
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def pil_to_rgb(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of a PIL image of any mode, scaling high-bit-depth modes.
+
+    ``convert("RGB")`` clips instead of scaling: a 16-bit greyscale PNG (``I;16*``, or ``I``,
+    the 32-bit integer mode PIL also uses for 16-bit files) comes out nearly white, a float image
+    (``F``) black or white. Here ``I;16*`` and ``I`` are read as 0..65535 and ``F`` as 0..1
+    (clipped), then scaled to 0..255; every other mode goes through ``convert("RGB")`` (palette,
+    bilevel, CMYK, YCbCr, alpha dropped as the reference's torchvision pipeline does).
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in SIXTEEN_BIT_MODES or image.mode == "I":
+        values = np.asarray(image, dtype=np.float64) / 65535.0
+    elif image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+    else:
+        return image.convert("RGB")
+    grey = np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
 def to_rgb_tensor_or_image(image: Any) -> Image.Image | torch.Tensor:
-    """An RGB PIL image, or a float ``[3, H, W]`` tensor in ``[0, 1]``."""
+    """An RGB PIL image (:func:`pil_to_rgb`), or a float ``[3, H, W]`` tensor in ``[0, 1]``."""
     if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return pil_to_rgb(image)
     if isinstance(image, np.ndarray):
         image = torch.from_numpy(np.array(image))  # a copy: the array may be read-only
         image = image.unsqueeze(0) if image.ndim == 2 else image.permute(2, 0, 1)

@@ -32,9 +32,11 @@ def load_image(path: Path) -> torch.Tensor:
     """Read an image file as a float RGB tensor ``[1, 3, H, W]`` in [0, 1]; DataError names the file."""
     from PIL import Image, UnidentifiedImageError
 
+    from ..data.transforms import pil_to_rgb
+
     try:
         with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+            array = np.asarray(pil_to_rgb(image), dtype=np.float32) / 255.0
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise DataError(f"cannot read image '{path}': {exc}") from exc
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
