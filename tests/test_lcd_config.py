@@ -110,3 +110,23 @@ def test_cli_reports_a_bad_value_naming_the_key(teacher_dir, capsys):
                     "--train_shards_path_or_url", teacher_dir, "--w_min", "20"])
     assert code == 1
     assert "w_min" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("resolution,match", [
+    (17, "multiple of 2"), (1, "at least 4"), (2, "at least 4")])
+def test_resolution_is_checked_against_the_teacher_before_anything_loads(
+        tmp_path_factory, resolution, match):
+    from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
+    from rewardkit.training.testing import write_tiny_image_folder
+
+    root = tmp_path_factory.mktemp("resolution")
+    teacher = build_tiny_sd_pipeline(root / "teacher")  # VAE factor 2, two UNet down blocks
+    data = write_tiny_image_folder(root / "data", count=2, size=16)
+    values = dict(pretrained_teacher_model=str(teacher), train_shards_path_or_url=str(data),
+                  output_dir=str(root / "out"))
+    with pytest.raises(ConfigError, match=f"resolution {resolution} does not fit.*{match}"):
+        LCDConfig(**values, resolution=resolution).validate()
+    LCDConfig(**values, resolution=16).validate()
+    (teacher / "unet" / "config.json").write_text('{"in_channels": 4,')  # truncated
+    with pytest.raises(ConfigError, match=r"unet/config.json' is unreadable"):
+        LCDConfig(**values, resolution=16).validate()

@@ -55,7 +55,8 @@ from ..proxies.pretrain_losses import (caption_groups, multi_positive_info_nce, 
 from ..proxies.pretrain_sets import ensure_preference_set, expert_on_latents, first_samples
 from ..training.checkpoint import (TRAINER_STATE, check_resume_step, resolve_resume,
                                    save_checkpoint)
-from ..training.config import MIXED_PRECISION, OURS, REPORT_TO, _f, check_teacher_location
+from ..training.config import (MIXED_PRECISION, OURS, REPORT_TO, _f, check_resolution,
+                               check_teacher_location)
 from ..training.data import build_training_loader, check_data_spec
 from ..training.errors import TrainingError
 from ..training.metrics import TrainingProgress, start_logging, write_run_config
@@ -177,6 +178,7 @@ class LRMPretrainConfig(RecipeConfig):
                     "preference_batch_size", "preference_build_batch_size", "eval_num_prompts"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
+        check_resolution(self.pretrained_teacher_model, self.resolution)
         for key in ("contrastive_steps", "preference_steps", "lr_warmup_steps",
                     "checkpointing_steps", "validation_steps", "dataloader_num_workers",
                     "adam_weight_decay", "adam_epsilon"):

@@ -12,6 +12,7 @@ train_lcd_distill_sd_wds.py`` (``--pretrained_teacher_model``, ``--w_min``, ``--
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +145,7 @@ class LCDConfig(RecipeConfig):
                     "unet_time_cond_proj_dim", "lora_rank"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
+        check_resolution(self.pretrained_teacher_model, self.resolution)
         if self.unet_time_cond_proj_dim % 2:
             raise ConfigError(f"unet_time_cond_proj_dim must be even, got "
                               f"{self.unet_time_cond_proj_dim}")
@@ -196,6 +198,41 @@ def check_teacher_location(teacher: str, key: str = "pretrained_teacher_model") 
     path = os.path.expanduser(teacher)
     if looks_like_local_path(path) and not Path(path).exists():
         raise ConfigError(f"{key}: '{teacher}' looks like a local path but does not exist")
+
+
+def read_model_config(path: Path) -> dict[str, Any]:
+    """A ``config.json`` of a local model folder; ConfigError names a missing or damaged one."""
+    if not path.is_file():
+        raise ConfigError(f"the teacher has no '{path}'; is it a complete diffusers pipeline "
+                          "folder (as save_pretrained writes it)?")
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ConfigError(f"'{path}' is unreadable (truncated or not JSON: {error}); restore "
+                          "the teacher's files") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"'{path}' is not a JSON object; restore the teacher's files")
+    return data
+
+
+def check_resolution(teacher: str, resolution: int, key: str = "resolution") -> None:
+    """For a local teacher folder, before anything loads: ``resolution`` must be a multiple of the
+    VAE's downscale factor (else the VAE silently drops the remainder), and large enough that the
+    UNet's down blocks still have a latent pixel to halve. Hub ids are checked when they load."""
+    path = Path(os.path.expanduser(teacher))
+    if not (path / "model_index.json").is_file():
+        return
+    vae = read_model_config(path / "vae" / "config.json")
+    unet = read_model_config(path / "unet" / "config.json")
+    factor = 2 ** (len(vae.get("block_out_channels") or [0]) - 1)
+    halvings = max(len(unet.get("down_block_types") or [0]) - 1, 0)
+    smallest = factor * 2 ** halvings
+    if resolution % factor or resolution < smallest:
+        fits = max(smallest, round(resolution / factor) * factor)
+        raise ConfigError(
+            f"{key} {resolution} does not fit the teacher '{teacher}': it must be a multiple of "
+            f"{factor} (the VAE's downscale factor) and at least {smallest} (the UNet halves the "
+            f"latents {halvings} times); try {key} {fits}")
 
 
 def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
