@@ -137,3 +137,51 @@ def test_lrm_pretrain_refuses_a_used_folder_too(assets, tmp_path):
         checkpointing_steps=0, validation_steps=0, report_to="none"))
     with pytest.raises(ConfigError, match="already holds a run"):
         recipe.run(progress=False)
+
+
+def test_a_full_disk_during_a_checkpoint_names_it_and_keeps_the_previous_one(
+        assets, tmp_path, monkeypatch):
+    import errno
+
+    import rewardkit.training.checkpoint as checkpoint
+    from rewardkit.training.checkpoint import CheckpointWriteError
+
+    real = checkpoint._write_json_atomic
+
+    def full_at_step_4(path, data):
+        if data.get("global_step") == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(checkpoint, "_write_json_atomic", full_at_step_4)
+    out = tmp_path / "full"
+    with pytest.raises(CheckpointWriteError) as raised:
+        LCDRecipe(config(assets, out, max_train_steps=4, checkpointing_steps=2)).run(progress=False)
+    assert str(raised.value).startswith(f"no space left writing checkpoint-4 in {out}; the "
+                                        "previous checkpoint checkpoint-2 is intact")
+    assert not (out / ".checkpoint-4.tmp").exists() and not (out / "checkpoint-4").exists()
+    assert (out / "checkpoint-2" / "trainer_state.json").is_file()
+
+
+def test_a_read_only_output_folder_is_named(assets, tmp_path, monkeypatch):
+    import os
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path).startswith(
+        str(tmp_path)) else real(path, mode))  # root ignores permission bits: simulate them
+    with pytest.raises(ConfigError, match=r"output_dir '.*ro/run' is not writable"):
+        LCDRecipe(config(assets, tmp_path / "ro" / "run")).run(progress=False)
+    assert not (tmp_path / "ro").exists()
+
+
+def test_running_out_of_memory_names_the_settings_to_lower(assets, tmp_path, monkeypatch):
+    from rewardkit.training.errors import TrainingError
+
+    def allocate(self):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                           "68719476736 bytes.")
+
+    monkeypatch.setattr(LCDRecipe, "train_step", allocate)
+    with pytest.raises(TrainingError, match=r"out of memory at step 1: lower train_batch_size "
+                                            r"\(now 2\); or raise gradient_accumulation_steps"):
+        LCDRecipe(config(assets, tmp_path / "oom")).run(progress=False)

@@ -58,7 +58,7 @@ from ..training.checkpoint import (TRAINER_STATE, check_resume_step, resolve_res
 from ..training.config import (MIXED_PRECISION, OURS, REPORT_TO, _f, check_resolution,
                                check_teacher_location)
 from ..training.data import build_training_loader, check_data_spec
-from ..training.errors import TrainingError
+from ..training.errors import TrainingError, out_of_memory_error
 from ..training.metrics import TrainingProgress, start_logging, write_run_config
 from ..training.output_dir import check_output_dir, clear_run
 from ..training.runtime import build_accelerator, weight_dtype
@@ -652,7 +652,13 @@ class LRMPretrainRecipe(Recipe):
                                     "step_time")) as bar:
             while self.global_step < total:
                 started = time.perf_counter()
-                metrics = self.train_step()
+                try:
+                    metrics = self.train_step()
+                except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
+                    named = out_of_memory_error(error, self.global_step + 1, cfg)
+                    if named is None:
+                        raise
+                    raise named from None
                 self.global_step += 1
                 metrics["step_time"] = time.perf_counter() - started
                 bar.update(self.global_step, metrics)

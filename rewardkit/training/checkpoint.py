@@ -21,6 +21,7 @@ Layout of one checkpoint::
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -30,6 +31,7 @@ from typing import Any, Callable
 
 from ..errors import ConfigError
 from ..files import replace_path
+from .errors import TrainingError
 from .safe_state import (describe_load_error, has_state, load_json_state, load_legacy_torch_file,
                          load_state, save_state)
 
@@ -105,25 +107,53 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, step: int,
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f".checkpoint-{step}.tmp"
-    if accelerator.is_main_process:
-        if tmp.exists():
-            shutil.rmtree(tmp)  # left over by a crash: never complete
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    if accelerate_state:
-        accelerator.save_state(str(tmp), safe_serialization=True)
-    write_rank_files(tmp)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_main_files(tmp)
-        _write_json_atomic(tmp / TRAINER_STATE, {"global_step": step, **trainer_state})
-        _fsync_dir(tmp)
-        replace_path(tmp, final)
-        if total_limit is not None:
-            for _, old in list_checkpoints(output_dir)[:-total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
+    try:
+        if accelerator.is_main_process:
+            if tmp.exists():
+                shutil.rmtree(tmp)  # left over by a crash: never complete
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        if accelerate_state:
+            accelerator.save_state(str(tmp), safe_serialization=True)
+        write_rank_files(tmp)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_main_files(tmp)
+            _write_json_atomic(tmp / TRAINER_STATE, {"global_step": step, **trainer_state})
+            _fsync_dir(tmp)
+            replace_path(tmp, final)
+            if total_limit is not None:
+                for _, old in list_checkpoints(output_dir)[:-total_limit]:
+                    shutil.rmtree(old, ignore_errors=True)
+    except Exception as error:
+        if not _is_write_failure(error):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave half a checkpoint behind
+        previous = [p.name for _, p in list_checkpoints(output_dir)]
+        kept = (f"the previous checkpoint {previous[-1]} is intact"
+                if previous else "no earlier checkpoint exists")
+        reason = ("no space left" if getattr(error, "errno", None) == errno.ENOSPC
+                  or "space" in str(error).lower() else f"cannot write ({error})")
+        raise CheckpointWriteError(
+            f"{reason} writing checkpoint-{step} in {output_dir}; {kept}; free space (or fix the "
+            f"folder) and resume with --resume_from_checkpoint latest") from None
     accelerator.wait_for_everyone()
     return final
+
+
+class CheckpointWriteError(TrainingError):
+    """A checkpoint could not be written (disk full, read-only folder); nothing half-written is
+    left, and the previous checkpoint is untouched."""
+
+
+def _is_write_failure(error: BaseException) -> bool:
+    """OSError (ENOSPC, EROFS, EACCES, ...) or a wrapped one: torch's and safetensors' writers
+    report a full disk as RuntimeError ("unexpected pos ...", "file write failed")."""
+    if isinstance(error, OSError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(
+        marker in text for marker in ("unexpected pos", "write failed", "no space", "file write"))
 
 
 def load_checkpoint(accelerator: Any, checkpoint: str | Path) -> dict[str, Any]:

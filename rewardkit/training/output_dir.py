@@ -9,6 +9,7 @@ writes, :data:`RUN_FILES`, never anything else in the folder).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -41,6 +42,7 @@ def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool
     Allowed: an empty or new folder; ``overwrite`` (the old run is removed by
     :func:`clear_run`); a resume (``latest`` needs a checkpoint when the folder holds a run).
     """
+    check_writable(output_dir)
     found = run_entries(output_dir)
     if not found or overwrite:
         return
@@ -56,6 +58,21 @@ def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool
         f"output_dir '{output_dir}' already holds a run ({shown}); continue it with "
         "--resume_from_checkpoint latest, replace it with --overwrite_output_dir (removes the old "
         "run first), or choose another --output_dir")
+
+
+def check_writable(output_dir: str | Path) -> None:
+    """Raise ConfigError naming ``output_dir`` when it (or, if it does not exist yet, the folder
+    it would be created in) cannot be written to."""
+    folder = Path(output_dir).expanduser().absolute()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"output_dir '{output_dir}': '{existing}' is a file, not a folder; "
+                          "choose another --output_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir '{output_dir}' is not writable ('{existing}' is read-only "
+                          "or not yours); choose another --output_dir")
 
 
 def clear_run(output_dir: str | Path) -> list[str]:
@@ -75,4 +92,5 @@ def clear_run(output_dir: str | Path) -> list[str]:
     return removed
 
 
-__all__ = ["RUN_FILES", "RUN_MARKERS", "check_output_dir", "clear_run", "run_entries"]
+__all__ = ["RUN_FILES", "RUN_MARKERS", "check_output_dir", "check_writable", "clear_run",
+           "run_entries"]
