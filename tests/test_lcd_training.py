@@ -140,12 +140,16 @@ class FailingSave(LCDRecipe):
 
 
 def test_a_crash_while_saving_leaves_the_previous_checkpoint_usable(assets, tmp_path):
-    with pytest.raises(OSError, match="disk full"):
+    from rewardkit.training.checkpoint import CheckpointWriteError
+
+    with pytest.raises(CheckpointWriteError, match=r"\(disk full\) writing checkpoint-4 in .*; "
+                                                   r"the previous checkpoint checkpoint-2 is intact"):
         FailingSave(config(assets, tmp_path, max_train_steps=4,
                            checkpointing_steps=2)).run(progress=False)
     assert [s for s, _ in list_checkpoints(tmp_path)] == [2]
     assert resolve_resume("latest", tmp_path) == tmp_path / "checkpoint-2"
     assert not (tmp_path / "checkpoint-4").exists()
+    assert not (tmp_path / ".checkpoint-4.tmp").exists()  # the half-written one is removed
     state = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
     # the surviving checkpoint resumes
