@@ -162,3 +162,37 @@ def test_deepspeed_zero2_trains_checkpoints_and_resumes_in_one_process(assets, t
 
 if __name__ == "__main__":
     worker(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), json.loads(sys.argv[5]))
+
+
+# ------------------------------------------------------------------------------ launchers
+
+
+def test_requested_processes_reads_accelerate_launch_command_lines():
+    from rewardkit.training.runtime import requested_processes
+
+    assert requested_processes(["python", "/x/bin/accelerate", "launch", "--cpu",
+                                "--num_processes", "2", "-m", "rewardkit"]) == 2
+    assert requested_processes(["accelerate", "launch", "--num_processes=4", "t.py"]) == 4
+    assert requested_processes(["torchrun", "--nproc_per_node", "2", "-m", "x"]) is None
+    assert requested_processes(["python", "-m", "pytest", "--num_processes", "2"]) is None
+    assert requested_processes([]) is None
+
+
+def test_accelerate_launch_of_two_cpu_processes_that_starts_one_is_refused(assets, tmp_path):
+    """accelerate 1.x runs `--num_processes 2` on a CPU machine as one process, silently."""
+    accelerate = Path(sys.executable).with_name("accelerate")
+    if not accelerate.exists():
+        pytest.skip("the accelerate console script is not installed beside this python")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rewardkit", "run", "lcd",
+         "--pretrained_teacher_model", str(assets["teacher"]),
+         "--train_shards_path_or_url", str(assets["data"]), "--output_dir", str(out),
+         "--resolution", "16", "--train_batch_size", "2", "--max_train_steps", "1",
+         "--report_to", "none", "--unet_time_cond_proj_dim", "32", "--validation_steps", "0"],
+        capture_output=True, text=True, env=child_env(), timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "asked for 2 processes but started one" in result.stderr
+    assert "torchrun --nproc_per_node 2" in result.stderr
+    assert not (out / "config.json").exists()

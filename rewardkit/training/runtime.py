@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 _TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
@@ -71,12 +73,50 @@ def build_accelerator(*, output_dir: str | Path, mixed_precision: str,
         project_config=ProjectConfiguration(project_dir=str(output_dir),
                                             logging_dir=str(output_dir / "logs")),
     )
+    check_launched_processes(accelerator.num_processes)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
         ds_config["train_micro_batch_size_per_gpu"] = train_batch_size
         if ds_config.get("gradient_clipping") in (None, "auto"):
             ds_config["gradient_clipping"] = max_grad_norm
     return accelerator
+
+
+def launcher_argv() -> list[str]:
+    """The command line of the process that started this one (Linux ``/proc``; empty elsewhere)."""
+    try:
+        raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def requested_processes(argv: list[str]) -> int | None:
+    """The ``--num_processes`` of an ``accelerate launch`` command line, if it is one."""
+    if "launch" not in argv or not any("accelerate" in part for part in argv[:3]):
+        return None
+    for i, arg in enumerate(argv):
+        name, _, value = arg.partition("=")
+        if name in ("--num_processes", "--num-processes"):
+            value = value or (argv[i + 1] if i + 1 < len(argv) else "")
+            return int(value) if value.isdigit() else None
+    return None
+
+
+def check_launched_processes(num_processes: int) -> None:
+    """Refuse a run that ``accelerate launch --num_processes N`` started as a single process.
+
+    On a machine without GPUs, accelerate 1.x runs ``--num_processes 2`` (with or without
+    ``--cpu``) as one ordinary process unless MPI is set up, and says nothing: the run would
+    train one replica while the user believes there are N.
+    """
+    wanted = requested_processes(launcher_argv())
+    if wanted and wanted > 1 and num_processes == 1:
+        raise ConfigError(
+            f"accelerate launch asked for {wanted} processes but started one (on a machine "
+            f"without GPUs accelerate runs a single process unless MPI is configured); for "
+            f"{wanted} CPU processes use: torchrun --nproc_per_node {wanted} -m rewardkit run "
+            "..., or launch with --num_processes 1")
 
 
 def weight_dtype(mixed_precision: str) -> torch.dtype:
