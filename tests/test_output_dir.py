@@ -185,3 +185,18 @@ def test_running_out_of_memory_names_the_settings_to_lower(assets, tmp_path, mon
     with pytest.raises(TrainingError, match=r"out of memory at step 1: lower train_batch_size "
                                             r"\(now 2\); or raise gradient_accumulation_steps"):
         LCDRecipe(config(assets, tmp_path / "oom")).run(progress=False)
+
+
+@pytest.mark.parametrize("file", ["rank_state_0.safetensors", "model.safetensors",
+                                  "random_states_0.pkl", "trainer_state.json"])
+def test_an_unreadable_latest_checkpoint_names_the_earlier_one(assets, tmp_path, file):
+    out = used_folder(assets, tmp_path)
+    path = out / "checkpoint-4" / file
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ConfigError) as raised:
+        LCDRecipe(config(assets, out, max_train_steps=6,
+                         resume_from_checkpoint="latest")).run(progress=False)
+    message = str(raised.value)
+    assert file in message and "checkpoint-4" in message
+    assert message.endswith("resume from checkpoint-2 instead (--resume_from_checkpoint "
+                            "checkpoint-2)"), message

@@ -38,7 +38,7 @@ from torch import nn
 from ..consistency import ema_update
 from ..errors import ConfigError
 from ..training.checkpoint import (TARGET_WEIGHTS, check_resume_step, load_checkpoint,
-                                   load_rank_state,
+                                   load_rank_state, restoring,
                                    resolve_resume, save_checkpoint, save_rank_state)
 from ..training.config import LCDConfig
 from ..training.errors import TrainingError, out_of_memory_error
@@ -321,18 +321,19 @@ class LCDRecipe(Recipe):
     def load_checkpoint(self, checkpoint: Path) -> None:
         """Restore student, optimiser, LR schedule, RNGs, target, data position and extensions."""
         acc = self.accelerator
-        state = load_checkpoint(acc, checkpoint)
-        if state.get("world_size", acc.num_processes) != acc.num_processes:
-            logger.warning("checkpoint %s was written by %s processes, resuming with %s",
-                           checkpoint, state.get("world_size"), acc.num_processes)
-        rank_state = load_rank_state(checkpoint, acc.process_index)
-        self.generator.set_state(rank_state["generator"])
-        self.loader.load_state_dict(rank_state["loader"])
-        if self.target is not None:
-            self.target.load_state_dict(load_tensor_file(checkpoint / TARGET_WEIGHTS))
-        if self.extra_state_dict():  # only a recipe with extra state reads it
-            self.load_extra_state_dict(self._read_extra_state(checkpoint))
-        self.load_extra(checkpoint)
+        with restoring(checkpoint):  # an unreadable file's error names an earlier checkpoint
+            state = load_checkpoint(acc, checkpoint)
+            if state.get("world_size", acc.num_processes) != acc.num_processes:
+                logger.warning("checkpoint %s was written by %s processes, resuming with %s",
+                               checkpoint, state.get("world_size"), acc.num_processes)
+            rank_state = load_rank_state(checkpoint, acc.process_index)
+            self.generator.set_state(rank_state["generator"])
+            self.loader.load_state_dict(rank_state["loader"])
+            if self.target is not None:
+                self.target.load_state_dict(load_tensor_file(checkpoint / TARGET_WEIGHTS))
+            if self.extra_state_dict():  # only a recipe with extra state reads it
+                self.load_extra_state_dict(self._read_extra_state(checkpoint))
+            self.load_extra(checkpoint)
         self.global_step = int(state["global_step"])
         check_resume_step(checkpoint, self.global_step, self.config.max_train_steps,
                           "max_train_steps")

@@ -53,7 +53,7 @@ from ..proxies.preference_set import (DEFAULT_NOISE_LEVELS, DEFAULT_TEACHER_SETT
 from ..proxies.pretrain_losses import (caption_groups, multi_positive_info_nce, pairwise_agreement,
                                        pairwise_logistic_loss, retrieval_accuracy)
 from ..proxies.pretrain_sets import ensure_preference_set, expert_on_latents, first_samples
-from ..training.checkpoint import (TRAINER_STATE, check_resume_step, resolve_resume,
+from ..training.checkpoint import (TRAINER_STATE, check_resume_step, resolve_resume, restoring,
                                    save_checkpoint)
 from ..training.config import (MIXED_PRECISION, OURS, REPORT_TO, _f, check_resolution,
                                check_teacher_location)
@@ -598,20 +598,22 @@ class LRMPretrainRecipe(Recipe):
     def load_checkpoint(self, checkpoint: Path) -> None:
         """Restore proxy, optimiser (if the next step is in its stage), RNG and data position."""
         acc, rank = self.accelerator, self.accelerator.process_index
-        state = load_json_state(checkpoint / TRAINER_STATE)
-        weights = checkpoint / LATENT_RM_DIR / WEIGHTS_NAME
-        try:
-            self.proxy_model.load_state_dict(load_tensor_file(weights))
-        except RuntimeError as error:
-            raise ConfigError(f"'{weights}' does not fit the configured proxy ({error})") from None
-        load_generator_state(self.generator, checkpoint / f"generator_{rank}.safetensors")
-        self.loader.load_state_dict(load_json_state(checkpoint / f"loader_{rank}.json"))
-        self.global_step = int(state["global_step"])
-        check_resume_step(checkpoint, self.global_step, self.config.total_steps,
-                          "contrastive_steps + preference_steps")
-        stage = state.get("optimizer_stage")
-        if stage is not None and stage == self.stage_of(self.global_step + 1):
-            load_optimizer_state(self.use_optimizer(stage), checkpoint)
+        with restoring(checkpoint):  # an unreadable file's error names an earlier checkpoint
+            state = load_json_state(checkpoint / TRAINER_STATE)
+            weights = checkpoint / LATENT_RM_DIR / WEIGHTS_NAME
+            try:
+                self.proxy_model.load_state_dict(load_tensor_file(weights))
+            except RuntimeError as error:
+                raise ConfigError(f"'{weights}' does not fit the configured proxy "
+                                  f"({error})") from None
+            load_generator_state(self.generator, checkpoint / f"generator_{rank}.safetensors")
+            self.loader.load_state_dict(load_json_state(checkpoint / f"loader_{rank}.json"))
+            self.global_step = int(state["global_step"])
+            check_resume_step(checkpoint, self.global_step, self.config.total_steps,
+                              "contrastive_steps + preference_steps")
+            stage = state.get("optimizer_stage")
+            if stage is not None and stage == self.stage_of(self.global_step + 1):
+                load_optimizer_state(self.use_optimizer(stage), checkpoint)
         acc.print(f"resumed from {checkpoint} at step {self.global_step}")
 
     # ================================================================ the run

@@ -169,13 +169,39 @@ def load_checkpoint(accelerator: Any, checkpoint: str | Path) -> dict[str, Any]:
     except Exception as error:
         culprit = _unreadable_torch_file(checkpoint)
         where = f"'{culprit}'" if culprit else f"'{checkpoint}'"
-        others = [p.name for _, p in list_checkpoints(checkpoint.parent) if p != checkpoint]
-        hint = (f"resume from {others[-1]} (--resume_from_checkpoint {checkpoint.parent / others[-1]})"
-                if others else "start a new run")
         raise ConfigError(f"resume_from_checkpoint: {where} could not be restored "
-                          f"({describe_load_error(error)}); nothing in it was run; {hint}") from None
+                          f"({describe_load_error(error)}); nothing in it was run; "
+                          f"{earlier_checkpoint_hint(checkpoint)}") from None
     _check_random_states(checkpoint, accelerator.process_index)
     return read_trainer_state(checkpoint)
+
+
+def earlier_checkpoint_hint(checkpoint: Path) -> str:
+    """How to go on when ``checkpoint`` cannot be restored: the newest other complete checkpoint
+    of the run, or a new run."""
+    checkpoint = Path(checkpoint)
+    others = [p for _, p in list_checkpoints(checkpoint.parent) if p != checkpoint]
+    if not others:
+        return "no other checkpoint exists: start a new run (--overwrite_output_dir)"
+    return f"resume from {others[-1].name} instead (--resume_from_checkpoint {others[-1].name})"
+
+
+def restoring(checkpoint: Path):
+    """A context that adds :func:`earlier_checkpoint_hint` to a ConfigError raised while
+    restoring ``checkpoint`` (an unreadable state file, an optimiser that does not fit)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def hinted():
+        try:
+            yield
+        except ConfigError as error:
+            text = str(error)
+            if "--resume_from_checkpoint" in text or "--overwrite_output_dir" in text:
+                raise
+            raise ConfigError(f"{text.rstrip('.')}; {earlier_checkpoint_hint(checkpoint)}") from None
+
+    return hinted()
 
 
 def _unreadable_torch_file(checkpoint: Path) -> Path | None:
@@ -210,8 +236,8 @@ def _check_random_states(checkpoint: Path, rank: int) -> None:
         load(path)
     except Exception as error:
         raise ConfigError(f"resume_from_checkpoint: '{path}' is missing or unreadable "
-                          f"({describe_load_error(error)}); nothing in it was run; resume from "
-                          "another checkpoint or start a new run") from None
+                          f"({describe_load_error(error)}); nothing in it was run; "
+                          f"{earlier_checkpoint_hint(checkpoint)}") from None
 
 
 def save_rank_state(folder: Path, rank: int, state: dict[str, Any]) -> None:

@@ -162,8 +162,7 @@ def load_legacy_torch_file(path: str | Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # tampered (refused by the weights-only unpickler), truncated
         raise ConfigError(f"state file '{path}' was not loaded ({describe_load_error(error)}); "
-                          "nothing in it was run; resume from another checkpoint or start a new "
-                          "run") from None
+                          "nothing in it was run") from None
 
 
 def save_optimizer_state(optimizer: torch.optim.Optimizer, folder: str | Path,
