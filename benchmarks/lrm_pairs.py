@@ -1,0 +1,89 @@
+"""Where does a latent proxy RM disagree with the expert? Accuracy per pair kind and judge margin.
+
+For each saved proxy (a ``save_pretrained`` folder: ``latent_rm/`` of a run, or the shipped
+world ``latent-rm``) and each preference set (the held-out set a run built, and optionally the
+set the proxy was trained on), prints:
+
+- pairwise accuracy overall, on generated-vs-generated and on generated-vs-ground-truth pairs;
+- accuracy per expert margin ``|expert_a - expert_b|`` (are the misordered pairs near-ties?);
+- for each candidate kind paired with the ground truth: the accuracy, how often the *expert*
+  prefers the ground truth (the base rate a proxy that always picks the ground truth would
+  score) and how often the *proxy* does.
+
+A training-set accuracy far above the held-out one on the same pair kind is a generalisation
+gap, not a capacity limit.
+
+    python benchmarks/lrm_pairs.py --proxy rewardkit/world/assets/latent-rm \\
+        --sets runs/lrm_towers/seed-0/unet/heldout_preference_set \\
+               rewardkit/world/assets/latent-rm/preference_set
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+MARGIN_EDGES = (0.0, 0.01, 0.02, 0.05, 0.1, 1.0)
+
+
+def load_proxy(folder: Path):
+    from rewardkit.plugins import get_host
+
+    name = json.loads((folder / "proxy_config.json").read_text())["name"]
+    return get_host().get("proxy", name).factory.from_pretrained(folder)
+
+
+def analyse(proxy, pset) -> list[str]:
+    import torch
+
+    from rewardkit.proxies.preference_set import (GROUND_TRUTH, agreement, preference_accuracy,
+                                                  proxy_scores)
+
+    first, second, _ = pset.pairs()
+    scores = proxy_scores(proxy, pset)
+    expert = pset.expert.float()
+    hits = agreement(scores, expert, first, second)
+    margin = (expert[first] - expert[second]).abs()
+    summary = preference_accuracy(proxy, pset, prefix="accuracy")
+    lines = ["  " + ", ".join(f"{k.replace('accuracy_', '')}: {v:.3f}" for k, v in summary.items())
+             + f" ({first.numel()} pairs)"]
+    for low, high in zip(MARGIN_EDGES, MARGIN_EDGES[1:]):
+        mask = (margin > low) & (margin <= high)
+        if mask.any():
+            lines.append(f"  expert margin ({low}, {high}]: {int(mask.sum())} pairs, accuracy "
+                         f"{float(hits[mask].mean()):.3f}")
+    kinds = sorted(set(pset.kinds) - {GROUND_TRUTH})
+    for kind in kinds:
+        rows = [(a, b) if pset.kinds[a] == GROUND_TRUTH else (b, a)
+                for a, b in zip(first.tolist(), second.tolist())
+                if {pset.kinds[a], pset.kinds[b]} == {GROUND_TRUTH, kind}]
+        if not rows:
+            continue
+        gt = torch.tensor([r[0] for r in rows])
+        other = torch.tensor([r[1] for r in rows])
+        accuracy = float(agreement(scores, expert, gt, other).mean())
+        lines.append(f"  ground truth vs {kind}: {len(rows)} pairs, accuracy {accuracy:.3f}, "
+                     f"expert prefers the ground truth {float((expert[gt] > expert[other]).float().mean()):.3f}, "
+                     f"proxy does {float((scores[gt] > scores[other]).float().mean()):.3f}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rewardkit.proxies.preference_set import PreferenceSet
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--proxy", type=Path, nargs="+", required=True)
+    parser.add_argument("--sets", type=Path, nargs="+", required=True)
+    args = parser.parse_args(argv)
+    sets = {path: PreferenceSet.load(path) for path in args.sets}
+    for folder in args.proxy:
+        proxy = load_proxy(folder)
+        for path, pset in sets.items():
+            print(f"{folder} on {path}:")
+            print("\n".join(analyse(proxy, pset)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
