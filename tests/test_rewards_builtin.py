@@ -108,10 +108,13 @@ def test_weighted_with_a_non_differentiable_part(clip_dir):
     with torch.no_grad():
         expected = clip(images, ["a", "b"]) + 0.1 * jpeg(images, ["a", "b"])
         assert torch.allclose(rm(images, ["a", "b"]), expected, atol=1e-5)
-    # |w|-weighted mean of the scales, None counting as 1
-    assert rm.logit_scale == pytest.approx((clip.logit_scale + 0.1) / 1.1)
+    # |w|-weighted mean of the scales of the parts that have one
+    assert rm.logit_scale == pytest.approx(clip.logit_scale)
     assert rk.reward_model("weighted", components={"jpeg-compressibility": 1.0},
                            logit_scale=7.0).logit_scale == 7.0
+    # no part has a scale: neither has the sum (the LRM's own scale is used, as for the part)
+    assert jpeg.logit_scale is None
+    assert rk.reward_model("weighted", components={"jpeg-compressibility": 1.0}).logit_scale is None
 
 
 def test_weighted_configuration_errors(clip_dir):

@@ -12,9 +12,11 @@ Rules:
 
 - ``differentiable`` is true only when every component is differentiable;
 - all components must share one ``input_space`` (pixels or latents);
-- ``logit_scale``: the |weight|-weighted mean of the components' logit scales (``None`` counts as
-  1), unless given. A weighted sum has no single natural scale; this keeps a mix dominated by
-  CLIP-style parts (scale ~100) near their logits, while a mix of unscaled RMs stays at 1.
+- ``logit_scale``: unless given, the |weight|-weighted mean of the logit scales of the components
+  that have one, and ``None`` when none has (then, as for any RM without a scale, the LRM's own
+  ``exp(logit_scale)`` scales the expert's scores: wrapping an RM in ``weighted`` does not change
+  LRM training). A weighted sum has no single natural scale; this keeps a mix dominated by
+  CLIP-style parts (scale ~100) near their logits.
 """
 
 from __future__ import annotations
@@ -83,12 +85,15 @@ class WeightedReward(RewardModel):
                             else self.mean_logit_scale(self.parts))
 
     @staticmethod
-    def mean_logit_scale(parts: Sequence[tuple[str, RewardModel, float]]) -> float:
-        """The |weight|-weighted mean of the parts' logit scales (``None`` counts as 1)."""
-        total = sum(abs(w) for _, _, w in parts)
-        if total == 0:
-            return 1.0
-        return sum(abs(w) * float(rm.logit_scale or 1.0) for _, rm, w in parts) / total
+    def mean_logit_scale(parts: Sequence[tuple[str, RewardModel, float]]) -> float | None:
+        """The |weight|-weighted mean of the logit scales of the parts that have one (``None``
+        when none has)."""
+        scaled = [(abs(w), float(rm.logit_scale)) for _, rm, w in parts
+                  if rm.logit_scale is not None]
+        total = sum(w for w, _ in scaled)
+        if not scaled or total == 0:
+            return None
+        return sum(w * scale for w, scale in scaled) / total
 
     @property
     def weights(self) -> Mapping[str, float]:

@@ -1,7 +1,7 @@
 """The typed configuration of the ``lcd`` recipe (and the base of ``rg-lcd``'s).
 
 Field names map 1:1 to the flags of diffusers' ``examples/consistency_distillation/
-train_lcd_distill_sd_wds.py`` (``--pretrained_teacher_model``, ``--w_min``, ``--resume_from_checkpoint``
+train_lcm_distill_sd_wds.py`` (``--pretrained_teacher_model``, ``--w_min``, ``--resume_from_checkpoint``
 ...), so a diffusers command line carries over: ``rewardkit run lcd --pretrained_teacher_model X
 --w_min 3``. Every field says where its default comes from in its help text: "reference default"
 (the Ji4chenLi/rg-lcd / diffusers script) or "rewardkit default".
