@@ -130,3 +130,27 @@ def test_resolution_is_checked_against_the_teacher_before_anything_loads(
     (teacher / "unet" / "config.json").write_text('{"in_channels": 4,')  # truncated
     with pytest.raises(ConfigError, match=r"unet/config.json' is unreadable"):
         LCDConfig(**values, resolution=16).validate()
+
+
+@pytest.mark.parametrize("recipe,values,match", [
+    ("lcd", {"solver_params": {"num_ddim_timesteps": 25}},
+     "solver_params: 'num_ddim_timesteps' is set by the recipe; use --num_ddim_timesteps"),
+    ("lcd", {"solver_params": {"bogus": 1}}, "solver 'ddim' takes no parameter 'bogus'"),
+    ("lcd", {"solver": "nope"}, "solver: no solver named 'nope'"),
+    ("rg-lcd", {"reward": "world-judge", "proxy": "lrm-unet",
+                "proxy_params": {"image_widths": [8, 16]}},
+     "proxy_params: proxy 'lrm-unet' takes no parameter 'image_widths'"),
+    ("rg-lcd", {"reward": "jpeg-compressibility", "proxy": "lrm",
+                "reward_params": {"qualty": 80}},
+     "reward_params: reward 'jpeg-compressibility' takes no parameter 'qualty'"),
+])
+def test_component_names_and_params_are_checked_before_anything_loads(recipe, values, match,
+                                                                       tmp_path):
+    from rewardkit.world.assets import TEACHER, asset_path
+
+    base = dict(pretrained_teacher_model=str(asset_path(TEACHER)),
+                train_shards_path_or_url="world:train", resolution=32,
+                output_dir=str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match=match):
+        rk.recipe(recipe, **base, **values)
+    assert not (tmp_path / "out").exists()

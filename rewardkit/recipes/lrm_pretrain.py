@@ -45,7 +45,7 @@ from typing import Any, Iterator, Mapping, Optional
 import torch
 
 from ..config import load_config
-from ..errors import ConfigError, UnknownComponentError
+from ..errors import ConfigError
 from ..files import replace_path
 from ..proxies.base import WEIGHTS_NAME, ProxyRewardModel
 from ..proxies.preference_set import (DEFAULT_NOISE_LEVELS, DEFAULT_TEACHER_SETTINGS,
@@ -55,8 +55,8 @@ from ..proxies.pretrain_losses import (caption_groups, multi_positive_info_nce, 
 from ..proxies.pretrain_sets import ensure_preference_set, expert_on_latents, first_samples
 from ..training.checkpoint import (TRAINER_STATE, check_resume_step, resolve_resume, restoring,
                                    save_checkpoint)
-from ..training.config import (MIXED_PRECISION, OURS, REPORT_TO, _f, check_resolution,
-                               check_teacher_location)
+from ..training.config import (MIXED_PRECISION, OURS, REPORT_TO, _f, check_component,
+                               check_resolution, check_teacher_location)
 from ..training.data import build_training_loader, check_data_spec
 from ..training.errors import TrainingError, out_of_memory_error
 from ..training.metrics import TrainingProgress, start_logging, write_run_config
@@ -231,16 +231,9 @@ class LRMPretrainConfig(RecipeConfig):
                               f"{self.preference_noise_levels}")
 
     def _check_components(self) -> None:
-        from ..plugins import get_host
-
-        host = get_host()
-        for key, kind in (("proxy", "proxy"), ("reward", "reward")):
-            name = getattr(self, key)
-            if name:
-                try:
-                    host.get(kind, name)
-                except UnknownComponentError as error:
-                    raise ConfigError(f"{key}: {error.args[0]}") from None
+        check_component("proxy", "proxy", self.proxy, self.proxy_params, "proxy_params")
+        if self.reward:
+            check_component("reward", "reward", self.reward, self.reward_params, "reward_params")
 
 
 def average_gradients(params: list[torch.nn.Parameter]) -> None:

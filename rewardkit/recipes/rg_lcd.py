@@ -68,7 +68,7 @@ from ..proxies.rehearsal import Rehearsal
 from ..proxies.replay import CandidateReplay
 from ..proxies.update import ProxyUpdater, sample_candidates
 from ..rewards.base import RewardModel
-from ..training.config import OURS, LCDConfig, _f
+from ..training.config import OURS, LCDConfig, _f, check_component
 from ..training.step import StepOutputs
 from .lcd import LCDRecipe
 
@@ -146,10 +146,10 @@ class RGLCDConfig(LCDConfig):
         if not self.reward:
             raise ConfigError(
                 "reward: no reward model given; pass --reward NAME (see `rewardkit list reward`)")
-        host = get_host()
-        reward_spec = host.get("reward", self.reward)
+        check_component("reward", "reward", self.reward, self.reward_params, "reward_params")
+        reward_spec = get_host().get("reward", self.reward)
         if self.proxy != NO_PROXY:
-            host.get("proxy", self.proxy)
+            check_component("proxy", "proxy", self.proxy, self.proxy_params, "proxy_params")
         elif getattr(reward_spec.factory, "differentiable", True) is False:
             raise ConfigError(_not_differentiable(self.reward))
         if self.proxy == NO_PROXY and self.pretrained_latent_rm:

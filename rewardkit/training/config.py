@@ -146,6 +146,9 @@ class LCDConfig(RecipeConfig):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
         check_resolution(self.pretrained_teacher_model, self.resolution)
+        check_component("solver", "solver", self.solver, self.solver_params, "solver_params",
+                        reserved={"num_ddim_timesteps": "num_ddim_timesteps",
+                                  "alphas_cumprod": "pretrained_teacher_model"})
         if self.unet_time_cond_proj_dim % 2:
             raise ConfigError(f"unet_time_cond_proj_dim must be even, got "
                               f"{self.unet_time_cond_proj_dim}")
@@ -198,6 +201,35 @@ def check_teacher_location(teacher: str, key: str = "pretrained_teacher_model") 
     path = os.path.expanduser(teacher)
     if looks_like_local_path(path) and not Path(path).exists():
         raise ConfigError(f"{key}: '{teacher}' looks like a local path but does not exist")
+
+
+def check_component(key: str, kind: str, name: str, params: dict[str, Any] | None = None,
+                    params_key: str | None = None, reserved: dict[str, str] | None = None) -> None:
+    """Before anything loads: ``name`` (config key ``key``) is a registered ``kind``, and the
+    keys of ``params`` (config key ``params_key``) are parameters it takes; ``reserved`` maps
+    parameters the recipe sets itself to the config key to use instead."""
+    from ..errors import UnknownComponentError
+    from ..plugins import get_host
+
+    try:
+        spec = get_host().get(kind, name)
+    except UnknownComponentError as error:
+        raise ConfigError(f"{key}: {error.args[0]}") from None
+    for param in params or {}:
+        if reserved and param in reserved:
+            raise ConfigError(f"{params_key}: '{param}' is set by the recipe; use "
+                              f"--{reserved[param]} instead")
+    from ..components import _accepts_var_kwargs
+
+    known = {p.name for p in spec.params}
+    if not _accepts_var_kwargs(spec.factory):
+        unknown = sorted(set(params or {}) - known - set(reserved or {}))
+        if unknown:
+            takes = sorted(known - set(reserved or {}))
+            raise ConfigError(f"{params_key}: {kind} '{name}' takes no parameter "
+                              f"{', '.join(repr(u) for u in unknown)}; "
+                              + (f"it takes {', '.join(takes)}" if takes else
+                                 "it takes no extra parameters"))
 
 
 def read_model_config(path: Path) -> dict[str, Any]:
