@@ -218,7 +218,15 @@ class LCDRecipe(Recipe):
     @property
     def unwrapped_student(self) -> nn.Module:
         """The student module without DDP/DeepSpeed wrappers."""
-        return self.accelerator.unwrap_model(self.student)
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            return self.accelerator.unwrap_model(self.student)
+        # accelerate's unwrap_model imports deepspeed whenever it is installed, which prints
+        # "Setting accelerator to CPU" in every run that does not use it
+        from ..backbones.stable_diffusion import unwrap_model
+
+        return unwrap_model(self.student)
 
     @property
     def target_network(self) -> nn.Module:
