@@ -160,3 +160,17 @@ def test_latent_space_rms_are_checked_on_latents():
             return -latents.pow(2).mean(dim=(1, 2, 3))
 
     check_reward_model(LatentNorm(), image_size=8, batch=3, latent_channels=4)
+
+
+class Unnamed(RewardModel):
+    """Forgot ``name``: inherits the base class's placeholder."""
+
+    differentiable = True
+
+    def score(self, images, prompts):
+        return images.mean((1, 2, 3))
+
+
+def test_an_rm_that_does_not_set_its_name_fails_the_contract():
+    with pytest.raises(AssertionError, match="Unnamed does not set its own 'name'"):
+        check_reward_model(Unnamed(), image_size=8, batch=2)

@@ -101,8 +101,13 @@ def check_reward_model(rm: Any, image_size: int = 64, batch: int = 3, *,
 
 
 def _check_attributes(rm: Any) -> str:
+    from ..rewards.base import RewardModel
+
     name = getattr(rm, "name", None)
     assert isinstance(name, str) and name, f"reward model {rm!r} has no 'name' string"
+    assert not (isinstance(rm, RewardModel) and name == RewardModel.name), (
+        f"{type(rm).__name__} does not set its own 'name' (it inherits RewardModel's "
+        f"placeholder {RewardModel.name!r}); set name = \"your-rm\" on the class")
     where = f"reward model '{name}'"
     assert getattr(rm, "input_space", None) in ("pixels", "latents"), (
         f"{where}: input_space must be 'pixels' or 'latents', got {getattr(rm, 'input_space', None)!r}")
