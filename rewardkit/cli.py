@@ -149,24 +149,46 @@ def describe_command(
                   highlight=False)
     if spec.description:
         console.print(escape(spec.description), highlight=False)
-    table = Table()
+    console.print(parameter_table(spec))
+
+
+def parameter_table(spec: Any, title: str | None = None) -> Table:
+    """A component's parameters: name, type, default and help (``describe`` and ``run --help``)."""
+    table = Table(title=title)
     for column in ("parameter", "type", "default", "help"):
         table.add_column(column)
     for p in spec.params:
         table.add_row(p.name, escape(p.type), "(required)" if p.required else escape(repr(p.default)),
                       escape(p.help))
-    console.print(table)
+    return table
 
 
 def run_command(
     ctx: typer.Context,
-    recipe: str = typer.Argument(..., help="A registered recipe (see `rewardkit list recipe`)."),
+    recipe: Optional[str] = typer.Argument(
+        None, help="A registered recipe (see `rewardkit list recipe`)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c",
                                           help="TOML/YAML/JSON file with the recipe's config."),
+    show_help: bool = typer.Option(False, "--help", "-h", is_eager=True,
+                                   help="Show this message; after a recipe, its config keys."),
 ) -> None:
-    """Run a recipe. Extra `--key value` options override config keys."""
+    """Run a recipe. Extra `--key value` options override config keys
+    (`rewardkit run RECIPE --help` lists them)."""
     from .api import recipe as build_recipe
 
+    if show_help or recipe is None:
+        if recipe is None:
+            typer.echo(ctx.get_help())
+            raise typer.Exit(0 if show_help else 2)
+        spec = get_host().get("recipe", recipe)
+        console.print(f"[bold]Usage:[/] rewardkit run {escape(recipe)} [--config FILE] "
+                      "[--KEY VALUE ...]", highlight=False)
+        if spec.description:
+            console.print(escape(spec.description), highlight=False)
+        console.print("Every key below can be set in the config file or as --KEY VALUE "
+                      "(dashes and underscores alike); the command line wins.", highlight=False)
+        console.print(parameter_table(spec, title=f"recipe {recipe}: config keys"))
+        raise typer.Exit(0)
     overrides = parse_cli_overrides(list(ctx.args))
     built = build_recipe(recipe, config, **overrides)
     try:
@@ -218,8 +240,9 @@ def _core_app() -> typer.Typer:
     core.command("plugins")(plugins_command)
     core.command("list")(list_command)
     core.command("describe")(describe_command)
-    core.command("run", context_settings={"allow_extra_args": True,
-                                          "ignore_unknown_options": True})(run_command)
+    core.command("run", add_help_option=False,
+                 context_settings={"allow_extra_args": True,
+                                   "ignore_unknown_options": True})(run_command)
     return core
 
 

@@ -309,3 +309,24 @@ def test_console_script_end_to_end(rewardkit_command, tmp_path):
     assert result.returncode == 0 and "unknown plugin name" in result.stderr
     assert all(row["status"] in ("ok", "conflict", "disabled") for row in json.loads(result.stdout)
                if row["builtin"]), "a built-in plugin is broken"
+
+
+def test_run_recipe_help_lists_every_config_key(cli_host, capsys):
+    assert cli.run(["run", "echo", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "rewardkit run echo" in out
+    for key in ("output_dir", "steps", "lora", "fail_with", "checkpointing_steps"):
+        assert key in out
+    assert cli.run(["run", "--help"]) == 0
+    assert "RECIPE --help" in " ".join(capsys.readouterr().out.split())
+    assert cli.run(["run", "nope", "--help"]) == 1
+    assert "no recipe named 'nope'" in capsys.readouterr().err
+
+
+def test_run_help_of_a_real_recipe_shows_types_defaults_and_help(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    assert cli.run(["run", "rg-lcd", "--help"]) == 0
+    out = capsys.readouterr().out
+    for text in ("pretrained_teacher_model", "(required)", "reward_scale", "proxy_rehearsal_set",
+                 "overwrite_output_dir", "w_min"):
+        assert text in out, text
