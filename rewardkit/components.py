@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -88,6 +89,8 @@ def describe_factory(factory: Callable[..., Any]) -> tuple[Param, ...]:
     except (TypeError, ValueError):  # builtins without a signature
         return ()
     hints = _type_hints(target)
+    helps = {**docstring_params(factory), **(docstring_params(target) if target is not factory
+                                              else {})}
     params = []
     for p in signature.parameters.values():
         if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
@@ -98,8 +101,54 @@ def describe_factory(factory: Callable[..., Any]) -> tuple[Param, ...]:
             type=_type_name(hints.get(p.name, p.annotation)),
             default=None if required else p.default,
             required=required,
+            help=helps.get(p.name, ""),
         ))
     return tuple(params)
+
+
+_SECTION = re.compile(r"^(Args|Arguments|Parameters|Params|Returns|Raises|Yields|Example|Examples|"
+                      r"Note|Notes|Attributes)\s*:\s*$")
+_GOOGLE_ENTRY = re.compile(r"^(\w+)(?:\s*\([^)]*\))?\s*:\s*(.*)$")
+_BULLET_ENTRY = re.compile(r"^-\s+((?:``\w+``(?:\s*,\s*|\s+and\s+|\s*\.\.\.\s*)?)+)"
+                           r"(?:\s*\([^)]*\))?\s*:\s*(.*)$")
+
+
+def docstring_params(obj: Any) -> dict[str, str]:
+    """Help texts of parameters from ``obj``'s docstring: a Google-style ``Args:`` section
+    (``name (type): text``, continuation lines indented) or bullets ``- ``name``: text``
+    (several names in one bullet share its text). Used by ``describe`` for factories without a
+    ``Config`` dataclass."""
+    doc = inspect.getdoc(obj) or ""
+    found: dict[str, str] = {}
+    in_args, current, indent = False, None, 0
+    for raw in doc.splitlines():
+        line = raw.strip()
+        section = _SECTION.match(line)
+        if section:
+            in_args, current = section.group(1) in ("Args", "Arguments", "Parameters", "Params"), None
+            continue
+        bullet = _BULLET_ENTRY.match(line)
+        if bullet:
+            names = re.findall(r"``(\w+)``", bullet.group(1))
+            for name in names:
+                found.setdefault(name, bullet.group(2).strip())
+            current = names if len(names) == 1 else None
+            indent = len(raw) - len(raw.lstrip())
+            continue
+        if in_args and line:
+            entry = _GOOGLE_ENTRY.match(line)
+            this_indent = len(raw) - len(raw.lstrip())
+            if entry and (current is None or this_indent <= indent):
+                current, indent = [entry.group(1)], this_indent
+                found[entry.group(1)] = entry.group(2).strip()
+                continue
+        if current and line and len(raw) - len(raw.lstrip()) > indent:
+            for name in current:
+                found[name] = f"{found[name]} {line}".strip()
+            continue
+        if not line:
+            current = None
+    return found
 
 
 def first_doc_line(obj: Any) -> str:

@@ -301,3 +301,36 @@ def test_plugin_info_as_dict_is_json_ready(fresh_host):
     spec = json.loads(json.dumps(host.get("recipe", "toy-recipe").as_dict()))
     assert spec["params"][0] == {"name": "steps", "type": "int", "default": 3, "required": False,
                                  "help": ""}
+
+
+def test_describe_reads_parameter_help_from_args_and_bullet_docstrings():
+    from rewardkit.components import describe_factory
+
+    def google(alpha: int, beta: str = "b", gamma: float = 1.0) -> None:
+        """Do a thing.
+
+        Args:
+            alpha: how much of it;
+                continued on the next line.
+            beta (str): which one.
+
+        Returns:
+            nothing (gamma is not documented).
+        """
+
+    class Bullets:
+        """A component.
+
+        - ``width``: its width.
+        - ``depth``, ``heads``: as for the other one.
+        """
+
+        def __init__(self, width: int = 1, depth: int = 2, heads: int = 3) -> None:
+            pass
+
+    helps = {p.name: p.help for p in describe_factory(google)}
+    assert helps == {"alpha": "how much of it; continued on the next line.",
+                     "beta": "which one.", "gamma": ""}
+    helps = {p.name: p.help for p in describe_factory(Bullets)}
+    assert helps == {"width": "its width.", "depth": "as for the other one.",
+                     "heads": "as for the other one."}

@@ -107,8 +107,10 @@ class UNetEncoder(nn.Module):
 
 
 class UNetLatentRewardModel(TwoTowerProxy):
-    """Diffusion-native LRM: the teacher UNet's encoder (cross-attending to the prompt) as the
-    image side, a prompt-embedding text tower, their cosine.
+    """Diffusion-native LRM: the teacher UNet's encoder reads the latent, with the prompt.
+
+    The image side cross-attends to the prompt embeddings; the score is its cosine with a
+    prompt-embedding text tower.
 
     Parameters (kept in ``self.config`` for ``save_pretrained``/``from_pretrained``):
 
