@@ -342,9 +342,9 @@ class LCDRecipe(Recipe):
             if self.extra_state_dict():  # only a recipe with extra state reads it
                 self.load_extra_state_dict(self._read_extra_state(checkpoint))
             self.load_extra(checkpoint)
-        self.global_step = int(state["global_step"])
-        check_resume_step(checkpoint, self.global_step, self.config.max_train_steps,
-                          "max_train_steps")
+            self.global_step = int(state["global_step"])
+            check_resume_step(checkpoint, self.global_step, self.config.max_train_steps,
+                              "max_train_steps")
         acc.print(f"resumed from {checkpoint} at step {self.global_step}")
 
     @staticmethod

@@ -79,8 +79,7 @@ def check_resume_step(checkpoint: Path, step: int, total: int, key: str) -> None
     """Refuse to resume a checkpoint that is already past the run's last step."""
     if step > total:
         raise ConfigError(f"resume_from_checkpoint: '{checkpoint}' is at step {step}, beyond this "
-                          f"run's {key} = {total}; raise {key} to at least {step} to train on, or "
-                          "resume from an earlier checkpoint")
+                          f"run's {key} = {total}; raise {key} to at least {step} to train on")
 
 
 def read_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
@@ -88,7 +87,7 @@ def read_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
     state = load_json_state(Path(checkpoint) / TRAINER_STATE)
     if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
         raise ConfigError(f"state file '{Path(checkpoint) / TRAINER_STATE}' has no integer "
-                          "global_step; resume from another checkpoint")
+                          "global_step")
     return state
 
 
