@@ -43,7 +43,7 @@ from ..training.checkpoint import (TARGET_WEIGHTS, check_resume_step, load_check
 from ..training.config import LCDConfig
 from ..training.errors import TrainingError, out_of_memory_error
 from ..training.metrics import TrainingProgress, start_logging, write_run_config
-from ..training.output_dir import check_output_dir, clear_run
+from ..training.output_dir import check_output_dir, clear_for_overwrite
 from ..training.optim import build_lr_scheduler, build_optimizer
 from ..training.runtime import build_accelerator, weight_dtype
 from ..training.safe_state import (has_state, load_legacy_torch_file, load_state,
@@ -162,11 +162,7 @@ class LCDRecipe(Recipe):
             train_batch_size=cfg.train_batch_size, max_grad_norm=cfg.max_grad_norm)
         if cfg.seed is not None:
             set_seed(cfg.seed)  # python, numpy, torch: identical student init on every rank
-        if cfg.overwrite_output_dir and acc.is_main_process:
-            removed = clear_run(self.output_dir)
-            if removed:
-                acc.print(f"overwrite_output_dir: removed {', '.join(removed)} from {self.output_dir}")
-        acc.wait_for_everyone()
+        clear_for_overwrite(acc, self.output_dir, cfg.overwrite_output_dir)
 
         backbone = self.backbone = self.build_backbone(acc.device, weight_dtype(cfg.mixed_precision))
         self.solver = self.build_solver(backbone)

@@ -60,7 +60,7 @@ from ..training.config import (MIXED_PRECISION, OURS, REPORT_TO, _f, check_compo
 from ..training.data import build_training_loader, check_data_spec
 from ..training.errors import TrainingError, out_of_memory_error
 from ..training.metrics import TrainingProgress, start_logging, write_run_config
-from ..training.output_dir import check_output_dir, clear_run
+from ..training.output_dir import check_output_dir, clear_for_overwrite
 from ..training.runtime import build_accelerator, weight_dtype
 from ..training.safe_state import (load_generator_state, load_json_state, load_optimizer_state,
                                    load_tensor_file, save_generator_state, save_json_state,
@@ -414,11 +414,7 @@ class LRMPretrainRecipe(Recipe):
             train_batch_size=cfg.train_batch_size, max_grad_norm=cfg.max_grad_norm)
         if cfg.seed is not None:
             set_seed(cfg.seed)
-        if cfg.overwrite_output_dir and acc.is_main_process:
-            removed = clear_run(self.output_dir)
-            if removed:
-                acc.print(f"overwrite_output_dir: removed {', '.join(removed)} from {self.output_dir}")
-        acc.wait_for_everyone()
+        clear_for_overwrite(acc, self.output_dir, cfg.overwrite_output_dir)
 
         self.backbone = self.build_backbone(acc.device, weight_dtype(cfg.mixed_precision))
         proxy = self.proxy_model = self.build_proxy().to(acc.device)

@@ -92,5 +92,16 @@ def clear_run(output_dir: str | Path) -> list[str]:
     return removed
 
 
-__all__ = ["RUN_FILES", "RUN_MARKERS", "check_output_dir", "check_writable", "clear_run",
-           "run_entries"]
+def clear_for_overwrite(accelerator, output_dir: str | Path, overwrite: bool) -> None:
+    """With ``overwrite``, the main process removes the old run (:func:`clear_run`) and says
+    what it removed; every process waits for it."""
+    if overwrite and accelerator.is_main_process:
+        removed = clear_run(output_dir)
+        if removed:
+            accelerator.print(f"overwrite_output_dir: removed {', '.join(removed)} from "
+                              f"{output_dir}")
+    accelerator.wait_for_everyone()
+
+
+__all__ = ["RUN_FILES", "RUN_MARKERS", "check_output_dir", "check_writable", "clear_for_overwrite",
+           "clear_run", "run_entries"]
