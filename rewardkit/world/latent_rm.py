@@ -88,9 +88,11 @@ def pretrain_world_lrm(teacher: str | Path, out: str | Path, work: str | Path, *
     from ..training.metrics import read_metrics
 
     work = Path(work)
-    saved = pretrain_lrm(world_lrm_overrides(
+    overrides = world_lrm_overrides(
         teacher, work, contrastive_steps=contrastive_steps, preference_prompts=preference_prompts,
-        preference_steps=preference_steps, eval_prompts=eval_prompts, seed=seed), progress=progress)
+        preference_steps=preference_steps, eval_prompts=eval_prompts, seed=seed)
+    overrides["overwrite_output_dir"] = True  # ``work`` is this function's scratch folder
+    saved = pretrain_lrm(overrides, progress=progress)
     rows = [r for r in read_metrics(work / "metrics.jsonl") if "proxy_heldout_accuracy" in r]
     summary: dict[str, Any] = {
         "contrastive_steps": contrastive_steps, "preference_prompts": preference_prompts,
