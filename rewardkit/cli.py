@@ -218,10 +218,10 @@ def interrupted_message(command: list[str], config: Any) -> str:
         arg = command[i]
         has_value = "=" not in arg and i + 1 < len(command) and not command[i + 1].startswith("--")
         key = normalise_key(arg[2:].partition("=")[0]) if arg.startswith("--") else ""
-        step = 2 if has_value else 1
+        width = 2 if has_value else 1
         if key not in ("resume_from_checkpoint", "overwrite_output_dir"):
-            kept.extend(command[i:i + step])
-        i += step
+            kept.extend(command[i:i + width])
+        i += width
     args = " ".join(kept)
     return (f"[red]interrupted[/]: the newest checkpoint is {escape(str(newest))} (step {step}); "
             f"continue with: rewardkit {escape(args)} --resume_from_checkpoint latest")

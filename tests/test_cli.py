@@ -47,10 +47,10 @@ class EchoRecipe:
     def run(self, progress: bool = True) -> Path:
         if self.config.fail_with == "crash":
             raise RuntimeError("the recipe crashed")
-        if self.config.fail_with == "interrupt":  # Ctrl-C after writing checkpoint-2
-            (Path(self.config.output_dir) / "checkpoint-2").mkdir(parents=True)
-            (Path(self.config.output_dir) / "checkpoint-2" / "trainer_state.json").write_text(
-                '{"global_step": 2}')
+        if self.config.fail_with == "interrupt":  # Ctrl-C after writing checkpoint-7
+            (Path(self.config.output_dir) / "checkpoint-7").mkdir(parents=True)
+            (Path(self.config.output_dir) / "checkpoint-7" / "trainer_state.json").write_text(
+                '{"global_step": 7}')
             raise KeyboardInterrupt
         out = Path(self.config.output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -213,7 +213,7 @@ def test_ctrl_c_names_the_newest_checkpoint_and_the_resume_command(cli_host, cap
                     "--overwrite_output_dir", "--steps", "3"])
     assert code == 130
     err = " ".join(capsys.readouterr().err.split())
-    assert "interrupted" in err and "checkpoint-2 (step 2)" in err
+    assert "interrupted" in err and "checkpoint-7 (step 7)" in err
     assert (f"continue with: rewardkit run echo --output-dir {out} --fail-with interrupt "
             f"--steps 3 --resume_from_checkpoint latest") in err
 
