@@ -41,7 +41,7 @@ from ..training.checkpoint import (TARGET_WEIGHTS, check_resume_step, load_check
                                    load_rank_state, restoring,
                                    resolve_resume, save_checkpoint, save_rank_state)
 from ..training.config import LCDConfig
-from ..training.errors import TrainingError, out_of_memory_error
+from ..training.errors import TrainingError, naming_out_of_memory
 from ..training.metrics import TrainingProgress, start_logging, write_run_config
 from ..training.output_dir import check_output_dir, clear_for_overwrite
 from ..training.optim import build_lr_scheduler, build_optimizer
@@ -401,13 +401,8 @@ class LCDRecipe(Recipe):
                               enabled=progress and acc.is_main_process) as bar:
             while self.global_step < cfg.max_train_steps:
                 started = time.perf_counter()
-                try:
+                with naming_out_of_memory(self.global_step + 1, cfg):
                     metrics = self.train_step()
-                except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
-                    named = out_of_memory_error(error, self.global_step + 1, cfg)
-                    if named is None:
-                        raise
-                    raise named from None
                 self.global_step += 1
                 metrics["step_time"] = time.perf_counter() - started
                 bar.update(self.global_step, metrics)

@@ -56,9 +56,9 @@ from ..proxies.pretrain_sets import ensure_preference_set, expert_on_latents, fi
 from ..training.checkpoint import (TRAINER_STATE, check_resume_step, resolve_resume, restoring,
                                    save_checkpoint)
 from ..training.config import (MIXED_PRECISION, OURS, REPORT_TO, _f, check_component,
-                               check_resolution, check_teacher_location)
+                               check_resolution, check_resume_keys, check_teacher_location)
 from ..training.data import build_training_loader, check_data_spec
-from ..training.errors import TrainingError, out_of_memory_error
+from ..training.errors import TrainingError, naming_out_of_memory
 from ..training.metrics import TrainingProgress, start_logging, write_run_config
 from ..training.output_dir import check_output_dir, clear_for_overwrite
 from ..training.runtime import build_accelerator, weight_dtype
@@ -208,15 +208,7 @@ class LRMPretrainConfig(RecipeConfig):
                 os.path.expanduser(self.pretrained_latent_rm)).is_dir():
             raise ConfigError(f"pretrained_latent_rm: '{self.pretrained_latent_rm}' is not a "
                               "folder")
-        resume = self.resume_from_checkpoint
-        if resume and resume != "latest" and not any(
-                p.is_dir() for p in (Path(resume).expanduser(), Path(self.output_dir) / resume)):
-            raise ConfigError(f"resume_from_checkpoint: '{resume}' is neither 'latest' nor a "
-                              "checkpoint folder (a path, or a name inside output_dir)")
-        if resume and self.overwrite_output_dir:
-            raise ConfigError("resume_from_checkpoint and overwrite_output_dir contradict each "
-                              "other (one continues the run in output_dir, the other removes it); "
-                              "pass one of them")
+        check_resume_keys(self.resume_from_checkpoint, self.output_dir, self.overwrite_output_dir)
         self._check_components()
 
     def _check_candidates(self) -> None:
@@ -643,13 +635,8 @@ class LRMPretrainRecipe(Recipe):
                                     "step_time")) as bar:
             while self.global_step < total:
                 started = time.perf_counter()
-                try:
+                with naming_out_of_memory(self.global_step + 1, cfg):
                     metrics = self.train_step()
-                except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
-                    named = out_of_memory_error(error, self.global_step + 1, cfg)
-                    if named is None:
-                        raise
-                    raise named from None
                 self.global_step += 1
                 metrics["step_time"] = time.perf_counter() - started
                 bar.update(self.global_step, metrics)

@@ -182,15 +182,7 @@ class LCDConfig(RecipeConfig):
         if any(s <= 0 for s in self.validation_inference_steps):
             raise ConfigError("validation_inference_steps must all be positive, got "
                               f"{self.validation_inference_steps}")
-        resume = self.resume_from_checkpoint
-        if resume and resume != "latest" and not any(
-                p.is_dir() for p in (Path(resume).expanduser(), Path(self.output_dir) / resume)):
-            raise ConfigError(f"resume_from_checkpoint: '{resume}' is neither 'latest' nor a "
-                              "checkpoint folder (a path, or a name inside output_dir)")
-        if resume and self.overwrite_output_dir:
-            raise ConfigError("resume_from_checkpoint and overwrite_output_dir contradict each "
-                              "other (one continues the run in output_dir, the other removes it); "
-                              "pass one of them")
+        check_resume_keys(self.resume_from_checkpoint, self.output_dir, self.overwrite_output_dir)
 
 
 def check_teacher_location(teacher: str, key: str = "pretrained_teacher_model") -> None:
@@ -201,6 +193,19 @@ def check_teacher_location(teacher: str, key: str = "pretrained_teacher_model") 
     path = os.path.expanduser(teacher)
     if looks_like_local_path(path) and not Path(path).exists():
         raise ConfigError(f"{key}: '{teacher}' looks like a local path but does not exist")
+
+
+def check_resume_keys(resume: str | None, output_dir: str, overwrite: bool) -> None:
+    """``resume_from_checkpoint`` is 'latest' or an existing checkpoint folder (a path, or a
+    name inside ``output_dir``), and is not combined with ``overwrite_output_dir``."""
+    if resume and resume != "latest" and not any(
+            p.is_dir() for p in (Path(resume).expanduser(), Path(output_dir) / resume)):
+        raise ConfigError(f"resume_from_checkpoint: '{resume}' is neither 'latest' nor a "
+                          "checkpoint folder (a path, or a name inside output_dir)")
+    if resume and overwrite:
+        raise ConfigError("resume_from_checkpoint and overwrite_output_dir contradict each "
+                          "other (one continues the run in output_dir, the other removes it); "
+                          "pass one of them")
 
 
 def check_component(key: str, kind: str, name: str, params: dict[str, Any] | None = None,

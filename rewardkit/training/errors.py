@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 from ..errors import RewardkitError
 
 
@@ -34,3 +37,16 @@ def out_of_memory_error(error: BaseException, step: int, config: object) -> "Tra
     return TrainingError(f"out of memory at step {step}: lower {levers[0]}"
                          + ("; or " + ", ".join(levers[1:]) if len(levers) > 1 else "")
                          + f" ({str(error).splitlines()[0][:120]})")
+
+
+@contextlib.contextmanager
+def naming_out_of_memory(step: int, config: object) -> Iterator[None]:
+    """Turn an allocation failure inside the block (optimiser step ``step``) into
+    :func:`out_of_memory_error`; any other error passes unchanged."""
+    try:
+        yield
+    except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
+        named = out_of_memory_error(error, step, config)
+        if named is None:
+            raise
+        raise named from None
