@@ -183,12 +183,17 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/lrm_evidence.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     lines += ["", f"command: `{command.strip()}`; {args.steps} steps, {args.num_images} test prompts, "
               f"mean ± std over seeds; {(time.perf_counter() - began) / 60:.1f} min"]
-    text = "\n".join(lines)
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "table.md").write_text(text + "\n")
-    (args.output / "runs.json").write_text(json.dumps(per_run, indent=2))
-    print("\n" + text)
+    write_results(args.output, lines, per_run, "runs.json")
     return 0
+
+
+def write_results(output: Path, lines: list[str], data: Any, json_name: str) -> None:
+    """``output/table.md`` (the lines) and ``output/{json_name}`` (the data); prints the table."""
+    text = "\n".join(lines)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "table.md").write_text(text + "\n")
+    (output / json_name).write_text(json.dumps(data, indent=2))
+    print("\n" + text)
 
 
 def verdicts(results: dict[str, dict[str, list[float]]], teacher: Any) -> list[str]:

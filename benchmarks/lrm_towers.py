@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).parent))
+
 #: (row, proxy, proxy_params changes, contrastive stage).
 ROWS: tuple[tuple[str, str, dict[str, Any], bool], ...] = (
     ("conv", "lrm", {}, False),
@@ -158,15 +160,9 @@ def online_run(name: str, latent_rm: Path, preference_set: Path, seed: int, args
             "judge_at_2": row.judge_reward, "fd_at_2": row.frechet_distance}
 
 
-def fmt(values: list[float], digits: int = 3) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
 def main(argv: list[str] | None = None) -> int:
+    from lrm_evidence import fmt, write_results
+
     import rewardkit as rk
     from rewardkit.recipes.lrm_pretrain import LATENT_RM_DIR, PREFERENCE_SET_DIR
 
@@ -213,11 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/lrm_towers.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     lines += ["", f"command: `{command.strip()}`; mean ± std over seeds; timings are medians of "
               f"10 calls on {args.device}; {(time.perf_counter() - began) / 60:.1f} min"]
-    text = "\n".join(lines)
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "table.md").write_text(text + "\n")
-    (args.output / "results.json").write_text(json.dumps(results, indent=2))
-    print("\n" + text)
+    write_results(args.output, lines, results, "results.json")
     return 0 if all(math.isfinite(r[HELDOUT[0]]) for rs in results.values() for r in rs) else 1
 
 
