@@ -21,13 +21,14 @@ Layout of one checkpoint::
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..errors import ConfigError
 from ..files import replace_path
@@ -185,22 +186,17 @@ def earlier_checkpoint_hint(checkpoint: Path) -> str:
     return f"resume from {others[-1].name} instead (--resume_from_checkpoint {others[-1].name})"
 
 
-def restoring(checkpoint: Path):
-    """A context that adds :func:`earlier_checkpoint_hint` to a ConfigError raised while
-    restoring ``checkpoint`` (an unreadable state file, an optimiser that does not fit)."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def hinted():
-        try:
-            yield
-        except ConfigError as error:
-            text = str(error)
-            if "--resume_from_checkpoint" in text or "--overwrite_output_dir" in text:
-                raise
-            raise ConfigError(f"{text.rstrip('.')}; {earlier_checkpoint_hint(checkpoint)}") from None
-
-    return hinted()
+@contextlib.contextmanager
+def restoring(checkpoint: Path) -> Iterator[None]:
+    """Add :func:`earlier_checkpoint_hint` to a ConfigError raised while restoring
+    ``checkpoint`` (an unreadable state file, an optimiser that does not fit)."""
+    try:
+        yield
+    except ConfigError as error:
+        text = str(error)
+        if "--resume_from_checkpoint" in text or "--overwrite_output_dir" in text:
+            raise
+        raise ConfigError(f"{text.rstrip('.')}; {earlier_checkpoint_hint(checkpoint)}") from None
 
 
 def _unreadable_torch_file(checkpoint: Path) -> Path | None:
