@@ -10,6 +10,9 @@ set the proxy was trained on), prints:
   prefers the ground truth (the base rate a proxy that always picks the ground truth would
   score) and how often the *proxy* does.
 
+``--ensemble`` adds the same analysis for the mean of the proxies' standardised scores (do
+several proxies err on the same pairs?).
+
 A training-set accuracy far above the held-out one on the same pair kind is a generalisation
 gap, not a capacity limit.
 
@@ -34,18 +37,28 @@ def load_proxy(folder: Path):
     return get_host().get("proxy", name).factory.from_pretrained(folder)
 
 
-def analyse(proxy, pset) -> list[str]:
+def ensemble_scores(proxies, pset):
+    """The mean of each proxy's scores on ``pset``, standardised per proxy (their scales differ)."""
+    from rewardkit.proxies.preference_set import proxy_scores
+
+    total = 0
+    for proxy in proxies:
+        scores = proxy_scores(proxy, pset).double()
+        total = total + (scores - scores.mean()) / scores.std().clamp_min(1e-12)
+    return total / len(proxies)
+
+
+def analyse(scores, pset) -> list[str]:
+    """The report lines for per-candidate ``scores`` on ``pset``."""
     import torch
 
-    from rewardkit.proxies.preference_set import (GROUND_TRUTH, agreement, preference_accuracy,
-                                                  proxy_scores)
+    from rewardkit.proxies.preference_set import GROUND_TRUTH, agreement, scores_accuracy
 
     first, second, _ = pset.pairs()
-    scores = proxy_scores(proxy, pset)
     expert = pset.expert.float()
     hits = agreement(scores, expert, first, second)
     margin = (expert[first] - expert[second]).abs()
-    summary = preference_accuracy(proxy, pset, prefix="accuracy")
+    summary = scores_accuracy(scores, pset, prefix="accuracy")
     lines = ["  " + ", ".join(f"{k.replace('accuracy_', '')}: {v:.3f}" for k, v in summary.items())
              + f" ({first.numel()} pairs)"]
     for low, high in zip(MARGIN_EDGES, MARGIN_EDGES[1:]):
@@ -75,13 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--proxy", type=Path, nargs="+", required=True)
     parser.add_argument("--sets", type=Path, nargs="+", required=True)
+    parser.add_argument("--ensemble", action="store_true",
+                        help="also analyse the mean of the proxies' standardised scores")
     args = parser.parse_args(argv)
     sets = {path: PreferenceSet.load(path) for path in args.sets}
-    for folder in args.proxy:
-        proxy = load_proxy(folder)
-        for path, pset in sets.items():
+    proxies = {folder: load_proxy(folder) for folder in args.proxy}
+    for path, pset in sets.items():
+        for folder, proxy in proxies.items():
             print(f"{folder} on {path}:")
-            print("\n".join(analyse(proxy, pset)))
+            print("\n".join(analyse(ensemble_scores([proxy], pset), pset)))
+        if args.ensemble and len(proxies) > 1:
+            print(f"ensemble of the {len(proxies)} proxies on {path}:")
+            print("\n".join(analyse(ensemble_scores(list(proxies.values()), pset), pset)))
     return 0
 
 

@@ -196,11 +196,17 @@ def preference_accuracy(proxy: torch.nn.Module, pset: PreferenceSet, prefix: str
     Keys: ``{prefix}``, ``{prefix}_generated_vs_generated``, ``{prefix}_generated_vs_ground_truth``
     (a type without pairs is left out).
     """
+    return scores_accuracy(proxy_scores(proxy, pset, batch_size), pset, prefix)
+
+
+def scores_accuracy(scores: torch.Tensor, pset: PreferenceSet,
+                    prefix: str = "proxy_heldout_accuracy") -> dict[str, float]:
+    """:func:`preference_accuracy` of given per-candidate ``scores`` ``[N]`` (e.g. an ensemble's)."""
     first, second, types = pset.pairs()
     if first.numel() == 0:
         raise ConfigError("preference set has no pairs with different expert scores; it cannot "
                           "measure a proxy")
-    hits = agreement(proxy_scores(proxy, pset, batch_size), pset.expert.float(), first, second)
+    hits = agreement(scores, pset.expert.float(), first, second)
     result = {prefix: float(hits.mean())}
     kinds = torch.tensor([t == GEN_VS_GT for t in types])
     for name, mask in ((GEN_VS_GEN, ~kinds), (GEN_VS_GT, kinds)):
@@ -317,4 +323,4 @@ def build_preference_set(backbone: Any, expert: ExpertFn, latents: torch.Tensor,
 
 
 __all__ = ["PreferenceSet", "build_preference_set", "preference_accuracy", "proxy_scores",
-           "agreement", "teacher_ddim_latents", "GEN_VS_GEN", "GEN_VS_GT", "GROUND_TRUTH"]
+           "agreement", "scores_accuracy", "teacher_ddim_latents", "GEN_VS_GEN", "GEN_VS_GT", "GROUND_TRUTH"]
