@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml examples/reward-plugin/pyproject.toml
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[dev]"
 	# tests pip-install plugin distributions offline (--no-build-isolation): they need setuptools
-	$(PIP) install -q "setuptools>=61"
+	$(PIP) install -q "setuptools>=70.1"
 	# the deepspeed extra: an sdist whose build imports torch, so build it against the torch above
 	$(PIP) install -q --no-build-isolation "deepspeed>=0.14"
 	touch $@
@@ -38,6 +38,8 @@ $(PLUGINS_VENV)/.installed: pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS
 	python3 -m venv $(PLUGINS_VENV)
 	$(PLUGINS_PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PLUGINS_PY) -m pip install -q -e ".[dev]" $(addprefix -e ,$(PLUGINS))
+	# the wheel tests build each plugin's wheel offline (--no-build-isolation): they need setuptools
+	$(PLUGINS_PY) -m pip install -q "setuptools>=70.1"
 	touch $@
 
 test-plugins: $(PLUGINS_VENV)/.installed

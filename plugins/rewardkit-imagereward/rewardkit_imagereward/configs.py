@@ -60,7 +60,7 @@ def read_json(path: str | Path, what: str) -> dict[str, Any]:
 
 
 def packaged_med_config() -> dict[str, Any]:
-    """The ``med_config.json`` shipped with this package (THUDM/ImageReward's, verbatim)."""
+    """The ``med_config.json`` shipped with this package (BLIP's as THUDM/ImageReward publishes it)."""
     text = resources.files("rewardkit_imagereward").joinpath("med_config.json").read_text()
     return json.loads(text)
 
