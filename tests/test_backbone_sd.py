@@ -12,6 +12,8 @@ from rewardkit.backbones.stable_diffusion import (
     DEFAULT_LORA_TARGETS,
     GUIDANCE_EMBEDDING_FILE,
     LORA_WEIGHTS_FILE,
+    TARGET_UNET_DIR,
+    W_EMBEDDED_LORA_DIR,
     StableDiffusionBackbone,
     check_pipeline_location,
     load_student_lora,
@@ -300,22 +302,55 @@ def test_lora_file_loads_on_teacher_and_matches_merged_unet(backbone, teacher_di
     assert (trained - plain).abs().max() > 1e-3  # the LoRA really changed something
 
 
-def test_w_conditioned_lora_loads_with_its_guidance_embedding(backbone, teacher_dir, tmp_path):
+def test_w_conditioned_lora_loads_with_its_guidance_embedding(backbone, teacher_dir, tmp_path, caplog):
     from diffusers import DiffusionPipeline
 
     student = backbone.add_lora(backbone.build_student(), rank=4)
     _randomise_lora(student, seed=2)
-    out = backbone.save_pipeline(student, tmp_path / "lora-w")
-    assert (out / GUIDANCE_EMBEDDING_FILE).is_file()
+    with caplog.at_level("WARNING"):
+        out = backbone.save_pipeline(student, tmp_path / "lora-w")
+    lora = out / W_EMBEDDED_LORA_DIR
+    assert "cannot add its guidance embedding" in caplog.text and str(lora) in caplog.text
+    assert (lora / GUIDANCE_EMBEDDING_FILE).is_file() and (lora / LORA_WEIGHTS_FILE).is_file()
+    # plain load_lora_weights of the pipeline folder fails loudly instead of dropping the embedding
+    with pytest.raises(EnvironmentError, match="no file named pytorch_lora_weights"):
+        DiffusionPipeline.from_pretrained(teacher_dir).load_lora_weights(str(out))
+    # the diffusers-only code of lora_w_embedded/README.md, run as written there
+    readme = (lora / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0].replace("TEACHER", repr(str(teacher_dir)))
+    namespace: dict = {}
+    exec(code, namespace)  # noqa: S102 - the documented snippet itself
+    plain_diffusers = namespace["pipe"]
     teacher = load_student_lora(DiffusionPipeline.from_pretrained(teacher_dir), out)
     merged = DiffusionPipeline.from_pretrained(out).unet
     latents, timesteps, embeds = _inputs(backbone)
     w = torch.randn(2, 256)
     with torch.no_grad():
         trained = backbone.predict(student, latents, timesteps, embeds, w)
-        for unet in (merged, teacher.unet):
+        for unet in (merged, teacher.unet, plain_diffusers.unet):
             torch.testing.assert_close(backbone.predict(unet, latents, timesteps, embeds, w), trained,
                                        rtol=1e-4, atol=1e-5)
+        # without the guidance embedding (what a silent plain load gave) the output differs
+        teacher_lora = DiffusionPipeline.from_pretrained(teacher_dir)
+        teacher_lora.load_lora_weights(str(lora))
+        assert (backbone.predict(teacher_lora.unet, latents, timesteps, embeds) - trained).abs().max() > 1e-3
+    assert type(plain_diffusers.scheduler).__name__ == "LCMScheduler"
+
+
+def test_the_ema_target_is_exported_as_unet_target(backbone, tmp_path):
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+
+    student, target = backbone.build_student(), backbone.build_student()
+    with torch.no_grad():
+        target.time_embedding.cond_proj.weight.normal_()
+    out = backbone.save_pipeline(student, tmp_path / "full", target=target)
+    loaded = UNet2DConditionModel.from_pretrained(out, subfolder=TARGET_UNET_DIR)
+    for key, value in target.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value)
+    pipe = DiffusionPipeline.from_pretrained(out)  # the pipeline's unet is the online student
+    torch.testing.assert_close(pipe.unet.time_embedding.cond_proj.weight,
+                               student.time_embedding.cond_proj.weight)
+    assert not (backbone.save_pipeline(student, tmp_path / "no-target") / TARGET_UNET_DIR).exists()
     with pytest.raises(ConfigError, match="no LoRA adapters"):
         backbone.save_pipeline(backbone.build_student(), tmp_path / "x", lora=True)
 

@@ -58,6 +58,9 @@ def test_toml_file_plus_cli_overrides(tmp_path, teacher_dir):
     assert config.w_min == 3.0 and config.max_train_steps == 100 and config.use_lora
     assert config.lora_target_modules == ["to_q", "to_v"]
     assert config.validation_prompts == ["a cat"] and config.mixed_precision == "bf16"
+    assert config.unet_time_cond_proj_dim == 256
+    plain = load_config(LCDConfig, path, parse_cli_overrides(["--unet_time_cond_proj_dim", "none"]))
+    assert plain.unet_time_cond_proj_dim is None  # LCM-LoRA style: no w input
 
 
 def test_yaml_file(tmp_path, teacher_dir):
@@ -87,6 +90,8 @@ def test_yaml_file(tmp_path, teacher_dir):
     ({"w_mni": 3}, "w_mni"),
     ({"train_shards_path_or_url": "/no/such/data"}, "train_shards_path_or_url"),
     ({"max_train_steps": "many"}, "max_train_steps"),
+    ({"unet_time_cond_proj_dim": 7}, "unet_time_cond_proj_dim"),
+    ({"unet_time_cond_proj_dim": 0}, "unet_time_cond_proj_dim"),
 ])
 def test_bad_values_fail_before_any_model_loads(overrides, key, teacher_dir, monkeypatch):
     def no_loading(*args, **kwargs):  # pragma: no cover - reaching it is the failure

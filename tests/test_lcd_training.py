@@ -63,7 +63,7 @@ def test_step_outputs_carry_the_student_graph(assets, tmp_path):
 
 
 def test_run_saves_a_pipeline_that_samples_with_lcm_scheduler(assets, tmp_path):
-    from diffusers import DiffusionPipeline, LCMScheduler
+    from diffusers import DiffusionPipeline, LCMScheduler, UNet2DConditionModel
 
     out = LCDRecipe(config(assets, tmp_path, max_train_steps=4, checkpointing_steps=1,
                            checkpoints_total_limit=2, validation_steps=2)).run(progress=False)
@@ -85,11 +85,43 @@ def test_run_saves_a_pipeline_that_samples_with_lcm_scheduler(assets, tmp_path):
     trained = student_state(out, 4)
     for name, value in pipe.unet.state_dict().items():
         assert torch.equal(value, trained[name]), name
+    target = load_file(str(out / "checkpoint-4" / "target.safetensors"))
+    exported = UNet2DConditionModel.from_pretrained(out / "pipeline", subfolder="unet_target")
+    for name, value in exported.state_dict().items():
+        assert torch.equal(value, target[name]), name
+    assert any(not torch.equal(target[n], trained[n]) for n in target)  # EMA != online student
     for steps in (1, 2, 4):
         images = pipe("a photo of a red circle", num_inference_steps=steps, guidance_scale=7.5,
                       generator=torch.Generator().manual_seed(0), output_type="np").images
         assert images.shape == (1, 16, 16, 3)
         assert images.min() >= 0 and images.max() <= 1
+
+
+def test_lcm_lora_style_output_loads_onto_the_teacher_with_plain_diffusers(assets, tmp_path):
+    """--use_lora --unet_time_cond_proj_dim none: a standard LoRA that load_lora_weights applies
+    exactly (no guidance embedding to lose), sampling what the merged pipeline samples."""
+    from diffusers import DiffusionPipeline, LCMScheduler
+
+    out = LCDRecipe(config(assets, tmp_path, use_lora=True, lora_rank=4,
+                           unet_time_cond_proj_dim=None, learning_rate=1e-2,
+                           max_train_steps=3)).run(progress=False)
+    folder = out / "pipeline"
+    assert (folder / "pytorch_lora_weights.safetensors").is_file()
+    assert not (folder / "lora_w_embedded").exists()
+    merged = DiffusionPipeline.from_pretrained(folder)
+    assert merged.unet.config.time_cond_proj_dim is None
+    teacher = DiffusionPipeline.from_pretrained(assets["teacher"])
+    teacher.load_lora_weights(str(folder))
+    teacher.scheduler = LCMScheduler.from_config(merged.scheduler.config)
+    plain = DiffusionPipeline.from_pretrained(assets["teacher"])
+    plain.scheduler = LCMScheduler.from_config(merged.scheduler.config)
+    for steps in (1, 2, 4):
+        def sample(pipe):
+            return pipe("a photo of a red circle", num_inference_steps=steps, guidance_scale=1.0,
+                        generator=torch.Generator().manual_seed(0), output_type="np").images
+        expected = sample(merged)
+        assert abs(sample(teacher) - expected).max() < 1e-4, steps
+        assert abs(sample(plain) - expected).max() > 1e-3, steps  # the LoRA changed the images
 
 
 class CrashAt(LCDRecipe):
@@ -177,8 +209,11 @@ def test_a_non_finite_extra_loss_stops_the_run_and_keeps_checkpoints(assets, tmp
 def test_lora_run_saves_lora_weights(assets, tmp_path):
     out = LCDRecipe(config(assets, tmp_path, use_lora=True, lora_rank=4, max_train_steps=2,
                            checkpointing_steps=2)).run(progress=False)
-    assert (out / "pipeline" / "pytorch_lora_weights.safetensors").is_file()
+    # the test student is w-conditioned: its LoRA sits apart, with the guidance embedding
+    assert (out / "pipeline" / "lora_w_embedded" / "pytorch_lora_weights.safetensors").is_file()
+    assert (out / "pipeline" / "lora_w_embedded" / "guidance_embedding.safetensors").is_file()
     assert not (out / "checkpoint-2" / "target.safetensors").exists()
+    assert not (out / "pipeline" / "unet_target").exists()  # LoRA: the target is the student
     saved = load_file(str(out / "checkpoint-2" / "model.safetensors"))
     assert any("lora_" in key for key in saved)
 

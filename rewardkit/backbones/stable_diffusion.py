@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 import re
 import shutil
@@ -35,6 +36,8 @@ from ..errors import ConfigError
 from ..files import replace_path
 from .base import Backbone
 
+logger = logging.getLogger(__name__)
+
 #: LoRA targets of diffusers' LCD-LoRA scripts, as module-name suffixes of an SD UNet.
 DEFAULT_LORA_TARGETS: tuple[str, ...] = (
     "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
@@ -45,6 +48,36 @@ PIPELINE_PARTS: tuple[str, ...] = ("unet", "vae", "text_encoder", "tokenizer", "
 #: File written next to a LoRA when the student has a guidance embedding the LoRA cannot carry.
 GUIDANCE_EMBEDDING_FILE = "guidance_embedding.safetensors"
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
+#: Sub-folder of a saved pipeline that holds a w-conditioned student's LoRA. It is not at the top
+#: level on purpose: a plain ``pipe.load_lora_weights(folder)`` onto the teacher would load it
+#: silently and drop the guidance embedding (different images); there it fails loudly instead.
+W_EMBEDDED_LORA_DIR = "lora_w_embedded"
+#: Sub-folder of a saved pipeline with the EMA target UNet (diffusers' LCD scripts' ``unet_target``).
+TARGET_UNET_DIR = "unet_target"
+
+W_EMBEDDED_LORA_README = """\
+# A LoRA of a w-conditioned LCM student
+
+The student takes the guidance scale as an input (`time_cond_proj_dim` = {dim}): its UNet has a
+guidance embedding, `time_embedding.cond_proj`, that the teacher's UNet does not have and that a
+LoRA cannot add. Plain `pipe.load_lora_weights(...)` onto the teacher therefore cannot reproduce
+the student. With diffusers alone:
+
+```python
+from diffusers import DiffusionPipeline, LCMScheduler, UNet2DConditionModel
+from safetensors.torch import load_file
+
+unet = UNet2DConditionModel.from_pretrained(TEACHER, subfolder="unet", time_cond_proj_dim={dim},
+                                            low_cpu_mem_usage=False)  # cond_proj is new
+unet.load_state_dict(load_file("{folder}/{embedding}"), strict=False)
+pipe = DiffusionPipeline.from_pretrained(TEACHER, unet=unet)
+pipe.load_lora_weights("{folder}")
+pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+```
+
+or, with rewardkit, `rewardkit.backbones.stable_diffusion.load_student_lora(pipe, "{folder}")`.
+The merged student (no LoRA to apply) is `DiffusionPipeline.from_pretrained` of the folder above.
+"""
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
            "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -266,14 +299,20 @@ class StableDiffusionBackbone(Backbone):
                                         timestep_scaling=timestep_scaling)
 
     def save_pipeline(self, student: nn.Module, output_dir: str | Path, lora: bool | None = None,
-                      original_inference_steps: int = 50, timestep_scaling: float = 10.0) -> Path:
+                      original_inference_steps: int = 50, timestep_scaling: float = 10.0,
+                      target: nn.Module | None = None) -> Path:
         """Write a complete diffusers pipeline folder that samples the student with ``LCMScheduler``.
 
-        The folder holds ``model_index.json``, the student UNet (LoRA merged in) as safetensors,
-        the teacher's VAE, text encoder and tokenizer, and an ``LCMScheduler`` config. With
-        ``lora`` (default: whenever ``student`` has peft adapters) it also holds
-        ``pytorch_lora_weights.safetensors`` for ``pipe.load_lora_weights`` and, when the student
-        is w-conditioned, ``guidance_embedding.safetensors`` (see :func:`load_student_lora`).
+        The folder holds ``model_index.json``, the (online) student UNet (LoRA merged in) as
+        safetensors, the teacher's VAE, text encoder and tokenizer, and an ``LCMScheduler``
+        config. ``target`` (the EMA target of full fine-tuning) goes to ``unet_target/``, as
+        diffusers' LCD scripts save it (load it with ``UNet2DConditionModel.from_pretrained(folder,
+        subfolder="unet_target")``). With ``lora`` (default: whenever ``student`` has peft
+        adapters) the folder also holds the LoRA: ``pytorch_lora_weights.safetensors`` at the top
+        level for a student without guidance embedding (``pipe.load_lora_weights(folder)`` onto
+        the teacher reproduces the merged UNet), and, for a w-conditioned student, the LoRA plus
+        ``guidance_embedding.safetensors`` and a ``README.md`` with the diffusers-only load code in
+        ``lora_w_embedded/`` (see :func:`load_student_lora`; a warning says so).
         The folder is written next to ``output_dir`` and renamed into place, so a crash never
         leaves a half-written pipeline; an existing ``output_dir`` is replaced.
         """
@@ -300,8 +339,23 @@ class StableDiffusionBackbone(Backbone):
             self.tokenizer.save_pretrained(tmp / "tokenizer")
             pipe.scheduler.save_pretrained(tmp / "scheduler")
             _save_merged_unet(student, tmp / "unet")
+            if target is not None:
+                _save_merged_unet(unwrap_model(target), tmp / TARGET_UNET_DIR)
             if lora:
-                _save_lora(student, tmp)
+                w_dim = getattr(student.config, "time_cond_proj_dim", None)
+                if w_dim:
+                    _save_lora(student, tmp / W_EMBEDDED_LORA_DIR)
+                    (tmp / W_EMBEDDED_LORA_DIR / "README.md").write_text(W_EMBEDDED_LORA_README.format(
+                        dim=w_dim, folder=output_dir / W_EMBEDDED_LORA_DIR,
+                        embedding=GUIDANCE_EMBEDDING_FILE))
+                    logger.warning(
+                        "the LoRA of this w-conditioned student is in %s: plain "
+                        "load_lora_weights onto the teacher cannot add its guidance embedding "
+                        "(time_cond_proj_dim=%d); load it as %s/README.md shows, or use the "
+                        "merged pipeline in %s", output_dir / W_EMBEDDED_LORA_DIR, w_dim,
+                        output_dir / W_EMBEDDED_LORA_DIR, output_dir)
+                else:
+                    _save_lora(student, tmp)
             replace_path(tmp, output_dir)
         finally:
             if tmp.exists():
@@ -365,6 +419,7 @@ def _save_lora(unet: nn.Module, folder: Path) -> None:
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
+    folder.mkdir(parents=True, exist_ok=True)
     adapter = next(iter(unet.peft_config))
     layers = {k: v.detach().to("cpu").contiguous()
               for k, v in get_peft_model_state_dict(unet, adapter_name=adapter).items()}
@@ -382,15 +437,18 @@ def _save_lora(unet: nn.Module, folder: Path) -> None:
 def load_student_lora(pipe: Any, lora_dir: str | Path) -> Any:
     """Apply a saved student LoRA to a teacher pipeline (``pipe``), in place; returns ``pipe``.
 
-    A LoRA of a student without guidance embedding is plain diffusers: this is just
-    ``pipe.load_lora_weights(lora_dir)``. For a w-conditioned student, the teacher UNet first
-    gets the saved ``time_embedding.cond_proj`` (``guidance_embedding.safetensors``).
+    ``lora_dir`` is a saved pipeline folder or the LoRA folder inside it. A LoRA of a student
+    without guidance embedding is plain diffusers: this is just ``pipe.load_lora_weights``. For a
+    w-conditioned student (``lora_w_embedded/``), the teacher UNet first gets the saved
+    ``time_embedding.cond_proj`` (``guidance_embedding.safetensors``).
     """
     from diffusers import UNet2DConditionModel
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     lora_dir = Path(lora_dir)
+    if not (lora_dir / LORA_WEIGHTS_FILE).is_file() and (lora_dir / W_EMBEDDED_LORA_DIR).is_dir():
+        lora_dir = lora_dir / W_EMBEDDED_LORA_DIR
     if not (lora_dir / LORA_WEIGHTS_FILE).is_file():
         raise ConfigError(f"'{lora_dir}' has no {LORA_WEIGHTS_FILE}")
     embedding_file = lora_dir / GUIDANCE_EMBEDDING_FILE

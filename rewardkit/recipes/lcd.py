@@ -380,12 +380,13 @@ class LCDRecipe(Recipe):
                 self.accelerator.log(metrics, step=self.global_step)
 
     def save_final(self) -> Path:
-        """The student as a complete diffusers pipeline folder (``output_dir/pipeline``)."""
+        """The online student as a complete diffusers pipeline folder (``output_dir/pipeline``),
+        with the EMA target UNet in ``pipeline/unet_target`` (full fine-tuning only)."""
         path = self.output_dir / "pipeline"
         if self.accelerator.is_main_process:
             self.backbone.save_pipeline(
                 self.unwrapped_student, path, original_inference_steps=self.config.num_ddim_timesteps,
-                timestep_scaling=self.config.timestep_scaling_factor)
+                timestep_scaling=self.config.timestep_scaling_factor, target=self.target)
         self.accelerator.wait_for_everyone()
         return path
 

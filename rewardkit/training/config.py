@@ -99,7 +99,9 @@ class LCDConfig(RecipeConfig):
     w_min: float = _f(5.0, "Lowest guidance scale w (LCM formulation) sampled per example")
     w_max: float = _f(15.0, "Highest guidance scale w sampled per example")
     num_ddim_timesteps: int = _f(50, "Points N of the skipping-step solver grid (k = T // N)")
-    unet_time_cond_proj_dim: int = _f(256, "Size of the student's guidance-scale embedding")
+    unet_time_cond_proj_dim: int | None = _f(
+        256, "Size of the student's guidance-scale (w) embedding; none: no w input, guidance "
+             "baked in (LCM-LoRA style: a --use_lora output then loads with plain load_lora_weights)")
     loss_type: str = _f("huber", "Consistency distance: huber (pseudo-Huber) or l2")
     huber_c: float = _f(0.001, "Pseudo-Huber constant c")
     ema_decay: float = _f(0.95, "EMA decay mu of the target network")
@@ -137,19 +139,21 @@ class LCDConfig(RecipeConfig):
     def validate(self) -> None:
         """Reject bad values, naming the key, before anything is loaded."""
         from .data import check_data_spec
+        from .runtime import check_distributed_engine
 
         check_teacher_location(self.pretrained_teacher_model)
         check_data_spec("train_shards_path_or_url", self.train_shards_path_or_url)
         for key in ("resolution", "train_batch_size", "max_train_steps",
                     "gradient_accumulation_steps", "num_ddim_timesteps",
                     "unet_time_cond_proj_dim", "lora_rank"):
-            if getattr(self, key) <= 0:
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
         check_resolution(self.pretrained_teacher_model, self.resolution)
+        check_distributed_engine()
         check_component("solver", "solver", self.solver, self.solver_params, "solver_params",
                         reserved={"num_ddim_timesteps": "num_ddim_timesteps",
                                   "alphas_cumprod": "pretrained_teacher_model"})
-        if self.unet_time_cond_proj_dim % 2:
+        if self.unet_time_cond_proj_dim is not None and self.unet_time_cond_proj_dim % 2:
             raise ConfigError(f"unet_time_cond_proj_dim must be even, got "
                               f"{self.unet_time_cond_proj_dim}")
         for key in ("lr_warmup_steps", "checkpointing_steps", "dataloader_num_workers", "validation_steps", "w_min",
