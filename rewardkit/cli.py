@@ -297,6 +297,10 @@ def run(argv: list[str] | None = None) -> int:
     try:
         # `--version` needs no plugins: skip loading them (it imports torch and friends)
         wants_version = any(arg == "--version" for arg in argv[:2])
+        if not wants_version:
+            from .training.runtime import quiet_deepspeed_autodetect
+
+            quiet_deepspeed_autodetect()
         command = typer.main.get_command(_core_app() if wants_version else build_app())
         result = command.main(args=argv, prog_name="rewardkit", standalone_mode=False)
         return result if isinstance(result, int) else 0

@@ -85,21 +85,37 @@ def load_rank(out: Path, rank: int) -> tuple[dict, dict[str, torch.Tensor]]:
             torch.load(out / f"weights-{rank}.pt", weights_only=True))
 
 
-def test_two_gloo_processes_see_different_data_and_end_identical(assets, tmp_path):
+DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
+ENGINES = {
+    "ddp": ({}, "DistributedType.MULTI_CPU"),
+    "deepspeed-zero2": ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"},
+                        "DistributedType.DEEPSPEED"),
+}
+
+
+@pytest.mark.parametrize("engine", [
+    "ddp", pytest.param("deepspeed-zero2", marks=pytest.mark.skipif(
+        not DEEPSPEED, reason="deepspeed is not installed (pip install deepspeed)"))])
+def test_two_processes_see_different_data_and_end_identical(engine, assets, tmp_path):
+    """torchrun with 2 CPU processes: plain DDP (gloo) and DeepSpeed ZeRO-2, which accelerate
+    started as two lone "rank 0" processes and DeepSpeed then refused (batch size check)."""
+    env_extra, distributed_type = ENGINES[engine]
     out = tmp_path / "out"
     extra = {"checkpointing_steps": 2}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), __file__, str(out),
            str(assets["teacher"]), str(assets["data"]), "2", json.dumps(extra)]
-    result = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(cmd, cwd=REPO, env=child_env(**env_extra), capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     info0, weights0 = load_rank(out, 0)
     info1, weights1 = load_rank(out, 1)
     # really two ranks of one data-parallel group (not two lone trainers)
     assert {info0["process_index"], info1["process_index"]} == {0, 1}
     assert info0["num_processes"] == info1["num_processes"] == 2
-    assert info0["distributed_type"] == info1["distributed_type"] == "DistributedType.MULTI_CPU"
+    assert info0["distributed_type"] == info1["distributed_type"] == distributed_type
+    if engine == "deepspeed-zero2":
+        assert info0["zero_stage"] == info1["zero_stage"] == 2
     assert info0["global_step"] == info1["global_step"] == 2
     # different data on each replica ...
     assert len(info0["keys"]) == len(info1["keys"]) == 4
@@ -120,9 +136,6 @@ def test_two_gloo_processes_see_different_data_and_end_identical(assets, tmp_pat
         assert (checkpoint / f"rank_state_{rank}.safetensors").is_file()
     assert json.loads((checkpoint / "trainer_state.json").read_text())["world_size"] == 2
     assert (out / "pipeline" / "model_index.json").is_file()
-
-
-DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 
 
 def deepspeed_env() -> dict[str, str]:
@@ -196,3 +209,53 @@ def test_accelerate_launch_of_two_cpu_processes_that_starts_one_is_refused(asset
     assert "asked for 2 processes but started one" in result.stderr
     assert "torchrun --nproc_per_node 2" in result.stderr
     assert not (out / "config.json").exists()
+
+
+# ------------------------------------------------------------------------------ engines refused
+
+
+@pytest.mark.parametrize("env, match", [
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"},
+     "DeepSpeed ZeRO stage 3 is not supported"),
+    ({"ACCELERATE_USE_FSDP": "true"}, "FSDP is not supported"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": "{ds3}"},
+     "DeepSpeed ZeRO stage 3 is not supported"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": "{bad}"},
+     "cannot be read as JSON"),
+])
+def test_engines_that_shard_parameters_are_refused_before_anything_loads(env, match, assets, tmp_path,
+                                                                         monkeypatch):
+    import rewardkit as rk
+    from rewardkit.errors import ConfigError
+    from rewardkit.recipes.lcd import LCDRecipe
+
+    (tmp_path / "ds3.json").write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    (tmp_path / "bad.json").write_text("{not json")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value.format(ds3=tmp_path / "ds3.json", bad=tmp_path / "bad.json"))
+
+    def no_loading(*args, **kwargs):  # pragma: no cover - reaching it is the failure
+        raise AssertionError("a model was loaded before the engine was checked")
+
+    monkeypatch.setattr(LCDRecipe, "build_backbone", no_loading)
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=match):
+        rk.recipe("lcd", pretrained_teacher_model=str(assets["teacher"]),
+                  train_shards_path_or_url=str(assets["data"]), output_dir=str(out)).run(progress=False)
+    assert not out.exists()
+
+
+def test_a_plain_cpu_run_prints_no_deepspeed_warning(assets, tmp_path):
+    """transformers' save_pretrained imports DeepSpeed (installed, unused), whose accelerator
+    auto-detection warned "Setting accelerator to CPU" in every run."""
+    env = {k: v for k, v in child_env().items() if k != "DS_ACCELERATOR"}
+    result = subprocess.run(
+        [sys.executable, "-m", "rewardkit", "run", "lcd",
+         "--pretrained_teacher_model", str(assets["teacher"]),
+         "--train_shards_path_or_url", str(assets["data"]), "--output_dir", str(tmp_path / "out"),
+         "--resolution", "16", "--train_batch_size", "2", "--max_train_steps", "1",
+         "--report_to", "none", "--unet_time_cond_proj_dim", "32", "--validation_steps", "0"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "out" / "pipeline" / "model_index.json").is_file()
+    assert "Setting accelerator to CPU" not in result.stdout + result.stderr

@@ -31,6 +31,60 @@ logger = logging.getLogger(__name__)
 _TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
 
 
+def quiet_deepspeed_autodetect() -> None:
+    """Tell DeepSpeed up front that this machine has no CUDA (``DS_ACCELERATOR=cpu``).
+
+    transformers' ``save_pretrained`` and accelerate's ``unwrap_model`` import DeepSpeed
+    whenever it is installed, and its accelerator auto-detection then warns "Setting accelerator
+    to CPU" in runs that never use DeepSpeed. Without CUDA the auto-detection picks the CPU
+    anyway, so setting it changes nothing but the warning; a user's own ``DS_ACCELERATOR`` wins.
+    """
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+def requested_zero_stage() -> int | None:
+    """The ZeRO stage ``accelerate launch`` asks for (its env vars or DeepSpeed config file)."""
+    if not deepspeed_requested():
+        return None
+    stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    config_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
+    if config_file not in ("", "none"):
+        import json
+
+        try:
+            data = json.loads(Path(config_file).expanduser().read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"DeepSpeed config file '{config_file}' cannot be read as JSON "
+                              f"({exc}); fix the file or the accelerate config that names it") from exc
+        stage = data.get("zero_optimization", {}).get("stage", stage)
+    try:
+        return int(stage) if stage not in (None, "", "auto") else None
+    except (TypeError, ValueError):
+        raise ConfigError(f"DeepSpeed ZeRO stage {stage!r} is not a number; use 0, 1 or 2") from None
+
+
+def check_distributed_engine() -> None:
+    """Refuse, before anything loads, the engines that shard the student's parameters.
+
+    The EMA target update, validation sampling and the final save read the student's weights
+    whole on every rank; DeepSpeed ZeRO-3 and FSDP leave each rank a shard (accelerate's
+    ``unwrap_model`` then hands back empty ``torch.Size([0])`` tensors).
+    """
+    stage = requested_zero_stage()
+    if stage is not None and stage >= 3:
+        raise ConfigError(
+            f"DeepSpeed ZeRO stage {stage} is not supported: it shards the student's parameters, "
+            "which the EMA target update, validation and saving read whole; use ZeRO stage 2 "
+            "(it shards gradients and optimiser state, the bulk of the memory; see "
+            "docs/training.md for the memory each mode needs)")
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes"):
+        raise ConfigError(
+            "FSDP is not supported: it shards the student's parameters, which the EMA target "
+            "update, validation and saving read whole; launch with DeepSpeed ZeRO stage 2 "
+            "(accelerate launch --use_deepspeed --zero_stage 2 ...) or plain DDP")
+
+
 def deepspeed_requested() -> bool:
     """True when ``accelerate launch`` (or the environment) asks for DeepSpeed."""
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes")
@@ -65,8 +119,17 @@ def build_accelerator(*, output_dir: str | Path, mixed_precision: str,
     output_dir = Path(output_dir)
     use_deepspeed = deepspeed_requested()
     cpu = not torch.cuda.is_available() and not use_deepspeed
+    handlers = []
+    if use_deepspeed and not torch.cuda.is_available():
+        # accelerate picks no process-group backend for DeepSpeed without CUDA and then counts
+        # one process whatever torchrun started (every rank "rank 0", DeepSpeed's batch check
+        # failing); gloo is what DeepSpeed's CPU accelerator uses
+        from accelerate.utils import InitProcessGroupKwargs
+
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
     accelerator = Accelerator(
         cpu=cpu,
+        kwargs_handlers=handlers,
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=gradient_accumulation_steps,
         log_with=available_trackers(report_to) or None,
@@ -77,6 +140,10 @@ def build_accelerator(*, output_dir: str | Path, mixed_precision: str,
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
         ds_config["train_micro_batch_size_per_gpu"] = train_batch_size
+        # accelerate fills "auto" from the prepared data loader, and we prepare none: DeepSpeed
+        # then checks its 1-process default against N processes and refuses to start
+        ds_config["train_batch_size"] = (train_batch_size * gradient_accumulation_steps
+                                         * accelerator.num_processes)
         if ds_config.get("gradient_clipping") in (None, "auto"):
             ds_config["gradient_clipping"] = max_grad_norm
     return accelerator
