@@ -16,6 +16,7 @@ from .components import ComponentSpec
 from .config import check_keys, load_config, normalise_key
 from .errors import PluginError
 from .plugins import get_host
+from .recipes.given import mark_given, take_given
 
 
 def plugins() -> list[dict[str, Any]]:
@@ -56,6 +57,10 @@ def backbone(name: str, **params: Any):
 def recipe(name: str, config: str | Path | Mapping[str, Any] | None = None, **overrides: Any):
     """Build the recipe ``name`` from a config (file path or mapping) plus keyword overrides.
 
+    A key that names a component (the recipe's ``component_keys``: ``reward``, ``proxy``,
+    ``solver``) also takes a built instance, used as it is: ``rk.recipe("rg-lcd",
+    reward=rk.reward_model("clip-score"))`` or an RM of your own that no plugin registers.
+
     The config is validated (unknown keys, wrong types) before the recipe is built; nothing
     heavy loads until ``.run()``.
     """
@@ -70,6 +75,7 @@ def recipe(name: str, config: str | Path | Mapping[str, Any] | None = None, **ov
         path = config
     overrides = {normalise_key(k): v for k, v in overrides.items()}
     check_keys(config_class, overrides)  # a typo is reported before any default is resolved
+    given = take_given(spec.factory, name, overrides)  # built objects out, their names in
     if path is None and not _required_given(config_class, overrides):
         embedded = getattr(spec.factory, "embedded_defaults", None)
         defaults = {}
@@ -77,7 +83,10 @@ def recipe(name: str, config: str | Path | Mapping[str, Any] | None = None, **ov
             takes_chosen = bool(inspect.signature(embedded).parameters)
             defaults = embedded(dict(overrides)) if takes_chosen else embedded()
         overrides = {**defaults, **overrides}  # the embedded default world, user values on top
-    return spec.factory(load_config(config_class, path, overrides))
+    config = load_config(config_class, path, overrides, validate=False)
+    mark_given(config, given)
+    config.validate()
+    return spec.factory(config, components=given) if given else spec.factory(config)
 
 
 def _required_given(config_class: type, values: Mapping[str, Any]) -> bool:

@@ -9,7 +9,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
+
+from ..errors import ConfigError
 
 
 @dataclass
@@ -25,8 +27,23 @@ class Recipe(ABC):
 
     name: ClassVar[str] = "recipe"
     Config: ClassVar[type] = RecipeConfig
+    #: Config keys that name a component: key -> (kind, base class). From Python, such a key
+    #: also takes a built instance (``rk.recipe("rg-lcd", reward=my_rm)``; see
+    #: :mod:`rewardkit.recipes.given`).
+    component_keys: ClassVar[dict[str, tuple[str, type]]] = {}
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, components: Mapping[str, Any] | None = None) -> None:
+        """``components``: built objects for some of :attr:`component_keys`, used instead of
+        building the registered component the config names."""
+        from .given import mark_given
+
+        self.components = dict(components or {})
+        unknown = sorted(set(self.components) - set(self.component_keys))
+        if unknown:
+            raise ConfigError(f"recipe '{self.name}' takes no built component for "
+                              f"{', '.join(unknown)}; it takes {', '.join(self.component_keys) or 'none'}")
+        if self.components:
+            mark_given(config, self.components)
         config.validate()
         self.config = config
 

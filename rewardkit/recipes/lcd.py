@@ -37,6 +37,7 @@ from torch import nn
 
 from ..consistency import ema_update
 from ..errors import ConfigError
+from ..solvers.base import ConsistencySolver
 from ..training.checkpoint import (TARGET_WEIGHTS, check_resume_step, load_checkpoint,
                                    load_rank_state, restoring,
                                    resolve_resume, save_checkpoint, save_rank_state)
@@ -64,9 +65,10 @@ class LCDRecipe(Recipe):
 
     name = "lcd"
     Config = LCDConfig
+    component_keys = {"solver": ("solver", ConsistencySolver)}
 
-    def __init__(self, config: LCDConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: LCDConfig, components: dict[str, Any] | None = None) -> None:
+        super().__init__(config, components)
         self.config: LCDConfig = config
         self.output_dir = Path(config.output_dir)
         self.global_step = 0
@@ -117,13 +119,25 @@ class LCDRecipe(Recipe):
             **cfg.backbone_params)
 
     def build_solver(self, backbone: Any) -> Any:
-        """The consistency solver on the teacher's schedule."""
+        """The consistency solver on the teacher's schedule (a built one must be on it)."""
         from ..plugins import get_host
 
         cfg = self.config
-        return get_host().get("solver", cfg.solver).build(
-            alphas_cumprod=backbone.alphas_cumprod, num_ddim_timesteps=cfg.num_ddim_timesteps,
-            **cfg.solver_params)
+        solver = self.components.get("solver")
+        if solver is None:
+            return get_host().get("solver", cfg.solver).build(
+                alphas_cumprod=backbone.alphas_cumprod, num_ddim_timesteps=cfg.num_ddim_timesteps,
+                **cfg.solver_params)
+        if solver.num_ddim_timesteps != cfg.num_ddim_timesteps:
+            raise ConfigError(f"solver: the built solver has num_ddim_timesteps "
+                              f"{solver.num_ddim_timesteps}, the config {cfg.num_ddim_timesteps}; "
+                              "build it with the same value or set num_ddim_timesteps")
+        teacher = backbone.alphas_cumprod.detach().double().cpu()
+        own = torch.as_tensor(solver.alphas_cumprod).detach().double().cpu()
+        if own.shape != teacher.shape or not torch.allclose(own, teacher, atol=1e-6):
+            raise ConfigError("solver: the built solver's alphas_cumprod is not the teacher's "
+                              "noise schedule; build it with alphas_cumprod=backbone.alphas_cumprod")
+        return solver
 
     def build_loader(self, accelerator: Any, backbone: Any) -> Any:
         """This process's shard of the training data (a resumable, infinite loader)."""

@@ -53,6 +53,7 @@ from ..proxies.preference_set import (DEFAULT_NOISE_LEVELS, DEFAULT_TEACHER_SETT
 from ..proxies.pretrain_losses import (caption_groups, multi_positive_info_nce, pairwise_agreement,
                                        pairwise_logistic_loss, retrieval_accuracy)
 from ..proxies.pretrain_sets import ensure_preference_set, expert_on_latents, first_samples
+from ..rewards.base import RewardModel
 from ..training.checkpoint import (TRAINER_STATE, check_resume_step, resolve_resume, restoring,
                                    save_checkpoint)
 from ..training.config import (MIXED_PRECISION, OURS, REPORT_TO, _f, check_component,
@@ -66,6 +67,7 @@ from ..training.safe_state import (load_generator_state, load_json_state, load_o
                                    load_tensor_file, save_generator_state, save_json_state,
                                    save_optimizer_state)
 from .base import Recipe, RecipeConfig
+from .given import is_given
 
 LATENT_RM_DIR = "latent_rm"
 PREFERENCE_SET_DIR = "preference_set"
@@ -223,8 +225,13 @@ class LRMPretrainConfig(RecipeConfig):
                               f"{self.preference_noise_levels}")
 
     def _check_components(self) -> None:
-        check_component("proxy", "proxy", self.proxy, self.proxy_params, "proxy_params")
-        if self.reward:
+        if not is_given(self, "proxy"):
+            check_component("proxy", "proxy", self.proxy, self.proxy_params, "proxy_params")
+        elif self.pretrained_latent_rm:
+            raise ConfigError("pretrained_latent_rm: the proxy was passed built, so there is "
+                              "nothing to load it into; load it yourself (from_pretrained) or "
+                              "pass the proxy by name")
+        if self.reward and not is_given(self, "reward"):
             check_component("reward", "reward", self.reward, self.reward_params, "reward_params")
 
 
@@ -251,6 +258,7 @@ class LRMPretrainRecipe(Recipe):
 
     name = "lrm-pretrain"
     Config = LRMPretrainConfig
+    component_keys = {"reward": ("reward", RewardModel), "proxy": ("proxy", ProxyRewardModel)}
 
     @classmethod
     def embedded_defaults(cls, chosen: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -268,8 +276,8 @@ class LRMPretrainRecipe(Recipe):
             preference_steps=plan.lrm_preference_steps, eval_prompts=plan.lrm_eval_prompts,
             proxy=(chosen or {}).get("proxy", "lrm"))
 
-    def __init__(self, config: LRMPretrainConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: LRMPretrainConfig, components: dict[str, Any] | None = None) -> None:
+        super().__init__(config, components)
         self.config: LRMPretrainConfig = config
         self.output_dir = Path(config.output_dir)
         self.global_step = 0
@@ -300,7 +308,8 @@ class LRMPretrainRecipe(Recipe):
         from ..proxies.factory import build_proxy
 
         cfg = self.config
-        proxy = build_proxy(cfg.proxy, cfg.proxy_params, self.backbone, cfg.pretrained_latent_rm)
+        proxy = self.components.get("proxy") or build_proxy(cfg.proxy, cfg.proxy_params,
+                                                            self.backbone, cfg.pretrained_latent_rm)
         if cfg.contrastive_steps and not all(hasattr(proxy, m) for m in ("encode_latents",
                                                                           "encode_prompts")):
             raise ConfigError(f"proxy '{cfg.proxy}' has no encode_latents/encode_prompts, so it "
@@ -310,10 +319,10 @@ class LRMPretrainRecipe(Recipe):
     def build_reward_model(self) -> Any:
         """The expert RM on this process's device."""
         from ..plugins import get_host
-        from ..rewards.base import RewardModel
 
         cfg = self.config
-        rm = get_host().get("reward", cfg.reward).build(**cfg.reward_params)
+        rm = self.components.get("reward") or get_host().get("reward", cfg.reward).build(
+            **cfg.reward_params)
         if not isinstance(rm, RewardModel):
             raise ConfigError(f"reward '{cfg.reward}' built a {type(rm).__name__}, not a "
                               "rewardkit.rewards.RewardModel")

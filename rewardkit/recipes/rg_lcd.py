@@ -70,6 +70,7 @@ from ..proxies.update import ProxyUpdater, sample_candidates
 from ..rewards.base import RewardModel
 from ..training.config import OURS, LCDConfig, _f, check_component
 from ..training.step import StepOutputs
+from .given import is_given
 from .lcd import LCDRecipe
 
 NO_PROXY = "none"
@@ -146,11 +147,20 @@ class RGLCDConfig(LCDConfig):
         if not self.reward:
             raise ConfigError(
                 "reward: no reward model given; pass --reward NAME (see `rewardkit list reward`)")
-        check_component("reward", "reward", self.reward, self.reward_params, "reward_params")
-        reward_spec = get_host().get("reward", self.reward)
+        if is_given(self, "reward"):
+            differentiable = True  # the built RM's own attribute is checked when it is used
+        else:
+            check_component("reward", "reward", self.reward, self.reward_params, "reward_params")
+            differentiable = getattr(get_host().get("reward", self.reward).factory,
+                                     "differentiable", True)
         if self.proxy != NO_PROXY:
-            check_component("proxy", "proxy", self.proxy, self.proxy_params, "proxy_params")
-        elif getattr(reward_spec.factory, "differentiable", True) is False:
+            if not is_given(self, "proxy"):
+                check_component("proxy", "proxy", self.proxy, self.proxy_params, "proxy_params")
+            elif self.pretrained_latent_rm:
+                raise ConfigError("pretrained_latent_rm: the proxy was passed built, so there is "
+                                  "nothing to load it into; load it yourself "
+                                  "(from_pretrained) or pass the proxy by name")
+        elif differentiable is False:
             raise ConfigError(_not_differentiable(self.reward))
         if self.proxy == NO_PROXY and self.pretrained_latent_rm:
             raise ConfigError("pretrained_latent_rm is only used with a proxy; set proxy=lrm or "
@@ -214,9 +224,11 @@ class RGLCDRecipe(LCDRecipe):
 
     name = "rg-lcd"
     Config = RGLCDConfig
+    component_keys = {**LCDRecipe.component_keys, "reward": ("reward", RewardModel),
+                      "proxy": ("proxy", ProxyRewardModel)}
 
-    def __init__(self, config: RGLCDConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: RGLCDConfig, components: dict[str, Any] | None = None) -> None:
+        super().__init__(config, components)
         self.config: RGLCDConfig = config
         self.reward_model: RewardModel | None = None
         self.proxy_model: ProxyRewardModel | None = None
@@ -330,7 +342,8 @@ class RGLCDRecipe(LCDRecipe):
         from ..plugins import get_host
 
         cfg = self.config
-        rm = get_host().get("reward", cfg.reward).build(**cfg.reward_params)
+        rm = self.components.get("reward") or get_host().get("reward", cfg.reward).build(
+            **cfg.reward_params)
         if not isinstance(rm, RewardModel):
             raise ConfigError(f"reward '{cfg.reward}' built a {type(rm).__name__}, not a "
                               "rewardkit.rewards.RewardModel")
@@ -342,6 +355,8 @@ class RGLCDRecipe(LCDRecipe):
         from ..proxies.factory import build_proxy
 
         cfg = self.config
+        if "proxy" in self.components:
+            return self.components["proxy"]
         return build_proxy(cfg.proxy, cfg.proxy_params, self.backbone, cfg.pretrained_latent_rm)
 
     # ================================================================ the step

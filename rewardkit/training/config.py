@@ -139,6 +139,7 @@ class LCDConfig(RecipeConfig):
     def validate(self) -> None:
         """Reject bad values, naming the key, before anything is loaded."""
         from .data import check_data_spec
+        from ..recipes.given import is_given
         from .runtime import check_distributed_engine
 
         check_teacher_location(self.pretrained_teacher_model)
@@ -150,9 +151,10 @@ class LCDConfig(RecipeConfig):
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
         check_resolution(self.pretrained_teacher_model, self.resolution)
         check_distributed_engine()
-        check_component("solver", "solver", self.solver, self.solver_params, "solver_params",
-                        reserved={"num_ddim_timesteps": "num_ddim_timesteps",
-                                  "alphas_cumprod": "pretrained_teacher_model"})
+        if not is_given(self, "solver"):
+            check_component("solver", "solver", self.solver, self.solver_params, "solver_params",
+                            reserved={"num_ddim_timesteps": "num_ddim_timesteps",
+                                      "alphas_cumprod": "pretrained_teacher_model"})
         if self.unet_time_cond_proj_dim is not None and self.unet_time_cond_proj_dim % 2:
             raise ConfigError(f"unet_time_cond_proj_dim must be even, got "
                               f"{self.unet_time_cond_proj_dim}")
