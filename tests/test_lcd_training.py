@@ -283,3 +283,42 @@ def test_training_from_pre_encoded_latents_skips_the_vae_encoder(assets, tmp_pat
     recipe.run(progress=False)
     assert recipe.loader.batch_key == "latents"
     assert len(read_metrics(tmp_path / "out" / "metrics.jsonl")) == 2
+
+
+def test_tensorboard_gets_the_loss_terms_and_the_validation_images(assets, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = LCDRecipe(config(assets, tmp_path, report_to="tensorboard", max_train_steps=2,
+                           validation_steps=2)).run(progress=False)
+    boards = []
+    for folder in sorted({p.parent for p in (out / "logs").rglob("events.out.tfevents.*")}):
+        boards.append(EventAccumulator(str(folder), size_guidance={"images": 0, "scalars": 0}))
+        boards[-1].Reload()
+    # accelerate writes the config's hparams to an event file of its own; the run's is the other
+    board = next((b for b in boards if "lcd_loss" in b.Tags()["scalars"]), None)
+    assert board is not None, [b.Tags() for b in boards]
+    tags = board.Tags()
+    assert {"lcd_loss", "lr", "step_time"} <= set(tags["scalars"]), tags
+    assert [e.step for e in board.Scalars("lcd_loss")] == [1, 2]
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [e.value for e in board.Scalars("lcd_loss")] == pytest.approx([r["lcd_loss"] for r in rows])
+    images = [tag for tag in tags["images"] if tag.startswith("validation")]
+    assert images, tags["images"]
+    logged = board.Images(images[0])
+    assert [e.step for e in logged] == [2]  # the validation step
+    assert (logged[-1].width, logged[-1].height) == (3 * 17 - 1, 2 * 17 - 1)  # the saved grid
+
+
+def test_a_missing_tracker_package_is_named_with_what_to_do(monkeypatch, caplog):
+    import importlib.util
+
+    from rewardkit.training.runtime import available_trackers
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("tensorboard", "tensorboardX") else real(name, *a))
+    with caplog.at_level("WARNING"):
+        assert available_trackers("tensorboard") == []
+    assert "tensorboard package is not installed" in caplog.text
+    assert "pip install tensorboard" in caplog.text and "--report_to none" in caplog.text

@@ -43,7 +43,8 @@ from ..training.checkpoint import (TARGET_WEIGHTS, check_resume_step, load_check
                                    resolve_resume, save_checkpoint, save_rank_state)
 from ..training.config import LCDConfig
 from ..training.errors import TrainingError, naming_out_of_memory
-from ..training.metrics import TrainingProgress, start_logging, write_run_config
+from ..training.metrics import (TrainingProgress, log_validation_images, start_logging,
+                                write_run_config)
 from ..training.output_dir import check_output_dir, clear_for_overwrite
 from ..training.optim import build_lr_scheduler, build_optimizer
 from ..training.runtime import build_accelerator, weight_dtype
@@ -383,6 +384,7 @@ class LCDRecipe(Recipe):
                 time_cond_proj_dim=cfg.unet_time_cond_proj_dim,
                 original_inference_steps=cfg.num_ddim_timesteps,
                 timestep_scaling=cfg.timestep_scaling_factor)
+            log_validation_images(acc, path, self.global_step)
         acc.wait_for_everyone()
         return path
 

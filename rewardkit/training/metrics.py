@@ -143,3 +143,22 @@ class TrainingProgress:
                                             markup=False, soft_wrap=True)
             return
         self.progress.update(self.task, completed=step, info=info)
+
+
+def log_validation_images(accelerator: Any, path: str | Path, step: int,
+                          key: str = "validation") -> None:
+    """Send a saved validation grid (PNG) to every accelerate tracker that takes images
+    (tensorboard's ``add_images``, wandb's ``Image``); trackers without images are skipped."""
+    import numpy as np
+    from PIL import Image
+
+    trackers = [t for t in getattr(accelerator, "trackers", []) if hasattr(t, "log_images")]
+    if not trackers:
+        return
+    with Image.open(path) as image:
+        grid = np.asarray(image.convert("RGB"))
+    for tracker in trackers:
+        if tracker.name == "tensorboard":
+            tracker.log_images({key: grid[None]}, step=step, dataformats="NHWC")
+        else:
+            tracker.log_images({key: [grid]}, step=step)

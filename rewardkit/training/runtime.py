@@ -99,7 +99,9 @@ def available_trackers(report_to: str) -> list[str]:
         if any(importlib.util.find_spec(pkg) is not None for pkg in _TRACKER_PACKAGES[name]):
             found.append(name)
         else:
-            logger.info("report_to=%s: %s is not installed; skipping that tracker", report_to, name)
+            logger.warning("report_to=%s: the %s package is not installed, so this run writes no "
+                           "%s logs (metrics.jsonl is written regardless); pip install %s, or "
+                           "pass --report_to none", report_to, name, name, _TRACKER_PACKAGES[name][0])
     return found
 
 
