@@ -3,6 +3,10 @@
 HPSv2's validation transform (``hpsv2.src.open_clip.transform``, ``resize_longest_max=True``) is
 ``ResizeMaxSize(224, bicubic, fill=0)`` then ``MaskAwareNormalize(OpenAI mean, std)``: resize the
 LONGEST side to 224, pad the short side to a square with 0 (before normalising), normalise.
+
+It resizes a *tensor* (``ToTensor`` comes first), so whether the bicubic resize antialiases is
+torchvision's default of the day: not before torchvision 0.17, when HPSv2 was trained and its
+scores published; yes since. ``antialias=False`` (the default here) is the former.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def resize_longest_and_pad(images: torch.Tensor, size: int, antialias: bool = True) -> torch.Tensor:
+def resize_longest_and_pad(images: torch.Tensor, size: int, antialias: bool = False) -> torch.Tensor:
     """Resize ``images`` (NCHW) so the longest side is ``size`` (bicubic), then zero-pad to square.
 
     The padding is split as in HPSv2 (``pad // 2`` before, the rest after). Unlike HPSv2's
@@ -41,6 +45,6 @@ def normalize(images: torch.Tensor, mean=OPENAI_MEAN, std=OPENAI_STD) -> torch.T
     return (images - mean_t) / std_t
 
 
-def hps_preprocess(images: torch.Tensor, size: int = 224, antialias: bool = True) -> torch.Tensor:
+def hps_preprocess(images: torch.Tensor, size: int = 224, antialias: bool = False) -> torch.Tensor:
     """Images in [0, 1] (NCHW) -> HPSv2 model input: longest side to ``size``, zero-pad, normalise."""
     return normalize(resize_longest_and_pad(images, size, antialias=antialias))

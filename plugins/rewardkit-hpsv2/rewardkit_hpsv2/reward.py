@@ -30,8 +30,10 @@ class HPSv2Config:
         "help": "hub cache folder for the downloaded weights (default: huggingface_hub's)"})
     device: str = field(default="cpu", metadata={"help": "device of the weights"})
     dtype: str = field(default="float32", metadata={"help": "float32, float16 or bfloat16"})
-    antialias: bool = field(default=True, metadata={
-        "help": "antialias the bicubic resize (as PIL, which HPS was trained with, does)"})
+    antialias: bool = field(default=False, metadata={
+        "help": "antialias the bicubic resize; false (default) is HPSv2's own tensor resize as "
+                "its published scores were computed (torchvision < 0.17), true what the "
+                "unchanged hpsv2 package does under a current torchvision"})
     weights_only: bool = field(default=True, metadata={
         "help": "load .pt checkpoints with torch.load(weights_only=True); False only for trusted files"})
 

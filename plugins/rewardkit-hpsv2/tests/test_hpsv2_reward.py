@@ -98,8 +98,11 @@ def test_wrong_input_is_refused_naming_the_model(rm):
         rm(torch.rand(2, 3, 32, 32), PROMPTS[:1])
 
 
+@pytest.mark.parametrize("antialias", [False, True])
 @pytest.mark.parametrize("height,width", [(48, 48), (40, 64), (64, 24), (32, 32)])
-def test_preprocessing_matches_hpsv2_resize_max_size(height, width):
+def test_preprocessing_matches_hpsv2_resize_max_size(height, width, antialias):
+    """HPSv2 resizes a tensor: antialias=False is torchvision < 0.17 (its published scores),
+    True a current torchvision's default."""
     tvf = pytest.importorskip("torchvision.transforms.functional")
     x = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(height + width))
     size = 32
@@ -108,11 +111,21 @@ def test_preprocessing_matches_hpsv2_resize_max_size(height, width):
     new = [round(height * scale), round(width * scale)]
     expected = []
     for image in x:
-        out = tvf.resize(image, new, tvf.InterpolationMode.BICUBIC, antialias=True)
+        out = tvf.resize(image, new, tvf.InterpolationMode.BICUBIC, antialias=antialias)
         pad_h, pad_w = size - new[0], size - new[1]
         out = tvf.pad(out, [pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2], fill=0)
         expected.append(tvf.normalize(out, OPENAI_MEAN, OPENAI_STD))
-    torch.testing.assert_close(hps_preprocess(x, size), torch.stack(expected), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hps_preprocess(x, size, antialias=antialias), torch.stack(expected),
+                               atol=1e-5, rtol=1e-5)
+    if (height, width) != (size, size):  # the two settings really differ when it resizes
+        assert not torch.allclose(hps_preprocess(x, size, antialias=not antialias),
+                                  torch.stack(expected), atol=1e-3)
+
+
+def test_the_default_resize_is_hpsv2s_published_one():
+    from rewardkit_hpsv2 import HPSv2Config
+
+    assert HPSv2Config().antialias is False
 
 
 def test_version_picks_the_published_hub_file(monkeypatch, tiny):
