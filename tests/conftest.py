@@ -194,15 +194,26 @@ def plugin_site(tmp_path_factory) -> Path:
     return pip_install_target(sources, tmp_path_factory.mktemp("plugin-site"))
 
 
-@pytest.fixture(scope="session")
-def example_plugin_site(tmp_path_factory) -> Path:
-    """``examples/reward-plugin`` pip-installed into a temp folder (built from a copy, so
-    parallel workers never write build files into the repository)."""
-    source = tmp_path_factory.mktemp("example-source") / "reward-plugin"
-    shutil.copytree(REPO_ROOT / "examples" / "reward-plugin", source,
+def install_example(tmp_path_factory, folder: str) -> Path:
+    """``examples/<folder>`` pip-installed into a temp folder (built from a copy, so parallel
+    workers never write build files into the repository)."""
+    source = tmp_path_factory.mktemp("example-source") / folder
+    shutil.copytree(REPO_ROOT / "examples" / folder, source,
                     ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__",
                                                   ".pytest_cache"))
     return pip_install_target([source], tmp_path_factory.mktemp("example-site"))
+
+
+@pytest.fixture(scope="session")
+def example_plugin_site(tmp_path_factory) -> Path:
+    """``examples/reward-plugin`` pip-installed into a temp folder (put it on sys.path to use)."""
+    return install_example(tmp_path_factory, "reward-plugin")
+
+
+@pytest.fixture(scope="session")
+def example_solver_site(tmp_path_factory) -> Path:
+    """``examples/solver-plugin`` pip-installed into a temp folder (put it on sys.path to use)."""
+    return install_example(tmp_path_factory, "solver-plugin")
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""rewardkit and its example plugin as users install them: built wheels, installed with
+"""rewardkit and its example plugins as users install them: built wheels, installed with
 --no-deps into an empty folder. A file the wheel leaves out (a world asset, a JSON config) is
 invisible to every test that imports the source tree."""
 
@@ -12,6 +12,7 @@ from rewardkit.testing.wheel import build_wheel, install_wheel, missing_from_whe
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "reward-plugin"
+SOLVER_EXAMPLE = REPO / "examples" / "solver-plugin"
 
 FROM_THE_WHEEL = r'''
 from pathlib import Path
@@ -48,6 +49,11 @@ def test_the_installed_core_wheel_loads_the_embedded_world(core_wheel, tmp_path)
 def test_the_example_plugin_wheel_holds_every_tracked_package_file(tmp_path):
     wheel = build_wheel(EXAMPLE, tmp_path / "dist")
     assert missing_from_wheel(wheel, EXAMPLE, "rewardkit_example_reward") == []
+
+
+def test_the_example_solver_wheel_holds_every_tracked_package_file(tmp_path):
+    wheel = build_wheel(SOLVER_EXAMPLE, tmp_path / "dist")
+    assert missing_from_wheel(wheel, SOLVER_EXAMPLE, "rewardkit_example_solver") == []
 
 
 def test_a_file_left_out_of_the_wheel_is_reported(tmp_path):
