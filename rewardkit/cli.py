@@ -157,7 +157,19 @@ def parameter_table(spec: Any, title: str | None = None) -> Table:
     table = Table(title=title)
     for column in ("parameter", "type", "default", "help"):
         table.add_column(column)
-    for p in spec.params:
+    params = list(spec.params)
+    groups = list(dict.fromkeys(p.group for p in params))
+    if groups != [""]:  # keys by topic, in the order the config declares its topics
+        order = {g: i for i, g in enumerate(getattr(getattr(spec.factory, "Config", None),
+                                                    "KEY_GROUPS", {}))}
+        params.sort(key=lambda p: order.get(p.group, len(order)))
+    current = None
+    for p in params:
+        if groups != [""] and p.group != current:
+            current = p.group
+            if table.row_count:
+                table.add_section()
+            table.add_row(f"[bold]{escape(current or 'Other')}[/]", "", "", "")
         table.add_row(p.name, escape(p.type), "(required)" if p.required else escape(repr(p.default)),
                       escape(p.help))
     return table

@@ -32,13 +32,15 @@ class Param:
     default: Any = None
     required: bool = False
     help: str = ""
+    group: str = ""  # the topic ``rewardkit run RECIPE --help`` lists it under (a config's KEY_GROUPS)
 
     def as_dict(self) -> dict[str, Any]:
         default = self.default
         if not isinstance(default, (str, int, float, bool, type(None), list, tuple, dict)):
             default = repr(default)
-        return {"name": self.name, "type": self.type, "default": default,
-                "required": self.required, "help": self.help}
+        described = {"name": self.name, "type": self.type, "default": default,
+                     "required": self.required, "help": self.help}
+        return {**described, "group": self.group} if self.group else described
 
 
 @dataclass(frozen=True)
@@ -165,8 +167,10 @@ def _param_from_field(f: dataclasses.Field, owner: type) -> Param:
         default, required = f.default_factory(), False  # type: ignore[misc]
     else:
         default, required = None, True
+    groups = getattr(owner, "KEY_GROUPS", {})
+    group = next((title for title, keys in groups.items() if f.name in keys), "")
     return Param(name=f.name, type=_type_name(hints.get(f.name, f.type)), default=default,
-                 required=required, help=f.metadata.get("help", ""))
+                 required=required, help=f.metadata.get("help", ""), group=group)
 
 
 def _type_hints(obj: Any) -> dict[str, Any]:

@@ -330,3 +330,29 @@ def test_run_help_of_a_real_recipe_shows_types_defaults_and_help(capsys, monkeyp
     for text in ("pretrained_teacher_model", "(required)", "reward_scale", "proxy_rehearsal_set",
                  "overwrite_output_dir", "w_min"):
         assert text in out, text
+
+
+@pytest.mark.parametrize("recipe", ["lcd", "rg-lcd", "lrm-pretrain"])
+def test_every_config_key_is_in_exactly_one_help_topic(recipe):
+    import rewardkit as rk
+
+    config = rk.describe("recipe", recipe).factory.Config
+    keys = [f.name for f in dataclasses.fields(config)]
+    listed = [key for group in config.KEY_GROUPS.values() for key in group]
+    assert sorted(listed) == sorted(keys), (set(keys) ^ set(listed))
+
+
+def test_run_help_lists_the_keys_under_their_topics_in_order(capsys, monkeypatch):
+    import rewardkit as rk
+
+    monkeypatch.setenv("COLUMNS", "250")
+    assert cli.run(["run", "rg-lcd", "--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    titles = list(rk.describe("recipe", "rg-lcd").factory.Config.KEY_GROUPS)
+    rows = [line.split("│")[1].strip() for line in lines if line.startswith("│")]
+    assert [r for r in rows if r in titles] == titles
+    assert "Other" not in rows
+    # a key sits under its own topic
+    lora = rows.index("LoRA")
+    assert "lora_rank" in rows[lora:rows.index(titles[titles.index("LoRA") + 1])]
+    assert rows.index("rm_lr") > rows.index("Latent proxy RM (LRM)")

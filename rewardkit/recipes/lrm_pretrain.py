@@ -40,7 +40,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, ClassVar, Iterator, Mapping, Optional
 
 import torch
 
@@ -156,6 +156,25 @@ class LRMPretrainConfig(RecipeConfig):
     report_to: str = _f("tensorboard", "accelerate trackers: none, tensorboard, wandb or all",
                         OURS)
     tracker_project_name: str = _f("rewardkit-lrm-pretrain", "Tracker project name", OURS)
+
+    KEY_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Model": ("pretrained_teacher_model", "revision", "variant", "backbone", "backbone_params",
+                  "output_dir", "overwrite_output_dir", "seed"),
+        "Data": ("train_shards_path_or_url", "resolution", "center_crop", "random_flip",
+                 "train_batch_size", "dataloader_num_workers", "dataloader_seed"),
+        "Proxy": ("proxy", "proxy_params", "pretrained_latent_rm"),
+        "Contrastive stage": ("contrastive_steps", "learning_rate", "adam_beta1", "adam_beta2",
+                              "adam_epsilon", "adam_weight_decay", "lr_warmup_steps",
+                              "max_grad_norm"),
+        "Preference stage": ("reward", "reward_params", "preference_num_prompts",
+                             "preference_steps", "preference_batch_size",
+                             "preference_learning_rate", "preference_teacher_settings",
+                             "preference_noise_levels", "preference_build_batch_size"),
+        "Precision and distribution": ("mixed_precision",),
+        "Checkpoints": ("checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint"),
+        "Evaluation and logging": ("eval_shards_path_or_url", "eval_num_prompts",
+                                   "validation_steps", "report_to", "tracker_project_name"),
+    }
 
     @property
     def preference_enabled(self) -> bool:

@@ -139,6 +139,19 @@ class RGLCDConfig(LCDConfig):
     proxy_eval_seed: int = _f(1234, "Seed of the held-out preference set (its data order and "
                               "its samples)", OURS)
 
+    KEY_GROUPS = {
+        **LCDConfig.KEY_GROUPS,
+        "Reward": ("reward", "reward_params", "reward_scale", "rm_batch_size",
+                   "vae_decode_batch_size", "expert_logit_scale", "world_report"),
+        "Latent proxy RM (LRM)": (
+            "proxy", "proxy_params", "pretrained_latent_rm", "rm_lr", "latent_rm_loss_type",
+            "smooth_gt_label", "proxy_warmup_steps", "proxy_updates_per_step",
+            "proxy_replay_size", "proxy_rehearsal_set", "proxy_rehearsal_batch_size",
+            "proxy_rehearsal_weight"),
+        "LRM held-out evidence": ("proxy_eval_shards_path_or_url", "proxy_eval_num_prompts",
+                                  "proxy_eval_seed"),
+    }
+
     def validate(self) -> None:
         """LCD checks plus the reward and proxy settings (registered names, values, paths)."""
         super().validate()

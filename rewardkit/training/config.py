@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from ..errors import ConfigError
 from ..recipes.base import RecipeConfig
@@ -135,6 +135,30 @@ class LCDConfig(RecipeConfig):
     report_to: str = _f("tensorboard", "accelerate trackers: none, tensorboard, wandb or all "
                         "(skipped with a notice when not installed)")
     tracker_project_name: str = _f("rewardkit-lcd", "Tracker project name", OURS)
+
+    #: Topics of ``rewardkit run lcd --help``, in the order diffusers' LCD scripts group their
+    #: arguments (every key is in exactly one; a test checks it).
+    KEY_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Model": ("pretrained_teacher_model", "revision", "variant", "backbone", "backbone_params",
+                  "output_dir", "overwrite_output_dir", "seed"),
+        "Data": ("train_shards_path_or_url", "resolution", "center_crop", "random_flip",
+                 "train_batch_size", "dataloader_num_workers", "dataloader_seed"),
+        "Training and optimiser": (
+            "max_train_steps", "learning_rate", "lr_scheduler", "lr_warmup_steps",
+            "gradient_accumulation_steps", "gradient_checkpointing", "use_8bit_adam", "adam_beta1",
+            "adam_beta2", "adam_weight_decay", "adam_epsilon", "max_grad_norm"),
+        "Consistency distillation": (
+            "solver", "solver_params", "w_min", "w_max", "num_ddim_timesteps",
+            "unet_time_cond_proj_dim", "loss_type", "huber_c", "ema_decay",
+            "timestep_scaling_factor"),
+        "LoRA": ("use_lora", "lora_rank", "lora_alpha", "lora_target_modules"),
+        "Precision and distribution": ("mixed_precision",),
+        "Checkpoints": ("checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint"),
+        "Validation and logging": (
+            "validation_steps", "validation_prompts", "validation_seeds",
+            "validation_inference_steps", "validation_guidance_scale", "report_to",
+            "tracker_project_name"),
+    }
 
     def validate(self) -> None:
         """Reject bad values, naming the key, before anything is loaded."""
