@@ -20,6 +20,8 @@ KINDS: dict[str, str] = {
     "solver": "register_solvers",
     "backbone": "register_backbones",
     "recipe": "register_recipes",
+    "data": "register_data_sources",
+    "preset": "register_presets",
 }
 
 

@@ -62,6 +62,33 @@ def register_recipes(register):
     """
 
 
+@hookspec
+def register_data_sources(register):
+    """Register data sources addressed by a scheme: a data spec ``SCHEME:rest`` (in
+    ``train_shards_path_or_url`` or any other data key) is read by the source registered as
+    ``SCHEME`` (the embedded world registers ``world``: ``world:train``).
+
+    Each factory has a ``name`` (the scheme) and a ``from_spec(spec, resolution=None)``
+    classmethod returning a :class:`rewardkit.data.SampleSource`; it raises
+    :class:`rewardkit.errors.ConfigError` naming the spec when the spec is bad. With
+    ``resolution=None`` it only checks the spec (nothing heavy may load then).
+    """
+
+
+@hookspec
+def register_presets(register):
+    """Register presets: the settings a recipe runs with when it is started without its
+    required keys (``rewardkit run rg-lcd`` on a laptop), and what follows such a run.
+
+    Each factory has a ``name``, ``recipes`` (the recipe names it serves), a
+    ``defaults(recipe, chosen)`` method returning config overrides (``chosen``: the values the
+    user gave, which win; the preset may fit its defaults to them) and optionally
+    ``after_run(recipe, output_dir)`` (called on the main process when the run's ``report`` key
+    is set, e.g. the world's evaluation and report). A recipe uses the first preset, by name,
+    that serves it.
+    """
+
+
 # ---------------------------------------------------------------- command line
 
 

@@ -41,6 +41,26 @@ class ToyRecipe:
         self.config = config
 
 
+class ToyData:
+    """A toy data source (scheme ``toy``)."""
+
+    name = "toy"
+
+    @classmethod
+    def from_spec(cls, spec, resolution=None):
+        return [spec, resolution]
+
+
+class ToyPreset:
+    """A toy preset for the toy recipe."""
+
+    name = "toy-preset"
+    recipes = ("toy-recipe",)
+
+    def defaults(self, recipe, chosen):
+        return {"steps": 3}
+
+
 class AllKinds:
     """An in-file plugin implementing every hook."""
 
@@ -68,6 +88,14 @@ class AllKinds:
     @hookimpl
     def register_recipes(self, register):
         register(ToyRecipe)
+
+    @hookimpl
+    def register_data_sources(self, register):
+        register(ToyData)
+
+    @hookimpl
+    def register_presets(self, register):
+        register(ToyPreset)
 
     @hookimpl
     def register_commands(self, register):
@@ -111,7 +139,7 @@ def test_in_file_plugin_registers_every_kind(fresh_host):
     assert info.status == "ok" and not info.builtin and info.errors == []
     assert info.components == {"reward": ["toy-reward"], "proxy": ["toy-proxy"],
                                "solver": ["toy-solver"], "backbone": ["toy-backbone"],
-                               "recipe": ["toy-recipe"]}
+                               "recipe": ["toy-recipe"], "data": ["toy"], "preset": ["toy-preset"]}
     assert info.commands == ["toy-command"] and host.commands["toy-command"].help == "Does nothing."
 
     reward = host.get("reward", "toy-reward")

@@ -173,7 +173,7 @@ def test_rg_lcd_with_no_arguments_runs_the_embedded_world(assets, monkeypatch):
     config = rk.recipe("rg-lcd").config
     assert (config.reward, config.proxy, config.train_shards_path_or_url) == (
         "world-judge", "lrm", "world:train")
-    assert config.world_report and config.pretrained_teacher_model == str(assets / TEACHER)
+    assert config.report and config.pretrained_teacher_model == str(assets / TEACHER)
     assert rk.recipe("rg-lcd", max_train_steps=3).config.max_train_steps == 3  # user values win
     # naming a teacher means a real setting: no world defaults are mixed in
     with pytest.raises(ConfigError, match="train_shards_path_or_url"):

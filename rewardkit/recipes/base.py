@@ -50,10 +50,13 @@ class Recipe(ABC):
     @classmethod
     def embedded_defaults(cls, chosen: dict[str, Any] | None = None) -> dict[str, Any]:
         """Config values used when the recipe is run with no config file and without its required
-        keys (``rewardkit run NAME`` on a laptop). ``chosen``: the values the user gave, which
-        win over these (a recipe may fit its defaults to them). Empty: the recipe needs a
+        keys (``rewardkit run NAME`` on a laptop): those of the registered preset that serves
+        this recipe (:mod:`rewardkit.recipes.presets`). ``chosen``: the values the user gave,
+        which win over these (a preset may fit its defaults to them). Empty: the recipe needs a
         config."""
-        return {}
+        from .presets import preset_defaults
+
+        return preset_defaults(cls.name, chosen)
 
     @abstractmethod
     def run(self, progress: bool = True) -> Path:

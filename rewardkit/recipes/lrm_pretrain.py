@@ -279,22 +279,6 @@ class LRMPretrainRecipe(Recipe):
     Config = LRMPretrainConfig
     component_keys = {"reward": ("reward", RewardModel), "proxy": ("proxy", ProxyRewardModel)}
 
-    @classmethod
-    def embedded_defaults(cls, chosen: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The embedded world: pretrain a world LRM on the shipped teacher with ``world-judge``
-        (what ``rewardkit world build`` ships as ``latent-rm``), into ``lrm-pretrained-world``;
-        sized for the ``proxy`` the user chose."""
-        from ..world.assets import TEACHER, asset_path
-        from ..world.build import PLANS
-        from ..world.latent_rm import world_lrm_overrides
-
-        plan = PLANS["full"]
-        return world_lrm_overrides(
-            asset_path(TEACHER), "lrm-pretrained-world", contrastive_steps=plan.lrm_contrastive_steps,
-            preference_prompts=plan.lrm_preference_prompts,
-            preference_steps=plan.lrm_preference_steps, eval_prompts=plan.lrm_eval_prompts,
-            proxy=(chosen or {}).get("proxy", "lrm"))
-
     def __init__(self, config: LRMPretrainConfig, components: dict[str, Any] | None = None) -> None:
         super().__init__(config, components)
         self.config: LRMPretrainConfig = config

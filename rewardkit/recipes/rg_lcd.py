@@ -71,6 +71,7 @@ from ..rewards.base import RewardModel
 from ..training.config import OURS, LCDConfig, _f, check_component
 from ..training.step import StepOutputs
 from .given import is_given
+from .presets import after_run
 from .lcd import LCDRecipe
 
 NO_PROXY = "none"
@@ -103,9 +104,9 @@ class RGLCDConfig(LCDConfig):
     pretrained_latent_rm: Optional[str] = _f(None, "Start the proxy from a saved one (a folder "
                                              "written by save_pretrained, e.g. a checkpoint's "
                                              "latent_rm/)")
-    world_report: bool = _f(False, "After training, evaluate teacher and student on the embedded "
-                            "world and write report.md, comparison.png and training curves (the "
-                            "default world run turns it on)", OURS)
+    report: bool = _f(False, "After training, let the preset that serves rg-lcd write its report "
+                      "(the embedded world's: teacher and student evaluated, report.md, "
+                      "comparison.png, training curves; the default world run turns it on)", OURS)
     vae_decode_batch_size: int = _f(16, "Latents decoded (and scored) per chunk in the proxy "
                                     "update")
     # ---------------------------------------------------------------- the online proxy schedule
@@ -142,7 +143,7 @@ class RGLCDConfig(LCDConfig):
     KEY_GROUPS = {
         **LCDConfig.KEY_GROUPS,
         "Reward": ("reward", "reward_params", "reward_scale", "rm_batch_size",
-                   "vae_decode_batch_size", "expert_logit_scale", "world_report"),
+                   "vae_decode_batch_size", "expert_logit_scale", "report"),
         "Latent proxy RM (LRM)": (
             "proxy", "proxy_params", "pretrained_latent_rm", "rm_lr", "latent_rm_loss_type",
             "smooth_gt_label", "proxy_warmup_steps", "proxy_updates_per_step",
@@ -249,24 +250,12 @@ class RGLCDRecipe(LCDRecipe):
         self.replay: CandidateReplay | None = None
         self.heldout: PreferenceSet | None = None
 
-    @classmethod
-    def embedded_defaults(cls, chosen: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The embedded world: the shipped teacher, LRM learning from ``world-judge``, a report
-        (fitted to the user's ``proxy`` and ``reward``: :func:`~rewardkit.world.default_run.
-        fit_world_defaults`)."""
-        from ..world.default_run import default_rg_lcd_overrides, fit_world_defaults
-
-        return {**fit_world_defaults(default_rg_lcd_overrides(), chosen or {}),
-                "world_report": True}
-
     def run(self, progress: bool = True) -> Path:
-        """Train (see :class:`LCDRecipe`); with ``world_report``, evaluate and write the report."""
+        """Train (see :class:`LCDRecipe`); with ``report``, the preset's after-run step (the
+        embedded world: evaluate teacher and student, write the report)."""
         output = super().run(progress)
-        if self.config.world_report and self.accelerator.is_main_process:
-            from ..world.default_run import finalize_world_run
-
-            report = finalize_world_run(output, teacher=self.config.pretrained_teacher_model)
-            self.accelerator.print(f"report: {report}")
+        if self.config.report and self.accelerator.is_main_process:
+            after_run(self, output)
         return output
 
     def setup(self) -> None:
@@ -316,14 +305,14 @@ class RGLCDRecipe(LCDRecipe):
         """The held-out preference set: built once (from data the proxy never trains on) and
         saved in ``output_dir/proxy_heldout``, so a resumed run measures on the very same set."""
         from ..data import build_loader
-        from ..world.source import world_source_from_spec
+        from ..training.data import resolve_source
 
         cfg = self.config
         folder = self.output_dir / HELDOUT_DIR
         if (folder / "preference_set.json").is_file():
             return PreferenceSet.load(folder)
         spec = cfg.proxy_eval_shards_path_or_url or cfg.train_shards_path_or_url
-        source = world_source_from_spec(spec, side=cfg.resolution) or spec
+        source = resolve_source(spec, cfg.resolution)
         loader = build_loader(source, resolution=cfg.resolution,
                               batch_size=cfg.proxy_eval_num_prompts, seed=cfg.proxy_eval_seed,
                               vae_scaling_factor=self.backbone.vae_scaling_factor)

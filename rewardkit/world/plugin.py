@@ -1,15 +1,28 @@
-"""Built-in world plugin: the embedded world's judges as reward models, and `rewardkit world`."""
+"""Built-in world plugin: the embedded world's judges as reward models, its data source
+(``world:train``), its preset (``rewardkit run rg-lcd`` with no arguments), and `rewardkit world`."""
 
 from __future__ import annotations
 
 from ..hookspecs import hookimpl
+from .preset import WorldPreset
 from .rewards import WorldJudge, WorldProxy
+from .source import WorldData
 
 
 @hookimpl
 def register_reward_models(register):
     register(WorldJudge)
     register(WorldProxy)
+
+
+@hookimpl
+def register_data_sources(register):
+    register(WorldData)
+
+
+@hookimpl
+def register_presets(register):
+    register(WorldPreset)
 
 
 @hookimpl

@@ -81,3 +81,21 @@ def world_source_from_spec(spec: Any, side: int | None = None) -> WorldSource | 
     if "side" not in options and side is not None:
         options["side"] = side
     return WorldSource(split, **options)
+
+
+class WorldData:
+    """The embedded world's renders and captions, as world:SPLIT[?size=N&side=S&seed=K].
+
+    Registered through the ``register_data_sources`` hook under the scheme ``world``.
+    """
+
+    name = "world"
+
+    @classmethod
+    def from_spec(cls, spec: str, resolution: int | None = None) -> WorldSource:
+        """The :class:`WorldSource` of ``spec``, rendered at ``resolution`` unless the spec
+        sets ``side``; a bad spec raises :class:`~rewardkit.errors.ConfigError` naming it."""
+        source = world_source_from_spec(spec, side=resolution)
+        if source is None:
+            raise ConfigError(f"'{spec}' is not a world spec (world:train, world:validation, ...)")
+        return source

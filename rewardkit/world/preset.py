@@ -1,0 +1,41 @@
+"""The ``world`` preset: what ``rewardkit run rg-lcd`` and ``rewardkit run lrm-pretrain`` do with
+no arguments (the shipped teacher, world data, ``world-judge``), and the report after rg-lcd."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+class WorldPreset:
+    """The embedded world: RG-LCD (and LRM pretraining) on the shipped teacher, a report after."""
+
+    name = "world"
+    recipes = ("rg-lcd", "lrm-pretrain")
+
+    def defaults(self, recipe: str, chosen: dict[str, Any]) -> dict[str, Any]:
+        """Config overrides of ``recipe``, fitted to the user's ``chosen`` values (which win)."""
+        if recipe == "rg-lcd":
+            from .default_run import default_rg_lcd_overrides, fit_world_defaults
+
+            return {**fit_world_defaults(default_rg_lcd_overrides(), chosen), "report": True}
+        # lrm-pretrain: a world LRM on the shipped teacher with world-judge (what `rewardkit
+        # world build` ships as latent-rm), into lrm-pretrained-world, sized for the chosen proxy
+        from .assets import TEACHER, asset_path
+        from .build import PLANS
+        from .latent_rm import world_lrm_overrides
+
+        plan = PLANS["full"]
+        return world_lrm_overrides(
+            asset_path(TEACHER), "lrm-pretrained-world", contrastive_steps=plan.lrm_contrastive_steps,
+            preference_prompts=plan.lrm_preference_prompts,
+            preference_steps=plan.lrm_preference_steps, eval_prompts=plan.lrm_eval_prompts,
+            proxy=chosen.get("proxy", "lrm"))
+
+    def after_run(self, recipe: Any, output_dir: Path) -> Path:
+        """Evaluate the teacher and the trained student on the world; write and name the report."""
+        from .default_run import finalize_world_run
+
+        report = finalize_world_run(output_dir, teacher=recipe.config.pretrained_teacher_model)
+        recipe.accelerator.print(f"report: {report}")
+        return report
