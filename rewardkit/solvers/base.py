@@ -52,10 +52,11 @@ class ConsistencySolver(ABC):
         return (self.start_timesteps(index) - self.skip).clamp(min=0)
 
     def alpha_sigma(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``sqrt(abar_t)`` and ``sqrt(1 - abar_t)`` broadcast to ``like``."""
-        abar = self.alphas_cumprod.to(like.device)[t].to(like.dtype)
-        shape = (-1,) + (1,) * (like.ndim - 1)
-        return abar.sqrt().view(shape), (1 - abar).sqrt().view(shape)
+        """``sqrt(abar_t)`` and ``sqrt(1 - abar_t)`` broadcast to ``like`` (the consistency
+        maths' own computation: square roots in float64, then rounded)."""
+        from ..consistency import _alpha_sigma
+
+        return _alpha_sigma(t, self.alphas_cumprod, like)
 
     @abstractmethod
     def step(self, denoise: Denoiser, z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
