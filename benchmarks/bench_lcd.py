@@ -103,8 +103,7 @@ def bench_teacher_call(recipe, args: argparse.Namespace) -> dict:
 
     timings, outputs = {}, {}
     for batched in (True, False):
-        denoise = teacher_denoiser(unet_fn, embeds, uncond, backbone.prediction_type,
-                                   backbone.alphas_cumprod, w, batched=batched)
+        denoise = teacher_denoiser(unet_fn, embeds, uncond, backbone.schedule, w, batched=batched)
         with torch.no_grad():
             for _ in range(args.warmup):
                 solver.step(denoise, z, index)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from rewardkit.schedule import NoiseSchedule
 from rewardkit.solvers import DDIMSolver, HeunSolver, teacher_denoiser
 from rewardkit.testing.solver_contract import sd_alphas_cumprod
 
@@ -104,7 +105,8 @@ def main() -> None:
         solver = cls(abar)
         index = solver.sample_indices(args.batch, generator=g).to(device)
         for batched in (True, False):
-            denoise = teacher_denoiser(unet_fn, cond, uncond, "epsilon", abar, w, batched=batched)
+            denoise = teacher_denoiser(unet_fn, cond, uncond, NoiseSchedule(abar, "epsilon"), w,
+                                       batched=batched)
             with torch.inference_mode():
                 times = timed(lambda: solver.step(denoise, z, index), args.repeats, args.warmup, device)
             median = statistics.median(times)

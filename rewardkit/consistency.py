@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .schedule import PREDICTION_TYPES, NoiseSchedule, _compute_dtype, _per_sample
 
 __all__ = [
     "PREDICTION_TYPES",
@@ -37,43 +38,8 @@ __all__ = [
     "ema_update",
 ]
 
-#: The teacher output parametrisations diffusers schedulers know (``prediction_type``).
-PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
 #: The consistency distances :func:`consistency_distance` implements (``loss_type``).
 LOSS_TYPES: tuple[str, ...] = ("huber", "l2")
-
-
-# ------------------------------------------------------------------------------- helpers
-
-
-def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape a ``[B]`` (or scalar) tensor to broadcast against ``like`` (``[B, ...]``)."""
-    values = values.reshape(-1)
-    return values.view((values.shape[0],) + (1,) * (like.ndim - 1))
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Half-precision latents are combined in float32, then cast back (keeps x0 at t=999 sane)."""
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
-
-
-def _alpha_sigma(timesteps: torch.Tensor | int, alphas_cumprod: torch.Tensor,
-                 like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``alpha_t = sqrt(abar_t)``, ``sigma_t = sqrt(1 - abar_t)`` shaped to broadcast with ``like``."""
-    t = torch.as_tensor(timesteps, device=like.device).long()
-    if t.ndim == 0:
-        t = t.expand(like.shape[0])
-    abar = torch.as_tensor(alphas_cumprod).to(device=like.device, dtype=torch.float64)[t]
-    dtype = _compute_dtype(like.dtype)
-    alpha = _per_sample(abar.sqrt().to(dtype), like)
-    sigma = _per_sample((1 - abar).sqrt().to(dtype), like)
-    return alpha, sigma
-
-
-def _check_prediction_type(prediction_type: str) -> None:
-    if prediction_type not in PREDICTION_TYPES:
-        raise ConfigError(
-            f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
 
 
 # ------------------------------------------------------------------ teacher parametrisations
@@ -82,47 +48,20 @@ def _check_prediction_type(prediction_type: str) -> None:
 def predicted_origin(model_output: torch.Tensor, timesteps: torch.Tensor | int,
                      sample: torch.Tensor, prediction_type: str,
                      alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """The x0-estimate ``x0_hat`` from the teacher's raw output.
-
-    - ``epsilon``: ``(z_t - sigma_t * out) / alpha_t``
-    - ``v_prediction``: ``alpha_t * z_t - sigma_t * out``
-    - ``sample``: ``out``
-
-    ``alphas_cumprod`` is the teacher scheduler's ``abar`` (length ``T``); ``timesteps`` index it.
-    """
-    _check_prediction_type(prediction_type)
-    if prediction_type == "sample":
-        return model_output
-    alpha, sigma = _alpha_sigma(timesteps, alphas_cumprod, sample)
-    dtype = alpha.dtype
-    z, out = sample.to(dtype), model_output.to(dtype)
-    if prediction_type == "epsilon":
-        x0 = (z - sigma * out) / alpha
-    else:
-        x0 = alpha * z - sigma * out
-    return x0.to(sample.dtype)
+    """The x0-estimate ``x0_hat`` from the teacher's raw output (see
+    :meth:`rewardkit.schedule.NoiseSchedule.predicted_origin`, which the training step uses
+    through the backbone's cached schedule; this is the same maths for loose values)."""
+    return NoiseSchedule(alphas_cumprod, prediction_type).predicted_origin(
+        model_output, timesteps, sample)
 
 
 def predicted_noise(model_output: torch.Tensor, timesteps: torch.Tensor | int,
                     sample: torch.Tensor, prediction_type: str,
                     alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """The noise estimate ``eps_hat`` from the teacher's raw output.
-
-    - ``epsilon``: ``out``
-    - ``v_prediction``: ``alpha_t * out + sigma_t * z_t``
-    - ``sample``: ``(z_t - alpha_t * out) / sigma_t``
-    """
-    _check_prediction_type(prediction_type)
-    if prediction_type == "epsilon":
-        return model_output
-    alpha, sigma = _alpha_sigma(timesteps, alphas_cumprod, sample)
-    dtype = alpha.dtype
-    z, out = sample.to(dtype), model_output.to(dtype)
-    if prediction_type == "v_prediction":
-        eps = alpha * out + sigma * z
-    else:
-        eps = (z - alpha * out) / sigma
-    return eps.to(sample.dtype)
+    """The noise estimate ``eps_hat`` from the teacher's raw output (see
+    :meth:`rewardkit.schedule.NoiseSchedule.predicted_noise`)."""
+    return NoiseSchedule(alphas_cumprod, prediction_type).predicted_noise(
+        model_output, timesteps, sample)
 
 
 # -------------------------------------------------------------------- consistency function

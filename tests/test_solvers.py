@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rewardkit.consistency import predicted_noise, predicted_origin
+from rewardkit.schedule import NoiseSchedule
 from rewardkit.solvers import (
     ConsistencySolver,
     DDIMSolver,
@@ -17,6 +18,7 @@ from rewardkit.solvers import (
 from rewardkit.testing.solver_contract import check_solver, sd_alphas_cumprod
 
 ABAR = sd_alphas_cumprod()
+EPS = NoiseSchedule(ABAR, "epsilon")
 
 
 def _ddim_scheduler(prediction_type: str):
@@ -73,8 +75,8 @@ def test_ddim_step_matches_diffusers_ddim_scheduler_with_guidance(prediction_typ
     cond = torch.randn(batch, 5, 8, generator=g)
     uncond = torch.zeros(batch, 5, 8)
     w = torch.tensor([0.0, 5.0, 12.5])
-    denoise = teacher_denoiser(_fake_teacher, cond, uncond, prediction_type,
-                               sched.alphas_cumprod, w)
+    denoise = teacher_denoiser(_fake_teacher, cond, uncond,
+                               NoiseSchedule(sched.alphas_cumprod, prediction_type), w)
     worst = 0.0
     for index in range(50):
         t = int(solver.timesteps[index])
@@ -106,7 +108,7 @@ def test_half_precision_step_keeps_dtype_and_tracks_float32(cls):
 
     def denoiser(dtype):
         return teacher_denoiser(_fake_teacher, cond.to(dtype), torch.zeros_like(cond, dtype=dtype),
-                                "epsilon", ABAR, torch.tensor([5.0, 7.0, 9.0]))
+                                NoiseSchedule(ABAR, "epsilon"), torch.tensor([5.0, 7.0, 9.0]))
 
     full = solver.step(denoiser(torch.float32), z, index)
     half = solver.step(denoiser(torch.float16), z.half(), index)
@@ -123,7 +125,8 @@ def test_guided_denoiser_is_the_lcm_combination():
     t = torch.tensor([39, 999])
     out_c, out_u = torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 4, 4, 4, generator=g)
     w = torch.tensor([2.0, 9.0])
-    denoise = make_guided_denoiser(lambda zz, tt: torch.cat([out_c, out_u]), "v_prediction", ABAR, w)
+    denoise = make_guided_denoiser(lambda zz, tt: torch.cat([out_c, out_u]),
+                                   NoiseSchedule(ABAR, "v_prediction"), w)
     x0, eps = denoise(z, t)
     x0_c = predicted_origin(out_c, t, z, "v_prediction", ABAR)
     x0_u = predicted_origin(out_u, t, z, "v_prediction", ABAR)
@@ -133,8 +136,8 @@ def test_guided_denoiser_is_the_lcm_combination():
     torch.testing.assert_close(x0, x0_c + wv * (x0_c - x0_u))
     torch.testing.assert_close(eps, eps_c + wv * (eps_c - eps_u))
     # w = 0 is the conditional teacher alone
-    x0_0, eps_0 = make_guided_denoiser(lambda zz, tt: torch.cat([out_c, out_u]), "v_prediction",
-                                       ABAR, 0.0)(z, t)
+    x0_0, eps_0 = make_guided_denoiser(lambda zz, tt: torch.cat([out_c, out_u]),
+                                       NoiseSchedule(ABAR, "v_prediction"), 0.0)(z, t)
     torch.testing.assert_close(x0_0, x0_c)
     torch.testing.assert_close(eps_0, eps_c)
 
@@ -166,19 +169,18 @@ def test_batched_teacher_call_equals_two_calls_on_a_real_unet(tiny_unet):
     z = torch.randn(3, 4, 8, 8, generator=g)
     t = torch.tensor([19, 519, 999])
     with torch.no_grad():
-        x0_b, eps_b = teacher_denoiser(unet_fn, cond, uncond, "epsilon", ABAR, w, batched=True)(z, t)
+        x0_b, eps_b = teacher_denoiser(unet_fn, cond, uncond, EPS, w, batched=True)(z, t)
         assert calls == [6]
-        x0_s, eps_s = teacher_denoiser(unet_fn, cond, uncond, "epsilon", ABAR, w, batched=False)(z, t)
+        x0_s, eps_s = teacher_denoiser(unet_fn, cond, uncond, EPS, w, batched=False)(z, t)
         assert calls == [6, 3, 3]
     # batch-size-dependent float rounding, amplified by (1 + w) / alpha_999 ~ 235 in x0
     torch.testing.assert_close(x0_b, x0_s, atol=1e-3, rtol=1e-4)
     torch.testing.assert_close(eps_b, eps_s, atol=1e-4, rtol=1e-4)
     # and through a solver step
     denoise_b = make_guided_denoiser(lambda zz, tt: unet_fn(zz, tt, torch.cat([cond, uncond])),
-                                     "epsilon", ABAR, w)
+                                     EPS, w)
     denoise_s = make_two_call_guided_denoiser(lambda zz, tt: unet_fn(zz, tt, cond),
-                                              lambda zz, tt: unet_fn(zz, tt, uncond),
-                                              "epsilon", ABAR, w)
+                                              lambda zz, tt: unet_fn(zz, tt, uncond), EPS, w)
     solver = DDIMSolver(ABAR)
     with torch.no_grad():
         index = torch.tensor([0, 25, 49])

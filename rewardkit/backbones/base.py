@@ -14,6 +14,8 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
+from ..schedule import NoiseSchedule
+
 
 class Backbone(ABC):
     """A frozen teacher plus the codecs around it.
@@ -37,8 +39,19 @@ class Backbone(ABC):
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:
-        """The teacher's cumulative alpha schedule (what solvers are built from)."""
+        """The teacher's cumulative alpha schedule ``abar`` ``[T]``."""
         return self.noise_scheduler.alphas_cumprod
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        """The teacher's :class:`~rewardkit.schedule.NoiseSchedule` (``abar`` and
+        ``prediction_type``), built once: the training step, the solver and the guided
+        denoiser all use this one object, cached on each device it is used on."""
+        cached = self.__dict__.get("_schedule")
+        if cached is None or cached.prediction_type != self.prediction_type:
+            cached = self.__dict__["_schedule"] = NoiseSchedule(self.alphas_cumprod,
+                                                                self.prediction_type)
+        return cached
 
     @abstractmethod
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:

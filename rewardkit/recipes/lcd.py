@@ -127,7 +127,7 @@ class LCDRecipe(Recipe):
         solver = self.components.get("solver")
         if solver is None:
             return get_host().get("solver", cfg.solver).build(
-                alphas_cumprod=backbone.alphas_cumprod, num_ddim_timesteps=cfg.num_ddim_timesteps,
+                alphas_cumprod=backbone.schedule, num_ddim_timesteps=cfg.num_ddim_timesteps,
                 **cfg.solver_params)
         if solver.num_ddim_timesteps != cfg.num_ddim_timesteps:
             raise ConfigError(f"solver: the built solver has num_ddim_timesteps "

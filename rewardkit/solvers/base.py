@@ -13,6 +13,8 @@ from typing import Callable, ClassVar
 
 import torch
 
+from ..schedule import NoiseSchedule
+
 #: ``denoise(z_t, t) -> (x0_hat, eps_hat)``: the teacher with classifier-free guidance applied.
 Denoiser = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 
@@ -24,15 +26,20 @@ class ConsistencySolver(ABC):
     #: Teacher evaluations one :meth:`step` makes (for cost accounting).
     evaluations_per_step: ClassVar[int] = 1
 
-    def __init__(self, alphas_cumprod: torch.Tensor, num_ddim_timesteps: int = 50) -> None:
+    def __init__(self, alphas_cumprod: torch.Tensor | NoiseSchedule,
+                 num_ddim_timesteps: int = 50) -> None:
+        """``alphas_cumprod``: the teacher's :class:`~rewardkit.schedule.NoiseSchedule` (what
+        recipes pass: the backbone's, cached on the device) or its ``abar`` tensor ``[T]``."""
         from ..errors import ConfigError
 
-        alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-        total = alphas_cumprod.shape[0]
+        self.schedule = (alphas_cumprod if isinstance(alphas_cumprod, NoiseSchedule)
+                         else NoiseSchedule(alphas_cumprod))
+        total = self.schedule.num_train_timesteps
         if not 1 <= num_ddim_timesteps <= total:
             raise ConfigError(
                 f"num_ddim_timesteps must be between 1 and {total}, got {num_ddim_timesteps}")
-        self.alphas_cumprod = alphas_cumprod
+        #: ``abar`` in float64, ``[T]`` (the schedule's).
+        self.alphas_cumprod = self.schedule.alphas_cumprod
         self.num_train_timesteps = total
         self.num_ddim_timesteps = num_ddim_timesteps
         self.skip = total // num_ddim_timesteps
@@ -52,11 +59,9 @@ class ConsistencySolver(ABC):
         return (self.start_timesteps(index) - self.skip).clamp(min=0)
 
     def alpha_sigma(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``sqrt(abar_t)`` and ``sqrt(1 - abar_t)`` broadcast to ``like`` (the consistency
-        maths' own computation: square roots in float64, then rounded)."""
-        from ..consistency import _alpha_sigma
-
-        return _alpha_sigma(t, self.alphas_cumprod, like)
+        """``sqrt(abar_t)`` and ``sqrt(1 - abar_t)`` broadcast to ``like`` (the schedule's:
+        square roots in float64, then rounded to ``like``'s compute dtype)."""
+        return self.schedule.alpha_sigma(t, like)
 
     @abstractmethod
     def step(self, denoise: Denoiser, z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

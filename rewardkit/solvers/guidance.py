@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from ..consistency import predicted_noise, predicted_origin
+from ..schedule import NoiseSchedule
 from .base import Denoiser
 
 #: ``predict_fn(z, t) -> raw teacher output`` (``z`` and ``t`` have the same batch size).
@@ -43,10 +43,9 @@ def combine_guidance(cond: torch.Tensor, uncond: torch.Tensor,
     return cond + w.to(cond.dtype) * (cond - uncond)
 
 
-def _estimates(output: torch.Tensor, t: torch.Tensor, z: torch.Tensor, prediction_type: str,
-               alphas_cumprod: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return (predicted_origin(output, t, z, prediction_type, alphas_cumprod),
-            predicted_noise(output, t, z, prediction_type, alphas_cumprod))
+def _estimates(output: torch.Tensor, t: torch.Tensor, z: torch.Tensor,
+               schedule: NoiseSchedule) -> tuple[torch.Tensor, torch.Tensor]:
+    return schedule.predicted_origin(output, t, z), schedule.predicted_noise(output, t, z)
 
 
 def _timesteps_for(t: torch.Tensor | int, z: torch.Tensor) -> torch.Tensor:
@@ -54,30 +53,29 @@ def _timesteps_for(t: torch.Tensor | int, z: torch.Tensor) -> torch.Tensor:
     return t.expand(z.shape[0]) if t.ndim == 0 else t
 
 
-def make_guided_denoiser(predict_fn: PredictFn, prediction_type: str,
-                         alphas_cumprod: torch.Tensor, w: torch.Tensor | float) -> Denoiser:
+def make_guided_denoiser(predict_fn: PredictFn, schedule: NoiseSchedule,
+                         w: torch.Tensor | float) -> Denoiser:
     """A guided denoiser that runs the teacher **once** on the doubled batch.
 
     ``predict_fn(z2, t2)`` receives ``z2 = [z; z]`` and ``t2 = [t; t]`` (batch ``2B``) and must
     return the teacher's raw outputs for ``[prompt_embeds; uncond_embeds]`` (the caller binds the
-    concatenated embeddings). ``prediction_type`` is the teacher's (``epsilon``, ``v_prediction``
-    or ``sample``), ``alphas_cumprod`` its schedule, ``w`` the guidance scale(s), shape ``[B]``.
+    concatenated embeddings). ``schedule`` is the teacher's (its ``abar`` and
+    ``prediction_type``), ``w`` the guidance scale(s), shape ``[B]``.
     """
 
     def denoise(z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = _timesteps_for(t, z)
         output = predict_fn(torch.cat([z, z]), torch.cat([t, t]))
         out_c, out_u = output.chunk(2)
-        x0_c, eps_c = _estimates(out_c, t, z, prediction_type, alphas_cumprod)
-        x0_u, eps_u = _estimates(out_u, t, z, prediction_type, alphas_cumprod)
+        x0_c, eps_c = _estimates(out_c, t, z, schedule)
+        x0_u, eps_u = _estimates(out_u, t, z, schedule)
         return combine_guidance(x0_c, x0_u, w), combine_guidance(eps_c, eps_u, w)
 
     return denoise
 
 
 def make_two_call_guided_denoiser(predict_cond: PredictFn, predict_uncond: PredictFn,
-                                  prediction_type: str, alphas_cumprod: torch.Tensor,
-                                  w: torch.Tensor | float) -> Denoiser:
+                                  schedule: NoiseSchedule, w: torch.Tensor | float) -> Denoiser:
     """The same guided denoiser as :func:`make_guided_denoiser`, with two teacher calls of batch B.
 
     ``predict_cond(z, t)`` and ``predict_uncond(z, t)`` run the teacher with the prompt and the
@@ -86,15 +84,15 @@ def make_two_call_guided_denoiser(predict_cond: PredictFn, predict_uncond: Predi
 
     def denoise(z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = _timesteps_for(t, z)
-        x0_c, eps_c = _estimates(predict_cond(z, t), t, z, prediction_type, alphas_cumprod)
-        x0_u, eps_u = _estimates(predict_uncond(z, t), t, z, prediction_type, alphas_cumprod)
+        x0_c, eps_c = _estimates(predict_cond(z, t), t, z, schedule)
+        x0_u, eps_u = _estimates(predict_uncond(z, t), t, z, schedule)
         return combine_guidance(x0_c, x0_u, w), combine_guidance(eps_c, eps_u, w)
 
     return denoise
 
 
 def teacher_denoiser(unet_fn: UnetFn, prompt_embeds: torch.Tensor, uncond_embeds: torch.Tensor,
-                     prediction_type: str, alphas_cumprod: torch.Tensor, w: torch.Tensor | float,
+                     schedule: NoiseSchedule, w: torch.Tensor | float,
                      batched: bool = True) -> Denoiser:
     """A guided denoiser from ``unet_fn(z, t, embeds)``, batched (one call) or not (two calls).
 
@@ -103,8 +101,6 @@ def teacher_denoiser(unet_fn: UnetFn, prompt_embeds: torch.Tensor, uncond_embeds
     """
     if batched:
         embeds = torch.cat([prompt_embeds, uncond_embeds])
-        return make_guided_denoiser(lambda z, t: unet_fn(z, t, embeds), prediction_type,
-                                    alphas_cumprod, w)
+        return make_guided_denoiser(lambda z, t: unet_fn(z, t, embeds), schedule, w)
     return make_two_call_guided_denoiser(lambda z, t: unet_fn(z, t, prompt_embeds),
-                                         lambda z, t: unet_fn(z, t, uncond_embeds),
-                                         prediction_type, alphas_cumprod, w)
+                                         lambda z, t: unet_fn(z, t, uncond_embeds), schedule, w)

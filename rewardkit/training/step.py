@@ -22,8 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..consistency import (consistency_distance, consistency_output, guidance_scale_embedding,
-                           predicted_origin)
+from ..consistency import consistency_distance, consistency_output, guidance_scale_embedding
 from ..solvers.guidance import teacher_denoiser
 
 
@@ -95,8 +94,7 @@ def lcd_forward(
     checkpoints), so a resumed run draws exactly what an uninterrupted one would.
     """
     device, batch = latents.device, latents.shape[0]
-    alphas_cumprod = backbone.alphas_cumprod
-    prediction_type = backbone.prediction_type
+    schedule = backbone.schedule
 
     # n ~ U{0..N-1}, w ~ U[w_min, w_max], eps ~ N(0, I)
     index = solver.sample_indices(batch, generator=generator).to(device)
@@ -105,8 +103,7 @@ def lcd_forward(
     t_start, t_end = solver.start_timesteps(index), solver.end_timesteps(index)
 
     # z_{t_{n+k}} = alpha z0 + sigma eps
-    alpha, sigma = solver.alpha_sigma(t_start, latents)
-    noisy = alpha * latents + sigma * noise
+    noisy = schedule.add_noise(latents, noise, t_start)
 
     w_embedding = None
     if hyper.time_cond_proj_dim:
@@ -116,7 +113,7 @@ def lcd_forward(
     with autocast():
         student_out = backbone.predict(student, noisy, t_start, prompt_embeds, w_embedding)
     student_x0 = consistency_output(
-        noisy, predicted_origin(student_out.float(), t_start, noisy, prediction_type, alphas_cumprod),
+        noisy, schedule.predicted_origin(student_out.float(), t_start, noisy),
         t_start, hyper.sigma_data, hyper.timestep_scaling)
 
     with torch.no_grad():
@@ -129,16 +126,15 @@ def lcd_forward(
                 out = backbone.predict(teacher, z.to(teacher_dtype), t, embeds.to(teacher_dtype))
             return out.float()
 
-        denoise = teacher_denoiser(unet_fn, prompt_embeds, uncond_embeds, prediction_type,
-                                   alphas_cumprod, w, batched=hyper.batched_teacher)
+        denoise = teacher_denoiser(unet_fn, prompt_embeds, uncond_embeds, schedule, w,
+                                   batched=hyper.batched_teacher)
         z_prev = solver.step(denoise, noisy, index).to(latents.dtype)
 
         # target: f_theta-(z_{t_n}, w, c), the EMA copy
         with autocast():
             target_out = backbone.predict(target, z_prev, t_end, prompt_embeds, w_embedding)
         target_x0 = consistency_output(
-            z_prev, predicted_origin(target_out.float(), t_end, z_prev, prediction_type,
-                                     alphas_cumprod),
+            z_prev, schedule.predicted_origin(target_out.float(), t_end, z_prev),
             t_end, hyper.sigma_data, hyper.timestep_scaling)
 
     lcd_loss = consistency_distance(student_x0, target_x0, hyper.loss_type, hyper.huber_c)
