@@ -366,3 +366,26 @@ def test_tiny_tokenizer_makes_every_word_one_token_whatever_their_order(tmp_path
     tokenizer = CLIPTokenizer.from_pretrained(write_tiny_clip_tokenizer(tmp_path, words))
     assert [len(tokenizer.tokenize(w)) for w in words] == [1] * len(words)
     assert tokenizer.tokenize("two dogs") != []  # other text still falls back to bytes
+
+
+def test_stable_diffusion_meets_the_backbone_contract(backbone, tmp_path):
+    from rewardkit.testing import check_backbone
+
+    check_backbone(backbone, tmp_path)
+
+
+def test_the_backbone_contract_catches_a_broken_backbone(teacher_dir, tmp_path):
+    from rewardkit.testing import check_backbone
+
+    class NoGradientDecode(StableDiffusionBackbone):
+        def decode_latents(self, latents):
+            return super().decode_latents(latents.detach())
+
+    class WrongWidth(StableDiffusionBackbone):
+        def encode_prompts(self, prompts):
+            return super().encode_prompts(prompts)[..., :8]
+
+    with pytest.raises(AssertionError, match="not differentiable"):
+        check_backbone(NoGradientDecode(str(teacher_dir)))
+    with pytest.raises(AssertionError, match="text_embed_dim"):
+        check_backbone(WrongWidth(str(teacher_dir)))

@@ -22,7 +22,10 @@ class Backbone(ABC):
 
     Attributes set by implementations: ``unet`` (the frozen teacher), ``vae``, ``text_encoder``,
     ``tokenizer``, ``noise_scheduler``, ``prediction_type`` (``"epsilon"``, ``"v_prediction"`` or
-    ``"sample"``), ``vae_scaling_factor``, ``latent_channels``, ``text_embed_dim``.
+    ``"sample"``), ``vae_scaling_factor``, ``latent_channels``, ``text_embed_dim``,
+    ``sample_size`` (the teacher's latent side), ``device`` and ``dtype`` (of the frozen parts).
+    Everything below is what the recipes, validation and the proxies call; check an
+    implementation with :func:`rewardkit.testing.check_backbone`.
     """
 
     name: ClassVar[str] = "backbone"
@@ -36,6 +39,9 @@ class Backbone(ABC):
     vae_scaling_factor: float
     latent_channels: int
     text_embed_dim: int
+    sample_size: int
+    device: torch.device
+    dtype: torch.dtype
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:
@@ -58,6 +64,11 @@ class Backbone(ABC):
         """Prompt embeddings ``[B, L, D]`` (no gradients)."""
 
     @abstractmethod
+    def empty_prompt_embeds(self, batch: int) -> torch.Tensor:
+        """Embeddings of the empty prompt ``[batch, L, D]`` (the unconditional branch of
+        classifier-free guidance; implementations encode it once and cache it)."""
+
+    @abstractmethod
     def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Scaled latents from images in ``[-1, 1]`` (``latent_dist.sample() * scaling_factor``)."""
 
@@ -73,6 +84,19 @@ class Backbone(ABC):
     def predict(self, unet: nn.Module, latents: torch.Tensor, timesteps: torch.Tensor,
                 prompt_embeds: torch.Tensor, timestep_cond: torch.Tensor | None = None) -> torch.Tensor:
         """The raw UNet output (noise, v or sample, per ``prediction_type``)."""
+
+    @abstractmethod
+    def add_lora(self, student: nn.Module, rank: int = 64, alpha: int | None = None,
+                 target_modules: Sequence[str] | None = None,
+                 train_cond_proj: bool = True) -> nn.Module:
+        """Add LoRA adapters to ``student`` and make them (and, with ``train_cond_proj``, the
+        new guidance embedding) its only trainable parameters; return it."""
+
+    @abstractmethod
+    def lcm_scheduler(self, original_inference_steps: int = 50,
+                      timestep_scaling: float = 10.0) -> Any:
+        """A diffusers ``LCMScheduler`` on the teacher's schedule (what validation samples with
+        and what :meth:`save_pipeline` writes)."""
 
     @abstractmethod
     def save_pipeline(self, student: nn.Module, output_dir: str | Path, **kwargs: Any) -> Path:

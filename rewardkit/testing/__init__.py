@@ -9,8 +9,9 @@
           check_reward_model(MyRewardModel(...))
 
 - ``rewardkit.testing.tiny_clip``: tiny CLIP models, tokenizers and aesthetic heads built offline.
-- ``build_tiny_sd_pipeline`` (from ``rewardkit.testing.tiny_sd``) and ``check_solver`` (from
-  ``rewardkit.testing.solver_contract``) are re-exported lazily, so a missing optional module
+- ``build_tiny_sd_pipeline`` (from ``rewardkit.testing.tiny_sd``), ``check_solver`` (from
+  ``rewardkit.testing.solver_contract``) and ``check_backbone`` (from
+  ``rewardkit.testing.backbone_contract``) are re-exported lazily, so a missing optional module
   never breaks ``import rewardkit.testing``.
 """
 
@@ -25,6 +26,7 @@ from .reward_contract import check_reward_model
 _LAZY = {
     "build_tiny_sd_pipeline": "rewardkit.testing.tiny_sd",
     "check_solver": "rewardkit.testing.solver_contract",
+    "check_backbone": "rewardkit.testing.backbone_contract",
     "build_tiny_clip": "rewardkit.testing.tiny_clip",
     "build_tiny_clip_tokenizer": "rewardkit.testing.tiny_clip",
     "build_tiny_aesthetic_head": "rewardkit.testing.tiny_clip",

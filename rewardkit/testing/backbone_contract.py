@@ -1,0 +1,153 @@
+"""Contract checks every backbone plugin should pass: ``check_backbone``.
+
+A third-party backbone author runs, in their own tests (on a tiny teacher built offline)::
+
+    from rewardkit.testing import check_backbone
+
+    def test_contract(tmp_path):
+        check_backbone(MyBackbone(str(build_my_tiny_teacher(tmp_path))), tmp_path / "out")
+
+Each check raises ``AssertionError`` naming the backbone and what went wrong:
+
+- the attributes the recipes read exist and agree (``latent_channels``, ``text_embed_dim``,
+  ``sample_size``, ``vae_scaling_factor``, ``prediction_type`` and the ``schedule`` built from it);
+- ``encode_prompts`` and ``empty_prompt_embeds`` give ``[B, L, text_embed_dim]`` without gradients,
+  different prompts giving different embeddings;
+- ``encode_images`` maps ``[B, 3, H, W]`` pixels in ``[-1, 1]`` to ``[B, latent_channels, h, w]``
+  and ``decode_latents`` maps them back to ``[B, 3, H, W]`` in ``[0, 1]``, differentiably (the
+  reward gradient of RG-LCD flows through it);
+- ``build_student`` has the teacher's weights: with a zero guidance embedding it predicts what the
+  teacher predicts, and its only trainable parameters are its own; ``predict`` keeps the latents'
+  shape;
+- ``lcm_scheduler`` is a diffusers ``LCMScheduler`` with the teacher's ``prediction_type``, and
+  (when ``output_dir`` is given) ``save_pipeline`` writes a folder that
+  ``diffusers.DiffusionPipeline.from_pretrained`` loads with that scheduler.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..backbones.base import Backbone
+from ..schedule import NoiseSchedule
+
+__all__ = ["check_backbone"]
+
+
+def check_backbone(backbone: Any, output_dir: str | Path | None = None, batch: int = 2,
+                   time_cond_proj_dim: int = 32) -> None:
+    """Run every contract check on a built ``backbone`` (see the module docstring)."""
+    name = getattr(backbone, "name", type(backbone).__name__)
+    where = f"backbone '{name}'"
+    assert isinstance(backbone, Backbone), f"{where} is not a rewardkit.backbones.Backbone"
+    _check_attributes(backbone, where)
+    prompts = ["a photo of a red circle", "a blue square"][:batch] + ["a cat"] * max(0, batch - 2)
+    embeds = _check_prompts(backbone, prompts, where)
+    latents = _check_codecs(backbone, batch, where)
+    _check_student(backbone, latents, embeds, time_cond_proj_dim, where)
+    _check_scheduler(backbone, where)
+    if output_dir is not None:
+        _check_saving(backbone, Path(output_dir), time_cond_proj_dim, where)
+
+
+def _check_attributes(backbone: Backbone, where: str) -> None:
+    for attribute, kind in (("latent_channels", int), ("text_embed_dim", int), ("sample_size", int),
+                            ("vae_scaling_factor", float), ("prediction_type", str)):
+        value = getattr(backbone, attribute, None)
+        assert isinstance(value, kind), f"{where}: {attribute} must be a {kind.__name__}, got {value!r}"
+    schedule = backbone.schedule
+    assert isinstance(schedule, NoiseSchedule), f"{where}: schedule is not a NoiseSchedule"
+    assert schedule.prediction_type == backbone.prediction_type, (
+        f"{where}: schedule.prediction_type {schedule.prediction_type!r} is not the backbone's "
+        f"{backbone.prediction_type!r}")
+    assert schedule is backbone.schedule, f"{where}: schedule must be built once, not per call"
+
+
+def _check_prompts(backbone: Backbone, prompts: list[str], where: str) -> torch.Tensor:
+    embeds = backbone.encode_prompts(prompts)
+    empty = backbone.empty_prompt_embeds(len(prompts))
+    for label, tensor in (("encode_prompts", embeds), ("empty_prompt_embeds", empty)):
+        assert tensor.ndim == 3 and tensor.shape[0] == len(prompts), (
+            f"{where}: {label} must return [B, L, D] with B={len(prompts)}, got {tuple(tensor.shape)}")
+        assert tensor.shape[-1] == backbone.text_embed_dim, (
+            f"{where}: {label} width {tensor.shape[-1]} is not text_embed_dim {backbone.text_embed_dim}")
+        assert not tensor.requires_grad, f"{where}: {label} must not carry gradients"
+    assert embeds.shape == empty.shape, f"{where}: prompt and empty-prompt embeddings differ in shape"
+    assert not torch.equal(embeds[0], embeds[1]), f"{where}: different prompts, same embeddings"
+    return embeds
+
+
+def _check_codecs(backbone: Backbone, batch: int, where: str) -> torch.Tensor:
+    factor = getattr(backbone, "vae_scale_factor", 8)
+    side = backbone.sample_size * factor
+    pixels = torch.rand(batch, 3, side, side, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        latents = backbone.encode_images(pixels, generator=torch.Generator().manual_seed(1))
+    expected = (batch, backbone.latent_channels, backbone.sample_size, backbone.sample_size)
+    assert tuple(latents.shape) == expected, (
+        f"{where}: encode_images of {side}x{side} pixels gave {tuple(latents.shape)}, expected {expected}")
+    probe = latents.detach().float().clone().requires_grad_(True)
+    images = backbone.decode_latents(probe)
+    assert tuple(images.shape) == (batch, 3, side, side), (
+        f"{where}: decode_latents gave {tuple(images.shape)}, expected {(batch, 3, side, side)}")
+    assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0, (
+        f"{where}: decode_latents must return images in [0, 1]")
+    assert images.requires_grad, (
+        f"{where}: decode_latents is not differentiable with respect to the latents")
+    images.float().mean().backward()
+    assert probe.grad is not None and bool(probe.grad.abs().sum() > 0), (
+        f"{where}: decode_latents is not differentiable with respect to the latents")
+    return latents.float()
+
+
+def _check_student(backbone: Backbone, latents: torch.Tensor, embeds: torch.Tensor,
+                   dim: int, where: str) -> None:
+    from ..consistency import guidance_scale_embedding
+
+    student = backbone.build_student(time_cond_proj_dim=dim)
+    trainable = [n for n, p in student.named_parameters() if p.requires_grad]
+    assert trainable, f"{where}: build_student returned a student with nothing to train"
+    assert not any(p.requires_grad for p in backbone.unet.parameters()), (
+        f"{where}: the teacher UNet must stay frozen")
+    cond_proj = getattr(getattr(student, "time_embedding", None), "cond_proj", None)
+    timesteps = torch.tensor([999, 259] + [500] * (latents.shape[0] - 2))[: latents.shape[0]]
+    device = backbone.device
+    with torch.no_grad():
+        if cond_proj is not None:
+            cond_proj.weight.zero_()
+        w = guidance_scale_embedding(torch.full((latents.shape[0],), 7.0), dim).to(device)
+        teacher_out = backbone.predict(backbone.unet, latents.to(device, backbone.dtype),
+                                       timesteps.to(device), embeds.to(backbone.dtype))
+        student_out = backbone.predict(student, latents.to(device), timesteps.to(device),
+                                       embeds.float(), w)
+    assert student_out.shape == latents.shape, (
+        f"{where}: predict returned {tuple(student_out.shape)} for latents {tuple(latents.shape)}")
+    torch.testing.assert_close(
+        student_out.float(), teacher_out.float(), atol=1e-3, rtol=1e-3,
+        msg=lambda m: f"{where}: a student with a zero guidance embedding must predict what the "
+                      f"teacher predicts ({m})")
+
+
+def _check_scheduler(backbone: Backbone, where: str) -> None:
+    scheduler = backbone.lcm_scheduler()
+    assert type(scheduler).__name__ == "LCMScheduler", (
+        f"{where}: lcm_scheduler returned a {type(scheduler).__name__}, not an LCMScheduler")
+    assert scheduler.config.prediction_type == backbone.prediction_type, (
+        f"{where}: lcm_scheduler's prediction_type {scheduler.config.prediction_type!r} is not "
+        f"the teacher's {backbone.prediction_type!r}")
+
+
+def _check_saving(backbone: Backbone, output_dir: Path, dim: int, where: str) -> None:
+    from diffusers import DiffusionPipeline
+
+    folder = backbone.save_pipeline(backbone.build_student(time_cond_proj_dim=dim),
+                                    output_dir / "check-backbone-pipeline")
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    assert type(pipe.scheduler).__name__ == "LCMScheduler", (
+        f"{where}: the saved pipeline samples with {type(pipe.scheduler).__name__}, not LCMScheduler")
+    assert pipe.unet.config.time_cond_proj_dim == dim, (
+        f"{where}: the saved UNet lost its guidance embedding (time_cond_proj_dim "
+        f"{pipe.unet.config.time_cond_proj_dim}, expected {dim})")
