@@ -95,7 +95,7 @@ def bench_teacher_call(recipe, args: argparse.Namespace) -> dict:
     z = torch.randn(args.batch, backbone.latent_channels, size, size, generator=generator).to(device)
     index = solver.sample_indices(args.batch, generator=generator).to(device)
     embeds = backbone.encode_prompts(["a photo of a red circle"] * args.batch)
-    uncond = backbone.empty_prompt_embeds(args.batch)
+    uncond = backbone.empty_conditioning(args.batch)
     w = torch.full((args.batch,), 7.0, device=device)
 
     def unet_fn(x, t, e):

@@ -106,7 +106,7 @@ def update_cost(latent_rm: Path, preference_set: Path, device: str, repeats: int
     updater = ProxyUpdater(proxy, lr=1e-4, loss_type="cross_entropy",
                            rehearsal=Rehearsal(PreferenceSet.load(preference_set), batch_size=64),
                            generator=generator)
-    embeds = backbone.encode_prompts(["a red circle on a blue background"] * 8).detach()
+    embeds = backbone.encode_prompts(["a red circle on a blue background"] * 8).prompt_embeds.detach()
     latents = torch.randn(3, 8, backbone.latent_channels, 8, 8, generator=generator).to(device)
     expert = torch.rand(3, 8, generator=generator)
 

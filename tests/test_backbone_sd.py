@@ -18,6 +18,7 @@ from rewardkit.backbones.stable_diffusion import (
     check_pipeline_location,
     load_student_lora,
 )
+from rewardkit.backbones import Conditioning
 from rewardkit.errors import ConfigError
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
 
@@ -131,13 +132,16 @@ def test_backbone_is_registered(fresh_host, teacher_dir):
 
 
 def test_encode_prompts_and_cached_empty_prompt(backbone):
-    embeds = backbone.encode_prompts(["a red circle", "a blue square", "zebra"])
+    cond = backbone.encode_prompts(["a red circle", "a blue square", "zebra"])
+    assert isinstance(cond, Conditioning) and len(cond) == 3
+    embeds = cond.prompt_embeds
     assert embeds.shape == (3, 77, 32) and not embeds.requires_grad
+    assert cond.added_cond_kwargs is None  # SD 1.x/2.x: the prompt embeddings alone
     assert not torch.allclose(embeds[0], embeds[1])
-    empty = backbone.empty_prompt_embeds(4)
+    empty = backbone.empty_conditioning(4).prompt_embeds
     assert empty.shape == (4, 77, 32)
-    torch.testing.assert_close(empty[2], backbone.encode_prompts([""])[0])
-    assert backbone.empty_prompt_embeds(1).data_ptr() == empty.data_ptr()  # encoded once
+    torch.testing.assert_close(empty[2], backbone.encode_prompts([""]).prompt_embeds[0])
+    assert backbone.empty_conditioning(1).prompt_embeds.data_ptr() == empty.data_ptr()  # encoded once
 
 
 def test_encode_images_gives_scaled_latents(backbone):
@@ -383,7 +387,7 @@ def test_the_backbone_contract_catches_a_broken_backbone(teacher_dir, tmp_path):
 
     class WrongWidth(StableDiffusionBackbone):
         def encode_prompts(self, prompts):
-            return super().encode_prompts(prompts)[..., :8]
+            return super().encode_prompts(prompts).map(lambda t: t[..., :8])
 
     with pytest.raises(AssertionError, match="not differentiable"):
         check_backbone(NoGradientDecode(str(teacher_dir)))

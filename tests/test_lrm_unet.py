@@ -34,7 +34,7 @@ def assets(tmp_path_factory):
 
 
 def prompts(backbone, *texts):
-    return backbone.encode_prompts(list(texts))
+    return backbone.encode_prompts(list(texts)).prompt_embeds
 
 
 def test_registered_through_the_proxy_hook():

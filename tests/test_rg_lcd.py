@@ -341,7 +341,7 @@ def test_the_student_maximises_the_very_proxy_the_update_trains(assets, tmp_path
     after = float(recipe.extra_losses(step)["reward_loss"].detach())
     assert after != before  # the same student output now gets the trained proxy's reward
     expected = -recipe.config.reward_scale * recipe.proxy_updater.proxy.score(
-        step.student_x0, step.prompt_embeds).mean().detach()
+        step.student_x0, step.cond.prompt_embeds).mean().detach()
     assert after == pytest.approx(float(expected), abs=1e-6)
 
 
@@ -412,7 +412,7 @@ def test_rehearsal_pairs_join_every_proxy_update(assets, tmp_path):
     latents, embeds, _ = recipe.encode_batch(batch)
     n = latents.shape[0]
     pset = PreferenceSet(latents=torch.cat([latents, latents + 1.0]).cpu(),
-                         prompt_embeds=embeds.cpu(), prompt_index=torch.arange(n).repeat(2),
+                         prompt_embeds=embeds.prompt_embeds.cpu(), prompt_index=torch.arange(n).repeat(2),
                          captions=list(batch["captions"]),
                          kinds=[GROUND_TRUTH] * n + ["noised"] * n,
                          expert=torch.cat([torch.ones(n), torch.zeros(n)]))

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rewardkit.consistency import predicted_noise, predicted_origin
+from rewardkit.backbones import Conditioning
 from rewardkit.schedule import NoiseSchedule
 from rewardkit.solvers import (
     ConsistencySolver,
@@ -34,8 +35,10 @@ def _ddim_scheduler(prediction_type: str):
     return sched
 
 
-def _fake_teacher(z: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
-    """A smooth, prompt-dependent stand-in for a UNet: raw output from (z, t, embeds)."""
+def _fake_teacher(z: torch.Tensor, t: torch.Tensor, embeds) -> torch.Tensor:
+    """A smooth, prompt-dependent stand-in for a UNet: raw output from (z, t, embeds), the
+    embeddings given bare or as a Conditioning."""
+    embeds = getattr(embeds, "prompt_embeds", embeds)
     shape = (-1,) + (1,) * (z.ndim - 1)
     e = embeds.mean(dim=(1, 2)).view(shape)
     return torch.tanh(z * (1 + e)) + 0.3 * torch.cos(t.float() / 100).view(shape) * e
@@ -75,7 +78,7 @@ def test_ddim_step_matches_diffusers_ddim_scheduler_with_guidance(prediction_typ
     cond = torch.randn(batch, 5, 8, generator=g)
     uncond = torch.zeros(batch, 5, 8)
     w = torch.tensor([0.0, 5.0, 12.5])
-    denoise = teacher_denoiser(_fake_teacher, cond, uncond,
+    denoise = teacher_denoiser(_fake_teacher, Conditioning(cond), Conditioning(uncond),
                                NoiseSchedule(sched.alphas_cumprod, prediction_type), w)
     worst = 0.0
     for index in range(50):
@@ -107,7 +110,8 @@ def test_half_precision_step_keeps_dtype_and_tracks_float32(cls):
     index = torch.tensor([0, 20, 49])
 
     def denoiser(dtype):
-        return teacher_denoiser(_fake_teacher, cond.to(dtype), torch.zeros_like(cond, dtype=dtype),
+        return teacher_denoiser(_fake_teacher, Conditioning(cond.to(dtype)),
+                                Conditioning(torch.zeros_like(cond, dtype=dtype)),
                                 NoiseSchedule(ABAR, "epsilon"), torch.tensor([5.0, 7.0, 9.0]))
 
     full = solver.step(denoiser(torch.float32), z, index)
@@ -164,14 +168,16 @@ def test_batched_teacher_call_equals_two_calls_on_a_real_unet(tiny_unet):
 
     def unet_fn(z, t, embeds):
         calls.append(z.shape[0])
+        embeds = getattr(embeds, "prompt_embeds", embeds)
         return tiny_unet(z, t, encoder_hidden_states=embeds).sample
 
     z = torch.randn(3, 4, 8, 8, generator=g)
     t = torch.tensor([19, 519, 999])
     with torch.no_grad():
-        x0_b, eps_b = teacher_denoiser(unet_fn, cond, uncond, EPS, w, batched=True)(z, t)
+        c, u = Conditioning(cond), Conditioning(uncond)
+        x0_b, eps_b = teacher_denoiser(unet_fn, c, u, EPS, w, batched=True)(z, t)
         assert calls == [6]
-        x0_s, eps_s = teacher_denoiser(unet_fn, cond, uncond, EPS, w, batched=False)(z, t)
+        x0_s, eps_s = teacher_denoiser(unet_fn, c, u, EPS, w, batched=False)(z, t)
         assert calls == [6, 3, 3]
     # batch-size-dependent float rounding, amplified by (1 + w) / alpha_999 ~ 235 in x0
     torch.testing.assert_close(x0_b, x0_s, atol=1e-3, rtol=1e-4)

@@ -63,7 +63,7 @@ def test_teacher_loads_through_the_stable_diffusion_backbone(built):
         assert len(backbone.tokenizer.tokenize(word)) == 1, word
     caption = make_splits(0).validation[0].caption()
     embeds = backbone.encode_prompts([caption, ""])
-    assert embeds.shape == (2, 16, backbone.text_embed_dim)
+    assert embeds.prompt_embeds.shape == (2, 16, backbone.text_embed_dim)
     pixels = torch.rand(2, 3, 32, 32) * 2 - 1
     latents = backbone.encode_images(pixels, generator=torch.Generator().manual_seed(0))
     assert latents.shape == (2, 4, 8, 8)
@@ -108,7 +108,7 @@ def test_the_pretrained_world_lrm_loads_into_rg_lcd_sized_for_the_teacher(built)
     backbone = api.backbone("stable-diffusion", pretrained_model_name_or_path=str(built / TEACHER))
     assert proxy.config["text_dim"] == backbone.text_embed_dim
     latents = torch.randn(2, backbone.latent_channels, 8, 8)
-    assert proxy(latents, backbone.encode_prompts(["a", "b"])).shape == (2,)
+    assert proxy(latents, backbone.encode_prompts(["a", "b"]).prompt_embeds).shape == (2,)
     from rewardkit.proxies.preference_set import PreferenceSet
 
     rehearsal = PreferenceSet.load(built / LATENT_RM / "preference_set")  # shipped for rehearsal

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..schedule import NoiseSchedule
+from .conditioning import Conditioning
 
 
 class Backbone(ABC):
@@ -60,12 +61,13 @@ class Backbone(ABC):
         return cached
 
     @abstractmethod
-    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Prompt embeddings ``[B, L, D]`` (no gradients)."""
+    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+        """The prompts' :class:`Conditioning` (``prompt_embeds`` ``[B, L, D]`` plus whatever
+        else the UNet takes), without gradients."""
 
     @abstractmethod
-    def empty_prompt_embeds(self, batch: int) -> torch.Tensor:
-        """Embeddings of the empty prompt ``[batch, L, D]`` (the unconditional branch of
+    def empty_conditioning(self, batch: int) -> Conditioning:
+        """The empty prompt's conditioning, ``batch`` times (the unconditional branch of
         classifier-free guidance; implementations encode it once and cache it)."""
 
     @abstractmethod
@@ -82,8 +84,9 @@ class Backbone(ABC):
 
     @abstractmethod
     def predict(self, unet: nn.Module, latents: torch.Tensor, timesteps: torch.Tensor,
-                prompt_embeds: torch.Tensor, timestep_cond: torch.Tensor | None = None) -> torch.Tensor:
-        """The raw UNet output (noise, v or sample, per ``prediction_type``)."""
+                cond: Conditioning, timestep_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The raw UNet output (noise, v or sample, per ``prediction_type``) for ``cond`` (a
+        :class:`Conditioning` of the same batch) and the student's guidance embedding."""
 
     @abstractmethod
     def add_lora(self, student: nn.Module, rank: int = 64, alpha: int | None = None,

@@ -35,6 +35,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..files import replace_path
 from .base import Backbone
+from .conditioning import Conditioning
 
 logger = logging.getLogger(__name__)
 
@@ -191,19 +192,20 @@ class StableDiffusionBackbone(Backbone):
     # ------------------------------------------------------------ codecs
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Prompt embeddings ``[B, L, D]``: the text encoder's last hidden state (no gradients)."""
+    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+        """The prompts' conditioning: prompt embeddings ``[B, L, D]``, the text encoder's last
+        hidden state (no gradients); SD 1.x/2.x adds nothing else."""
         ids = self.tokenizer(list(prompts), padding="max_length", truncation=True,
                              max_length=self.tokenizer.model_max_length,
                              return_tensors="pt").input_ids
-        return self.text_encoder(ids.to(self.text_encoder.device))[0]
+        return Conditioning(self.text_encoder(ids.to(self.text_encoder.device))[0])
 
-    def empty_prompt_embeds(self, batch: int) -> torch.Tensor:
-        """Embeddings of the empty prompt repeated ``batch`` times (encoded once, cached)."""
+    def empty_conditioning(self, batch: int) -> Conditioning:
+        """The empty prompt's conditioning repeated ``batch`` times (encoded once, cached)."""
         cached = self._empty_embeds
         if cached is None or cached.device != self.text_encoder.device or cached.dtype != self.text_encoder.dtype:
-            cached = self._empty_embeds = self.encode_prompts([""])
-        return cached.expand(batch, -1, -1)
+            cached = self._empty_embeds = self.encode_prompts([""]).prompt_embeds
+        return Conditioning(cached.expand(batch, -1, -1))
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -282,10 +284,11 @@ class StableDiffusionBackbone(Backbone):
         return student
 
     def predict(self, unet: nn.Module, latents: torch.Tensor, timesteps: torch.Tensor,
-                prompt_embeds: torch.Tensor, timestep_cond: torch.Tensor | None = None) -> torch.Tensor:
+                cond: Conditioning, timestep_cond: torch.Tensor | None = None) -> torch.Tensor:
         """The raw UNet output (noise, v or sample, per :attr:`prediction_type`)."""
-        return unet(latents, timesteps, encoder_hidden_states=prompt_embeds,
-                    timestep_cond=timestep_cond, return_dict=False)[0]
+        return unet(latents, timesteps, encoder_hidden_states=cond.prompt_embeds,
+                    added_cond_kwargs=cond.added_cond_kwargs, timestep_cond=timestep_cond,
+                    return_dict=False)[0]
 
     # ------------------------------------------------------------ saving
 

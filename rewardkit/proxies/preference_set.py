@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..backbones.conditioning import Conditioning
 from ..errors import ConfigError
 
 GROUND_TRUTH = "ground-truth"
@@ -219,24 +220,25 @@ def scores_accuracy(scores: torch.Tensor, pset: PreferenceSet,
 
 
 @torch.no_grad()
-def teacher_ddim_latents(backbone: Any, prompt_embeds: torch.Tensor, uncond_embeds: torch.Tensor,
+def teacher_ddim_latents(backbone: Any, cond: Conditioning, uncond: Conditioning,
                          steps: int, guidance_scale: float, generator: torch.Generator) -> torch.Tensor:
-    """Scaled latents sampled from the frozen teacher with diffusers' ``DDIMScheduler`` + CFG."""
+    """Scaled latents sampled from the frozen teacher with diffusers' ``DDIMScheduler`` + CFG
+    (``cond``/``uncond``: the prompts' and the empty prompt's conditioning)."""
     from diffusers import DDIMScheduler
 
     scheduler = DDIMScheduler.from_config(backbone.noise_scheduler.config)
-    device = prompt_embeds.device
+    device = cond.prompt_embeds.device
     scheduler.set_timesteps(steps, device=device)
     unet = backbone.unet
     dtype = next(unet.parameters()).dtype
-    batch = prompt_embeds.shape[0]
+    batch = len(cond)
     size = backbone.sample_size
     latents = torch.randn((batch, backbone.latent_channels, size, size), generator=generator)
     latents = (latents * scheduler.init_noise_sigma).to(device=device, dtype=dtype)
-    cond = torch.cat([uncond_embeds, prompt_embeds]).to(dtype) if guidance_scale != 1.0 else prompt_embeds.to(dtype)
+    both = (Conditioning.cat([uncond, cond]) if guidance_scale != 1.0 else cond).to(dtype=dtype)
     for t in scheduler.timesteps:
         model_in = torch.cat([latents, latents]) if guidance_scale != 1.0 else latents
-        out = backbone.predict(unet, model_in, t.expand(model_in.shape[0]).to(device), cond)
+        out = backbone.predict(unet, model_in, t.expand(model_in.shape[0]).to(device), both)
         if guidance_scale != 1.0:
             uncond_out, cond_out = out.chunk(2)
             out = uncond_out + guidance_scale * (cond_out - uncond_out)
@@ -276,8 +278,9 @@ def build_preference_set(backbone: Any, expert: ExpertFn, latents: torch.Tensor,
     device = backbone.device
     captions = list(captions)
     count = len(captions)
-    prompt_embeds = torch.cat([backbone.encode_prompts(captions[i:i + batch_size]).float()
-                               for i in range(0, count, batch_size)])
+    cond = Conditioning.cat([backbone.encode_prompts(captions[i:i + batch_size]).float()
+                             for i in range(0, count, batch_size)])
+    prompt_embeds = cond.prompt_embeds  # what the proxies read
     gt = latents.float().to(device)
     groups: list[tuple[str, torch.Tensor]] = [(GROUND_TRUTH, gt)]
 
@@ -288,14 +291,14 @@ def build_preference_set(backbone: Any, expert: ExpertFn, latents: torch.Tensor,
         if progress:
             progress(f"teacher DDIM {steps} steps, guidance {scale}")
         groups.append((f"teacher-ddim-{steps}-cfg{scale:g}", chunked(lambda rows: teacher_ddim_latents(
-            backbone, prompt_embeds[rows].to(device),
-            backbone.empty_prompt_embeds(len(captions[rows])).float(), steps, scale, generator))))
+            backbone, cond.index(rows).to(device),
+            backbone.empty_conditioning(len(captions[rows])).float(), steps, scale, generator))))
     if student is not None:
         for steps in student_steps:
             if progress:
                 progress(f"student LCM {steps} step(s)")
             groups.append((f"student-lcm-{steps}", chunked(lambda rows: sample_lcm_latents(
-                backbone, student, prompt_embeds[rows].to(device), steps=steps,
+                backbone, student, cond.index(rows).to(device), steps=steps,
                 seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
                 guidance_scale=student_guidance_scale, time_cond_proj_dim=time_cond_proj_dim))))
     for level in noise_levels:

@@ -35,6 +35,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from ..backbones.conditioning import Conditioning
 from ..consistency import ema_update
 from ..errors import ConfigError
 from ..solvers.base import ConsistencySolver
@@ -246,25 +247,25 @@ class LCDRecipe(Recipe):
 
     # ================================================================ one step
 
-    def encode_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Scaled latents ``z0``, prompt embeddings and empty-prompt embeddings (no grad, fp32)."""
+    def encode_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Conditioning, Conditioning]:
+        """Scaled latents ``z0``, the prompts' and the empty prompt's conditioning (no grad, fp32)."""
         device = self.accelerator.device
         if "latents" in batch:
             latents = batch["latents"].to(device=device, dtype=torch.float32)
         else:
             latents = self.backbone.encode_images(batch["pixel_values"].to(device),
                                                   generator=self.generator).float()
-        prompt_embeds = self.backbone.encode_prompts(batch["captions"]).float()
-        uncond_embeds = self.backbone.empty_prompt_embeds(latents.shape[0]).float()
-        return latents, prompt_embeds, uncond_embeds
+        cond = self.backbone.encode_prompts(batch["captions"]).float()
+        uncond = self.backbone.empty_conditioning(latents.shape[0]).float()
+        return latents, cond, uncond
 
     def forward(self, batch: dict[str, Any]) -> StepOutputs:
         """``lcd_forward`` on one batch with this run's models and generator."""
-        latents, prompt_embeds, uncond_embeds = self.encode_batch(batch)
+        latents, cond, uncond = self.encode_batch(batch)
         return lcd_forward(
             backbone=self.backbone, solver=self.solver, student=self.student,
-            target=self.target_network, latents=latents, prompt_embeds=prompt_embeds,
-            uncond_embeds=uncond_embeds, captions=batch["captions"], hyper=self.hyper,
+            target=self.target_network, latents=latents, cond=cond, uncond=uncond,
+            captions=batch["captions"], hyper=self.hyper,
             generator=self.generator, autocast=self.accelerator.autocast,
             global_step=self.global_step)
 

@@ -13,10 +13,10 @@ with scale ``1 + w``; since DDIM is linear in (x0, eps) it equals the augmented 
 Two ways to call the teacher:
 
 - :func:`make_guided_denoiser`: **one batched call** on ``[z; z]`` with ``[prompt; uncond]``
-  embeddings (the default, the standard GPU trick);
+  conditioning (the default, the standard GPU trick);
 - :func:`make_two_call_guided_denoiser`: two calls of batch ``B`` (less peak memory).
 
-:func:`teacher_denoiser` builds either from a ``unet_fn(z, t, embeds)``.
+:func:`teacher_denoiser` builds either from a ``unet_fn(z, t, cond)``.
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ from typing import Callable
 
 import torch
 
+from ..backbones.conditioning import Conditioning
 from ..schedule import NoiseSchedule
 from .base import Denoiser
 
 #: ``predict_fn(z, t) -> raw teacher output`` (``z`` and ``t`` have the same batch size).
 PredictFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-#: ``unet_fn(z, t, encoder_hidden_states) -> raw teacher output``.
-UnetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``unet_fn(z, t, cond) -> raw teacher output`` (``cond``: a backbone's ``Conditioning``).
+UnetFn = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
 
 
 def combine_guidance(cond: torch.Tensor, uncond: torch.Tensor,
@@ -91,16 +92,17 @@ def make_two_call_guided_denoiser(predict_cond: PredictFn, predict_uncond: Predi
     return denoise
 
 
-def teacher_denoiser(unet_fn: UnetFn, prompt_embeds: torch.Tensor, uncond_embeds: torch.Tensor,
+def teacher_denoiser(unet_fn: UnetFn, cond: Conditioning, uncond: Conditioning,
                      schedule: NoiseSchedule, w: torch.Tensor | float,
                      batched: bool = True) -> Denoiser:
-    """A guided denoiser from ``unet_fn(z, t, embeds)``, batched (one call) or not (two calls).
+    """A guided denoiser from ``unet_fn(z, t, cond)``, batched (one call on ``[cond; uncond]``)
+    or not (two calls).
 
-    Typical ``unet_fn``: ``lambda z, t, e: backbone.predict(backbone.unet, z, t, e)``. The caller
+    Typical ``unet_fn``: ``lambda z, t, c: backbone.predict(backbone.unet, z, t, c)``. The caller
     is responsible for ``torch.no_grad()`` (the teacher never needs gradients).
     """
     if batched:
-        embeds = torch.cat([prompt_embeds, uncond_embeds])
-        return make_guided_denoiser(lambda z, t: unet_fn(z, t, embeds), schedule, w)
-    return make_two_call_guided_denoiser(lambda z, t: unet_fn(z, t, prompt_embeds),
-                                         lambda z, t: unet_fn(z, t, uncond_embeds), schedule, w)
+        both = Conditioning.cat([cond, uncond])
+        return make_guided_denoiser(lambda z, t: unet_fn(z, t, both), schedule, w)
+    return make_two_call_guided_denoiser(lambda z, t: unet_fn(z, t, cond),
+                                         lambda z, t: unet_fn(z, t, uncond), schedule, w)

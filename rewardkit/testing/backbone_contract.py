@@ -11,8 +11,9 @@ Each check raises ``AssertionError`` naming the backbone and what went wrong:
 
 - the attributes the recipes read exist and agree (``latent_channels``, ``text_embed_dim``,
   ``sample_size``, ``vae_scaling_factor``, ``prediction_type`` and the ``schedule`` built from it);
-- ``encode_prompts`` and ``empty_prompt_embeds`` give ``[B, L, text_embed_dim]`` without gradients,
-  different prompts giving different embeddings;
+- ``encode_prompts`` and ``empty_conditioning`` give a :class:`~rewardkit.backbones.Conditioning`
+  whose ``prompt_embeds`` are ``[B, L, text_embed_dim]`` without gradients (different prompts,
+  different embeddings) and which carry the same ``added`` tensors;
 - ``encode_images`` maps ``[B, 3, H, W]`` pixels in ``[-1, 1]`` to ``[B, latent_channels, h, w]``
   and ``decode_latents`` maps them back to ``[B, 3, H, W]`` in ``[0, 1]``, differentiably (the
   reward gradient of RG-LCD flows through it);
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 
 from ..backbones.base import Backbone
+from ..backbones.conditioning import Conditioning
 from ..schedule import NoiseSchedule
 
 __all__ = ["check_backbone"]
@@ -45,9 +47,9 @@ def check_backbone(backbone: Any, output_dir: str | Path | None = None, batch: i
     assert isinstance(backbone, Backbone), f"{where} is not a rewardkit.backbones.Backbone"
     _check_attributes(backbone, where)
     prompts = ["a photo of a red circle", "a blue square"][:batch] + ["a cat"] * max(0, batch - 2)
-    embeds = _check_prompts(backbone, prompts, where)
+    cond = _check_prompts(backbone, prompts, where)
     latents = _check_codecs(backbone, batch, where)
-    _check_student(backbone, latents, embeds, time_cond_proj_dim, where)
+    _check_student(backbone, latents, cond, time_cond_proj_dim, where)
     _check_scheduler(backbone, where)
     if output_dir is not None:
         _check_saving(backbone, Path(output_dir), time_cond_proj_dim, where)
@@ -67,17 +69,23 @@ def _check_attributes(backbone: Backbone, where: str) -> None:
 
 
 def _check_prompts(backbone: Backbone, prompts: list[str], where: str) -> torch.Tensor:
-    embeds = backbone.encode_prompts(prompts)
-    empty = backbone.empty_prompt_embeds(len(prompts))
-    for label, tensor in (("encode_prompts", embeds), ("empty_prompt_embeds", empty)):
+    cond, uncond = backbone.encode_prompts(prompts), backbone.empty_conditioning(len(prompts))
+    for label, value in (("encode_prompts", cond), ("empty_conditioning", uncond)):
+        assert isinstance(value, Conditioning), (
+            f"{where}: {label} must return a rewardkit.backbones.Conditioning, got "
+            f"{type(value).__name__}")
+    embeds, empty = cond.prompt_embeds, uncond.prompt_embeds
+    for label, tensor in (("encode_prompts", embeds), ("empty_conditioning", empty)):
         assert tensor.ndim == 3 and tensor.shape[0] == len(prompts), (
             f"{where}: {label} must return [B, L, D] with B={len(prompts)}, got {tuple(tensor.shape)}")
         assert tensor.shape[-1] == backbone.text_embed_dim, (
             f"{where}: {label} width {tensor.shape[-1]} is not text_embed_dim {backbone.text_embed_dim}")
         assert not tensor.requires_grad, f"{where}: {label} must not carry gradients"
     assert embeds.shape == empty.shape, f"{where}: prompt and empty-prompt embeddings differ in shape"
+    assert set(cond.added) == set(uncond.added), (
+        f"{where}: the prompts' and the empty prompt's conditioning carry different tensors")
     assert not torch.equal(embeds[0], embeds[1]), f"{where}: different prompts, same embeddings"
-    return embeds
+    return cond
 
 
 def _check_codecs(backbone: Backbone, batch: int, where: str) -> torch.Tensor:
@@ -103,7 +111,7 @@ def _check_codecs(backbone: Backbone, batch: int, where: str) -> torch.Tensor:
     return latents.float()
 
 
-def _check_student(backbone: Backbone, latents: torch.Tensor, embeds: torch.Tensor,
+def _check_student(backbone: Backbone, latents: torch.Tensor, cond: Conditioning,
                    dim: int, where: str) -> None:
     from ..consistency import guidance_scale_embedding
 
@@ -120,9 +128,9 @@ def _check_student(backbone: Backbone, latents: torch.Tensor, embeds: torch.Tens
             cond_proj.weight.zero_()
         w = guidance_scale_embedding(torch.full((latents.shape[0],), 7.0), dim).to(device)
         teacher_out = backbone.predict(backbone.unet, latents.to(device, backbone.dtype),
-                                       timesteps.to(device), embeds.to(backbone.dtype))
+                                       timesteps.to(device), cond.to(dtype=backbone.dtype))
         student_out = backbone.predict(student, latents.to(device), timesteps.to(device),
-                                       embeds.float(), w)
+                                       cond.float(), w)
     assert student_out.shape == latents.shape, (
         f"{where}: predict returned {tuple(student_out.shape)} for latents {tuple(latents.shape)}")
     torch.testing.assert_close(

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..backbones.conditioning import Conditioning
 from ..consistency import consistency_distance, consistency_output, guidance_scale_embedding
 from ..solvers.guidance import teacher_denoiser
 
@@ -38,7 +39,8 @@ class StepOutputs:
     student_x0: torch.Tensor
     target_x0: torch.Tensor
     latents: torch.Tensor
-    prompt_embeds: torch.Tensor
+    #: The prompts' conditioning (the backbone's :class:`~rewardkit.backbones.Conditioning`).
+    cond: Conditioning
     captions: list[str]
     w: torch.Tensor
     timesteps: torch.Tensor
@@ -80,8 +82,8 @@ def lcd_forward(
     student: nn.Module,
     target: nn.Module,
     latents: torch.Tensor,
-    prompt_embeds: torch.Tensor,
-    uncond_embeds: torch.Tensor,
+    cond: Conditioning,
+    uncond: Conditioning,
     captions: list[str],
     hyper: LCDHyper,
     generator: torch.Generator,
@@ -111,7 +113,7 @@ def lcd_forward(
 
     # student: f_theta(z_{t_{n+k}}, w, c), with grad
     with autocast():
-        student_out = backbone.predict(student, noisy, t_start, prompt_embeds, w_embedding)
+        student_out = backbone.predict(student, noisy, t_start, cond, w_embedding)
     student_x0 = consistency_output(
         noisy, schedule.predicted_origin(student_out.float(), t_start, noisy),
         t_start, hyper.sigma_data, hyper.timestep_scaling)
@@ -121,24 +123,24 @@ def lcd_forward(
         teacher = backbone.unet
         teacher_dtype = next(teacher.parameters()).dtype
 
-        def unet_fn(z: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        def unet_fn(z: torch.Tensor, t: torch.Tensor, c: Conditioning) -> torch.Tensor:
             with autocast():
-                out = backbone.predict(teacher, z.to(teacher_dtype), t, embeds.to(teacher_dtype))
+                out = backbone.predict(teacher, z.to(teacher_dtype), t, c.to(dtype=teacher_dtype))
             return out.float()
 
-        denoise = teacher_denoiser(unet_fn, prompt_embeds, uncond_embeds, schedule, w,
+        denoise = teacher_denoiser(unet_fn, cond, uncond, schedule, w,
                                    batched=hyper.batched_teacher)
         z_prev = solver.step(denoise, noisy, index).to(latents.dtype)
 
         # target: f_theta-(z_{t_n}, w, c), the EMA copy
         with autocast():
-            target_out = backbone.predict(target, z_prev, t_end, prompt_embeds, w_embedding)
+            target_out = backbone.predict(target, z_prev, t_end, cond, w_embedding)
         target_x0 = consistency_output(
             z_prev, schedule.predicted_origin(target_out.float(), t_end, z_prev),
             t_end, hyper.sigma_data, hyper.timestep_scaling)
 
     lcd_loss = consistency_distance(student_x0, target_x0, hyper.loss_type, hyper.huber_c)
     return StepOutputs(student_x0=student_x0, target_x0=target_x0, latents=latents,
-                       prompt_embeds=prompt_embeds, captions=list(captions), w=w,
+                       cond=cond, captions=list(captions), w=w,
                        timesteps=t_start, lcd_loss=lcd_loss, global_step=global_step,
                        target_timesteps=t_end, noisy_latents=noisy)

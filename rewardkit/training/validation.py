@@ -13,35 +13,37 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..backbones.conditioning import Conditioning
 from ..consistency import guidance_scale_embedding
 
 
 @torch.no_grad()
-def sample_lcm(backbone: Any, unet: nn.Module, prompt_embeds: torch.Tensor, *, steps: int,
+def sample_lcm(backbone: Any, unet: nn.Module, cond: Conditioning, *, steps: int,
                seed: int, guidance_scale: float, time_cond_proj_dim: int | None,
                original_inference_steps: int = 50, timestep_scaling: float = 10.0,
                latent_size: int | None = None) -> torch.Tensor:
     """Images in ``[0, 1]`` from ``unet`` with an ``LCMScheduler`` of ``steps`` steps.
 
-    The guidance embedding is of ``w = guidance_scale - 1``, as diffusers' pipelines do.
+    ``cond``: the prompts' conditioning (``backbone.encode_prompts``). The guidance embedding is
+    of ``w = guidance_scale - 1``, as diffusers' pipelines do.
     """
     denoised = sample_lcm_latents(
-        backbone, unet, prompt_embeds, steps=steps, seed=seed, guidance_scale=guidance_scale,
+        backbone, unet, cond, steps=steps, seed=seed, guidance_scale=guidance_scale,
         time_cond_proj_dim=time_cond_proj_dim, original_inference_steps=original_inference_steps,
         timestep_scaling=timestep_scaling, latent_size=latent_size)
     return backbone.decode_latents(denoised).float().cpu()
 
 
 @torch.no_grad()
-def sample_lcm_latents(backbone: Any, unet: nn.Module, prompt_embeds: torch.Tensor, *, steps: int,
+def sample_lcm_latents(backbone: Any, unet: nn.Module, cond: Conditioning, *, steps: int,
                        seed: int, guidance_scale: float, time_cond_proj_dim: int | None,
                        original_inference_steps: int = 50, timestep_scaling: float = 10.0,
                        latent_size: int | None = None) -> torch.Tensor:
     """The scaled latents :func:`sample_lcm` decodes (in ``unet``'s dtype, on its device)."""
     scheduler = backbone.lcm_scheduler(original_inference_steps, timestep_scaling)
-    device = prompt_embeds.device
+    device = cond.prompt_embeds.device
     scheduler.set_timesteps(steps, device=device, original_inference_steps=original_inference_steps)
-    batch = prompt_embeds.shape[0]
+    batch = len(cond)
     size = latent_size or backbone.sample_size
     generator = torch.Generator().manual_seed(seed)
     dtype = next(unet.parameters()).dtype
@@ -53,7 +55,7 @@ def sample_lcm_latents(backbone: Any, unet: nn.Module, prompt_embeds: torch.Tens
         w_embedding = guidance_scale_embedding(w, time_cond_proj_dim).to(device=device, dtype=dtype)
     denoised = latents
     for t in scheduler.timesteps:
-        out = backbone.predict(unet, latents, t.expand(batch).to(device), prompt_embeds.to(dtype),
+        out = backbone.predict(unet, latents, t.expand(batch).to(device), cond.to(dtype=dtype),
                                w_embedding)
         # LCMScheduler re-noises with torch.randn(generator=...) on the generator's device
         latents, denoised = scheduler.step(out, t, latents, generator=generator, return_dict=False)
@@ -82,10 +84,10 @@ def validation_grid(backbone: Any, unet: nn.Module, prompts: Sequence[str], seed
     was_training = unet.training
     unet.eval()
     try:
-        embeds = backbone.encode_prompts(list(prompts))
+        cond = backbone.encode_prompts(list(prompts))
         columns = []
         for n_steps in steps:
-            per_seed = [sample_lcm(backbone, unet, embeds, steps=n_steps, seed=seed,
+            per_seed = [sample_lcm(backbone, unet, cond, steps=n_steps, seed=seed,
                                    guidance_scale=guidance_scale,
                                    time_cond_proj_dim=time_cond_proj_dim,
                                    original_inference_steps=original_inference_steps,
