@@ -18,7 +18,7 @@ def test_example_config_loads(path):
     config = load_config(RGLCDConfig, path, validate=False)
     assert config.reward == "hpsv2"
     assert config.reward_params == {"version": "v2.1"}
-    assert config.pretrained_teacher_model.startswith("stabilityai/stable-diffusion-2-1")
+    assert config.pretrained_teacher_model.startswith("stabilityai/stable-diffusion-")
     assert config.w_min <= config.w_max
 
 
@@ -26,3 +26,13 @@ def test_sd21_config_is_the_papers_setting():
     config = load_config(RGLCDConfig, Path(CONFIGS[0]).parent / "sd21-hpsv21.toml", validate=False)
     assert (config.resolution, config.proxy, config.mixed_precision) == (768, "none", "bf16")
     assert (config.learning_rate, config.ema_decay, config.num_ddim_timesteps) == (1e-6, 0.95, 50)
+
+
+def test_sdxl_config_uses_the_sdxl_backbone_and_the_fp16_fix_vae():
+    config = load_config(RGLCDConfig, Path(CONFIGS[0]).parent / "sdxl-hpsv21-lrm.toml",
+                         validate=False)
+    assert config.backbone == "stable-diffusion-xl" and config.resolution == 1024
+    assert config.pretrained_teacher_model == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert config.backbone_params == {
+        "pretrained_vae_model_name_or_path": "madebyollin/sdxl-vae-fp16-fix"}
+    assert config.proxy == "lrm" and (config.w_min, config.w_max) == (3.0, 15.0)

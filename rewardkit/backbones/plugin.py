@@ -2,6 +2,8 @@
 
 - backbone ``stable-diffusion``: :class:`~rewardkit.backbones.stable_diffusion.StableDiffusionBackbone`,
   an SD 1.x/2.x teacher (epsilon or v-prediction) loaded from a hub id or a local diffusers folder.
+- backbone ``stable-diffusion-xl``:
+  :class:`~rewardkit.backbones.stable_diffusion_xl.StableDiffusionXLBackbone`, an SDXL teacher.
 - command ``rewardkit sample``: sample a saved student (LCMScheduler, 1-8 steps) or, with
   ``--teacher``, a teacher (DDIM + classifier-free guidance); see :mod:`rewardkit.sampling`.
 
@@ -16,10 +18,12 @@ from ..hookspecs import hookimpl
 
 @hookimpl
 def register_backbones(register):
-    """Register the Stable Diffusion backbone."""
+    """Register the Stable Diffusion (1.x/2.x) and SDXL backbones."""
     from .stable_diffusion import StableDiffusionBackbone
+    from .stable_diffusion_xl import StableDiffusionXLBackbone
 
     register(StableDiffusionBackbone)
+    register(StableDiffusionXLBackbone)
 
 
 @hookimpl

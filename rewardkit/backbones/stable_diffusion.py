@@ -101,23 +101,37 @@ def looks_like_hub_id(name: str) -> bool:
     return bool(_HUB_ID.match(name)) and not name.startswith((".", "~"))
 
 
-def check_pipeline_location(path_or_id: str, key: str = "pretrained_model_name_or_path") -> None:
+def check_pipeline_location(path_or_id: str, key: str = "pretrained_model_name_or_path",
+                            parts: Sequence[str] = PIPELINE_PARTS) -> None:
     """Fail early (before any loading) on a local pipeline folder that is missing or incomplete.
 
     Hub ids pass through untouched; ``from_pretrained`` resolves them (and their cache).
     """
     path = Path(os.path.expanduser(str(path_or_id)))
     if path.is_dir():
-        missing = [part for part in PIPELINE_PARTS if not (path / part).is_dir()]
+        missing = [part for part in parts if not (path / part).is_dir()]
         if missing:
-            raise ConfigError(f"{key}: '{path_or_id}' is not a Stable Diffusion pipeline folder "
-                              f"(missing {', '.join(missing)})")
+            raise ConfigError(f"{key}: '{path_or_id}' is not a complete pipeline folder for this "
+                              f"backbone (missing {', '.join(missing)})")
         return
     if path.exists():
         raise ConfigError(f"{key}: '{path_or_id}' is a file, not a pipeline folder")
     if not looks_like_hub_id(str(path_or_id)):
         raise ConfigError(f"{key}: '{path_or_id}' does not exist (and is not a Hugging Face Hub "
                           "id like 'stabilityai/stable-diffusion-2-1')")
+
+
+def check_vae_location(path_or_id: str, key: str = "pretrained_vae_model_name_or_path") -> None:
+    """Fail early on a local VAE folder that is missing or has no ``config.json``."""
+    path = Path(os.path.expanduser(str(path_or_id)))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{key}: '{path_or_id}' has no config.json; pass an AutoencoderKL "
+                              "folder (as save_pretrained writes it) or a hub id")
+        return
+    if path.exists() or not looks_like_hub_id(str(path_or_id)):
+        raise ConfigError(f"{key}: '{path_or_id}' is neither an AutoencoderKL folder nor a "
+                          "Hugging Face Hub id like 'madebyollin/sdxl-vae-fp16-fix'")
 
 
 def _transformers_dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
@@ -131,9 +145,12 @@ class StableDiffusionBackbone(Backbone):
     """Stable Diffusion 1.x/2.x teacher (epsilon or v-prediction) loaded with diffusers."""
 
     name: ClassVar[str] = "stable-diffusion"
+    #: Sub-folders a local teacher folder must have.
+    pipeline_parts: ClassVar[tuple[str, ...]] = PIPELINE_PARTS
 
     def __init__(self, pretrained_model_name_or_path: str, revision: str | None = None,
-                 variant: str | None = None, dtype: str = "float32", device: str = "cpu") -> None:
+                 variant: str | None = None, dtype: str = "float32", device: str = "cpu",
+                 pretrained_vae_model_name_or_path: str | None = None) -> None:
         """Load the teacher's UNet, VAE, text encoder, tokenizer and noise scheduler.
 
         Args:
@@ -142,11 +159,16 @@ class StableDiffusionBackbone(Backbone):
             variant: weight file variant, e.g. ``"fp16"``.
             dtype: dtype of the frozen parts (``float32``, ``float16``, ``bfloat16``).
             device: where the frozen parts live.
+            pretrained_vae_model_name_or_path: a VAE to use instead of the teacher's (a hub id
+                or a local ``AutoencoderKL`` folder), e.g. ``madebyollin/sdxl-vae-fp16-fix`` for
+                an SDXL teacher in fp16, as diffusers' scripts take it.
         """
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import AutoTokenizer, CLIPTextModel
 
-        check_pipeline_location(pretrained_model_name_or_path)
+        check_pipeline_location(pretrained_model_name_or_path, parts=self.pipeline_parts)
+        if pretrained_vae_model_name_or_path:
+            check_vae_location(pretrained_vae_model_name_or_path)
         self.path = str(pretrained_model_name_or_path)
         self.revision = revision
         self.variant = variant
@@ -159,8 +181,12 @@ class StableDiffusionBackbone(Backbone):
         self.text_encoder = CLIPTextModel.from_pretrained(
             subfolder="text_encoder", variant=variant, **source,
             **_transformers_dtype_kwarg(self.dtype))
-        self.vae = AutoencoderKL.from_pretrained(subfolder="vae", variant=variant,
-                                                 torch_dtype=self.dtype, **source)
+        if pretrained_vae_model_name_or_path:
+            self.vae = AutoencoderKL.from_pretrained(pretrained_vae_model_name_or_path,
+                                                     torch_dtype=self.dtype)
+        else:
+            self.vae = AutoencoderKL.from_pretrained(subfolder="vae", variant=variant,
+                                                     torch_dtype=self.dtype, **source)
         self.unet = UNet2DConditionModel.from_pretrained(subfolder="unet", variant=variant,
                                                          torch_dtype=self.dtype, **source)
         for module in (self.unet, self.vae, self.text_encoder):
@@ -301,6 +327,18 @@ class StableDiffusionBackbone(Backbone):
         return LCMScheduler.from_config(config, original_inference_steps=original_inference_steps,
                                         timestep_scaling=timestep_scaling)
 
+    #: The text encoders and tokenizers a saved pipeline holds (attribute = sub-folder name).
+    text_parts: ClassVar[tuple[str, ...]] = ("text_encoder", "tokenizer")
+
+    def pipeline(self, unet: nn.Module, scheduler: Any) -> Any:
+        """The diffusers pipeline of this teacher's parts with ``unet`` and ``scheduler``."""
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline(
+            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=unet,
+            scheduler=scheduler, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False)
+
     def save_pipeline(self, student: nn.Module, output_dir: str | Path, lora: bool | None = None,
                       original_inference_steps: int = 50, timestep_scaling: float = 10.0,
                       target: nn.Module | None = None) -> Path:
@@ -319,8 +357,6 @@ class StableDiffusionBackbone(Backbone):
         The folder is written next to ``output_dir`` and renamed into place, so a crash never
         leaves a half-written pipeline; an existing ``output_dir`` is replaced.
         """
-        from diffusers import StableDiffusionPipeline
-
         output_dir = Path(output_dir)
         student = unwrap_model(student)
         has_lora = bool(getattr(student, "peft_config", None))
@@ -332,14 +368,16 @@ class StableDiffusionBackbone(Backbone):
         tmp = output_dir.parent / f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
         try:
             tmp.mkdir()
-            pipe = StableDiffusionPipeline(
-                vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-                unet=student, scheduler=self.lcm_scheduler(original_inference_steps, timestep_scaling),
-                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            pipe = self.pipeline(student, self.lcm_scheduler(original_inference_steps,
+                                                             timestep_scaling))
             pipe.save_config(tmp)  # model_index.json
             self.vae.save_pretrained(tmp / "vae", safe_serialization=True)
-            self.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
-            self.tokenizer.save_pretrained(tmp / "tokenizer")
+            for name in self.text_parts:
+                part = getattr(self, name)
+                if name.startswith("tokenizer"):
+                    part.save_pretrained(tmp / name)
+                else:
+                    part.save_pretrained(tmp / name, safe_serialization=True)
             pipe.scheduler.save_pretrained(tmp / "scheduler")
             _save_merged_unet(student, tmp / "unet")
             if target is not None:
@@ -347,7 +385,7 @@ class StableDiffusionBackbone(Backbone):
             if lora:
                 w_dim = getattr(student.config, "time_cond_proj_dim", None)
                 if w_dim:
-                    _save_lora(student, tmp / W_EMBEDDED_LORA_DIR)
+                    _save_lora(student, tmp / W_EMBEDDED_LORA_DIR, type(pipe))
                     (tmp / W_EMBEDDED_LORA_DIR / "README.md").write_text(W_EMBEDDED_LORA_README.format(
                         dim=w_dim, folder=output_dir / W_EMBEDDED_LORA_DIR,
                         embedding=GUIDANCE_EMBEDDING_FILE))
@@ -358,7 +396,7 @@ class StableDiffusionBackbone(Backbone):
                         "merged pipeline in %s", output_dir / W_EMBEDDED_LORA_DIR, w_dim,
                         output_dir / W_EMBEDDED_LORA_DIR, output_dir)
                 else:
-                    _save_lora(student, tmp)
+                    _save_lora(student, tmp, type(pipe))
             replace_path(tmp, output_dir)
         finally:
             if tmp.exists():
@@ -414,11 +452,10 @@ def _save_merged_unet(unet: nn.Module, folder: Path) -> None:
               metadata={"format": "pt"})
 
 
-def _save_lora(unet: nn.Module, folder: Path) -> None:
+def _save_lora(unet: nn.Module, folder: Path, pipeline_class: Any) -> None:
     # Keys stay in peft's format (``lora_A``/``lora_B``), which load_lora_weights reads as is.
     # diffusers' convert_state_dict_to_diffusers renames only attention keys, and the loader then
     # sees mixed formats and silently drops the renamed ones; the adapter metadata carries alpha.
-    from diffusers import StableDiffusionPipeline
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -426,7 +463,7 @@ def _save_lora(unet: nn.Module, folder: Path) -> None:
     adapter = next(iter(unet.peft_config))
     layers = {k: v.detach().to("cpu").contiguous()
               for k, v in get_peft_model_state_dict(unet, adapter_name=adapter).items()}
-    StableDiffusionPipeline.save_lora_weights(
+    pipeline_class.save_lora_weights(
         folder, unet_lora_layers=layers, weight_name=LORA_WEIGHTS_FILE, safe_serialization=True,
         unet_lora_adapter_metadata=unet.peft_config[adapter].to_dict())
     cond_proj = getattr(unet.time_embedding, "cond_proj", None)
