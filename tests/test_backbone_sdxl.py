@@ -107,6 +107,19 @@ def test_the_vae_can_come_from_elsewhere(teacher, tmp_path):
         StableDiffusionXLBackbone(str(teacher), pretrained_vae_model_name_or_path=str(tmp_path / "none"))
 
 
+def test_the_recipe_flag_swaps_the_vae(teacher, data, tmp_path):
+    from diffusers import AutoencoderKL
+
+    other = AutoencoderKL.from_pretrained(teacher, subfolder="vae")
+    with torch.no_grad():
+        other.decoder.conv_out.bias.add_(1.0)
+    other.save_pretrained(tmp_path / "vae-fix")
+    recipe = rk.recipe("lcd", _base(teacher, data, tmp_path / "out",
+                                    pretrained_vae_model_name_or_path=str(tmp_path / "vae-fix")))
+    recipe.setup()
+    assert torch.equal(recipe.backbone.vae.decoder.conv_out.bias, other.decoder.conv_out.bias)
+
+
 def _base(teacher, data, out, **extra):
     return {**dict(pretrained_teacher_model=str(teacher), train_shards_path_or_url=str(data),
                    backbone="stable-diffusion-xl", resolution=16, train_batch_size=2,

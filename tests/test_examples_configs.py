@@ -33,6 +33,5 @@ def test_sdxl_config_uses_the_sdxl_backbone_and_the_fp16_fix_vae():
                          validate=False)
     assert config.backbone == "stable-diffusion-xl" and config.resolution == 1024
     assert config.pretrained_teacher_model == "stabilityai/stable-diffusion-xl-base-1.0"
-    assert config.backbone_params == {
-        "pretrained_vae_model_name_or_path": "madebyollin/sdxl-vae-fp16-fix"}
+    assert config.pretrained_vae_model_name_or_path == "madebyollin/sdxl-vae-fp16-fix"
     assert config.proxy == "lrm" and (config.w_min, config.w_max) == (3.0, 15.0)

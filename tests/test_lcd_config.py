@@ -91,6 +91,7 @@ def test_yaml_file(tmp_path, teacher_dir):
     ({"train_shards_path_or_url": "/no/such/data"}, "train_shards_path_or_url"),
     ({"max_train_steps": "many"}, "max_train_steps"),
     ({"unet_time_cond_proj_dim": 7}, "unet_time_cond_proj_dim"),
+    ({"pretrained_vae_model_name_or_path": "/no/such/vae"}, "pretrained_vae_model_name_or_path"),
     ({"unet_time_cond_proj_dim": 0}, "unet_time_cond_proj_dim"),
 ])
 def test_bad_values_fail_before_any_model_loads(overrides, key, teacher_dir, monkeypatch):

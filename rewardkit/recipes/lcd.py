@@ -115,10 +115,12 @@ class LCDRecipe(Recipe):
         from ..plugins import get_host
 
         cfg = self.config
+        vae = ({"pretrained_vae_model_name_or_path": cfg.pretrained_vae_model_name_or_path}
+               if cfg.pretrained_vae_model_name_or_path else {})
         return get_host().get("backbone", cfg.backbone).build(
             pretrained_model_name_or_path=cfg.pretrained_teacher_model, revision=cfg.revision,
             variant=cfg.variant, dtype=str(dtype).replace("torch.", ""), device=str(device),
-            **cfg.backbone_params)
+            **vae, **cfg.backbone_params)
 
     def build_solver(self, backbone: Any) -> Any:
         """The consistency solver on the teacher's schedule (a built one must be on it)."""

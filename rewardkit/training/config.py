@@ -69,6 +69,9 @@ class LCDConfig(RecipeConfig):
                          "pipeline go", OURS)
     backbone: str = _f("stable-diffusion", "Registered backbone that loads the teacher", OURS)
     backbone_params: dict = _f({}, "Extra keyword arguments for the backbone", OURS)
+    pretrained_vae_model_name_or_path: Optional[str] = _f(
+        None, "A VAE to use instead of the teacher's (hub id or AutoencoderKL folder), e.g. "
+        "madebyollin/sdxl-vae-fp16-fix for SDXL in fp16", REF)
     solver: str = _f("ddim", "Registered consistency solver (the teacher's ODE step)", REF)
     solver_params: dict = _f({}, "Extra keyword arguments for the solver", OURS)
     resolution: int = _f(512, "Training image side in pixels")
@@ -140,7 +143,7 @@ class LCDConfig(RecipeConfig):
     #: arguments (every key is in exactly one; a test checks it).
     KEY_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
         "Model": ("pretrained_teacher_model", "revision", "variant", "backbone", "backbone_params",
-                  "output_dir", "overwrite_output_dir", "seed"),
+                  "pretrained_vae_model_name_or_path", "output_dir", "overwrite_output_dir", "seed"),
         "Data": ("train_shards_path_or_url", "resolution", "center_crop", "random_flip",
                  "train_batch_size", "dataloader_num_workers", "dataloader_seed"),
         "Training and optimiser": (
@@ -167,6 +170,13 @@ class LCDConfig(RecipeConfig):
         from .runtime import check_distributed_engine
 
         check_teacher_location(self.pretrained_teacher_model)
+        if self.pretrained_vae_model_name_or_path:
+            from ..backbones.stable_diffusion import check_vae_location
+
+            check_vae_location(self.pretrained_vae_model_name_or_path)
+            if "pretrained_vae_model_name_or_path" in self.backbone_params:
+                raise ConfigError("pretrained_vae_model_name_or_path is given twice (also in "
+                                  "backbone_params); keep one")
         check_data_spec("train_shards_path_or_url", self.train_shards_path_or_url)
         for key in ("resolution", "train_batch_size", "max_train_steps",
                     "gradient_accumulation_steps", "num_ddim_timesteps",
