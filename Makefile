@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 .PHONY: setup run test test-plugins
 
 $(VENV)/.installed: pyproject.toml examples/reward-plugin/pyproject.toml \
-		examples/solver-plugin/pyproject.toml
+		examples/solver-plugin/pyproject.toml examples/backbone-plugin/pyproject.toml
 	python3 -m venv $(VENV)
 	# torch first, pinned to the CPU build on local disk, so nothing pulls a CUDA build
 	$(PIP) install -q torch==2.13.0

@@ -211,6 +211,12 @@ def example_plugin_site(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def example_backbone_site(tmp_path_factory) -> Path:
+    """``examples/backbone-plugin`` pip-installed into a temp folder (put it on sys.path to use)."""
+    return install_example(tmp_path_factory, "backbone-plugin")
+
+
+@pytest.fixture(scope="session")
 def example_solver_site(tmp_path_factory) -> Path:
     """``examples/solver-plugin`` pip-installed into a temp folder (put it on sys.path to use)."""
     return install_example(tmp_path_factory, "solver-plugin")

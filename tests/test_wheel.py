@@ -51,6 +51,12 @@ def test_the_example_plugin_wheel_holds_every_tracked_package_file(tmp_path):
     assert missing_from_wheel(wheel, EXAMPLE, "rewardkit_example_reward") == []
 
 
+def test_the_example_backbone_wheel_holds_every_tracked_package_file(tmp_path):
+    project = REPO / "examples" / "backbone-plugin"
+    wheel = build_wheel(project, tmp_path / "dist")
+    assert missing_from_wheel(wheel, project, "rewardkit_example_backbone") == []
+
+
 def test_the_example_solver_wheel_holds_every_tracked_package_file(tmp_path):
     wheel = build_wheel(SOLVER_EXAMPLE, tmp_path / "dist")
     assert missing_from_wheel(wheel, SOLVER_EXAMPLE, "rewardkit_example_solver") == []
