@@ -160,3 +160,12 @@ def test_component_names_and_params_are_checked_before_anything_loads(recipe, va
     with pytest.raises(ConfigError, match=match):
         rk.recipe(recipe, **base, **values)
     assert not (tmp_path / "out").exists()
+
+
+def test_batched_teacher_call_reaches_the_step(teacher_dir):
+    from rewardkit.recipes.lcd import LCDRecipe
+
+    values = {"pretrained_teacher_model": teacher_dir, "train_shards_path_or_url": "data-{000..009}.tar"}
+    assert LCDRecipe(rk.recipe("lcd", values).config).hyper.batched_teacher is True
+    two_calls = rk.recipe("lcd", values, batched_teacher_call="false")
+    assert two_calls.hyper.batched_teacher is False

@@ -31,7 +31,7 @@ from ..errors import ConfigError
 #: The candidate pairs, (i, j) with i < j; index 2 is the ground truth.
 PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2))
 GT_INDEX = 2
-LOSS_TYPES = ("distillation", "cross_entropy")
+PROXY_LOSS_TYPES = ("distillation", "cross_entropy")
 
 
 def pair_logits(scores: torch.Tensor, i: int, j: int) -> torch.Tensor:
@@ -111,7 +111,7 @@ def pairwise_loss(loss_type: str, proxy_logits: torch.Tensor, expert_logits: tor
         return distillation_loss(proxy_logits, expert_logits, smooth_gt_label)
     if loss_type == "cross_entropy":
         return cross_entropy_loss(proxy_logits, expert_logits, smooth_gt_label)
-    raise ConfigError(f"latent_rm_loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    raise ConfigError(f"latent_rm_loss_type must be one of {PROXY_LOSS_TYPES}, got {loss_type!r}")
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from ..errors import ConfigError, RewardModelError
 from .base import ProxyRewardModel
-from .losses import LOSS_TYPES, expert_logits, pairwise_accuracy, pairwise_loss
+from .losses import PROXY_LOSS_TYPES, expert_logits, pairwise_accuracy, pairwise_loss
 
 DEFAULT_RM_LR = 3.3e-6  # reference code default (--rm_learning_rate)
 
@@ -42,8 +42,8 @@ class ProxyUpdater:
                  weight_decay: float = 0.0, loss_scale: float = 1.0,
                  max_grad_norm: float | None = None, rehearsal: Any = None,
                  generator: torch.Generator | None = None) -> None:
-        if loss_type not in LOSS_TYPES:
-            raise ConfigError(f"latent_rm_loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+        if loss_type not in PROXY_LOSS_TYPES:
+            raise ConfigError(f"latent_rm_loss_type must be one of {PROXY_LOSS_TYPES}, got {loss_type!r}")
         self.proxy = proxy
         self.loss_type = loss_type
         self.smooth_gt_label = smooth_gt_label

@@ -162,7 +162,8 @@ class LCDRecipe(Recipe):
         cfg = self.config
         return LCDHyper(w_min=cfg.w_min, w_max=cfg.w_max,
                         time_cond_proj_dim=cfg.unet_time_cond_proj_dim, loss_type=cfg.loss_type,
-                        huber_c=cfg.huber_c, timestep_scaling=cfg.timestep_scaling_factor)
+                        huber_c=cfg.huber_c, timestep_scaling=cfg.timestep_scaling_factor,
+                        batched_teacher=cfg.batched_teacher_call)
 
     # ================================================================ setup
 

@@ -62,7 +62,7 @@ import torch
 from ..errors import ConfigError
 from ..files import replace_path
 from ..proxies.base import ProxyRewardModel
-from ..proxies.losses import LOSS_TYPES
+from ..proxies.losses import PROXY_LOSS_TYPES
 from ..proxies.preference_set import PreferenceSet, build_preference_set, preference_accuracy
 from ..proxies.rehearsal import Rehearsal
 from ..proxies.replay import CandidateReplay
@@ -209,8 +209,8 @@ class RGLCDConfig(LCDConfig):
             from ..training.data import check_data_spec
 
             check_data_spec("proxy_eval_shards_path_or_url", self.proxy_eval_shards_path_or_url)
-        if self.latent_rm_loss_type not in LOSS_TYPES:
-            raise ConfigError(f"latent_rm_loss_type must be one of {', '.join(LOSS_TYPES)}, got "
+        if self.latent_rm_loss_type not in PROXY_LOSS_TYPES:
+            raise ConfigError(f"latent_rm_loss_type must be one of {', '.join(PROXY_LOSS_TYPES)}, got "
                               f"{self.latent_rm_loss_type!r}")
         if self.pretrained_latent_rm:
             path = Path(os.path.expanduser(self.pretrained_latent_rm))

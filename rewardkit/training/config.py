@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
+from ..consistency import LOSS_TYPES
 from ..errors import ConfigError
 from ..recipes.base import RecipeConfig
 
 REF = "reference default"
 OURS = "rewardkit default"
 
-LOSS_TYPES = ("huber", "l2")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                  "constant_with_warmup")
@@ -109,6 +109,9 @@ class LCDConfig(RecipeConfig):
     huber_c: float = _f(0.001, "Pseudo-Huber constant c")
     ema_decay: float = _f(0.95, "EMA decay mu of the target network")
     timestep_scaling_factor: float = _f(10.0, "Boundary-condition timestep scaling s")
+    batched_teacher_call: bool = _f(True, "Run the guided teacher as one call on [prompt; empty] "
+                                    "(faster); false: two calls of the batch (less peak memory, "
+                                    "as diffusers' scripts do)", OURS)
 
     # ---------------------------------------------------------------- LoRA
     use_lora: bool = _f(False, "Train LoRA adapters instead of the full UNet", OURS)
@@ -153,7 +156,7 @@ class LCDConfig(RecipeConfig):
         "Consistency distillation": (
             "solver", "solver_params", "w_min", "w_max", "num_ddim_timesteps",
             "unet_time_cond_proj_dim", "loss_type", "huber_c", "ema_decay",
-            "timestep_scaling_factor"),
+            "timestep_scaling_factor", "batched_teacher_call"),
         "LoRA": ("use_lora", "lora_rank", "lora_alpha", "lora_target_modules"),
         "Precision and distribution": ("mixed_precision",),
         "Checkpoints": ("checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint"),
@@ -210,7 +213,7 @@ class LCDConfig(RecipeConfig):
         if self.timestep_scaling_factor <= 0:
             raise ConfigError("timestep_scaling_factor must be positive, got "
                               f"{self.timestep_scaling_factor}")
-        _choice("loss_type", self.loss_type, LOSS_TYPES)
+        _choice("loss_type", self.loss_type, LOSS_TYPES)  # the consistency distances
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         _choice("report_to", self.report_to, REPORT_TO)

@@ -49,15 +49,14 @@ class StepOutputs:
     global_step: int = 0
     #: ``t_n``, where the target was evaluated.
     target_timesteps: torch.Tensor | None = None
-    #: ``z_{t_{n+k}}``, the student's noisy input.
-    noisy_latents: torch.Tensor | None = None
     #: Anything an extension wants to pass from ``extra_losses`` to ``after_optimizer_step``.
     extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class LCDHyper:
-    """The numbers one LCD step needs (a view of the recipe config)."""
+    """The numbers one LCD step needs: a view of the recipe config, built in one place
+    (``LCDRecipe.hyper``) so :func:`lcd_forward` needs no config object."""
 
     w_min: float = 5.0
     w_max: float = 15.0
@@ -143,4 +142,4 @@ def lcd_forward(
     return StepOutputs(student_x0=student_x0, target_x0=target_x0, latents=latents,
                        cond=cond, captions=list(captions), w=w,
                        timesteps=t_start, lcd_loss=lcd_loss, global_step=global_step,
-                       target_timesteps=t_end, noisy_latents=noisy)
+                       target_timesteps=t_end)
