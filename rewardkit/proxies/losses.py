@@ -29,7 +29,11 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 
 #: The candidate pairs, (i, j) with i < j; index 2 is the ground truth.
-PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2))
+#: The candidate layout of every proxy update, along dim 0 of ``[3, S, ...]``: the online
+#: student ``f_theta``, the EMA target ``f_theta-``, the ground truth ``z0``.
+STUDENT, TARGET, GT = 0, 1, 2
+CANDIDATES: tuple[str, ...] = ("student", "target", "ground_truth")
+PAIRS: tuple[tuple[int, int], ...] = ((STUDENT, TARGET), (STUDENT, GT), (TARGET, GT))
 GT_INDEX = 2
 PROXY_LOSS_TYPES = ("distillation", "cross_entropy")
 

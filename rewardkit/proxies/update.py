@@ -14,14 +14,15 @@ afterwards (also when the step raises).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError, RewardModelError
 from .base import ProxyRewardModel
-from .losses import PROXY_LOSS_TYPES, expert_logits, pairwise_accuracy, pairwise_loss
+from .losses import (CANDIDATES, PROXY_LOSS_TYPES, expert_logits, pairwise_accuracy,
+                     pairwise_loss)
 
 DEFAULT_RM_LR = 3.3e-6  # reference code default (--rm_learning_rate)
 
@@ -191,7 +192,7 @@ def sample_candidates(student_x0: torch.Tensor, target_x0: torch.Tensor, gt_late
         raise ConfigError(f"rm_batch_size must be >= 1, got {rm_batch_size}")
     indices = torch.randperm(batch, generator=generator)[:rm_batch_size]
     device_indices = indices.to(student_x0.device)
-    latents = torch.stack([
+    latents = torch.stack([  # in the order STUDENT, TARGET, GT
         student_x0.detach()[device_indices],
         target_x0.detach().to(student_x0.dtype)[device_indices],
         gt_latents.detach().to(student_x0.dtype)[device_indices],
@@ -202,3 +203,16 @@ def sample_candidates(student_x0: torch.Tensor, target_x0: torch.Tensor, gt_late
         captions=[captions[int(i)] for i in indices],
         indices=indices,
     )
+
+
+@torch.no_grad()
+def score_candidates(candidates: ProxyCandidates, expert: Callable[[torch.Tensor, list[str]], torch.Tensor],
+                     chunk_size: int) -> torch.Tensor:
+    """The expert's scores ``[3, S]`` of the candidates (``expert(latents, captions)``, e.g.
+    decode then RM), ``chunk_size`` latents at a time so decoding ``3 S`` latents fits in memory."""
+    size = candidates.latents.shape[1]
+    flat = candidates.latents.flatten(0, 1)
+    captions = candidates.captions * len(CANDIDATES)
+    chunks = [expert(flat[i:i + chunk_size], captions[i:i + chunk_size])
+              for i in range(0, flat.shape[0], chunk_size)]
+    return torch.cat(chunks).view(len(CANDIDATES), size)

@@ -62,11 +62,11 @@ import torch
 from ..errors import ConfigError
 from ..files import replace_path
 from ..proxies.base import ProxyRewardModel
-from ..proxies.losses import PROXY_LOSS_TYPES
+from ..proxies.losses import GT, PROXY_LOSS_TYPES, STUDENT, TARGET
 from ..proxies.preference_set import PreferenceSet, build_preference_set, preference_accuracy
 from ..proxies.rehearsal import Rehearsal
 from ..proxies.replay import CandidateReplay
-from ..proxies.update import ProxyUpdater, sample_candidates
+from ..proxies.update import ProxyUpdater, sample_candidates, score_candidates
 from ..rewards.base import RewardModel
 from ..training.config import OURS, LCDConfig, _f, check_component
 from ..training.step import StepOutputs
@@ -396,13 +396,7 @@ class RGLCDRecipe(LCDRecipe):
                                    min(cfg.rm_batch_size, step.student_x0.shape[0]),
                                    generator=self.generator)
         size = chosen.latents.shape[1]
-        flat = chosen.latents.flatten(0, 1)
-        captions = chosen.captions * 3
-        with torch.no_grad():
-            chunks = [self.expert_scores(flat[i:i + cfg.vae_decode_batch_size],
-                                         captions[i:i + cfg.vae_decode_batch_size])
-                      for i in range(0, flat.shape[0], cfg.vae_decode_batch_size)]
-        expert = torch.cat(chunks).view(3, size)
+        expert = score_candidates(chosen, self.expert_scores, cfg.vae_decode_batch_size)
         scale = self.reward_model.logit_scale
         if scale is None:
             scale = cfg.expert_logit_scale
@@ -415,9 +409,9 @@ class RGLCDRecipe(LCDRecipe):
             else:
                 latents, embeds, scores = chosen.latents, chosen.prompt_embeds, expert
             self.proxy_updater.step(latents, embeds, scores, scale)
-        metrics.update(expert_reward=float(expert[0].mean()),
-                       expert_reward_target=float(expert[1].mean()),
-                       expert_reward_gt=float(expert[2].mean()),
+        metrics.update(expert_reward=float(expert[STUDENT].mean()),
+                       expert_reward_target=float(expert[TARGET].mean()),
+                       expert_reward_gt=float(expert[GT].mean()),
                        lrm_reward=step.extras["lrm_reward"])
         return self._mean_over_processes(metrics)
 
