@@ -51,7 +51,7 @@ def rg_only_keys() -> set[str]:
     import dataclasses
 
     from rewardkit.recipes.rg_lcd import RGLCDConfig
-    from rewardkit.training.config import LCDConfig
+    from rewardkit.recipes.lcd_config import LCDConfig
 
     return ({f.name for f in dataclasses.fields(RGLCDConfig)}
             - {f.name for f in dataclasses.fields(LCDConfig)})

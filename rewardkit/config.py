@@ -200,3 +200,21 @@ def config_to_dict(config: Any) -> dict[str, Any]:
         value = getattr(config, f.name)
         out[f.name] = str(value) if isinstance(value, Path) else value
     return out
+
+
+#: Provenance of a config default: the RG-LCD reference code / diffusers' script ...
+REF = "reference default"
+#: ... or rewardkit's own choice.
+OURS = "rewardkit default"
+
+
+def config_field(default: Any, help: str, provenance: str = REF, **kwargs: Any) -> Any:
+    """A recipe config field: ``default``, and ``help`` (shown by ``rewardkit describe`` and
+    ``rewardkit run RECIPE --help``) ending with where the default comes from (``REF``: the
+    reference / diffusers script; ``OURS``: rewardkit's). A list or dict default is copied per
+    instance."""
+    meta = {"help": f"{help} ({provenance})", "provenance": provenance}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta,
+                                 **kwargs)
+    return dataclasses.field(default=default, metadata=meta, **kwargs)

@@ -15,7 +15,7 @@ from rewardkit.errors import ConfigError
 from rewardkit.recipes.lcd import LCDRecipe
 from rewardkit.recipes.rg_lcd import RGLCDConfig, RGLCDRecipe
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
-from rewardkit.training.config import LCDConfig
+from rewardkit.recipes.lcd_config import LCDConfig
 from rewardkit.training.testing import tiny_lcd_config, write_tiny_image_folder
 
 SMALL_LRM = dict(embed_dim=16, image_widths=[8, 16], text_width=16, text_heads=2)

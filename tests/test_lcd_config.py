@@ -11,7 +11,7 @@ from rewardkit.cli import run as cli_run
 from rewardkit.config import load_config, parse_cli_overrides
 from rewardkit.errors import ConfigError
 from rewardkit.recipes.lcd import LCDRecipe
-from rewardkit.training.config import LCDConfig
+from rewardkit.recipes.lcd_config import LCDConfig
 
 DIFFUSERS_FLAGS = (
     "pretrained_teacher_model revision variant output_dir train_shards_path_or_url resolution "

@@ -14,7 +14,7 @@ from rewardkit.errors import ConfigError
 from rewardkit.proxies import LatentRewardModel
 from rewardkit.rewards.base import RewardModel
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
-from rewardkit.training.config import LCDConfig
+from rewardkit.recipes.lcd_config import LCDConfig
 from rewardkit.training.metrics import read_metrics
 from rewardkit.training.testing import tiny_lcd_config, write_tiny_image_folder
 

@@ -42,7 +42,6 @@ from ..solvers.base import ConsistencySolver
 from ..training.checkpoint import (TARGET_WEIGHTS, check_resume_step, load_checkpoint,
                                    load_rank_state, restoring,
                                    resolve_resume, save_checkpoint, save_rank_state)
-from ..training.config import LCDConfig
 from ..training.errors import TrainingError, naming_out_of_memory
 from ..training.metrics import (TrainingProgress, log_validation_images, start_logging,
                                 write_run_config)
@@ -54,6 +53,7 @@ from ..training.safe_state import (has_state, load_legacy_torch_file, load_state
 from ..training.step import LCDHyper, StepOutputs, lcd_forward
 from ..training.validation import validation_grid
 from .base import Recipe
+from .lcd_config import LCDConfig
 
 __all__ = ["LCDRecipe", "StepOutputs"]
 

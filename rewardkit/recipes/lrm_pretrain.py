@@ -56,8 +56,10 @@ from ..proxies.pretrain_sets import ensure_preference_set, expert_on_latents, fi
 from ..rewards.base import RewardModel
 from ..training.checkpoint import (TRAINER_STATE, check_resume_step, resolve_resume, restoring,
                                    save_checkpoint)
-from ..training.config import (MIXED_PRECISION, OURS, REPORT_TO, _f, check_component,
-                               check_resolution, check_resume_keys, check_teacher_location)
+from ..config import OURS
+from ..config import config_field as _f
+from ..training.config import (MIXED_PRECISION, REPORT_TO, check_component, check_resolution,
+                               check_resume_keys, check_teacher_location)
 from ..training.data import build_training_loader, check_data_spec
 from ..training.errors import TrainingError, naming_out_of_memory
 from ..training.metrics import TrainingProgress, start_logging, write_run_config

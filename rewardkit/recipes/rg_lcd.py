@@ -68,11 +68,14 @@ from ..proxies.rehearsal import Rehearsal
 from ..proxies.replay import CandidateReplay
 from ..proxies.update import ProxyUpdater, sample_candidates, score_candidates
 from ..rewards.base import RewardModel
-from ..training.config import OURS, LCDConfig, _f, check_component
+from ..config import OURS
+from ..config import config_field as _f
+from ..training.config import check_component
 from ..training.step import StepOutputs
 from .given import is_given
 from .presets import after_run
 from .lcd import LCDRecipe
+from .lcd_config import LCDConfig
 
 NO_PROXY = "none"
 LATENT_RM_DIR = "latent_rm"

@@ -1,19 +1,19 @@
 """The training machinery of the ``lcd`` recipe (and of ``rg-lcd``, which extends it).
 
-- :mod:`.config`: :class:`LCDConfig`, the typed config (diffusers LCD script flag names);
+- :mod:`.config`: the checks the recipes' configs share (the ``lcd`` config itself is
+  :class:`rewardkit.recipes.lcd_config.LCDConfig`);
 - :mod:`.step`: :func:`lcd_forward`, one LCD step as in the paper, and :class:`StepOutputs`;
 - :mod:`.runtime`: the ``Accelerator`` (CPU data parallelism, DeepSpeed);
 - :mod:`.optim`: AdamW / AdamW8bit and the LR schedule;
 - :mod:`.checkpoint`: atomic, rotating, resumable checkpoints;
 - :mod:`.validation`: LCMScheduler sample grids;
 - :mod:`.metrics`: ``metrics.jsonl`` and the progress bar;
-- :mod:`.data`: a data spec (shards, folders, ``world:train``) to a resumable loader;
+- :mod:`.data`: a data spec (shards, folders, ``SCHEME:`` sources of plugins) to a resumable loader;
 - :mod:`.safe_state`: optimiser, generator and loader state as safetensors + JSON.
 
 The loop itself is :class:`rewardkit.recipes.lcd.LCDRecipe`.
 """
 
-from .config import LCDConfig
 from .step import LCDHyper, StepOutputs, lcd_forward
 
-__all__ = ["LCDConfig", "LCDHyper", "StepOutputs", "lcd_forward"]
+__all__ = ["LCDHyper", "StepOutputs", "lcd_forward"]

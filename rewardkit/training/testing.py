@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import LCDConfig
+if TYPE_CHECKING:
+    from ..recipes.lcd_config import LCDConfig
+
 
 COLOURS = ("red", "green", "blue")
 SHAPES = ("circle", "square")
@@ -55,6 +57,8 @@ def tiny_lcd_config(teacher: str | Path, data: str | Path, output_dir: str | Pat
         validation_prompts=["a photo of a red circle", "a blue square"],
         validation_seeds=[0], validation_inference_steps=[1, 2, 4])
     values.update(overrides)
+    from ..recipes.lcd_config import LCDConfig  # the lcd recipe's config (recipes build on training)
+
     config = LCDConfig(**values)
     config.validate()
     return config
