@@ -36,6 +36,7 @@ __all__ = [
     "guidance_scale_embedding",
     "consistency_distance",
     "ema_update",
+    "EMAUpdater",
 ]
 
 #: The consistency distances :func:`consistency_distance` implements (``loss_type``).
@@ -161,29 +162,68 @@ def _unwrap(module: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
+class EMAUpdater:
+    """``target <- decay * target + (1 - decay) * source``, with the tensor lists built once.
+
+    Matches parameters and buffers by name when built (a mismatch raises ``ValueError``), then
+    each :meth:`update` is two ``torch._foreach`` calls over the floating tensors (the same
+    ``mul_`` then ``add_`` per element as a loop, so the same bits) and one ``_foreach_copy_``
+    for the rest (counters), instead of a Python loop with a device copy per tensor (tensors
+    on another device or dtype than the target's are still cast one by one). Both modules must
+    keep their tensors (in-place loads, as resuming does, are fine).
+    """
+
+    def __init__(self, target: nn.Module, source: nn.Module) -> None:
+        target, source = _unwrap(target), _unwrap(source)
+        self.floats: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        self.others: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        self.converted: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for kind, target_items, source_items in (
+            ("parameter", target.named_parameters(), dict(source.named_parameters())),
+            ("buffer", target.named_buffers(), dict(source.named_buffers())),
+        ):
+            for name, tensor in target_items:
+                if name not in source_items:
+                    raise ValueError(f"ema_update: source has no {kind} {name!r} (target and "
+                                     "source must have the same architecture)")
+                src = source_items[name]
+                if src.shape != tensor.shape:
+                    raise ValueError(f"ema_update: {kind} {name!r} has shape {tuple(src.shape)} "
+                                     f"in the source but {tuple(tensor.shape)} in the target")
+                if src.device != tensor.device or src.dtype != tensor.dtype:
+                    self.converted.append((tensor, src))  # cast on every update
+                    continue
+                pair = self.floats if tensor.is_floating_point() else self.others
+                pair[0].append(tensor)
+                pair[1].append(src)
+
+    @torch.no_grad()
+    def update(self, decay: float) -> None:
+        """One EMA step with ``decay`` (``0``: copy the source, ``1``: keep the target)."""
+        if not 0.0 <= decay <= 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1], got {decay}")
+        targets, sources = self.floats
+        if targets:
+            torch._foreach_mul_(targets, decay)
+            torch._foreach_add_(targets, sources, alpha=1.0 - decay)
+        if self.others[0]:
+            torch._foreach_copy_(self.others[0], self.others[1])
+        for tensor, src in self.converted:  # another device or dtype than the target's
+            src = src.detach().to(device=tensor.device, dtype=tensor.dtype)
+            if tensor.is_floating_point():
+                tensor.mul_(decay).add_(src, alpha=1.0 - decay)
+            else:
+                tensor.copy_(src)
+
+
 def ema_update(target: nn.Module, source: nn.Module, decay: float) -> None:
     """In place ``target <- decay * target + (1 - decay) * source`` (the EMA target).
 
     Matches parameters and buffers by name. Floating-point buffers (e.g. norm statistics) are
     averaged like parameters; other buffers (counters) are copied. ``decay = 0`` copies ``source``
-    exactly, ``decay = 1`` leaves ``target`` unchanged. Runs without autograd.
+    exactly, ``decay = 1`` leaves ``target`` unchanged. Runs without autograd. A training loop
+    builds an :class:`EMAUpdater` once instead (the same arithmetic, lists cached).
     """
     if not 0.0 <= decay <= 1.0:
         raise ConfigError(f"ema_decay must be in [0, 1], got {decay}")
-    target, source = _unwrap(target), _unwrap(source)
-    for kind, target_items, source_items in (
-        ("parameter", target.named_parameters(), dict(source.named_parameters())),
-        ("buffer", target.named_buffers(), dict(source.named_buffers())),
-    ):
-        for name, tensor in target_items:
-            if name not in source_items:
-                raise ValueError(f"ema_update: source has no {kind} {name!r} (target and source "
-                                 "must have the same architecture)")
-            src = source_items[name].detach().to(device=tensor.device, dtype=tensor.dtype)
-            if src.shape != tensor.shape:
-                raise ValueError(f"ema_update: {kind} {name!r} has shape {tuple(src.shape)} in the "
-                                 f"source but {tuple(tensor.shape)} in the target")
-            if tensor.is_floating_point():
-                tensor.mul_(decay).add_(src, alpha=1.0 - decay)
-            else:
-                tensor.copy_(src)
+    EMAUpdater(target, source).update(decay)

@@ -236,3 +236,25 @@ def test_ema_update_works_while_grad_is_enabled_on_requires_grad_params():
     loss = target(torch.ones(1, 2)).sum()
     loss.backward()
     assert target.weight.grad is not None
+
+
+def test_the_cached_ema_updater_gives_the_loop_s_bits_and_follows_in_place_loads():
+    from rewardkit.consistency import EMAUpdater
+
+    torch.manual_seed(0)
+    source, target = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5)), nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5))
+    expected = {n: t.detach().clone() for n, t in target.state_dict().items()}
+    src = source.state_dict()
+    for n, t in expected.items():
+        if t.is_floating_point():
+            t.mul_(0.9).add_(src[n], alpha=0.1)
+        else:
+            t.copy_(src[n])
+    updater = EMAUpdater(target, source)
+    updater.update(0.9)
+    for n, t in target.state_dict().items():
+        assert torch.equal(t, expected[n]), n
+    with torch.no_grad():  # an in-place load of the source (as a resume does) is seen
+        source[0].weight.fill_(2.0)
+    updater.update(0.0)
+    assert torch.equal(target[0].weight, torch.full_like(target[0].weight, 2.0))

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..backbones.conditioning import Conditioning
-from ..consistency import ema_update
+from ..consistency import EMAUpdater
 from ..errors import ConfigError
 from ..solvers.base import ConsistencySolver
 from ..training.checkpoint import (TARGET_WEIGHTS, check_resume_step, load_checkpoint,
@@ -297,7 +297,9 @@ class LCDRecipe(Recipe):
                 totals[name] = totals.get(name, 0.0) + value.detach().float().item()
         # target <- mu target + (1 - mu) theta, once per optimiser step
         if self.target is not None:
-            ema_update(self.target, self.unwrapped_student, cfg.ema_decay)
+            if getattr(self, "_ema", None) is None:  # built once: the tensor lists are cached
+                self._ema = EMAUpdater(self.target, self.unwrapped_student)
+            self._ema.update(cfg.ema_decay)
         metrics = {name: value / cfg.gradient_accumulation_steps for name, value in totals.items()}
         metrics = self._mean_over_processes(metrics)
         metrics["lr"] = float(self.lr_scheduler.get_last_lr()[0])
