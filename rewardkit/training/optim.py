@@ -26,6 +26,15 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], *, learning_rate: floa
             optimizer_class = bnb.optim.AdamW8bit
         else:
             logger.warning("use_8bit_adam: bitsandbytes is not installed; using torch AdamW")
+    if optimizer_class is torch.optim.AdamW:
+        # the multi-tensor implementation on every device (torch picks it only for CUDA
+        # tensors by default); fused where the parameters are on CUDA and DeepSpeed does not
+        # wrap the optimiser (not measured here: no GPU)
+        from .runtime import deepspeed_requested
+
+        on_cuda = all(p.is_cuda for p in params) and not deepspeed_requested()
+        return torch.optim.AdamW(params, lr=learning_rate, betas=betas, weight_decay=weight_decay,
+                                 eps=eps, **({"fused": True} if on_cuda else {"foreach": True}))
     return optimizer_class(params, lr=learning_rate, betas=betas, weight_decay=weight_decay,
                            eps=eps)
 
