@@ -62,6 +62,11 @@ def test_conditioning_is_diffusers_sdxl_conditioning(backbone, teacher):
                                               do_classifier_free_guidance=False)
     torch.testing.assert_close(cond.prompt_embeds, embeds)
     torch.testing.assert_close(cond.added["text_embeds"], pooled)
+    # the LRM reads the prompt embeddings plus the pooled embedding as a 78th token
+    text = backbone.proxy_text(cond)
+    assert text.shape == (2, 78, 48)
+    assert torch.equal(text[:, :77], cond.prompt_embeds)
+    assert torch.equal(text[:, 77, :32], cond.added["text_embeds"]) and not text[:, 77, 32:].any()
     empty = backbone.empty_conditioning(3)
     assert not empty.prompt_embeds.any() and not empty.added["text_embeds"].any()
     assert torch.equal(empty.added["time_ids"], cond.added["time_ids"][:1].expand(3, -1))
@@ -144,8 +149,12 @@ def test_lcd_and_rg_lcd_train_into_a_pipeline_plain_diffusers_samples(mode, teac
     out = recipe.run(progress=False)
     rows = [r for r in read_metrics(out / "metrics.jsonl") if "lcd_loss" in r]
     assert [r["step"] for r in rows] == [1, 2] and all(r["lcd_loss"] > 0 for r in rows)
-    if mode == "lrm":  # the LRM trained online on SDXL latents and prompt embeddings
+    if mode == "lrm":  # the LRM trained online on SDXL latents, prompt and pooled embeddings
         assert all("proxy_loss" in r for r in rows)
+        from rewardkit.proxies.preference_set import PreferenceSet
+        from rewardkit.recipes.rg_lcd import HELDOUT_DIR
+
+        assert PreferenceSet.load(out / HELDOUT_DIR).prompt_embeds.shape[1:] == (78, 48)
     pipe = StableDiffusionXLPipeline.from_pretrained(out / "pipeline")
     assert isinstance(pipe.scheduler, LCMScheduler) and pipe.unet.config.time_cond_proj_dim == 32
     images = pipe("a red circle", num_inference_steps=2, height=16, width=16,

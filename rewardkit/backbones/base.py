@@ -70,6 +70,12 @@ class Backbone(ABC):
         """The empty prompt's conditioning, ``batch`` times (the unconditional branch of
         classifier-free guidance; implementations encode it once and cache it)."""
 
+    def proxy_text(self, cond: Conditioning) -> torch.Tensor:
+        """What a latent proxy RM reads of ``cond``: token embeddings ``[B, L', text_embed_dim]``
+        (by default the prompt embeddings; SDXL adds its pooled embedding as one more token).
+        Preference sets and replay buffers store this tensor."""
+        return cond.prompt_embeds
+
     @abstractmethod
     def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Scaled latents from images in ``[-1, 1]`` (``latent_dist.sample() * scaling_factor``)."""

@@ -15,7 +15,9 @@ SDXL conditions its UNet on more than the prompt embeddings. As diffusers'
   ``time_ids``.
 
 All of it travels in one :class:`~rewardkit.backbones.Conditioning`, so the training step, the
-solver's guidance and the proxy update are those of SD 1.x/2.x unchanged. Everything else (the
+solver's guidance and the proxy update are those of SD 1.x/2.x unchanged. The latent proxy RM
+reads :meth:`StableDiffusionXLBackbone.proxy_text`: the prompt embeddings plus the pooled
+embedding as one more token. Everything else (the
 student, LoRA, saving, the VAE, ``epsilon`` or ``v_prediction``) is the
 :class:`~rewardkit.backbones.stable_diffusion.StableDiffusionBackbone`'s; the saved folder is a
 complete ``StableDiffusionXLPipeline`` with ``LCMScheduler``.
@@ -105,6 +107,14 @@ class StableDiffusionXLBackbone(StableDiffusionBackbone):
                         dtype=dtype, device=self.device),
             {"text_embeds": torch.zeros(batch, self.pooled_dim, dtype=dtype, device=self.device),
              "time_ids": self.add_time_ids(batch, dtype)})
+
+    def proxy_text(self, cond: Conditioning) -> torch.Tensor:
+        """The prompt embeddings ``[B, 77, D]`` plus the pooled embedding as a 78th token
+        (zero-padded from ``pooled_dim`` to ``D``), so the LRM's text tower reads both."""
+        embeds = cond.prompt_embeds
+        pooled = cond.added["text_embeds"].to(embeds.dtype)
+        token = torch.nn.functional.pad(pooled, (0, embeds.shape[-1] - pooled.shape[-1]))
+        return torch.cat([embeds, token[:, None]], dim=1)
 
     def pipeline(self, unet: nn.Module, scheduler: Any) -> Any:
         """A ``StableDiffusionXLPipeline`` of this teacher's parts with ``unet`` and ``scheduler``."""

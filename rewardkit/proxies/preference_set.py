@@ -280,7 +280,7 @@ def build_preference_set(backbone: Any, expert: ExpertFn, latents: torch.Tensor,
     count = len(captions)
     cond = Conditioning.cat([backbone.encode_prompts(captions[i:i + batch_size]).float()
                              for i in range(0, count, batch_size)])
-    prompt_embeds = cond.prompt_embeds  # what the proxies read
+    prompt_embeds = backbone.proxy_text(cond)  # what the proxies read
     gt = latents.float().to(device)
     groups: list[tuple[str, torch.Tensor]] = [(GROUND_TRUTH, gt)]
 

@@ -490,7 +490,7 @@ class LRMPretrainRecipe(Recipe):
             else:
                 latents = self.backbone.encode_images(batch["pixel_values"].to(device),
                                                       generator=self.generator).float()
-            embeds = self.backbone.encode_prompts(batch["captions"]).float().prompt_embeds
+            embeds = self.backbone.proxy_text(self.backbone.encode_prompts(batch["captions"]).float())
         return latents, embeds
 
     def contrastive_step(self) -> dict[str, Any]:

@@ -382,7 +382,7 @@ class RGLCDRecipe(LCDRecipe):
         else:
             assert self.proxy_model is not None
             self.proxy_model.freeze().eval()
-            reward = self.proxy_model.score(step.student_x0, step.cond.prompt_embeds)
+            reward = self.proxy_model.score(step.student_x0, self.backbone.proxy_text(step.cond))
             step.extras["lrm_reward"] = float(reward.detach().mean())
         # step.global_step counts the steps done before this one: off for steps 1..warm-up
         beta = cfg.reward_scale if step.global_step >= cfg.proxy_warmup_steps else 0.0
@@ -395,7 +395,7 @@ class RGLCDRecipe(LCDRecipe):
         assert self.proxy_updater is not None and self.reward_model is not None
         cfg = self.config
         chosen = sample_candidates(step.student_x0, step.target_x0, step.latents,
-                                   step.cond.prompt_embeds, step.captions,
+                                   self.backbone.proxy_text(step.cond), step.captions,
                                    min(cfg.rm_batch_size, step.student_x0.shape[0]),
                                    generator=self.generator)
         size = chosen.latents.shape[1]
