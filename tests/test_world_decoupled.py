@@ -33,7 +33,8 @@ rk.recipe("rg-lcd", base, output_dir=str(root / "direct"), reward="jpeg-compress
 errors = []
 for call in (lambda: rk.recipe("rg-lcd"),
              lambda: rk.recipe("lcd", base, train_shards_path_or_url="world:train"),
-             lambda: rk.recipe("rg-lcd", base, reward="world-judge")):
+             lambda: rk.recipe("rg-lcd", base, reward="world-judge"),
+             lambda: rk.recipe("rg-lcd", base, reward="jpeg-compressibility", report=True)):
     try:
         call()
     except ConfigError as error:
@@ -54,7 +55,8 @@ def test_core_training_runs_without_the_world_plugin_and_imports_none_of_it():
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["trained"] == [True, True]
     assert report["loaded"] == [], report["loaded"]
-    no_preset, no_source, no_reward = report["errors"]
+    no_preset, no_source, no_reward, no_report = report["errors"]
+    assert no_report.startswith("report: no registered preset writes a report")
     assert "pretrained_teacher_model" in no_preset  # no preset: the required keys are needed
     assert "no data source is registered as 'world'" in no_source
     assert "world-judge" in no_reward

@@ -182,6 +182,13 @@ class RGLCDConfig(LCDConfig):
         if self.proxy == NO_PROXY and self.pretrained_latent_rm:
             raise ConfigError("pretrained_latent_rm is only used with a proxy; set proxy=lrm or "
                               "drop pretrained_latent_rm")
+        if self.report:
+            from .presets import preset_for
+
+            if getattr(preset_for("rg-lcd"), "after_run", None) is None:
+                raise ConfigError("report: no registered preset writes a report after rg-lcd "
+                                  "(the embedded world's does; is rewardkit.world.plugin "
+                                  "disabled?); drop report")
         if self.reward_scale < 0:
             raise ConfigError(f"reward_scale must not be negative, got {self.reward_scale}")
         for key in ("rm_batch_size", "vae_decode_batch_size", "rm_lr", "proxy_updates_per_step"):

@@ -3,9 +3,10 @@
 A spec is anything :func:`rewardkit.data.build_loader` reads (webdataset shards, brace ranges,
 ``pipe:`` and URL specs, an image+caption folder, a folder of pre-encoded latents) or
 ``SCHEME:...`` of a data source a plugin registered (the embedded world's ``"world:train"``,
-``"world:validation?size=64"``, rendered on the fly at the training resolution). :func:`check_data_spec` rejects a bad spec before any model
-loads, naming the config key; :func:`build_training_loader` builds this rank's loader (the same
-code path as the ``lcd`` recipe's).
+``"world:validation?size=64"``, rendered on the fly at the training resolution).
+:func:`check_data_spec` rejects a bad spec before any model loads, naming the config key;
+:func:`build_training_loader` builds this rank's loader (the same code path as the ``lcd``
+recipe's).
 """
 
 from __future__ import annotations
