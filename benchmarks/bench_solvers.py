@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from rewardkit.backbones import Conditioning
 from rewardkit.schedule import NoiseSchedule
 from rewardkit.solvers import DDIMSolver, HeunSolver, teacher_denoiser
 from rewardkit.testing.solver_contract import sd_alphas_cumprod
@@ -89,12 +90,12 @@ def main() -> None:
     abar = sd_alphas_cumprod()
     g = torch.Generator().manual_seed(0)
     z = torch.randn(args.batch, 4, args.sample_size, args.sample_size, generator=g).to(device, dtype)
-    cond = torch.randn(args.batch, args.text_len, args.cross_dim, generator=g).to(device, dtype)
-    uncond = torch.zeros_like(cond)
+    embeds = torch.randn(args.batch, args.text_len, args.cross_dim, generator=g).to(device, dtype)
+    cond, uncond = Conditioning(embeds), Conditioning(torch.zeros_like(embeds))
     w = (torch.rand(args.batch, generator=g) * 10 + 5).to(device)
 
-    def unet_fn(latents, t, embeds):
-        return unet(latents, t, encoder_hidden_states=embeds).sample
+    def unet_fn(latents, t, c):
+        return unet(latents, t, encoder_hidden_states=c.prompt_embeds).sample
 
     params = sum(p.numel() for p in unet.parameters())
     print(f"teacher: {source}, {params / 1e6:.2f}M parameters, block_out_channels={channels}; "

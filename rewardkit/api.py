@@ -16,7 +16,7 @@ from .components import ComponentSpec
 from .config import check_keys, load_config, normalise_key
 from .errors import PluginError
 from .plugins import get_host
-from .recipes.given import mark_given, take_given
+from .recipes.given import mark_given, take_given, without_tied_defaults
 
 
 def plugins() -> list[dict[str, Any]]:
@@ -82,6 +82,7 @@ def recipe(name: str, config: str | Path | Mapping[str, Any] | None = None, **ov
         if embedded is not None:  # older plugins define embedded_defaults() without arguments
             takes_chosen = bool(inspect.signature(embedded).parameters)
             defaults = embedded(dict(overrides)) if takes_chosen else embedded()
+        defaults = without_tied_defaults(defaults, given)
         overrides = {**defaults, **overrides}  # the embedded default world, user values on top
     config = load_config(config_class, path, overrides, validate=False)
     mark_given(config, given)

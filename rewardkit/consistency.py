@@ -161,7 +161,6 @@ def _unwrap(module: nn.Module) -> nn.Module:
     return module
 
 
-@torch.no_grad()
 class EMAUpdater:
     """``target <- decay * target + (1 - decay) * source``, with the tensor lists built once.
 

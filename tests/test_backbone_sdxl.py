@@ -202,3 +202,44 @@ def test_sdxl_training_resumes_bit_exactly(teacher, data, tmp_path):
         a = load_file(str(straight / "checkpoint-4" / name))
         b = load_file(str(resumed / "checkpoint-4" / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_fp16_keeps_the_stock_vae_in_fp32_and_conditions_on_the_training_resolution(teacher, tmp_path):
+    half = StableDiffusionXLBackbone(str(teacher), dtype="float16")
+    assert half.unet.dtype == torch.float16 and half.vae.dtype == torch.float32
+    half.configure(resolution=32)
+    assert half.encode_prompts(["a cat"]).added["time_ids"].tolist() == [[32, 32, 0, 0, 32, 32]]
+    assert half.empty_conditioning(1).added["time_ids"].tolist() == [[32, 32, 0, 0, 32, 32]]
+
+
+def test_a_built_proxy_with_the_embedded_world_defaults_drops_the_pretrained_one():
+    from rewardkit.proxies import LatentRewardModel
+
+    proxy = LatentRewardModel(latent_channels=4, text_dim=32, **SMALL_LRM)
+    recipe = rk.recipe("rg-lcd", proxy=proxy)  # the world preset would load its latent-rm
+    assert recipe.config.pretrained_latent_rm is None and recipe.components["proxy"] is proxy
+
+
+def test_the_vae_flag_is_refused_for_a_backbone_without_one(teacher, data, tmp_path):
+    from rewardkit.hookspecs import hookimpl
+    from rewardkit.plugins import load_host, reset_host
+
+    class NoVae(StableDiffusionXLBackbone):
+        name = "sdxl-without-vae-option"
+
+        def __init__(self, pretrained_model_name_or_path: str, dtype: str = "float32",
+                     device: str = "cpu", revision=None, variant=None):
+            super().__init__(pretrained_model_name_or_path, dtype=dtype, device=device)
+
+    class Plugin:
+        @hookimpl
+        def register_backbones(self, register):
+            register(NoVae)
+
+    reset_host(load_host(extra_plugins=[("no-vae", Plugin())]))
+    try:
+        with pytest.raises(ConfigError, match="takes no separate VAE"):
+            rk.recipe("lcd", _base(teacher, data, tmp_path, backbone="sdxl-without-vae-option",
+                                   pretrained_vae_model_name_or_path=str(teacher / "vae")))
+    finally:
+        reset_host()

@@ -70,6 +70,10 @@ class Backbone(ABC):
         """The empty prompt's conditioning, ``batch`` times (the unconditional branch of
         classifier-free guidance; implementations encode it once and cache it)."""
 
+    def configure(self, resolution: int) -> None:
+        """Called by the recipes with the training image side before training (SDXL conditions
+        on it); nothing to do by default."""
+
     def proxy_text(self, cond: Conditioning) -> torch.Tensor:
         """What a latent proxy RM reads of ``cond``: token embeddings ``[B, L', text_embed_dim]``
         (by default the prompt embeddings; SDXL adds its pooled embedding as one more token).
@@ -109,7 +113,10 @@ class Backbone(ABC):
 
     @abstractmethod
     def save_pipeline(self, student: nn.Module, output_dir: str | Path, **kwargs: Any) -> Path:
-        """Save a diffusers pipeline folder that samples with ``LCMScheduler`` from the student."""
+        """Save a diffusers pipeline folder that samples with ``LCMScheduler`` from the student.
+
+        Keyword arguments the recipes pass when the method takes them: ``original_inference_steps``,
+        ``timestep_scaling`` and ``target`` (the EMA target UNet, saved as ``unet_target/``)."""
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Backbone":
         """Move the frozen parts once."""

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Conditioning:
     """A batch of conditioning: ``prompt_embeds`` ``[B, L, D]`` plus ``added`` tensors, each
     with the same leading batch dimension (SDXL: ``text_embeds`` ``[B, 1280]``, ``time_ids``

@@ -62,17 +62,25 @@ class StableDiffusionXLBackbone(StableDiffusionBackbone):
         self.text_embed_dim = int(self.text_encoder.config.hidden_size
                                   + self.text_encoder_2.config.hidden_size)
         self.pooled_dim = int(self.text_encoder_2.config.projection_dim)
+        # SDXL's own VAE overflows in fp16 (NaN images): keep it in fp32 unless another VAE (the
+        # fp16-fix) is given, as diffusers' SDXL scripts do; encode/decode cast to its dtype
+        self.vae_in_fp32 = (self.dtype == torch.float16 and not pretrained_vae_model_name_or_path)
+        if self.vae_in_fp32:
+            self.vae.to(dtype=torch.float32)
+        #: The image side of the size/crop conditioning; recipes set the training resolution.
+        self.resolution = self.sample_size * self.vae_scale_factor
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "StableDiffusionXLBackbone":
         """Move (and optionally cast) the frozen parts, both text encoders included."""
         super().to(device, dtype)
         self.text_encoder_2.to(device=device, dtype=dtype)
+        if self.vae_in_fp32:
+            self.vae.to(dtype=torch.float32)
         return self
 
-    @property
-    def resolution(self) -> int:
-        """The image side the teacher's UNet works at (``sample_size`` times the VAE factor)."""
-        return self.sample_size * self.vae_scale_factor
+    def configure(self, resolution: int) -> None:
+        """Condition on ``resolution`` (the training image side) in ``time_ids``."""
+        self.resolution = int(resolution)
 
     def add_time_ids(self, batch: int, dtype: torch.dtype, resolution: int | None = None) -> torch.Tensor:
         """``(R, R, 0, 0, R, R)`` per sample: original size, crop top-left, target size."""

@@ -46,6 +46,18 @@ def take_given(recipe_class: type, recipe_name: str,
     return given
 
 
+#: Config keys that only mean something for a component built by name (dropped from a preset's
+#: defaults when that component comes built).
+TIED_KEYS: dict[str, tuple[str, ...]] = {"proxy": ("pretrained_latent_rm",)}
+
+
+def without_tied_defaults(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """``defaults`` (a preset's) without the keys of components that came built: their
+    ``{key}_params`` and :data:`TIED_KEYS` (a built proxy has no ``pretrained_latent_rm``)."""
+    dropped = {f"{key}_params" for key in given} | {k for key in given for k in TIED_KEYS.get(key, ())}
+    return {k: v for k, v in defaults.items() if k not in dropped}
+
+
 def mark_given(config: Any, keys: Mapping[str, Any] | frozenset[str]) -> None:
     """Record on ``config`` which of its component keys came built (validation skips them)."""
     object.__setattr__(config, _ATTRIBUTE, frozenset(keys))
@@ -56,4 +68,4 @@ def is_given(config: Any, key: str) -> bool:
     return key in getattr(config, _ATTRIBUTE, frozenset())
 
 
-__all__ = ["take_given", "mark_given", "is_given"]
+__all__ = ["take_given", "mark_given", "is_given", "without_tied_defaults"]

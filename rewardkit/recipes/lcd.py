@@ -184,6 +184,7 @@ class LCDRecipe(Recipe):
         clear_for_overwrite(acc, self.output_dir, cfg.overwrite_output_dir)
 
         backbone = self.backbone = self.build_backbone(acc.device, weight_dtype(cfg.mixed_precision))
+        backbone.configure(resolution=cfg.resolution)
         self.solver = self.build_solver(backbone)
 
         student = backbone.build_student(time_cond_proj_dim=cfg.unet_time_cond_proj_dim)
@@ -406,9 +407,14 @@ class LCDRecipe(Recipe):
         with the EMA target UNet in ``pipeline/unet_target`` (full fine-tuning only)."""
         path = self.output_dir / "pipeline"
         if self.accelerator.is_main_process:
+            import inspect
+
+            takes = inspect.signature(self.backbone.save_pipeline).parameters
+            extra = ({"target": self.target} if "target" in takes or any(
+                p.kind is p.VAR_KEYWORD for p in takes.values()) else {})
             self.backbone.save_pipeline(
                 self.unwrapped_student, path, original_inference_steps=self.config.num_ddim_timesteps,
-                timestep_scaling=self.config.timestep_scaling_factor, target=self.target)
+                timestep_scaling=self.config.timestep_scaling_factor, **extra)
         self.accelerator.wait_for_everyone()
         return path
 

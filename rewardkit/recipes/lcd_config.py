@@ -153,6 +153,13 @@ class LCDConfig(RecipeConfig):
             if "pretrained_vae_model_name_or_path" in self.backbone_params:
                 raise ConfigError("pretrained_vae_model_name_or_path is given twice (also in "
                                   "backbone_params); keep one")
+            from ..plugins import get_host
+
+            spec = get_host().get("backbone", self.backbone)
+            if "pretrained_vae_model_name_or_path" not in {p.name for p in spec.params}:
+                raise ConfigError(f"pretrained_vae_model_name_or_path: backbone '{self.backbone}' "
+                                  "takes no separate VAE; drop the key or use a backbone that "
+                                  "does (stable-diffusion, stable-diffusion-xl)")
         check_data_spec("train_shards_path_or_url", self.train_shards_path_or_url)
         for key in ("resolution", "train_batch_size", "max_train_steps",
                     "gradient_accumulation_steps", "num_ddim_timesteps",

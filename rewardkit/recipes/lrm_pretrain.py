@@ -313,8 +313,9 @@ class LRMPretrainRecipe(Recipe):
         from ..proxies.factory import build_proxy
 
         cfg = self.config
-        proxy = self.components.get("proxy") or build_proxy(cfg.proxy, cfg.proxy_params,
-                                                            self.backbone, cfg.pretrained_latent_rm)
+        proxy = self.components.get("proxy")
+        if proxy is None:
+            proxy = build_proxy(cfg.proxy, cfg.proxy_params, self.backbone, cfg.pretrained_latent_rm)
         if cfg.contrastive_steps and not all(hasattr(proxy, m) for m in ("encode_latents",
                                                                           "encode_prompts")):
             raise ConfigError(f"proxy '{cfg.proxy}' has no encode_latents/encode_prompts, so it "
@@ -326,8 +327,9 @@ class LRMPretrainRecipe(Recipe):
         from ..plugins import get_host
 
         cfg = self.config
-        rm = self.components.get("reward") or get_host().get("reward", cfg.reward).build(
-            **cfg.reward_params)
+        rm = self.components.get("reward")
+        if rm is None:
+            rm = get_host().get("reward", cfg.reward).build(**cfg.reward_params)
         if not isinstance(rm, RewardModel):
             raise ConfigError(f"reward '{cfg.reward}' built a {type(rm).__name__}, not a "
                               "rewardkit.rewards.RewardModel")
@@ -423,6 +425,7 @@ class LRMPretrainRecipe(Recipe):
         clear_for_overwrite(acc, self.output_dir, cfg.overwrite_output_dir)
 
         self.backbone = self.build_backbone(acc.device, weight_dtype(cfg.mixed_precision))
+        self.backbone.configure(resolution=cfg.resolution)
         proxy = self.proxy_model = self.build_proxy().to(acc.device)
         if acc.num_processes > 1:  # an unseeded init differs per rank: start from rank 0's
             import torch.distributed as dist

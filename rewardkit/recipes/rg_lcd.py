@@ -354,8 +354,9 @@ class RGLCDRecipe(LCDRecipe):
         from ..plugins import get_host
 
         cfg = self.config
-        rm = self.components.get("reward") or get_host().get("reward", cfg.reward).build(
-            **cfg.reward_params)
+        rm = self.components.get("reward")
+        if rm is None:
+            rm = get_host().get("reward", cfg.reward).build(**cfg.reward_params)
         if not isinstance(rm, RewardModel):
             raise ConfigError(f"reward '{cfg.reward}' built a {type(rm).__name__}, not a "
                               "rewardkit.rewards.RewardModel")

@@ -59,8 +59,8 @@ def make_guided_denoiser(predict_fn: PredictFn, schedule: NoiseSchedule,
     """A guided denoiser that runs the teacher **once** on the doubled batch.
 
     ``predict_fn(z2, t2)`` receives ``z2 = [z; z]`` and ``t2 = [t; t]`` (batch ``2B``) and must
-    return the teacher's raw outputs for ``[prompt_embeds; uncond_embeds]`` (the caller binds the
-    concatenated embeddings). ``schedule`` is the teacher's (its ``abar`` and
+    return the teacher's raw outputs for ``[cond; uncond]`` (the caller binds the concatenated
+    conditioning). ``schedule`` is the teacher's (its ``abar`` and
     ``prediction_type``), ``w`` the guidance scale(s), shape ``[B]``.
     """
 

@@ -44,6 +44,8 @@ def check_backbone(backbone: Any, output_dir: str | Path | None = None, batch: i
     """Run every contract check on a built ``backbone`` (see the module docstring)."""
     name = getattr(backbone, "name", type(backbone).__name__)
     where = f"backbone '{name}'"
+    if batch < 2:
+        raise ValueError("check_backbone needs batch >= 2 (it compares two prompts)")
     assert isinstance(backbone, Backbone), f"{where} is not a rewardkit.backbones.Backbone"
     _check_attributes(backbone, where)
     prompts = ["a photo of a red circle", "a blue square"][:batch] + ["a cat"] * max(0, batch - 2)
@@ -68,7 +70,7 @@ def _check_attributes(backbone: Backbone, where: str) -> None:
     assert schedule is backbone.schedule, f"{where}: schedule must be built once, not per call"
 
 
-def _check_prompts(backbone: Backbone, prompts: list[str], where: str) -> torch.Tensor:
+def _check_prompts(backbone: Backbone, prompts: list[str], where: str) -> Conditioning:
     cond, uncond = backbone.encode_prompts(prompts), backbone.empty_conditioning(len(prompts))
     for label, value in (("encode_prompts", cond), ("empty_conditioning", uncond)):
         assert isinstance(value, Conditioning), (

@@ -47,6 +47,16 @@ def _build(solver_or_factory: Any, alphas_cumprod: torch.Tensor,
     solver = solver_or_factory(alphas_cumprod, num_ddim_timesteps=num_ddim_timesteps)
     assert isinstance(solver, ConsistencySolver), (
         f"{solver_or_factory!r} built {type(solver).__name__}, not a ConsistencySolver")
+    # the recipes pass the backbone's NoiseSchedule, not a tensor: the factory must take both
+    from ..schedule import NoiseSchedule
+
+    from_schedule = solver_or_factory(NoiseSchedule(alphas_cumprod),
+                                      num_ddim_timesteps=num_ddim_timesteps)
+    assert torch.equal(from_schedule.timesteps, solver.timesteps) and torch.allclose(
+        torch.as_tensor(from_schedule.alphas_cumprod).double(),
+        torch.as_tensor(alphas_cumprod).double()), (
+        f"{solver_or_factory!r} built from a NoiseSchedule differs from the one built from "
+        "its alphas_cumprod tensor; pass alphas_cumprod on to ConsistencySolver.__init__")
     return solver
 
 

@@ -51,6 +51,8 @@ def build_wheel(project: str | Path, out_dir: str | Path, timeout: float = 300) 
     listed = _git_files(project, ".")
     if listed is not None:  # what a clone would hold: not a venv, runs or build output
         for name in listed:
+            if not (project / name).is_file():  # deleted from the work tree, or a submodule
+                continue
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(project / name, copy / name)
     else:
@@ -71,7 +73,8 @@ def tracked_files(project: str | Path, package: str) -> list[str]:
     project = Path(project).resolve()
     names = _git_files(project, package)
     if names is None:
-        names = [str(p.relative_to(project)) for p in (project / package).rglob("*") if p.is_file()]
+        names = [p.relative_to(project).as_posix() for p in (project / package).rglob("*")
+                 if p.is_file()]
     return sorted(n for n in names if not any(part in n for part in NOT_SHIPPED))
 
 

@@ -36,11 +36,25 @@ def quiet_deepspeed_autodetect() -> None:
 
     transformers' ``save_pretrained`` and accelerate's ``unwrap_model`` import DeepSpeed
     whenever it is installed, and its accelerator auto-detection then warns "Setting accelerator
-    to CPU" in runs that never use DeepSpeed. Without CUDA the auto-detection picks the CPU
-    anyway, so setting it changes nothing but the warning; a user's own ``DS_ACCELERATOR`` wins.
+    to CPU" in runs that never use DeepSpeed. On a machine with no accelerator at all the
+    auto-detection picks the CPU anyway, so setting it changes nothing but the warning; a user's
+    own ``DS_ACCELERATOR`` wins.
     """
-    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+    if "DS_ACCELERATOR" not in os.environ and not _has_accelerator():
         os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+def _has_accelerator() -> bool:
+    """CUDA, or another device DeepSpeed would detect (XPU, MPS, an NPU or HPU plugin)."""
+    if torch.cuda.is_available():
+        return True
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return True
+    return any(importlib.util.find_spec(name) is not None for name in ("torch_npu", "habana_frameworks"))
 
 
 def requested_zero_stage() -> int | None:
@@ -122,7 +136,7 @@ def build_accelerator(*, output_dir: str | Path, mixed_precision: str,
     use_deepspeed = deepspeed_requested()
     cpu = not torch.cuda.is_available() and not use_deepspeed
     handlers = []
-    if use_deepspeed and not torch.cuda.is_available():
+    if use_deepspeed and not _has_accelerator():
         # accelerate picks no process-group backend for DeepSpeed without CUDA and then counts
         # one process whatever torchrun started (every rank "rank 0", DeepSpeed's batch check
         # failing); gloo is what DeepSpeed's CPU accelerator uses
