@@ -6,7 +6,7 @@ All three run the same tiny Stable-Diffusion-architecture teacher, data and batc
 - ``direct``: ``rg-lcd`` with ``proxy=none``: decode ``f_theta`` and back-propagate a
   differentiable expert RM (``clip-score`` on a tiny offline CLIP) into the student;
 - ``lrm``: ``rg-lcd`` with ``proxy=lrm`` (default-sized LRM): the student maximises the LRM in
-  latent space; after each step the expert scores 3 x ``rm_batch_size`` decoded candidates
+  latent space; after each step the expert scores 3 x ``proxy_batch_size`` decoded candidates
   without gradients and the LRM takes one optimiser step.
 
 Each mode runs in a fresh subprocess, so peak memory is per mode: CUDA ``max_memory_allocated``,
@@ -97,7 +97,7 @@ def build_recipe(mode: str, assets: dict[str, str], out: Path, args: argparse.Na
         "reward_params": {"model": assets["clip"], "device": args.device},
         "proxy": "none" if mode == "direct" else "lrm",
         "proxy_params": json.loads(args.proxy_params) if mode == "lrm" else {},
-        "rm_batch_size": args.rm_batch_size, "vae_decode_batch_size": args.vae_decode_batch_size})
+        "proxy_batch_size": args.proxy_batch_size, "vae_decode_batch_size": args.vae_decode_batch_size})
     return RGLCDRecipe(config)
 
 
@@ -227,8 +227,8 @@ def main() -> None:
     memory = "peak memory (MiB)" if base["device"].startswith("cuda") else \
         "peak RSS growth (MiB)"
     print(f"device {base['device']}  threads {torch.get_num_threads()}  latents "
-          f"{args.latent_size}x{args.latent_size}  batch {args.batch}  rm_batch_size "
-          f"{args.rm_batch_size}  mixed_precision {args.mixed_precision}  "
+          f"{args.latent_size}x{args.latent_size}  batch {args.batch}  proxy_batch_size "
+          f"{args.proxy_batch_size}  mixed_precision {args.mixed_precision}  "
           f"teacher UNet {base['unet_params'] / 1e6:.2f}M params  "
           f"LRM {results['lrm'].get('lrm_params', 0) / 1e6:.2f}M params")
     print(f"{'mode':8s} {'ms/step*':>10s} {'time ratio':>11s} {memory:>22s} {'memory ratio':>13s} {'of which after-step ms':>23s}")

@@ -45,12 +45,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 #: (row, recipe, config changes on top of the default world run).
 #: The paper's online schedule for an LRM that starts from scratch (one update per step on the
-#: fresh candidates, no replay, the distillation loss, rm_lr 1e-3); the default run's schedule
-#: (rm_lr 1e-4, replay, rehearsal) is tuned for the pretrained LRM.
-SCRATCH_SCHEDULE: dict[str, Any] = {"pretrained_latent_rm": None, "proxy_rehearsal_set": None,
-                                    "rm_lr": 1e-3, "proxy_updates_per_step": 1,
+#: fresh candidates, no replay, the distillation loss, proxy_lr 1e-3); the default run's schedule
+#: (proxy_lr 1e-4, replay, rehearsal) is tuned for the pretrained LRM.
+SCRATCH_SCHEDULE: dict[str, Any] = {"pretrained_proxy": None, "proxy_rehearsal_set": None,
+                                    "proxy_lr": 1e-3, "proxy_updates_per_step": 1,
                                     "proxy_replay_size": 0,
-                                    "latent_rm_loss_type": "distillation", "scratch": True}
+                                    "proxy_loss_type": "distillation", "scratch": True}
 ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("lcd", "lcd", {}),
     ("direct b1", "rg-lcd", {"reward": "world-proxy", "proxy": "none"}),
@@ -95,7 +95,7 @@ def row_overrides(name: str, recipe: str, changes: dict[str, Any], seed: int,
                                "output": args.output / f"seed-{seed}"})
     overrides = run_config(name, recipe, changes, ns)
     if scratch:
-        for key in ("pretrained_latent_rm", "proxy_rehearsal_set"):
+        for key in ("pretrained_proxy", "proxy_rehearsal_set"):
             overrides.pop(key, None)
         overrides["proxy_params"] = dict(WORLD_LRM_PARAMS)
     overrides["validation_steps"] = args.steps  # held-out accuracy at the end (and before step 1)

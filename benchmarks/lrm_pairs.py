@@ -1,6 +1,6 @@
 """Where does a latent proxy RM disagree with the expert? Accuracy per pair kind and judge margin.
 
-For each saved proxy (a ``save_pretrained`` folder: ``latent_rm/`` of a run, or the shipped
+For each saved proxy (a ``save_pretrained`` folder: ``proxy/`` of a run, or the shipped
 world ``latent-rm``) and each preference set (the held-out set a run built, and optionally the
 set the proxy was trained on), prints:
 

@@ -145,7 +145,7 @@ def online_run(name: str, latent_rm: Path, preference_set: Path, seed: int, args
     proxy = json.loads((latent_rm / "proxy_config.json").read_text())["name"]
     out = args.output / f"seed-{seed}" / name.replace(" ", "-") / "online"
     overrides = default_rg_lcd_overrides(None, str(out), 20 if args.quick else 600)
-    overrides.update(proxy=proxy, pretrained_latent_rm=str(latent_rm), seed=seed,
+    overrides.update(proxy=proxy, pretrained_proxy=str(latent_rm), seed=seed,
                      proxy_rehearsal_set=str(preference_set), checkpointing_steps=0,
                      proxy_params={"trainable": "all"}, overwrite_output_dir=True)
     overrides["validation_steps"] = overrides["max_train_steps"]
@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     from lrm_evidence import fmt, write_results
 
     import rewardkit as rk
-    from rewardkit.recipes.lrm_pretrain import LATENT_RM_DIR, PREFERENCE_SET_DIR
+    from rewardkit.proxies.factory import proxy_folder
+    from rewardkit.recipes.lrm_pretrain import PREFERENCE_SET_DIR
 
     args = parse_args(argv)
     began = time.perf_counter()
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for seed in args.seeds:
             run = args.output / f"seed-{seed}" / name.replace(" ", "-")
-            if args.retrain or not (run / LATENT_RM_DIR).is_dir():
+            if args.retrain or not proxy_folder(run).is_dir():
                 print(f"\n=== lrm-pretrain {name} seed {seed}", flush=True)
                 started = time.perf_counter()
                 rk.recipe("lrm-pretrain", pretrain_config(proxy, changes, contrastive, seed, run,
@@ -183,9 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             rows = heldout_rows(run)
             record: dict[str, Any] = {"seed": seed, "before": rows[0][HELDOUT[0]],
                                       **{key: rows[-1][key] for key in HELDOUT}}
-            record.update(update_cost(run / LATENT_RM_DIR, run / PREFERENCE_SET_DIR, args.device))
+            record.update(update_cost(proxy_folder(run), run / PREFERENCE_SET_DIR, args.device))
             if args.online:
-                record.update(online_run(name, run / LATENT_RM_DIR, run / PREFERENCE_SET_DIR,
+                record.update(online_run(name, proxy_folder(run), run / PREFERENCE_SET_DIR,
                                          seed, args))
             results.setdefault(name, []).append(record)
 

@@ -113,7 +113,7 @@ def run_config(name: str, recipe: str, changes: dict[str, Any], args: argparse.N
     overrides.update(train_batch_size=args.batch_size, seed=args.seed, checkpointing_steps=0,
                      validation_steps=0)
     if args.quick:
-        overrides.update(rm_batch_size=4)
+        overrides.update(proxy_batch_size=4)
     overrides = fit_world_defaults(overrides, changes)
     overrides.update(changes)
     if overrides.get("reward") == "world-proxy":

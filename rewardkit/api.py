@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .components import ComponentSpec
-from .config import check_keys, load_config, normalise_key
+from .config import apply_aliases, check_keys, load_config, normalise_key
 from .errors import PluginError
 from .plugins import get_host
 from .recipes.given import mark_given, take_given, without_tied_defaults
@@ -73,7 +73,7 @@ def recipe(name: str, config: str | Path | Mapping[str, Any] | None = None, **ov
         overrides = {**config, **overrides}
     else:
         path = config
-    overrides = {normalise_key(k): v for k, v in overrides.items()}
+    overrides = apply_aliases(config_class, {normalise_key(k): v for k, v in overrides.items()})
     check_keys(config_class, overrides)  # a typo is reported before any default is resolved
     given = take_given(spec.factory, name, overrides)  # built objects out, their names in
     if path is None and not _required_given(config_class, overrides):

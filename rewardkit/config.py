@@ -83,13 +83,29 @@ def normalise_key(key: str) -> str:
     return key.strip().replace("-", "_")
 
 
+def apply_aliases(config_class: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with the keys of ``config_class.KEY_ALIASES`` (e.g. the reference code's flag
+    names) renamed to the keys they stand for; giving both is refused."""
+    aliases = getattr(config_class, "KEY_ALIASES", {})
+    out = dict(values)
+    for alias, key in aliases.items():
+        if alias in out:
+            if key in out:
+                raise ConfigError(f"'{alias}' and '{key}' are the same key ({alias} is its other "
+                                  "name); pass one of them")
+            out[key] = out.pop(alias)
+    return out
+
+
 def load_config(config_class: type[T], path: str | Path | None = None,
                 overrides: Mapping[str, Any] | None = None, validate: bool = True) -> T:
     """Build ``config_class`` from a file and overrides (overrides win), then validate it."""
     values: dict[str, Any] = {}
     if path is not None:
-        values.update({normalise_key(k): v for k, v in read_config_file(path).items()})
-    values.update({normalise_key(k): v for k, v in (overrides or {}).items()})
+        values.update(apply_aliases(config_class, {normalise_key(k): v
+                                                   for k, v in read_config_file(path).items()}))
+    values.update(apply_aliases(config_class, {normalise_key(k): v
+                                               for k, v in (overrides or {}).items()}))
     config = build_config(config_class, values)
     if validate and hasattr(config, "validate"):
         config.validate()

@@ -140,7 +140,7 @@ def test_lcd_and_rg_lcd_train_into_a_pipeline_plain_diffusers_samples(mode, teac
     if mode == "lcd":
         recipe = rk.recipe("lcd", values)
     else:
-        values.update(rm_batch_size=2, vae_decode_batch_size=4)
+        values.update(proxy_batch_size=2, vae_decode_batch_size=4)
         if mode == "lrm":
             values.update(proxy="lrm", proxy_params=SMALL_LRM, proxy_eval_num_prompts=2)
         else:
@@ -217,7 +217,7 @@ def test_a_built_proxy_with_the_embedded_world_defaults_drops_the_pretrained_one
 
     proxy = LatentRewardModel(latent_channels=4, text_dim=32, **SMALL_LRM)
     recipe = rk.recipe("rg-lcd", proxy=proxy)  # the world preset would load its latent-rm
-    assert recipe.config.pretrained_latent_rm is None and recipe.components["proxy"] is proxy
+    assert recipe.config.pretrained_proxy is None and recipe.components["proxy"] is proxy
 
 
 def test_the_vae_flag_is_refused_for_a_backbone_without_one(teacher, data, tmp_path):

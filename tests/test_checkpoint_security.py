@@ -42,7 +42,7 @@ def runs(tmp_path_factory):
     LCDRecipe(LCDConfig(**lcd)).run(progress=False)
     rg = {**dataclasses.asdict(tiny_lcd_config(teacher, data, root / "rg", **common)),
           "reward": "jpeg-compressibility", "proxy": "lrm", "proxy_params": dict(SMALL_LRM),
-          "rm_batch_size": 2, "proxy_eval_num_prompts": 0, "proxy_replay_size": 8,
+          "proxy_batch_size": 2, "proxy_eval_num_prompts": 0, "proxy_replay_size": 8,
           "proxy_updates_per_step": 2}
     RGLCDRecipe(RGLCDConfig(**rg)).run(progress=False)
     return {"lcd": (LCDRecipe, LCDConfig, lcd), "rg-lcd": (RGLCDRecipe, RGLCDConfig, rg)}
@@ -114,7 +114,7 @@ def test_a_legacy_plain_tensor_state_file_still_resumes(runs, tmp_path):
 @pytest.mark.parametrize("file", ["rank_state_0.json", "rank_state_0.safetensors",
                                   "extra_state.json", "random_states_0.pkl", "model.safetensors",
                                   "target.safetensors", "optimizer.bin", "trainer_state.json",
-                                  "latent_rm/proxy.safetensors", "proxy_replay.safetensors"])
+                                  "proxy/proxy.safetensors", "proxy_replay.safetensors"])
 def test_a_truncated_state_file_is_named(runs, tmp_path, file):
     checkpoint, resume = copy_run(runs, "rg-lcd", tmp_path)
     path = checkpoint / file

@@ -355,4 +355,4 @@ def test_run_help_lists_the_keys_under_their_topics_in_order(capsys, monkeypatch
     # a key sits under its own topic
     lora = rows.index("LoRA")
     assert "lora_rank" in rows[lora:rows.index(titles[titles.index("LoRA") + 1])]
-    assert rows.index("rm_lr") > rows.index("Latent proxy RM (LRM)")
+    assert rows.index("proxy_lr") > rows.index("Latent proxy RM (LRM)")

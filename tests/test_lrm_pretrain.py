@@ -22,7 +22,7 @@ from rewardkit.proxies import LatentRewardModel
 from rewardkit.proxies.preference_set import PreferenceSet
 from rewardkit.proxies.pretrain_losses import (caption_groups, multi_positive_info_nce,
                                                pairwise_logistic_loss)
-from rewardkit.recipes.lrm_pretrain import (HELDOUT_SET_DIR, LATENT_RM_DIR, PREFERENCE_SET_DIR,
+from rewardkit.recipes.lrm_pretrain import (HELDOUT_SET_DIR, PROXY_DIR, PREFERENCE_SET_DIR,
                                             LRMPretrainConfig, LRMPretrainRecipe, pretrain_lrm)
 from rewardkit.rewards.base import RewardModel
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
@@ -217,7 +217,7 @@ def test_registered_in_the_host_and_the_cli(capsys):
     ("preference_teacher_settings", [[0, 1.0]], "preference_teacher_settings"),
     ("preference_noise_levels", [0.0], "preference_noise_levels"),
     ("resume_from_checkpoint", "checkpoint-7", "resume_from_checkpoint"),
-    ("pretrained_latent_rm", "/no/such/folder", "pretrained_latent_rm"),
+    ("pretrained_proxy", "/no/such/folder", "pretrained_proxy"),
     ("train_shards_path_or_url", "/no/such/data", "train_shards_path_or_url"),
     ("train_shards_path_or_url", "world:nope", "world split"),
 ])
@@ -278,9 +278,9 @@ def test_contrastive_stage_trains_every_parameter_and_lowers_the_loss(assets, tm
     assert [r["step"] for r in rows] == list(range(1, 13))  # no expert: no initial row
     assert all(r["stage"] == "contrastive" and r["contrastive_loss"] > 0 for r in rows)
     assert [r["lr"] for r in rows[:3]] == pytest.approx([1.5e-3, 3e-3, 3e-3])
-    saved = LatentRewardModel.from_pretrained(out / LATENT_RM_DIR)
+    saved = LatentRewardModel.from_pretrained(out / PROXY_DIR)
     assert saved.trainable == "heads"  # the configured value, for rg-lcd's online update
-    assert_same_weights(weights(out / LATENT_RM_DIR),
+    assert_same_weights(weights(out / PROXY_DIR),
                         {k: v.cpu() for k, v in proxy.state_dict().items()})
     assert json.loads((out / "config.json").read_text())["contrastive_steps"] == 12
 
@@ -292,7 +292,7 @@ def test_preference_stage_learns_from_the_expert_and_measures_held_out(assets, t
     Brightness.builds = 0
     out = pretrain_lrm(dataclasses.asdict(with_preferences(
         assets, tmp_path, contrastive_steps=2, preference_steps=8, validation_steps=3)))
-    assert out == tmp_path / LATENT_RM_DIR and Brightness.builds == 1
+    assert out == tmp_path / PROXY_DIR and Brightness.builds == 1
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert rows[0]["step"] == 0 and rows[0]["stage"] == "initial"
     assert [r["step"] for r in rows[1:]] == list(range(1, 11))
@@ -367,11 +367,11 @@ def test_resume_is_bit_identical_in_either_stage(assets, tmp_path):
     LRMPretrainRecipe(with_preferences(assets, tmp_path / "c", **common,
                                        resume_from_checkpoint="checkpoint-2")).run(progress=False)
 
-    final = weights(tmp_path / "a" / LATENT_RM_DIR)
+    final = weights(tmp_path / "a" / PROXY_DIR)
     assert not all(torch.equal(final[k], v)
-                   for k, v in weights(tmp_path / "a" / "checkpoint-4" / LATENT_RM_DIR).items())
+                   for k, v in weights(tmp_path / "a" / "checkpoint-4" / PROXY_DIR).items())
     for run in ("b", "c"):
-        assert_same_weights(weights(tmp_path / run / LATENT_RM_DIR), final)
+        assert_same_weights(weights(tmp_path / run / PROXY_DIR), final)
         rows = read_metrics(tmp_path / run / "metrics.jsonl")
         straight_rows = read_metrics(tmp_path / "a" / "metrics.jsonl")
         assert [r["step"] for r in rows] == [r["step"] for r in straight_rows]
@@ -386,7 +386,7 @@ def test_resume_is_bit_identical_in_either_stage(assets, tmp_path):
 
 @pytest.mark.parametrize("name", ["optimizer.safetensors", "optimizer.json",
                                   "generator_0.safetensors", "loader_0.json", "trainer_state.json",
-                                  f"{LATENT_RM_DIR}/proxy.safetensors"])
+                                  f"{PROXY_DIR}/proxy.safetensors"])
 def test_a_truncated_checkpoint_file_is_named(assets, tmp_path, name):
     LRMPretrainRecipe(config(assets, tmp_path, contrastive_steps=2,
                              checkpointing_steps=2)).run(progress=False)
@@ -409,7 +409,7 @@ def test_the_output_loads_into_rg_lcd(assets, tmp_path):
         proxy_params={**SMALL_LRM, "trainable": "last"})))
     base = dataclasses.asdict(tiny_lcd_config(assets["teacher"], assets["data"], tmp_path / "rg"))
     rg = RGLCDConfig(**{**base, "reward": "test-brightness", "proxy": "lrm",
-                        "pretrained_latent_rm": str(out), "rm_batch_size": 2,
+                        "pretrained_proxy": str(out), "proxy_batch_size": 2,
                         "proxy_eval_num_prompts": 0})
     recipe = RGLCDRecipe(rg)
     recipe.setup()

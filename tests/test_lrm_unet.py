@@ -93,7 +93,7 @@ def test_save_and_load_without_the_teacher(assets, tmp_path):
     embeds = prompts(backbone, "a red circle", "a blue square")
     latents = torch.randn(2, 4, 8, 8)
     torch.testing.assert_close(loaded(latents, embeds), proxy(latents, embeds))
-    # through the factory (what --pretrained_latent_rm does): loaded, never re-initialised
+    # through the factory (what --pretrained_proxy does): loaded, never re-initialised
     again = build_proxy("lrm-unet", {}, backbone, pretrained=str(tmp_path / "saved"))
     assert float(again.logit_scale) == 1.25
 
@@ -178,7 +178,7 @@ def test_rg_lcd_trains_with_it(assets, tmp_path):
 
     base = dataclasses.asdict(tiny_lcd_config(assets["teacher"], assets["data"], tmp_path / "rg"))
     config = RGLCDConfig(**{**base, "reward": "rule-judge", "proxy": "lrm-unet",
-                            "proxy_params": {**SMALL, "trainable": "last"}, "rm_batch_size": 2,
+                            "proxy_params": {**SMALL, "trainable": "last"}, "proxy_batch_size": 2,
                             "vae_decode_batch_size": 4, "proxy_eval_num_prompts": 2,
                             "max_train_steps": 2})
     config.validate()
@@ -195,7 +195,7 @@ def test_rg_lcd_trains_with_it(assets, tmp_path):
     assert all(torch.equal(tower[k], teacher[k]) for k in tower if k.startswith("down_blocks"))
     for name, value in recipe.backbone.unet.state_dict().items():
         assert torch.equal(value.cpu(), teacher[name]), name
-    reloaded = UNetLatentRewardModel.from_pretrained(tmp_path / "rg" / "latent_rm")
+    reloaded = UNetLatentRewardModel.from_pretrained(tmp_path / "rg" / "proxy")
     for name, value in reloaded.state_dict().items():
         assert torch.equal(value, recipe.proxy_model.state_dict()[name].cpu()), name
 
@@ -219,7 +219,7 @@ def test_lrm_pretrain_trains_it_on_preferences_and_rg_lcd_loads_it(assets, tmp_p
     assert [r["stage"] for r in rows[1:]] == ["preference"] * 3
     base = dataclasses.asdict(tiny_lcd_config(assets["teacher"], assets["data"], tmp_path / "rg"))
     recipe = RGLCDRecipe(RGLCDConfig(**{**base, "reward": "rule-judge", "proxy": "lrm-unet",
-                                        "pretrained_latent_rm": str(out), "rm_batch_size": 2,
+                                        "pretrained_proxy": str(out), "proxy_batch_size": 2,
                                         "proxy_eval_num_prompts": 0}))
     recipe.setup()
     saved = UNetLatentRewardModel.from_pretrained(out).state_dict()

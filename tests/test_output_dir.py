@@ -126,7 +126,7 @@ def test_lrm_pretrain_refuses_a_used_folder_too(assets, tmp_path):
 
     out = tmp_path / "pre"
     out.mkdir()
-    (out / "latent_rm").mkdir()
+    (out / "proxy").mkdir()
     recipe = LRMPretrainRecipe(LRMPretrainConfig(
         pretrained_teacher_model=str(assets["teacher"]),
         train_shards_path_or_url=str(assets["data"]), output_dir=str(out), resolution=16,

@@ -148,7 +148,7 @@ def test_pairwise_loss_dispatch_and_errors():
                        distillation_loss(proxy, expert))
     assert torch.equal(pairwise_loss("cross_entropy", proxy, expert),
                        cross_entropy_loss(proxy, expert))
-    with pytest.raises(ConfigError, match="latent_rm_loss_type"):
+    with pytest.raises(ConfigError, match="proxy_loss_type"):
         pairwise_loss("hinge", proxy, expert)
     with pytest.raises(ConfigError, match=r"\[3, S\]"):
         distillation_loss(proxy[:2], expert[:2])

@@ -118,7 +118,7 @@ def test_bad_inputs_are_named():
     with pytest.raises(RewardModelError, match="NaN"):
         updater.step(latents, embeds, torch.full_like(scores, float("nan")))
     assert not any(p.requires_grad for p in updater.proxy.parameters())
-    with pytest.raises(ConfigError, match="latent_rm_loss_type"):
+    with pytest.raises(ConfigError, match="proxy_loss_type"):
         ProxyUpdater(small(), loss_type="hinge")
 
 
@@ -130,7 +130,7 @@ def test_sample_candidates_keeps_captions_aligned_with_latents_and_embeds():
     target, gt = student.detach() + 100, student.detach() + 200
     embeds = torch.arange(batch, dtype=torch.float32).view(batch, 1, 1).expand(batch, 3, TEXT_DIM)
     captions = [f"prompt {k}" for k in range(batch)]
-    chosen = sample_candidates(student, target, gt, embeds, captions, rm_batch_size=4,
+    chosen = sample_candidates(student, target, gt, embeds, captions, proxy_batch_size=4,
                                generator=torch.Generator().manual_seed(3))
     assert chosen.latents.shape == (3, 4, 4, 2, 2) and not chosen.latents.requires_grad
     assert chosen.indices.tolist() != list(range(4))  # a real permutation for this seed
@@ -140,7 +140,7 @@ def test_sample_candidates_keeps_captions_aligned_with_latents_and_embeds():
         assert [float(chosen.latents[c, k, 0, 0, 0]) for c in range(3)] == [
             index, index + 100, index + 200]
     with pytest.raises(ConfigError, match="captions"):
-        sample_candidates(student, target, gt, embeds, captions[:5], rm_batch_size=4)
+        sample_candidates(student, target, gt, embeds, captions[:5], proxy_batch_size=4)
 
 
 # ---------------------------------------------------------------- learning

@@ -41,7 +41,7 @@ def values(tmp_path_factory):
     teacher = build_tiny_sd_pipeline(root / "teacher")
     data = write_tiny_image_folder(root / "data", count=8, size=16)
     base = dataclasses.asdict(tiny_lcd_config(teacher, data, root / "unused"))
-    return {**base, "rm_batch_size": 2, "vae_decode_batch_size": 4, "proxy_eval_num_prompts": 0,
+    return {**base, "proxy_batch_size": 2, "vae_decode_batch_size": 4, "proxy_eval_num_prompts": 0,
             "max_train_steps": 2}
 
 
@@ -81,9 +81,9 @@ def test_lcd_takes_a_built_solver_and_checks_it_fits_the_teacher(values, tmp_pat
     ({"reward": object()}, r"reward: recipe 'rg-lcd' takes a registered reward name .* got a object"),
     ({"reward": MyOwnRM}, "got the class MyOwnRM"),
     ({"reward": MyOwnRM(), "reward_params": {"scale": 2}}, "reward_params: the reward was passed built"),
-    ({"reward": MyOwnRM(), "pretrained_latent_rm": "somewhere",
+    ({"reward": MyOwnRM(), "pretrained_proxy": "somewhere",
       "proxy": LatentRewardModel(latent_channels=4, text_dim=32, **SMALL_LRM)},
-     "pretrained_latent_rm: the proxy was passed built"),
+     "pretrained_proxy: the proxy was passed built"),
     ({"reward": MyOwnRM(), "solver": MyOwnRM()}, "solver: recipe 'rg-lcd' takes a registered solver name"),
 ])
 def test_wrong_built_components_are_refused_in_one_sentence(values, tmp_path, overrides, match):

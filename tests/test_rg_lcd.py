@@ -16,7 +16,7 @@ from rewardkit.hookspecs import hookimpl
 from rewardkit.plugins import load_host, reset_host
 from rewardkit.proxies import LatentRewardModel
 from rewardkit.proxies.preference_set import GROUND_TRUTH, PreferenceSet, preference_accuracy
-from rewardkit.recipes.rg_lcd import (HELDOUT_DIR, LATENT_RM_DIR, REPLAY_WEIGHTS, RGLCDConfig,
+from rewardkit.recipes.rg_lcd import (HELDOUT_DIR, PROXY_DIR, REPLAY_WEIGHTS, RGLCDConfig,
                                       RGLCDRecipe)
 from rewardkit.rewards.base import RewardModel
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
@@ -101,7 +101,7 @@ def assets(tmp_path_factory):
 def config(assets, out, **overrides) -> RGLCDConfig:
     base = dataclasses.asdict(tiny_lcd_config(assets["teacher"], assets["data"], out))
     values = {**base, "reward": "test-redness", "proxy": "lrm", "proxy_params": dict(SMALL_LRM),
-              "rm_batch_size": 2, "vae_decode_batch_size": 4, "proxy_eval_num_prompts": 4,
+              "proxy_batch_size": 2, "vae_decode_batch_size": 4, "proxy_eval_num_prompts": 4,
               **overrides}
     built = RGLCDConfig(**values)
     built.validate()
@@ -119,8 +119,8 @@ def test_registered_and_reward_is_required(assets, tmp_path):
     assert rk.describe("recipe", "rg-lcd").factory is RGLCDRecipe
     with pytest.raises(ConfigError, match="--reward"):
         config(assets, tmp_path, reward=None)
-    with pytest.raises(ConfigError, match="latent_rm_loss_type"):
-        config(assets, tmp_path, latent_rm_loss_type="hinge")
+    with pytest.raises(ConfigError, match="proxy_loss_type"):
+        config(assets, tmp_path, proxy_loss_type="hinge")
     with pytest.raises(Exception, match="no-such-rm"):
         config(assets, tmp_path, reward="no-such-rm")
 
@@ -161,7 +161,7 @@ def test_direct_mode_run_logs_rewards(assets, tmp_path):
     for row in rows:
         assert {"lcd_loss", "reward_loss", "expert_reward"} <= set(row)
         assert row["reward_loss"] == pytest.approx(-row["expert_reward"], rel=1e-4)
-    assert not (out / LATENT_RM_DIR).exists()
+    assert not (out / PROXY_DIR).exists()
 
 
 # ---------------------------------------------------------------- LRM mode
@@ -197,7 +197,7 @@ def test_lrm_mode_student_step_has_no_expert_and_no_decoder(assets, tmp_path):
 
 def test_lrm_mode_trains_from_a_non_differentiable_rm_and_keeps_the_lock(assets, tmp_path):
     recipe = RGLCDRecipe(config(assets, tmp_path, reward="jpeg-compressibility", max_train_steps=3,
-                                rm_lr=1e-2))
+                                proxy_lr=1e-2))
     recipe.setup()
     before = proxy_snapshot(recipe)
     rows = [recipe.train_step() for _ in range(3)]
@@ -218,15 +218,15 @@ def test_lrm_can_start_from_a_saved_proxy(assets, tmp_path):
     recipe.setup()
     saved = LatentRewardModel(**{**recipe.proxy_model.config, "logit_scale_init": 1.5})
     saved.save_pretrained(tmp_path / "pretrained")
-    resumed = RGLCDRecipe(config(assets, tmp_path / "b", pretrained_latent_rm=str(
+    resumed = RGLCDRecipe(config(assets, tmp_path / "b", pretrained_proxy=str(
         tmp_path / "pretrained"), proxy_params={"trainable": "heads"}))
     resumed.setup()
     assert float(resumed.proxy_model.logit_scale) == 1.5
     assert resumed.proxy_model.trainable == "heads"
     for name, value in saved.state_dict().items():
         assert torch.equal(resumed.proxy_model.state_dict()[name], value), name
-    with pytest.raises(ConfigError, match="pretrained_latent_rm"):
-        config(assets, tmp_path, pretrained_latent_rm=str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="pretrained_proxy"):
+        config(assets, tmp_path, pretrained_proxy=str(tmp_path / "missing"))
 
 
 # ---------------------------------------------------------------- checkpoints and failures
@@ -242,7 +242,7 @@ class CrashAt(RGLCDRecipe):
 
 
 def test_checkpoint_and_resume_restore_the_lrm_and_its_optimiser(assets, tmp_path):
-    common = dict(max_train_steps=4, checkpointing_steps=2, rm_lr=1e-3,
+    common = dict(max_train_steps=4, checkpointing_steps=2, proxy_lr=1e-3,
                   reward="jpeg-compressibility")
     straight = RGLCDRecipe(config(assets, tmp_path / "a", **common)).run(progress=False)
     with pytest.raises(KeyboardInterrupt):
@@ -251,8 +251,8 @@ def test_checkpoint_and_resume_restore_the_lrm_and_its_optimiser(assets, tmp_pat
                                  **common))
     resumed.run(progress=False)
 
-    first = load_file(str(straight / "checkpoint-2" / LATENT_RM_DIR / "proxy.safetensors"))
-    for folder in (f"checkpoint-4/{LATENT_RM_DIR}", LATENT_RM_DIR):
+    first = load_file(str(straight / "checkpoint-2" / PROXY_DIR / "proxy.safetensors"))
+    for folder in (f"checkpoint-4/{PROXY_DIR}", PROXY_DIR):
         a = load_file(str(straight / folder / "proxy.safetensors"))
         b = load_file(str(tmp_path / "b" / folder / "proxy.safetensors"))
         assert a.keys() == b.keys()
@@ -267,7 +267,7 @@ def test_checkpoint_and_resume_restore_the_lrm_and_its_optimiser(assets, tmp_pat
     for key in state_a:
         assert int(state_a[key]["step"]) == 4
         assert torch.equal(state_a[key]["exp_avg_sq"], state_b[key]["exp_avg_sq"])
-    loaded = LatentRewardModel.from_pretrained(straight / LATENT_RM_DIR)  # usable as pretrained
+    loaded = LatentRewardModel.from_pretrained(straight / PROXY_DIR)  # usable as pretrained
     assert loaded.config["text_dim"] == resumed.backbone.text_embed_dim
 
 
@@ -286,7 +286,7 @@ def test_a_broken_rm_stops_the_run_naming_it_with_the_last_checkpoint_intact(
     last = tmp_path / "checkpoint-2"
     assert load_file(str(last / "model.safetensors"))
     if proxy == "lrm":
-        assert LatentRewardModel.from_pretrained(last / LATENT_RM_DIR).num_parameters() > 0
+        assert LatentRewardModel.from_pretrained(last / PROXY_DIR).num_parameters() > 0
     resumed = RGLCDRecipe(config(assets, tmp_path, proxy=proxy, reward="test-redness",
                                  max_train_steps=3, resume_from_checkpoint="latest"))
     resumed.run(progress=False)
@@ -302,7 +302,7 @@ def heldout_rows(out: Path) -> list[dict]:
 
 def test_heldout_accuracy_is_logged_before_training_and_at_each_validation(assets, tmp_path):
     cfg = config(assets, tmp_path, reward="jpeg-compressibility", max_train_steps=2,
-                 validation_steps=1, checkpointing_steps=1, rm_lr=1e-2)
+                 validation_steps=1, checkpointing_steps=1, proxy_lr=1e-2)
     RGLCDRecipe(cfg).run(progress=False)
     rows = heldout_rows(tmp_path)
     assert [r["step"] for r in rows] == [0, 1, 2]
@@ -330,7 +330,7 @@ def test_heldout_set_can_be_switched_off(assets, tmp_path):
 
 
 def test_the_student_maximises_the_very_proxy_the_update_trains(assets, tmp_path):
-    recipe = RGLCDRecipe(config(assets, tmp_path, reward="jpeg-compressibility", rm_lr=1e-2))
+    recipe = RGLCDRecipe(config(assets, tmp_path, reward="jpeg-compressibility", proxy_lr=1e-2))
     recipe.setup()
     assert recipe.proxy_updater.proxy is recipe.proxy_model
     step = recipe.forward(next(recipe.batches))
@@ -347,7 +347,7 @@ def test_the_student_maximises_the_very_proxy_the_update_trains(assets, tmp_path
 
 def test_proxy_warmup_switches_the_reward_term_on_after_it(assets, tmp_path):
     recipe = RGLCDRecipe(config(assets, tmp_path, reward="jpeg-compressibility",
-                                proxy_warmup_steps=2, rm_lr=1e-2))
+                                proxy_warmup_steps=2, proxy_lr=1e-2))
     recipe.setup()
     rows = []
     for _ in range(3):
@@ -383,15 +383,15 @@ def test_several_proxy_updates_per_step_draw_from_the_replay_buffer(assets, tmp_
 
 
 def test_resume_restores_the_replay_buffer_bit_identically(assets, tmp_path):
-    common = dict(max_train_steps=4, checkpointing_steps=2, rm_lr=1e-3,
+    common = dict(max_train_steps=4, checkpointing_steps=2, proxy_lr=1e-3,
                   reward="jpeg-compressibility", proxy_updates_per_step=2, proxy_replay_size=4)
     straight = RGLCDRecipe(config(assets, tmp_path / "a", **common)).run(progress=False)
     with pytest.raises(KeyboardInterrupt):
         CrashAt(config(assets, tmp_path / "b", **common)).run(progress=False)
     RGLCDRecipe(config(assets, tmp_path / "b", resume_from_checkpoint="latest",
                        **common)).run(progress=False)
-    a = load_file(str(straight / LATENT_RM_DIR / "proxy.safetensors"))
-    b = load_file(str(tmp_path / "b" / LATENT_RM_DIR / "proxy.safetensors"))
+    a = load_file(str(straight / PROXY_DIR / "proxy.safetensors"))
+    b = load_file(str(tmp_path / "b" / PROXY_DIR / "proxy.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (straight / "checkpoint-4" / REPLAY_WEIGHTS).is_file()
 
@@ -429,3 +429,31 @@ def test_rehearsal_pairs_join_every_proxy_update(assets, tmp_path):
     with pytest.raises(ConfigError, match="proxy_rehearsal_weight"):
         config(assets, tmp_path, proxy_rehearsal_set=str(tmp_path / "rehearsal"),
                proxy_rehearsal_weight=0.0)
+
+
+def test_the_reference_flag_names_are_aliases_of_the_proxy_keys(assets, tmp_path):
+    values = {**dataclasses.asdict(tiny_lcd_config(assets["teacher"], assets["data"], tmp_path)),
+              "reward": "test-redness", "proxy_params": dict(SMALL_LRM)}
+    config = rk.recipe("rg-lcd", values, rm_batch_size=3, rm_lr=1e-5,
+                       latent_rm_loss_type="cross_entropy").config
+    assert (config.proxy_batch_size, config.proxy_lr, config.proxy_loss_type) == (3, 1e-5,
+                                                                                  "cross_entropy")
+    path = tmp_path / "ref.toml"
+    path.write_text('rm_lr = 2e-5\n')
+    from rewardkit.config import load_config
+
+    required = {k: values[k] for k in ("pretrained_teacher_model", "train_shards_path_or_url")}
+    assert load_config(RGLCDConfig, path, required, validate=False).proxy_lr == 2e-5
+    assert load_config(RGLCDConfig, path, {**required, "proxy_lr": 3e-5},
+                       validate=False).proxy_lr == 3e-5  # the command line wins over the file
+    with pytest.raises(ConfigError, match="'rm_lr' and 'proxy_lr' are the same key"):
+        rk.recipe("rg-lcd", values, rm_lr=1e-5, proxy_lr=2e-5)
+
+
+def test_a_checkpoint_with_the_older_latent_rm_folder_still_resumes(assets, tmp_path):
+    from rewardkit.proxies.factory import LEGACY_PROXY_DIR, proxy_folder
+
+    (tmp_path / LEGACY_PROXY_DIR).mkdir()
+    assert proxy_folder(tmp_path) == tmp_path / LEGACY_PROXY_DIR
+    (tmp_path / PROXY_DIR).mkdir()
+    assert proxy_folder(tmp_path) == tmp_path / PROXY_DIR

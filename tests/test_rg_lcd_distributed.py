@@ -28,7 +28,7 @@ def worker(out: str, teacher: str, data: str) -> None:
 
     base = dataclasses.asdict(tiny_lcd_config(teacher, data, out, max_train_steps=2))
     config = RGLCDConfig(**{**base, "seed": None, "reward": "jpeg-compressibility",
-                            "proxy_params": SMALL_LRM, "rm_batch_size": 2, "rm_lr": 1e-2})
+                            "proxy_params": SMALL_LRM, "proxy_batch_size": 2, "proxy_lr": 1e-2})
     recipe = RGLCDRecipe(config)
     recipe.setup()
     rank = recipe.accelerator.process_index
@@ -66,7 +66,7 @@ def test_two_processes_keep_one_identical_lrm(tmp_path):
         assert torch.equal(rank0["initial"][key], rank1["initial"][key]), key  # broadcast
         assert torch.equal(rank0["final"][key], rank1["final"][key]), key  # averaged grads
     assert any(not torch.equal(rank0["initial"][k], rank0["final"][k]) for k in rank0["final"])
-    assert (out / "latent_rm" / "proxy.safetensors").is_file()
+    assert (out / "proxy" / "proxy.safetensors").is_file()
 
 
 if __name__ == "__main__":

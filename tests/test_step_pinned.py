@@ -62,7 +62,7 @@ def fingerprints(root: Path) -> dict:
                 resolution=16, train_batch_size=2, max_train_steps=2, learning_rate=1e-3,
                 unet_time_cond_proj_dim=32, validation_steps=0, checkpointing_steps=0,
                 report_to="none", seed=0)
-    rg = dict(rm_batch_size=2, vae_decode_batch_size=4, reward_scale=1.0)
+    rg = dict(proxy_batch_size=2, vae_decode_batch_size=4, reward_scale=1.0)
     out = {}
     for label, (recipe_name, extra) in RUNS.items():
         values = {**base, **(rg if recipe_name == "rg-lcd" else {}), **extra,

@@ -27,7 +27,7 @@ base = dict(pretrained_teacher_model=str(teacher), train_shards_path_or_url=str(
             validation_steps=0, checkpointing_steps=0, report_to="none")
 rk.recipe("lcd", base, output_dir=str(root / "lcd")).run(progress=False)
 rk.recipe("rg-lcd", base, output_dir=str(root / "direct"), reward="jpeg-compressibility",
-          proxy="lrm", rm_batch_size=2, vae_decode_batch_size=4, proxy_eval_num_prompts=2,
+          proxy="lrm", proxy_batch_size=2, vae_decode_batch_size=4, proxy_eval_num_prompts=2,
           proxy_params={"embed_dim": 16, "image_widths": [8, 16], "text_width": 16,
                         "text_heads": 2}).run(progress=False)
 errors = []

@@ -133,7 +133,7 @@ def test_default_overrides_make_a_valid_rg_lcd_config(assets):
     assert config.validation_prompts == validation_captions()
     assert set(config.validation_prompts) <= set(WorldSource("validation").captions())
     assert config.train_shards_path_or_url == "world:train"
-    assert config.pretrained_latent_rm == str(assets / LATENT_RM)  # the shipped pretrained LRM
+    assert config.pretrained_proxy == str(assets / LATENT_RM)  # the shipped pretrained LRM
     assert config.proxy_eval_shards_path_or_url == "world:validation"
     assert config.proxy_rehearsal_set == str(assets / LATENT_RM / "preference_set")
     with pytest.raises(ConfigError, match="world build"):
@@ -147,7 +147,7 @@ def test_default_overrides_make_a_valid_rg_lcd_config(assets):
 def test_default_world_run_trains_and_reports(assets, tmp_path):
     overrides = default_rg_lcd_overrides(assets_root=assets, output_dir=str(tmp_path / "run"),
                                          max_train_steps=2)
-    overrides.update(train_batch_size=4, rm_batch_size=2, validation_steps=2, checkpointing_steps=0,
+    overrides.update(train_batch_size=4, proxy_batch_size=2, validation_steps=2, checkpointing_steps=0,
                      validation_prompts=validation_captions(2), proxy_eval_num_prompts=4)
     output = rk.recipe("rg-lcd", overrides).run(progress=False)
     report = finalize_world_run(output, assets_root=assets, num_images=4, teacher_steps=2,
@@ -189,17 +189,17 @@ def test_rg_lcd_with_no_arguments_and_no_built_world_says_how_to_build_it(tmp_pa
 def test_world_defaults_fit_the_users_proxy_and_reward(assets, monkeypatch):
     monkeypatch.setattr("rewardkit.world.assets.ASSETS", assets)
     direct = rk.recipe("rg-lcd", proxy="none", reward="world-proxy").config
-    assert direct.pretrained_latent_rm is None and direct.proxy_rehearsal_set is None
+    assert direct.pretrained_proxy is None and direct.proxy_rehearsal_set is None
     # an LRM learning another RM must not start from (or rehearse) the judge's LRM
     other = rk.recipe("rg-lcd", reward="world-proxy").config
-    assert other.proxy == "lrm" and other.pretrained_latent_rm is None
+    assert other.proxy == "lrm" and other.pretrained_proxy is None
     assert other.proxy_rehearsal_set is None and other.proxy_params == WORLD_LRM_PARAMS
     judge = rk.recipe("rg-lcd").config
-    assert judge.pretrained_latent_rm == str(assets / LATENT_RM)
+    assert judge.pretrained_proxy == str(assets / LATENT_RM)
     # another proxy than lrm: not loaded from the shipped lrm, sized for the world, and it still
     # rehearses the judge's pairs (they are latents and judge scores, whatever reads them)
     unet = rk.recipe("rg-lcd", proxy="lrm-unet").config
-    assert unet.pretrained_latent_rm is None and unet.proxy_params == WORLD_UNET_LRM_PARAMS
+    assert unet.pretrained_proxy is None and unet.proxy_params == WORLD_UNET_LRM_PARAMS
     assert unet.proxy_rehearsal_set == judge.proxy_rehearsal_set
     pretrain = rk.recipe("lrm-pretrain", proxy="lrm-unet").config
     assert pretrain.contrastive_steps == 0 and pretrain.proxy_params == WORLD_UNET_LRM_PARAMS

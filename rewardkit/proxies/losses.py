@@ -115,7 +115,7 @@ def pairwise_loss(loss_type: str, proxy_logits: torch.Tensor, expert_logits: tor
         return distillation_loss(proxy_logits, expert_logits, smooth_gt_label)
     if loss_type == "cross_entropy":
         return cross_entropy_loss(proxy_logits, expert_logits, smooth_gt_label)
-    raise ConfigError(f"latent_rm_loss_type must be one of {PROXY_LOSS_TYPES}, got {loss_type!r}")
+    raise ConfigError(f"proxy_loss_type must be one of {PROXY_LOSS_TYPES}, got {loss_type!r}")
 
 
 @torch.no_grad()

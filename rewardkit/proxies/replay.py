@@ -1,6 +1,6 @@
 """A replay buffer of recent expert-scored candidates for the online proxy update.
 
-The paper's proxy update sees each expert judgement once: ``rm_batch_size`` prompts x 3 candidates
+The paper's proxy update sees each expert judgement once: ``proxy_batch_size`` prompts x 3 candidates
 per student step. A replay buffer keeps the last ``capacity`` judged triples (student, target,
 ground truth of one prompt, with its prompt embedding and the expert's three scores), so extra
 proxy updates (``proxy_updates_per_step`` > 1) can reuse recent judgements instead of spending

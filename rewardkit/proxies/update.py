@@ -44,7 +44,7 @@ class ProxyUpdater:
                  max_grad_norm: float | None = None, rehearsal: Any = None,
                  generator: torch.Generator | None = None) -> None:
         if loss_type not in PROXY_LOSS_TYPES:
-            raise ConfigError(f"latent_rm_loss_type must be one of {PROXY_LOSS_TYPES}, got {loss_type!r}")
+            raise ConfigError(f"proxy_loss_type must be one of {PROXY_LOSS_TYPES}, got {loss_type!r}")
         self.proxy = proxy
         self.loss_type = loss_type
         self.smooth_gt_label = smooth_gt_label
@@ -172,9 +172,9 @@ class ProxyCandidates:
 
 
 def sample_candidates(student_x0: torch.Tensor, target_x0: torch.Tensor, gt_latents: torch.Tensor,
-                      prompt_embeds: torch.Tensor, captions: Sequence[str], rm_batch_size: int,
+                      prompt_embeds: torch.Tensor, captions: Sequence[str], proxy_batch_size: int,
                       generator: torch.Generator | None = None) -> ProxyCandidates:
-    """A random sub-batch of ``rm_batch_size`` samples with their three candidates.
+    """A random sub-batch of ``proxy_batch_size`` samples with their three candidates.
 
     Fixed reference defect: the reference permuted the latents but passed the *unpermuted*
     captions to the expert. Here latents, prompt embeddings and captions are all indexed with
@@ -188,9 +188,9 @@ def sample_candidates(student_x0: torch.Tensor, target_x0: torch.Tensor, gt_late
             f"candidate sub-batch needs equal batch sizes; got student {batch}, target "
             f"{target_x0.shape[0]}, gt {gt_latents.shape[0]}, prompt embeds "
             f"{prompt_embeds.shape[0]}, captions {len(captions)}")
-    if rm_batch_size < 1:
-        raise ConfigError(f"rm_batch_size must be >= 1, got {rm_batch_size}")
-    indices = torch.randperm(batch, generator=generator)[:rm_batch_size]
+    if proxy_batch_size < 1:
+        raise ConfigError(f"proxy_batch_size must be >= 1, got {proxy_batch_size}")
+    indices = torch.randperm(batch, generator=generator)[:proxy_batch_size]
     device_indices = indices.to(student_x0.device)
     latents = torch.stack([  # in the order STUDENT, TARGET, GT
         student_x0.detach()[device_indices],

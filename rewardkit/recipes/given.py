@@ -48,12 +48,12 @@ def take_given(recipe_class: type, recipe_name: str,
 
 #: Config keys that only mean something for a component built by name (dropped from a preset's
 #: defaults when that component comes built).
-TIED_KEYS: dict[str, tuple[str, ...]] = {"proxy": ("pretrained_latent_rm",)}
+TIED_KEYS: dict[str, tuple[str, ...]] = {"proxy": ("pretrained_proxy",)}
 
 
 def without_tied_defaults(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
     """``defaults`` (a preset's) without the keys of components that came built: their
-    ``{key}_params`` and :data:`TIED_KEYS` (a built proxy has no ``pretrained_latent_rm``)."""
+    ``{key}_params`` and :data:`TIED_KEYS` (a built proxy has no ``pretrained_proxy``)."""
     dropped = {f"{key}_params" for key in given} | {k for key in given for k in TIED_KEYS.get(key, ())}
     return {k: v for k, v in defaults.items() if k not in dropped}
 

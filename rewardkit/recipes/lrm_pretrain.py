@@ -26,8 +26,8 @@ kept in the saved config, because it is what rg-lcd's online update trains. With
 heldout_preference_set``) and ``proxy_heldout_accuracy*`` (pairwise agreement with the expert)
 is logged before training, every ``validation_steps`` and at the end of each stage.
 
-Outputs: ``output_dir/latent_rm`` (``save_pretrained``; pass it to rg-lcd as
-``--pretrained_latent_rm``), ``config.json``, ``metrics.jsonl`` and ``checkpoint-N`` folders.
+Outputs: ``output_dir/proxy`` (``save_pretrained``; pass it to rg-lcd as
+``--pretrained_proxy``), ``config.json``, ``metrics.jsonl`` and ``checkpoint-N`` folders.
 Checkpoints hold no pickles: the proxy as safetensors, the optimiser as safetensors + JSON, each
 process's generator state (safetensors) and data position (JSON)
 (:mod:`rewardkit.training.safe_state`); a resumed run ends bit-identical to an uninterrupted one.
@@ -48,6 +48,7 @@ from ..config import load_config
 from ..errors import ConfigError
 from ..files import replace_path
 from ..proxies.base import WEIGHTS_NAME, ProxyRewardModel
+from ..proxies.factory import PROXY_DIR, proxy_folder
 from ..proxies.preference_set import (DEFAULT_NOISE_LEVELS, DEFAULT_TEACHER_SETTINGS,
                                       PreferenceSet, build_preference_set, preference_accuracy)
 from ..proxies.pretrain_losses import (caption_groups, multi_positive_info_nce, pairwise_agreement,
@@ -71,7 +72,6 @@ from ..training.safe_state import (load_generator_state, load_json_state, load_o
 from .base import Recipe, RecipeConfig
 from .given import is_given
 
-LATENT_RM_DIR = "latent_rm"
 PREFERENCE_SET_DIR = "preference_set"
 HELDOUT_SET_DIR = "heldout_preference_set"
 CONTRASTIVE, PREFERENCE = "contrastive", "preference"
@@ -90,7 +90,7 @@ class LRMPretrainConfig(RecipeConfig):
                 "(required)", "provenance": OURS})
     revision: Optional[str] = _f(None, "Teacher revision on the hub", OURS)
     variant: Optional[str] = _f(None, "Teacher weight variant, e.g. fp16", OURS)
-    output_dir: str = _f("lrm-pretrained", "Where latent_rm/, checkpoints and metrics go", OURS)
+    output_dir: str = _f("lrm-pretrained", "Where proxy/, checkpoints and metrics go", OURS)
     backbone: str = _f("stable-diffusion", "Registered backbone that loads the teacher", OURS)
     backbone_params: dict = _f({}, "Extra keyword arguments for the backbone", OURS)
     resolution: int = _f(512, "Training image side in pixels", OURS)
@@ -105,8 +105,8 @@ class LRMPretrainConfig(RecipeConfig):
     proxy: str = _f("lrm", "Registered proxy RM to pretrain", OURS)
     proxy_params: dict = _f({}, "Keyword arguments for the proxy (sizes, trainable: kept in the "
                             "saved config for rg-lcd; all parameters train here)", OURS)
-    pretrained_latent_rm: Optional[str] = _f(None, "Start from a saved proxy (a save_pretrained "
-                                             "folder)", OURS)
+    pretrained_proxy: Optional[str] = _f(None, "Start from a saved proxy (a save_pretrained "
+                                         "folder; alias: pretrained_latent_rm)", OURS)
 
     # ---------------------------------------------------------------- contrastive stage
     contrastive_steps: int = _f(1000, "InfoNCE optimiser steps (0: skip the stage)", OURS)
@@ -159,12 +159,14 @@ class LRMPretrainConfig(RecipeConfig):
                         OURS)
     tracker_project_name: str = _f("rewardkit-lrm-pretrain", "Tracker project name", OURS)
 
+    #: The reference code's flag name, accepted for ``pretrained_proxy``.
+    KEY_ALIASES: ClassVar[dict[str, str]] = {"pretrained_latent_rm": "pretrained_proxy"}
     KEY_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
         "Model": ("pretrained_teacher_model", "revision", "variant", "backbone", "backbone_params",
                   "output_dir", "overwrite_output_dir", "seed"),
         "Data": ("train_shards_path_or_url", "resolution", "center_crop", "random_flip",
                  "train_batch_size", "dataloader_num_workers", "dataloader_seed"),
-        "Proxy": ("proxy", "proxy_params", "pretrained_latent_rm"),
+        "Proxy": ("proxy", "proxy_params", "pretrained_proxy"),
         "Contrastive stage": ("contrastive_steps", "learning_rate", "adam_beta1", "adam_beta2",
                               "adam_epsilon", "adam_weight_decay", "lr_warmup_steps",
                               "max_grad_norm"),
@@ -227,9 +229,9 @@ class LRMPretrainConfig(RecipeConfig):
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise ConfigError("checkpoints_total_limit must be at least 1, got "
                               f"{self.checkpoints_total_limit}")
-        if self.pretrained_latent_rm and not Path(
-                os.path.expanduser(self.pretrained_latent_rm)).is_dir():
-            raise ConfigError(f"pretrained_latent_rm: '{self.pretrained_latent_rm}' is not a "
+        if self.pretrained_proxy and not Path(
+                os.path.expanduser(self.pretrained_proxy)).is_dir():
+            raise ConfigError(f"pretrained_proxy: '{self.pretrained_proxy}' is not a "
                               "folder")
         check_resume_keys(self.resume_from_checkpoint, self.output_dir, self.overwrite_output_dir)
         self._check_components()
@@ -248,8 +250,8 @@ class LRMPretrainConfig(RecipeConfig):
     def _check_components(self) -> None:
         if not is_given(self, "proxy"):
             check_component("proxy", "proxy", self.proxy, self.proxy_params, "proxy_params")
-        elif self.pretrained_latent_rm:
-            raise ConfigError("pretrained_latent_rm: the proxy was passed built, so there is "
+        elif self.pretrained_proxy:
+            raise ConfigError("pretrained_proxy: the proxy was passed built, so there is "
                               "nothing to load it into; load it yourself (from_pretrained) or "
                               "pass the proxy by name")
         if self.reward and not is_given(self, "reward"):
@@ -309,13 +311,13 @@ class LRMPretrainRecipe(Recipe):
             **cfg.backbone_params)
 
     def build_proxy(self) -> ProxyRewardModel:
-        """The proxy: from ``pretrained_latent_rm`` if given, else new, sized for the backbone."""
+        """The proxy: from ``pretrained_proxy`` if given, else new, sized for the backbone."""
         from ..proxies.factory import build_proxy
 
         cfg = self.config
         proxy = self.components.get("proxy")
         if proxy is None:
-            proxy = build_proxy(cfg.proxy, cfg.proxy_params, self.backbone, cfg.pretrained_latent_rm)
+            proxy = build_proxy(cfg.proxy, cfg.proxy_params, self.backbone, cfg.pretrained_proxy)
         if cfg.contrastive_steps and not all(hasattr(proxy, m) for m in ("encode_latents",
                                                                           "encode_prompts")):
             raise ConfigError(f"proxy '{cfg.proxy}' has no encode_latents/encode_prompts, so it "
@@ -582,7 +584,7 @@ class LRMPretrainRecipe(Recipe):
             save_json_state(self.loader.state_dict(), folder / f"loader_{rank}.json")
 
         def main_files(folder: Path) -> None:
-            self.proxy_model.save_pretrained(folder / LATENT_RM_DIR)
+            self.proxy_model.save_pretrained(folder / PROXY_DIR)
             if self.optimizer is not None:
                 save_optimizer_state(self.optimizer, folder)
 
@@ -598,7 +600,7 @@ class LRMPretrainRecipe(Recipe):
         acc, rank = self.accelerator, self.accelerator.process_index
         with restoring(checkpoint):  # an unreadable file's error names an earlier checkpoint
             state = load_json_state(checkpoint / TRAINER_STATE)
-            weights = checkpoint / LATENT_RM_DIR / WEIGHTS_NAME
+            weights = proxy_folder(checkpoint) / WEIGHTS_NAME
             try:
                 self.proxy_model.load_state_dict(load_tensor_file(weights))
             except RuntimeError as error:
@@ -626,10 +628,10 @@ class LRMPretrainRecipe(Recipe):
                         step=self.global_step)
 
     def save_final(self) -> Path:
-        """The proxy as ``output_dir/latent_rm`` (written aside, renamed into place)."""
-        path = self.output_dir / LATENT_RM_DIR
+        """The proxy as ``output_dir/proxy`` (written aside, renamed into place)."""
+        path = self.output_dir / PROXY_DIR
         if self.accelerator.is_main_process:
-            tmp = self.output_dir / f".{LATENT_RM_DIR}.tmp"
+            tmp = self.output_dir / f".{PROXY_DIR}.tmp"
             if tmp.exists():
                 shutil.rmtree(tmp)
             self.proxy_model.save_pretrained(tmp)
@@ -638,7 +640,7 @@ class LRMPretrainRecipe(Recipe):
         return path
 
     def run(self, progress: bool = True) -> Path:
-        """Both stages (resuming if asked), then ``latent_rm/``; returns ``output_dir``."""
+        """Both stages (resuming if asked), then ``proxy/``; returns ``output_dir``."""
         self.setup()
         cfg, acc = self.config, self.accelerator
         total = cfg.total_steps
@@ -672,15 +674,15 @@ class LRMPretrainRecipe(Recipe):
 def pretrain_lrm(config: str | Path | Mapping[str, Any] | None = None, *, progress: bool = False,
                  **overrides: Any) -> Path:
     """Run ``lrm-pretrain`` from a config (file or mapping) plus overrides; return the saved
-    proxy folder (``output_dir/latent_rm``, for rg-lcd's ``pretrained_latent_rm``)."""
+    proxy folder (``output_dir/proxy``, for rg-lcd's ``pretrained_proxy``)."""
     path = None
     if isinstance(config, Mapping):
         overrides = {**config, **overrides}
     else:
         path = config
     recipe = LRMPretrainRecipe(load_config(LRMPretrainConfig, path, overrides))
-    return recipe.run(progress=progress) / LATENT_RM_DIR
+    return recipe.run(progress=progress) / PROXY_DIR
 
 
-__all__ = ["LRMPretrainConfig", "LRMPretrainRecipe", "pretrain_lrm", "LATENT_RM_DIR",
+__all__ = ["LRMPretrainConfig", "LRMPretrainRecipe", "pretrain_lrm", "PROXY_DIR",
            "PREFERENCE_SET_DIR", "HELDOUT_SET_DIR"]

@@ -14,10 +14,10 @@ Two modes, chosen by ``proxy``:
 - **LRM** (``proxy="lrm"`` or any registered proxy, the default): ``reward = P(f_theta, c)``, the
   latent proxy RM's score, computed in latent space with the proxy frozen (no decode, no expert
   RM in the student's graph). After the student's optimiser step, a random sub-batch of
-  ``rm_batch_size`` prompts is drawn; its three candidates (student ``f_theta``, EMA target
+  ``proxy_batch_size`` prompts is drawn; its three candidates (student ``f_theta``, EMA target
   ``f_theta-``, ground truth ``z0``) are decoded in chunks of ``vae_decode_batch_size`` and scored
   by the expert RM under ``no_grad`` (so a non-differentiable RM works), and the proxy takes one
-  step of its own optimiser (AdamW, ``rm_lr``) on the pairwise ``latent_rm_loss_type`` loss
+  step of its own optimiser (AdamW, ``proxy_lr``) on the pairwise ``proxy_loss_type`` loss
   (:mod:`rewardkit.proxies.losses`). Only the proxy's configured trainable layers ever train.
 
 The online schedule beyond the paper (each off by default, so the paper's one update per step
@@ -38,9 +38,9 @@ Reference defects not copied: the LRM lock is kept (the reference re-enabled
 gradients on all LRM layers before every update); cross-entropy labels are per-pair argmaxes;
 the expert sees the sub-batch's own captions (the reference passed the unpermuted ones).
 
-Checkpoints hold the proxy (``latent_rm/``, loadable with ``pretrained_latent_rm``) and, in
+Checkpoints hold the proxy (``proxy/``, loadable with ``pretrained_proxy``) and, in
 ``extra_state.safetensors`` + ``.json``, its optimiser; both are restored on resume. The final
-proxy is saved to ``output_dir/latent_rm``. The proxy is not wrapped by ``accelerate.prepare``: under several
+proxy is saved to ``output_dir/proxy``. The proxy is not wrapped by ``accelerate.prepare``: under several
 processes :class:`~rewardkit.proxies.ProxyUpdater` averages its gradients across ranks, so
 every rank keeps an identical proxy.
 
@@ -62,6 +62,7 @@ import torch
 from ..errors import ConfigError
 from ..files import replace_path
 from ..proxies.base import ProxyRewardModel
+from ..proxies.factory import PROXY_DIR, proxy_folder
 from ..proxies.losses import GT, PROXY_LOSS_TYPES, STUDENT, TARGET
 from ..proxies.preference_set import PreferenceSet, build_preference_set, preference_accuracy
 from ..proxies.rehearsal import Rehearsal
@@ -78,7 +79,6 @@ from .lcd import LCDRecipe
 from .lcd_config import LCDConfig
 
 NO_PROXY = "none"
-LATENT_RM_DIR = "latent_rm"
 HELDOUT_DIR = "proxy_heldout"
 REPLAY_WEIGHTS = "proxy_replay.safetensors"
 
@@ -98,15 +98,17 @@ class RGLCDConfig(LCDConfig):
     proxy_params: dict = _f({}, "Keyword arguments for the proxy (e.g. trainable, image_tower)",
                             OURS)
     reward_scale: float = _f(1.0, "beta: weight of the reward term, L = L_LCD - beta * reward")
-    rm_batch_size: int = _f(16, "Prompts per proxy update (3 candidates each)")
-    rm_lr: float = _f(3.3e-6, "Learning rate of the proxy's AdamW")
-    latent_rm_loss_type: str = _f("distillation", "Proxy loss: distillation (KL to the expert's "
-                                  "pairwise softmax) or cross_entropy (pairwise winner, gt wins)")
+    proxy_batch_size: int = _f(16, "Prompts per proxy update (3 candidates each; alias: the "
+                               "reference's rm_batch_size)")
+    proxy_lr: float = _f(3.3e-6, "Learning rate of the proxy's AdamW (alias: rm_lr)")
+    proxy_loss_type: str = _f("distillation", "Proxy loss: distillation (KL to the expert's "
+                              "pairwise softmax) or cross_entropy (pairwise winner, gt wins); "
+                              "alias: latent_rm_loss_type")
     smooth_gt_label: bool = _f(False, "In gt pairs the expert gives to the generated sample, "
                                "target (0.5, 0.5)")
-    pretrained_latent_rm: Optional[str] = _f(None, "Start the proxy from a saved one (a folder "
-                                             "written by save_pretrained, e.g. a checkpoint's "
-                                             "latent_rm/)")
+    pretrained_proxy: Optional[str] = _f(None, "Start the proxy from a saved one (a folder "
+                                         "written by save_pretrained, e.g. a checkpoint's "
+                                         "proxy/; alias: pretrained_latent_rm)")
     report: bool = _f(False, "After training, let the preset that serves rg-lcd write its report "
                       "(the embedded world's: teacher and student evaluated, report.md, "
                       "comparison.png, training curves; the default world run turns it on)", OURS)
@@ -143,12 +145,16 @@ class RGLCDConfig(LCDConfig):
     proxy_eval_seed: int = _f(1234, "Seed of the held-out preference set (its data order and "
                               "its samples)", OURS)
 
+    #: The reference code's flag names, accepted for the keys that now share the proxy's name.
+    KEY_ALIASES = {"rm_batch_size": "proxy_batch_size", "rm_lr": "proxy_lr",
+                   "latent_rm_loss_type": "proxy_loss_type",
+                   "pretrained_latent_rm": "pretrained_proxy"}
     KEY_GROUPS = {
         **LCDConfig.KEY_GROUPS,
-        "Reward": ("reward", "reward_params", "reward_scale", "rm_batch_size",
+        "Reward": ("reward", "reward_params", "reward_scale", "proxy_batch_size",
                    "vae_decode_batch_size", "expert_logit_scale", "report"),
         "Latent proxy RM (LRM)": (
-            "proxy", "proxy_params", "pretrained_latent_rm", "rm_lr", "latent_rm_loss_type",
+            "proxy", "proxy_params", "pretrained_proxy", "proxy_lr", "proxy_loss_type",
             "smooth_gt_label", "proxy_warmup_steps", "proxy_updates_per_step",
             "proxy_replay_size", "proxy_rehearsal_set", "proxy_rehearsal_batch_size",
             "proxy_rehearsal_weight"),
@@ -173,15 +179,15 @@ class RGLCDConfig(LCDConfig):
         if self.proxy != NO_PROXY:
             if not is_given(self, "proxy"):
                 check_component("proxy", "proxy", self.proxy, self.proxy_params, "proxy_params")
-            elif self.pretrained_latent_rm:
-                raise ConfigError("pretrained_latent_rm: the proxy was passed built, so there is "
+            elif self.pretrained_proxy:
+                raise ConfigError("pretrained_proxy: the proxy was passed built, so there is "
                                   "nothing to load it into; load it yourself "
                                   "(from_pretrained) or pass the proxy by name")
         elif differentiable is False:
             raise ConfigError(_not_differentiable(self.reward))
-        if self.proxy == NO_PROXY and self.pretrained_latent_rm:
-            raise ConfigError("pretrained_latent_rm is only used with a proxy; set proxy=lrm or "
-                              "drop pretrained_latent_rm")
+        if self.proxy == NO_PROXY and self.pretrained_proxy:
+            raise ConfigError("pretrained_proxy is only used with a proxy; set proxy=lrm or "
+                              "drop pretrained_proxy")
         if self.report:
             from .presets import preset_for
 
@@ -191,7 +197,7 @@ class RGLCDConfig(LCDConfig):
                                   "disabled?); drop report")
         if self.reward_scale < 0:
             raise ConfigError(f"reward_scale must not be negative, got {self.reward_scale}")
-        for key in ("rm_batch_size", "vae_decode_batch_size", "rm_lr", "proxy_updates_per_step"):
+        for key in ("proxy_batch_size", "vae_decode_batch_size", "proxy_lr", "proxy_updates_per_step"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
         if self.proxy_rehearsal_set is not None:
@@ -212,20 +218,20 @@ class RGLCDConfig(LCDConfig):
         if self.expert_logit_scale is not None and self.expert_logit_scale <= 0:
             raise ConfigError(f"expert_logit_scale must be positive (or None), got "
                               f"{self.expert_logit_scale}")
-        if self.proxy_replay_size and self.proxy_replay_size < self.rm_batch_size:
+        if self.proxy_replay_size and self.proxy_replay_size < self.proxy_batch_size:
             raise ConfigError(f"proxy_replay_size ({self.proxy_replay_size}) must hold at least "
-                              f"one update's rm_batch_size ({self.rm_batch_size}) triples, or be 0")
+                              f"one update's proxy_batch_size ({self.proxy_batch_size}) triples, or be 0")
         if self.proxy_eval_shards_path_or_url:
             from ..training.data import check_data_spec
 
             check_data_spec("proxy_eval_shards_path_or_url", self.proxy_eval_shards_path_or_url)
-        if self.latent_rm_loss_type not in PROXY_LOSS_TYPES:
-            raise ConfigError(f"latent_rm_loss_type must be one of {', '.join(PROXY_LOSS_TYPES)}, got "
-                              f"{self.latent_rm_loss_type!r}")
-        if self.pretrained_latent_rm:
-            path = Path(os.path.expanduser(self.pretrained_latent_rm))
+        if self.proxy_loss_type not in PROXY_LOSS_TYPES:
+            raise ConfigError(f"proxy_loss_type must be one of {', '.join(PROXY_LOSS_TYPES)}, got "
+                              f"{self.proxy_loss_type!r}")
+        if self.pretrained_proxy:
+            path = Path(os.path.expanduser(self.pretrained_proxy))
             if not path.is_dir():
-                raise ConfigError(f"pretrained_latent_rm: '{self.pretrained_latent_rm}' is not "
+                raise ConfigError(f"pretrained_proxy: '{self.pretrained_proxy}' is not "
                                   "a folder")
 
 
@@ -303,8 +309,8 @@ class RGLCDRecipe(LCDRecipe):
                                   f"{pset.prompt_embeds.shape[-1]}-wide but the teacher's are "
                                   f"{self.backbone.text_embed_dim}; build it with this teacher")
             rehearsal = Rehearsal(pset, cfg.proxy_rehearsal_batch_size, cfg.proxy_rehearsal_weight)
-        self.proxy_updater = ProxyUpdater(proxy, loss_type=cfg.latent_rm_loss_type,
-                                          smooth_gt_label=cfg.smooth_gt_label, lr=cfg.rm_lr,
+        self.proxy_updater = ProxyUpdater(proxy, loss_type=cfg.proxy_loss_type,
+                                          smooth_gt_label=cfg.smooth_gt_label, lr=cfg.proxy_lr,
                                           rehearsal=rehearsal)
         self.replay = CandidateReplay(cfg.proxy_replay_size) if cfg.proxy_replay_size else None
         if cfg.proxy_eval_num_prompts and accelerator.is_main_process:
@@ -364,13 +370,13 @@ class RGLCDRecipe(LCDRecipe):
         return rm
 
     def build_proxy(self) -> ProxyRewardModel:
-        """The proxy: from ``pretrained_latent_rm`` if given, else new, sized for the backbone."""
+        """The proxy: from ``pretrained_proxy`` if given, else new, sized for the backbone."""
         from ..proxies.factory import build_proxy
 
         cfg = self.config
         if "proxy" in self.components:
             return self.components["proxy"]
-        return build_proxy(cfg.proxy, cfg.proxy_params, self.backbone, cfg.pretrained_latent_rm)
+        return build_proxy(cfg.proxy, cfg.proxy_params, self.backbone, cfg.pretrained_proxy)
 
     # ================================================================ the step
 
@@ -404,7 +410,7 @@ class RGLCDRecipe(LCDRecipe):
         cfg = self.config
         chosen = sample_candidates(step.student_x0, step.target_x0, step.latents,
                                    self.backbone.proxy_text(step.cond), step.captions,
-                                   min(cfg.rm_batch_size, step.student_x0.shape[0]),
+                                   min(cfg.proxy_batch_size, step.student_x0.shape[0]),
                                    generator=self.generator)
         size = chosen.latents.shape[1]
         expert = score_candidates(chosen, self.expert_scores, cfg.vae_decode_batch_size)
@@ -429,7 +435,7 @@ class RGLCDRecipe(LCDRecipe):
     # ================================================================ persistence
 
     def extra_state_dict(self) -> dict[str, Any]:
-        """The proxy optimiser's state (its weights go to ``latent_rm/``)."""
+        """The proxy optimiser's state (its weights go to ``proxy/``)."""
         if self.proxy_updater is None:
             return {}
         return {"proxy_updater": self.proxy_updater.state_dict()}
@@ -440,25 +446,25 @@ class RGLCDRecipe(LCDRecipe):
             self.proxy_updater.load_state_dict(state["proxy_updater"])
 
     def save_extra(self, checkpoint_dir: Path) -> None:
-        """Write the proxy into ``checkpoint_dir/latent_rm`` (and the replay buffer, if any)."""
+        """Write the proxy into ``checkpoint_dir/proxy`` (and the replay buffer, if any)."""
         if self.proxy_model is not None:
-            self.proxy_model.save_pretrained(Path(checkpoint_dir) / LATENT_RM_DIR)
+            self.proxy_model.save_pretrained(Path(checkpoint_dir) / PROXY_DIR)
         if self.replay is not None and len(self.replay):
             from safetensors.torch import save_file
 
             save_file(self.replay.state_tensors(), str(Path(checkpoint_dir) / REPLAY_WEIGHTS))
 
     def load_extra(self, checkpoint_dir: Path) -> None:
-        """Load the proxy's weights from ``checkpoint_dir/latent_rm``."""
+        """Load the proxy's weights from ``checkpoint_dir/proxy``."""
         if self.proxy_model is None:
             return
         from ..proxies.base import WEIGHTS_NAME
         from ..training.safe_state import load_tensor_file
 
-        weights = Path(checkpoint_dir) / LATENT_RM_DIR / WEIGHTS_NAME
+        weights = proxy_folder(Path(checkpoint_dir)) / WEIGHTS_NAME
         if not weights.is_file():
             raise ConfigError(f"resume_from_checkpoint: '{checkpoint_dir}' has no proxy weights "
-                              f"({LATENT_RM_DIR}/{WEIGHTS_NAME}); was it written by rg-lcd with "
+                              f"({PROXY_DIR}/{WEIGHTS_NAME}); was it written by rg-lcd with "
                               "a proxy?")
         device = next(self.proxy_model.parameters()).device
         self.proxy_model.load_state_dict(load_tensor_file(weights))
@@ -467,10 +473,10 @@ class RGLCDRecipe(LCDRecipe):
             self.replay.load_state_tensors(load_tensor_file(replay), device=device)
 
     def save_final(self) -> Path:
-        """The student pipeline, plus the trained proxy in ``output_dir/latent_rm``."""
+        """The student pipeline, plus the trained proxy in ``output_dir/proxy``."""
         path = super().save_final()
         if self.proxy_model is not None and self.accelerator.is_main_process:
-            self.proxy_model.save_pretrained(self.output_dir / LATENT_RM_DIR)
+            self.proxy_model.save_pretrained(self.output_dir / PROXY_DIR)
         return path
 
 

@@ -31,7 +31,7 @@ def out_of_memory_error(error: BaseException, step: int, config: object) -> "Tra
     for key, hint in (("gradient_accumulation_steps", "raise gradient_accumulation_steps to keep "
                        "the effective batch"), ("gradient_checkpointing", "set "
                        "gradient_checkpointing"), ("mixed_precision", "use mixed_precision bf16 "
-                       "or fp16"), ("rm_batch_size", "lower rm_batch_size")):
+                       "or fp16"), ("proxy_batch_size", "lower proxy_batch_size")):
         if hasattr(config, key):
             levers.append(hint)
     return TrainingError(f"out of memory at step {step}: lower {levers[0]}"

@@ -56,7 +56,7 @@ def default_rg_lcd_overrides(assets_root: str | Path | None = None,
         "proxy": "lrm",
         # the LRM starts from the shipped pretrained one (lrm-pretrain on world data, see
         # rewardkit.world.latent_rm); every layer keeps learning online
-        "pretrained_latent_rm": str(asset_path(LATENT_RM, root)),
+        "pretrained_proxy": str(asset_path(LATENT_RM, root)),
         "proxy_params": {"trainable": WORLD_LRM_PARAMS["trainable"]},
         "proxy_eval_shards_path_or_url": "world:validation",
         "proxy_eval_num_prompts": 64,
@@ -71,15 +71,15 @@ def default_rg_lcd_overrides(assets_root: str | Path | None = None,
         "w_min": 4.0,
         "w_max": 9.0,
         "reward_scale": 1.0,
-        "rm_batch_size": 8,
+        "proxy_batch_size": 8,
         # the online LRM schedule that keeps it agreeing with the judge (docs/lrm-online.md):
         # rehearse the pretraining pairs, two updates per step (the second from a replay
         # buffer), hard pairwise labels, a learning rate that does not erase the pretraining
         "proxy_rehearsal_set": str(asset_path(LATENT_RM, root) / "preference_set"),
         "proxy_updates_per_step": 2,
         "proxy_replay_size": 256,
-        "latent_rm_loss_type": "cross_entropy",
-        "rm_lr": 1e-4,
+        "proxy_loss_type": "cross_entropy",
+        "proxy_lr": 1e-4,
         "vae_decode_batch_size": 24,
         "checkpointing_steps": 200,
         "checkpoints_total_limit": 1,
@@ -93,7 +93,7 @@ def default_rg_lcd_overrides(assets_root: str | Path | None = None,
 
 
 #: Keys of the default run that only mean something with a proxy RM.
-PROXY_ONLY_KEYS = ("proxy_params", "pretrained_latent_rm", "proxy_rehearsal_set",
+PROXY_ONLY_KEYS = ("proxy_params", "pretrained_proxy", "proxy_rehearsal_set",
                    "proxy_eval_shards_path_or_url", "proxy_eval_num_prompts")
 
 
@@ -112,7 +112,7 @@ def fit_world_defaults(defaults: dict[str, Any], chosen: dict[str, Any]) -> dict
             fitted.pop(key, None)
         return fitted
     if proxy != "lrm" or reward != "world-judge":
-        fitted.pop("pretrained_latent_rm", None)
+        fitted.pop("pretrained_proxy", None)
         fitted["proxy_params"] = world_proxy_params(proxy)
     if reward != "world-judge":
         fitted.pop("proxy_rehearsal_set", None)
