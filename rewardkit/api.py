@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from .components import ComponentSpec
 from .config import apply_aliases, check_keys, load_config, normalise_key
-from .errors import PluginError
+from .errors import ConfigError, PluginError
 from .plugins import get_host
 from .recipes.given import mark_given, take_given, without_tied_defaults
 
@@ -85,6 +85,10 @@ def recipe(name: str, config: str | Path | Mapping[str, Any] | None = None, **ov
         defaults = without_tied_defaults(defaults, given)
         overrides = {**defaults, **overrides}  # the embedded default world, user values on top
     config = load_config(config_class, path, overrides, validate=False)
+    for key in given:  # a config file's {key}_params cannot configure an object already built
+        if getattr(config, f"{key}_params", None):
+            raise ConfigError(f"{key}_params: the {key} was passed built, so it is used as it is; "
+                              f"configure it when you build it and drop {key}_params")
     mark_given(config, given)
     config.validate()
     return spec.factory(config, components=given) if given else spec.factory(config)

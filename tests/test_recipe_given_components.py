@@ -104,3 +104,11 @@ def _teacher_alphas(values) -> torch.Tensor:
 
     return DDPMScheduler.from_pretrained(values["pretrained_teacher_model"],
                                          subfolder="scheduler").alphas_cumprod
+
+
+def test_params_from_a_config_file_beside_a_built_component_are_refused(values, tmp_path):
+    path = tmp_path / "rg.toml"
+    path.write_text('reward_params = { scale = 2.0 }\n')
+    with pytest.raises(ConfigError, match="reward_params: the reward was passed built"):
+        rk.recipe("rg-lcd", path, **{**values, "output_dir": str(tmp_path / "out")},
+                  reward=MyOwnRM(), proxy="none")

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 WITHOUT_THE_WORLD = r'''
@@ -71,3 +73,13 @@ def test_the_world_registers_its_data_source_and_preset_through_hooks():
     assert "rg-lcd" in preset.factory.recipes and "lrm-pretrain" in preset.factory.recipes
     defaults = rk.describe("recipe", "rg-lcd").factory.embedded_defaults({})
     assert defaults["report"] is True and defaults["train_shards_path_or_url"].startswith("world:")
+
+
+def test_a_bad_world_spec_in_another_data_key_names_that_key(tmp_path):
+    from rewardkit.errors import ConfigError
+    from rewardkit.training.data import check_data_spec
+
+    with pytest.raises(ConfigError) as error:
+        check_data_spec("proxy_eval_shards_path_or_url", "world:nosuchsplit")
+    assert str(error.value).startswith("proxy_eval_shards_path_or_url: ")
+    assert "train_shards_path_or_url" not in str(error.value)

@@ -50,6 +50,9 @@ def check_data_spec(key: str, spec: str) -> None:
             source.from_spec(spec)  # a bad spec fails here, naming it
         except ConfigError as error:
             message = str(error)
+            default_key = "train_shards_path_or_url: "  # what a source names when it knows no key
+            if key != default_key[:-2] and message.startswith(default_key):
+                message = message[len(default_key):]
             raise ConfigError(message if message.startswith(key) else f"{key}: {message}") from None
         return
     if (not any(mark in spec for mark in REMOTE_MARKS)
