@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import rewardkit as rk
+from example_plugins import assert_own_tests_pass, load_only
 from rewardkit import cli
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "reward-plugin"
@@ -20,10 +21,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "reward-plugin"
 @pytest.fixture
 def example_installed(example_plugin_site, on_sys_path, monkeypatch):
     """The example plugin importable and discoverable, and no other third-party plugin loaded."""
-    on_sys_path(example_plugin_site)
-    monkeypatch.setenv("REWARDKIT_LOAD_PLUGINS", "rewardkit-example-reward")
-    monkeypatch.setenv("COLUMNS", "250")
-    return example_plugin_site
+    return load_only(example_plugin_site, "rewardkit-example-reward", on_sys_path, monkeypatch)
 
 
 def test_rewardkit_plugins_shows_the_example(example_installed, capsys):
@@ -72,10 +70,4 @@ def test_console_script_sees_the_example(example_installed, rewardkit_command):
 
 
 def test_the_examples_own_tests_pass_against_the_installed_copy(example_installed):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-         str(EXAMPLE / "tests")], cwd=example_installed, env=env, capture_output=True, text=True,
-        timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout
+    assert_own_tests_pass(EXAMPLE, example_installed)

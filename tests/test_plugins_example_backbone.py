@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import pytest
 import torch
 
 import rewardkit as rk
+from example_plugins import assert_own_tests_pass, load_only
 from rewardkit import cli
 from rewardkit.config import config_to_dict
 
@@ -21,10 +20,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "backbone-plugin"
 @pytest.fixture
 def example_installed(example_backbone_site, on_sys_path, monkeypatch):
     """The example plugin importable and discoverable, and no other third-party plugin loaded."""
-    on_sys_path(example_backbone_site)
-    monkeypatch.setenv("REWARDKIT_LOAD_PLUGINS", "rewardkit-example-backbone")
-    monkeypatch.setenv("COLUMNS", "250")
-    return example_backbone_site
+    return load_only(example_backbone_site, "rewardkit-example-backbone", on_sys_path, monkeypatch)
 
 
 def test_rewardkit_lists_it_beside_the_builtins(example_installed, capsys):
@@ -66,10 +62,4 @@ def test_rewardkit_run_lcd_trains_with_the_plugin_backbone(example_installed, tm
 
 
 def test_the_examples_own_tests_pass_against_the_installed_copy(example_installed):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-         str(EXAMPLE / "tests")], cwd=example_installed, env=env, capture_output=True, text=True,
-        timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout
+    assert_own_tests_pass(EXAMPLE, example_installed)

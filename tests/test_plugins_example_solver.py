@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import rewardkit as rk
+from example_plugins import assert_own_tests_pass, load_only
 from rewardkit import cli
 from rewardkit.config import config_to_dict
 from rewardkit.solvers import ConsistencySolver, DDIMSolver
@@ -23,10 +24,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "solver-plugin"
 @pytest.fixture
 def example_installed(example_solver_site, on_sys_path, monkeypatch):
     """The example plugin importable and discoverable, and no other third-party plugin loaded."""
-    on_sys_path(example_solver_site)
-    monkeypatch.setenv("REWARDKIT_LOAD_PLUGINS", "rewardkit-example-solver")
-    monkeypatch.setenv("COLUMNS", "250")
-    return example_solver_site
+    return load_only(example_solver_site, "rewardkit-example-solver", on_sys_path, monkeypatch)
 
 
 def test_rewardkit_plugins_shows_the_example(example_installed, capsys):
@@ -102,10 +100,4 @@ def test_rewardkit_run_lcd_trains_with_the_plugin_solver(example_installed, tmp_
 
 
 def test_the_examples_own_tests_pass_against_the_installed_copy(example_installed):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-         str(EXAMPLE / "tests")], cwd=example_installed, env=env, capture_output=True, text=True,
-        timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout
+    assert_own_tests_pass(EXAMPLE, example_installed)
