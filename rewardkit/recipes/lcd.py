@@ -212,6 +212,9 @@ class LCDRecipe(Recipe):
             # DDP/DeepSpeed broadcast rank 0's weights at wrap time; start every rank's target
             # from those (matters when no seed makes the new guidance embedding's init agree)
             self.target.load_state_dict(self.unwrapped_student.state_dict())
+        # target <- mu target + (1 - mu) theta over tensor lists built once (loads are in place)
+        self.ema = (EMAUpdater(self.target, self.unwrapped_student) if self.target is not None
+                    else None)
 
         self.setup_extra(acc)
 
@@ -297,10 +300,8 @@ class LCDRecipe(Recipe):
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0.0) + value.detach().float().item()
         # target <- mu target + (1 - mu) theta, once per optimiser step
-        if self.target is not None:
-            if getattr(self, "_ema", None) is None:  # built once: the tensor lists are cached
-                self._ema = EMAUpdater(self.target, self.unwrapped_student)
-            self._ema.update(cfg.ema_decay)
+        if self.ema is not None:
+            self.ema.update(cfg.ema_decay)
         metrics = {name: value / cfg.gradient_accumulation_steps for name, value in totals.items()}
         metrics = self._mean_over_processes(metrics)
         metrics["lr"] = float(self.lr_scheduler.get_last_lr()[0])
