@@ -19,6 +19,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.distributed as dist
 
+from ..checks import nonfinite_count, require
+from ..host import host_list
 from ..errors import ConfigError, RewardModelError
 from .base import ProxyRewardModel
 from .losses import (CANDIDATES, PROXY_LOSS_TYPES, expert_logits, pairwise_accuracy,
@@ -63,8 +65,10 @@ class ProxyUpdater:
 
     def step(self, candidate_latents: torch.Tensor, prompt_embeds: torch.Tensor,
              expert_scores: torch.Tensor,
-             expert_logit_scale: float | torch.Tensor | None = None) -> dict[str, float]:
-        """One update; returns ``{"proxy_loss", "proxy_accuracy", "proxy_logit_scale"}``.
+             expert_logit_scale: float | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One update; returns ``{"proxy_loss", "proxy_accuracy", "proxy_logit_scale"}`` as 0-d
+        tensors on the proxy's device (``float()`` reads one; the training step reads them all
+        with its other metrics in one transfer).
 
         ``candidate_latents``: ``[3, S, C, h, w]`` scaled latents (student, target, gt);
         ``prompt_embeds``: ``[S, L, D]``, the prompts of those S samples (same order);
@@ -105,12 +109,12 @@ class ProxyUpdater:
             self.proxy.freeze()
             self.proxy.train(was_training)
         metrics = {} if self.rehearsal is None else {
-            "proxy_rehearsal_loss": float(rehearsal_loss.detach())}
+            "proxy_rehearsal_loss": rehearsal_loss.detach()}
         return {
             **metrics,
-            "proxy_loss": float(loss.detach()),
-            "proxy_accuracy": float(pairwise_accuracy(proxy_logits.detach(), expert)),
-            "proxy_logit_scale": float(self.proxy.logit_scale_value().detach()),
+            "proxy_loss": loss.detach(),
+            "proxy_accuracy": pairwise_accuracy(proxy_logits.detach(), expert),
+            "proxy_logit_scale": self.proxy.logit_scale_value().detach(),
         }
 
     # -------------------------------------------------------------- state
@@ -141,8 +145,9 @@ class ProxyUpdater:
             raise RewardModelError(
                 f"expert scores for the proxy update have shape {tuple(scores.shape)}, "
                 f"expected (3, {size})")
-        if not torch.isfinite(scores).all():
-            raise RewardModelError("expert scores for the proxy update contain NaN or inf")
+        require(nonfinite_count(scores),
+                lambda bad, _: f"expert scores for the proxy update contain {bad} NaN or inf",
+                RewardModelError)
 
     def _average_gradients(self) -> None:
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -200,7 +205,7 @@ def sample_candidates(student_x0: torch.Tensor, target_x0: torch.Tensor, gt_late
     return ProxyCandidates(
         latents=latents,
         prompt_embeds=prompt_embeds.detach()[indices.to(prompt_embeds.device)],
-        captions=[captions[int(i)] for i in indices],
+        captions=[captions[i] for i in host_list(indices)],
         indices=indices,
     )
 

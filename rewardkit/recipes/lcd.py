@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..backbones.conditioning import Conditioning
+from ..checks import deferred, nonfinite_count, require
 from ..consistency import EMAUpdater
 from ..errors import ConfigError
 from ..solvers.base import ConsistencySolver
@@ -62,6 +63,14 @@ logger = logging.getLogger(__name__)
 EXTRA_STATE = "extra_state"  # .safetensors + .json (rewardkit.training.safe_state)
 
 
+def _not_finite(step: int, term: str):
+    def message(_: int, values: dict[str, float]) -> str:
+        value = values.get(term, float("nan"))
+        return (f"step {step}: {term} is not finite ({value}); stopping with the checkpoints "
+                "written so far intact")
+    return message
+
+
 class LCDRecipe(Recipe):
     """Latent consistency distillation (LCD) of a diffusion teacher into a few-step student."""
 
@@ -84,8 +93,9 @@ class LCDRecipe(Recipe):
         """Scalar loss terms added to ``L_LCD`` before backward (``rg-lcd``: ``-beta * reward``)."""
         return {}
 
-    def after_optimizer_step(self, step: StepOutputs) -> dict[str, float]:
-        """Work after the student's optimiser and EMA step (``rg-lcd``: the LRM update); metrics."""
+    def after_optimizer_step(self, step: StepOutputs) -> dict[str, torch.Tensor | float]:
+        """Work after the student's optimiser and EMA step (``rg-lcd``: the LRM update); metrics,
+        as numbers or 0-d tensors (left on the device: the step reads them all at once)."""
         return {}
 
     def extra_state_dict(self) -> dict[str, Any]:
@@ -277,45 +287,49 @@ class LCDRecipe(Recipe):
             global_step=self.global_step)
 
     def train_step(self) -> dict[str, float]:
-        """One optimiser step (``gradient_accumulation_steps`` micro-batches); returns metrics."""
+        """One optimiser step (``gradient_accumulation_steps`` micro-batches); returns metrics.
+
+        Nothing in the step reads a value back to the host: the NaN/inf checks (of each loss
+        term, and inside the RMs) are recorded on the device and read, with every metric, in
+        one transfer at the end (:mod:`rewardkit.checks`). A failed check raises there, after
+        this step's optimiser update but before anything of it is logged or saved.
+        """
         acc, cfg = self.accelerator, self.config
-        totals: dict[str, float] = {}
-        for _ in range(cfg.gradient_accumulation_steps):
-            batch = next(self.batches)
-            with acc.accumulate(self.student):
-                step = self.forward(batch)
-                terms = {"lcd_loss": step.lcd_loss, **self.extra_losses(step)}
+        totals: dict[str, torch.Tensor] = {}
+        step_number = self.global_step + 1
+        with deferred() as checks:
+            for _ in range(cfg.gradient_accumulation_steps):
+                batch = next(self.batches)
+                with acc.accumulate(self.student):
+                    step = self.forward(batch)
+                    terms = {"lcd_loss": step.lcd_loss, **self.extra_losses(step)}
+                    for name, value in terms.items():
+                        require(nonfinite_count(value), _not_finite(step_number, name),
+                                TrainingError)
+                    loss = sum(terms.values())
+                    acc.backward(loss)
+                    if acc.sync_gradients:
+                        acc.clip_grad_norm_(self.student.parameters(), cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.lr_scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
                 for name, value in terms.items():
-                    if not torch.isfinite(value.detach()).all():
-                        raise TrainingError(f"step {self.global_step + 1}: {name} is not finite "
-                                            f"({value.detach().float().item()}); stopping with "
-                                            "the checkpoints written so far intact")
-                loss = sum(terms.values())
-                acc.backward(loss)
-                if acc.sync_gradients:
-                    acc.clip_grad_norm_(self.student.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
-                self.lr_scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            for name, value in terms.items():
-                totals[name] = totals.get(name, 0.0) + value.detach().float().item()
-        # target <- mu target + (1 - mu) theta, once per optimiser step
-        if self.ema is not None:
-            self.ema.update(cfg.ema_decay)
-        metrics = {name: value / cfg.gradient_accumulation_steps for name, value in totals.items()}
-        metrics = self._mean_over_processes(metrics)
+                    value = value.detach().float() / cfg.gradient_accumulation_steps
+                    totals[name] = totals[name] + value if name in totals else value
+            # target <- mu target + (1 - mu) theta, once per optimiser step
+            if self.ema is not None:
+                self.ema.update(cfg.ema_decay)
+            step.global_step = step_number
+            metrics: dict[str, Any] = {**totals, **self.after_optimizer_step(step)}
+            metrics = checks.read(metrics, reduce=self._reduce)
         metrics["lr"] = float(self.lr_scheduler.get_last_lr()[0])
-        step.global_step = self.global_step + 1
-        metrics.update(self.after_optimizer_step(step))
         return metrics
 
-    def _mean_over_processes(self, metrics: dict[str, float]) -> dict[str, float]:
-        if self.accelerator.num_processes == 1 or not metrics:
-            return metrics
-        names = sorted(metrics)
-        values = torch.tensor([metrics[n] for n in names], device=self.accelerator.device)
-        values = self.accelerator.reduce(values, reduction="mean")
-        return dict(zip(names, values.tolist()))
+    def _reduce(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean over processes (identity on one process)."""
+        if self.accelerator.num_processes == 1:
+            return values
+        return self.accelerator.reduce(values, reduction="mean")
 
     # ================================================================ checkpoints
 

@@ -392,20 +392,20 @@ class RGLCDRecipe(LCDRecipe):
         cfg = self.config
         if self.direct:
             reward = self.expert_scores(step.student_x0, step.captions)
-            step.extras["expert_reward"] = float(reward.detach().mean())
+            step.extras["expert_reward"] = reward.detach().mean()
         else:
             assert self.proxy_model is not None
             self.proxy_model.freeze().eval()
             reward = self.proxy_model.score(step.student_x0, self.backbone.proxy_text(step.cond))
-            step.extras["lrm_reward"] = float(reward.detach().mean())
+            step.extras["lrm_reward"] = reward.detach().mean()
         # step.global_step counts the steps done before this one: off for steps 1..warm-up
         beta = cfg.reward_scale if step.global_step >= cfg.proxy_warmup_steps else 0.0
         return {"reward_loss": -beta * reward.float().mean()}
 
-    def after_optimizer_step(self, step: StepOutputs) -> dict[str, float]:
+    def after_optimizer_step(self, step: StepOutputs) -> dict[str, torch.Tensor]:
         """Direct mode: report the expert reward. LRM mode: one proxy update from the expert."""
         if self.direct:
-            return self._mean_over_processes({"expert_reward": step.extras["expert_reward"]})
+            return {"expert_reward": step.extras["expert_reward"]}
         assert self.proxy_updater is not None and self.reward_model is not None
         cfg = self.config
         chosen = sample_candidates(step.student_x0, step.target_x0, step.latents,
@@ -426,11 +426,11 @@ class RGLCDRecipe(LCDRecipe):
             else:
                 latents, embeds, scores = chosen.latents, chosen.prompt_embeds, expert
             self.proxy_updater.step(latents, embeds, scores, scale)
-        metrics.update(expert_reward=float(expert[STUDENT].mean()),
-                       expert_reward_target=float(expert[TARGET].mean()),
-                       expert_reward_gt=float(expert[GT].mean()),
+        metrics.update(expert_reward=expert[STUDENT].mean(),
+                       expert_reward_target=expert[TARGET].mean(),
+                       expert_reward_gt=expert[GT].mean(),
                        lrm_reward=step.extras["lrm_reward"])
-        return self._mean_over_processes(metrics)
+        return metrics
 
     # ================================================================ persistence
 

@@ -12,6 +12,7 @@ from typing import ClassVar, Sequence
 
 import torch
 
+from ..checks import nonfinite_count, require
 from ..errors import RewardModelError
 
 
@@ -80,7 +81,8 @@ class RewardModel(ABC):
         if tuple(scores.shape) != (batch,):
             raise RewardModelError(
                 f"{where} returned shape {tuple(scores.shape)}, expected ({batch},)")
-        if not torch.isfinite(scores.detach()).all():
-            bad = int((~torch.isfinite(scores.detach())).sum())
-            raise RewardModelError(f"{where} returned {bad} non-finite score(s) (NaN or inf)")
+        # read at once, or with the training step's metrics (rewardkit.checks.deferred)
+        require(nonfinite_count(scores),
+                lambda bad, _: f"{where} returned {bad} non-finite score(s) (NaN or inf)",
+                RewardModelError)
         return scores.float() if scores.dtype != torch.float32 else scores

@@ -103,7 +103,7 @@ def _check_codecs(backbone: Backbone, batch: int, where: str) -> torch.Tensor:
     images = backbone.decode_latents(probe)
     assert tuple(images.shape) == (batch, 3, side, side), (
         f"{where}: decode_latents gave {tuple(images.shape)}, expected {(batch, 3, side, side)}")
-    assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0, (
+    assert float(images.detach().min()) >= 0.0 and float(images.detach().max()) <= 1.0, (
         f"{where}: decode_latents must return images in [0, 1]")
     assert images.requires_grad, (
         f"{where}: decode_latents is not differentiable with respect to the latents")
