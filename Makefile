@@ -38,10 +38,10 @@ PLUGINS := plugins/rewardkit-hpsv2 plugins/rewardkit-imagereward
 $(PLUGINS_VENV)/.installed: pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	python3 -m venv $(PLUGINS_VENV)
 	$(PLUGINS_PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PLUGINS_PY) -m pip install -q -e ".[dev]" $(addprefix -e ,$(PLUGINS))
+	$(PLUGINS_PY) -m pip install -q -e ".[dev,fid]" $(addprefix -e ,$(PLUGINS))
 	# the wheel tests build each plugin's wheel offline (--no-build-isolation): they need setuptools
 	$(PLUGINS_PY) -m pip install -q "setuptools>=70.1"
 	touch $@
 
 test-plugins: $(PLUGINS_VENV)/.installed
-	OMP_NUM_THREADS=1 $(PLUGINS_PY) -m pytest -q -p no:cacheprovider $(addsuffix /tests,$(PLUGINS))
+	OMP_NUM_THREADS=1 $(PLUGINS_PY) -m pytest -q -p no:cacheprovider $(addsuffix /tests,$(PLUGINS)) tests/test_fid_inception.py

@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from rewardkit.world.assets import TEACHER, asset_path
     from rewardkit.world.evaluate import WorldEvaluator, add_speedups
-    from rewardkit.world.plots import labelled_grid
+    from rewardkit.plots import labelled_grid
     from rewardkit.world.report import format_table
 
     torch.manual_seed(args.seed)

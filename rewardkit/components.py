@@ -22,6 +22,8 @@ KINDS: dict[str, str] = {
     "recipe": "register_recipes",
     "data": "register_data_sources",
     "preset": "register_presets",
+    "prompts": "register_prompt_sets",
+    "metric": "register_metrics",
 }
 
 

@@ -89,6 +89,29 @@ def register_presets(register):
     """
 
 
+@hookspec
+def register_prompt_sets(register):
+    """Register prompt sets for ``rewardkit eval --prompts NAME`` (the HPSv2 benchmark,
+    PartiPrompts, the embedded world's test split...).
+
+    Each factory has a ``name`` and builds with keyword parameters (``source``: a local path or
+    hub dataset id; ``limit``; ``seed``...); its ``load()`` returns a
+    :class:`rewardkit.evaluation.PromptSet`: prompts, a category per prompt and, optionally,
+    reference images for distribution metrics.
+    """
+
+
+@hookspec
+def register_metrics(register):
+    """Register distribution metrics for ``rewardkit eval --metrics``: FID, KID, the world's
+    Frechet distance. (Every registered reward model is a per-image metric by its name already.)
+
+    Each factory has a ``name`` and builds an object whose ``compute(generated, reference)``
+    takes two ``[N, 3, H, W]`` image tensors in [0, 1] and returns ``{"name": value}``
+    (:class:`rewardkit.evaluation.DistributionMetric`).
+    """
+
+
 # ---------------------------------------------------------------- command line
 
 

@@ -47,6 +47,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "rewardkit.backbones.plugin",
     "rewardkit.recipes.plugin",
     "rewardkit.data.plugin",
+    "rewardkit.evaluation.plugin",
     "rewardkit.world.plugin",
 )
 

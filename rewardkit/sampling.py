@@ -93,8 +93,10 @@ def _count_unet_calls(unet: torch.nn.Module) -> tuple[list[int], Any]:
 
 def run_pipeline(pipe: Any, prompts: Sequence[str], steps: int, guidance_scale: float, seed: int = 0,
                  batch_size: int = 8, height: int | None = None, width: int | None = None,
-                 on_batch: Callable[[int], None] | None = None) -> SampleResult:
-    """Sample ``prompts`` with a loaded pipeline in batches; image ``i`` uses seed ``seed + i``.
+                 on_batch: Callable[[int], None] | None = None,
+                 seeds: Sequence[int] | None = None) -> SampleResult:
+    """Sample ``prompts`` with a loaded pipeline in batches; image ``i`` uses seed ``seed + i``
+    (or ``seeds[i]`` when given).
 
     Per-image seeds make an image independent of the batch size and of its neighbours.
     """
@@ -105,14 +107,18 @@ def run_pipeline(pipe: Any, prompts: Sequence[str], steps: int, guidance_scale: 
     prompts = list(prompts)
     if not prompts:
         raise ConfigError("no prompts to sample")
+    if seeds is None:
+        seeds = [seed + i for i in range(len(prompts))]
+    if len(seeds) != len(prompts):
+        raise ConfigError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     device = pipe.device
     counter, handle = _count_unet_calls(pipe.unet)
     result = SampleResult(steps=steps, guidance_scale=guidance_scale)
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
-            generators = [torch.Generator(device=device.type).manual_seed(seed + start + i)
-                          for i in range(len(chunk))]
+            generators = [torch.Generator(device=device.type).manual_seed(int(s))
+                          for s in seeds[start:start + len(chunk)]]
             began = time.perf_counter()
             with torch.inference_mode():
                 output = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance_scale,

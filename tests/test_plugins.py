@@ -61,6 +61,26 @@ class ToyPreset:
         return {"steps": 3}
 
 
+class ToyPrompts:
+    """Two toy prompts."""
+
+    name = "toy-prompts"
+
+    def load(self):
+        from rewardkit.evaluation import PromptSet
+
+        return PromptSet(self.name, ["a", "b"])
+
+
+class ToyMetric:
+    """A toy distribution metric."""
+
+    name = "toy-metric"
+
+    def compute(self, generated, reference):
+        return {self.name: float(generated.mean() - reference.mean())}
+
+
 class AllKinds:
     """An in-file plugin implementing every hook."""
 
@@ -96,6 +116,14 @@ class AllKinds:
     @hookimpl
     def register_presets(self, register):
         register(ToyPreset)
+
+    @hookimpl
+    def register_prompt_sets(self, register):
+        register(ToyPrompts)
+
+    @hookimpl
+    def register_metrics(self, register):
+        register(ToyMetric)
 
     @hookimpl
     def register_commands(self, register):
@@ -139,7 +167,8 @@ def test_in_file_plugin_registers_every_kind(fresh_host):
     assert info.status == "ok" and not info.builtin and info.errors == []
     assert info.components == {"reward": ["toy-reward"], "proxy": ["toy-proxy"],
                                "solver": ["toy-solver"], "backbone": ["toy-backbone"],
-                               "recipe": ["toy-recipe"], "data": ["toy"], "preset": ["toy-preset"]}
+                               "recipe": ["toy-recipe"], "data": ["toy"], "preset": ["toy-preset"],
+                               "prompts": ["toy-prompts"], "metric": ["toy-metric"]}
     assert info.commands == ["toy-command"] and host.commands["toy-command"].help == "Does nothing."
 
     reward = host.get("reward", "toy-reward")

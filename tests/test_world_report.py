@@ -21,7 +21,7 @@ from rewardkit.world.default_run import (DEFAULT_MAX_TRAIN_STEPS,
                                          validation_captions)
 from rewardkit.world.evaluate import EvalRow
 from rewardkit.world.nets import WorldFeatureNet, WorldProxyNet
-from rewardkit.world.plots import (PANEL_COLUMNS, PANEL_SIZE, grid_size, labelled_grid,
+from rewardkit.plots import (PANEL_COLUMNS, PANEL_SIZE, grid_size, labelled_grid,
                                    moving_average, numeric_series, plot_training_curves)
 from rewardkit.world.report import format_table, write_report
 from rewardkit.world.source import WorldSource, world_source_from_spec

@@ -89,19 +89,21 @@ class TrainingProgress:
     so a line ``step 120/600 (20%) lcd_loss 0.0123 lr 0.0001 s/step 0.54 | 1.85 steps/s |
     elapsed 0:01:05 | ETA 0:04:20`` is printed at the first step, every ``line_every_seconds``
     (30) and at the last step, as accelerate-based trainers log. ``keys``: the metrics shown
-    (``step_time`` is shown as ``s/step``). Disabled: a no-op.
+    (``step_time`` is shown as ``s/step``). ``label``/``unit``: the bar's title and what it counts
+    (``rewardkit eval`` counts images). Disabled: a no-op.
     """
 
     def __init__(self, total: int, start: int = 0, enabled: bool = True,
                  keys: Sequence[str] = ("lcd_loss", "lr", "step_time"),
-                 line_every_seconds: float = 30.0, console: Any = None) -> None:
+                 line_every_seconds: float = 30.0, console: Any = None, label: str = "train",
+                 unit: str = "step") -> None:
         import time
 
-        self.enabled = enabled
+        self.enabled, self.unit = enabled, unit
         self.keys = tuple(keys)
         self.total, self.start = total, start
         self.progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
             disable=not enabled, transient=False, console=console)
         self.lines = enabled and not self.progress.console.is_terminal
@@ -109,7 +111,7 @@ class TrainingProgress:
             self.progress.disable = True
         self.line_every = line_every_seconds
         self.began = self.last_line = time.monotonic()
-        self.task = self.progress.add_task("train", total=total, completed=start, info="")
+        self.task = self.progress.add_task(label, total=total, completed=start, info="")
 
     def __enter__(self) -> "TrainingProgress":
         self.progress.start()
@@ -125,7 +127,7 @@ class TrainingProgress:
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - step) / rate if rate > 0 else float("nan")
         percent = 100.0 * step / self.total if self.total else 100.0
-        return (f"step {step}/{self.total} ({percent:.0f}%) {info} | {rate:.2f} steps/s | "
+        return (f"{self.unit} {step}/{self.total} ({percent:.0f}%) {info} | {rate:.2f} {self.unit}s/s | "
                 f"elapsed {_clock(elapsed)} | ETA {_clock(eta)}")
 
     def update(self, step: int, metrics: dict[str, Any]) -> None:

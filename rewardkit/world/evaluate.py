@@ -1,7 +1,8 @@
 """Evaluating a teacher or a distilled student on the embedded world.
 
-One row of metrics per (model, step count), all measured in this process on the same prompts and
-seeds::
+This is ``rewardkit eval --prompts world --metrics world-judge,world-proxy,world-fd``
+(:mod:`rewardkit.evaluation`) with the judge's terms added: one row of metrics per (model, step
+count), all measured in this process on the same prompts and seeds::
 
     from rewardkit.world.evaluate import WorldEvaluator, add_speedups
 
@@ -16,8 +17,9 @@ Metrics of a row (:class:`EvalRow`):
   standard error ``judge_reward_se``, and the mean of each judge term in ``judge_terms``;
 - ``proxy_reward``: mean ``world-proxy`` score (the learned, differentiable RM);
 - ``frechet_distance``: Frechet distance between the features (``WorldFeatureNet.features``) of
-  the generated images and of real renders of the same prompts (the world's FID);
-- ``ms_per_image``: wall-clock sampling time per image, after an untimed warm-up batch, model
+  the generated images and of real renders of the same prompts (the world's FID, ``world-fd``,
+  computed by torchmetrics);
+- ``ms_per_image``: wall-clock sampling time per image, after an untimed warm-up image, model
   loading excluded (:func:`rewardkit.sampling.run_pipeline`);
 - ``unet_evaluations``: UNet evaluations **per image**, the conditional and unconditional passes
   of classifier-free guidance counted separately (the paper's count): ``steps`` for a
@@ -33,7 +35,8 @@ The assets (the proxy RM and the feature net) default to the shipped ones
 
 from __future__ import annotations
 
-import math
+import contextlib
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,11 +45,10 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .assets import FEATURES, PROXY, asset_path, load_net
-from .frechet import frechet_distance
+from ..evaluation.prompt_sets import PromptSet
+from .assets import FEATURES, PROXY, asset_path
 from .grammar import parse_caption
 from .judge import WEIGHTS, judge
-from .nets import WorldFeatureNet
 from .render import render
 from .source import WorldSource
 
@@ -119,8 +121,13 @@ def real_images(prompts: Sequence[str], side: int, split: str = "test", seed: in
     return pil_to_tensor(arrays)
 
 
+METRICS = ("world-judge", "world-proxy", "world-fd")
+
+
 class WorldEvaluator:
-    """Scores generated images on fixed prompts: judge, proxy and Frechet distance to real renders.
+    """The world's evaluation: ``rewardkit eval`` (:class:`rewardkit.evaluation.Evaluation`) on
+    the world's prompts with ``world-judge``, ``world-proxy`` and ``world-fd``, plus the mean
+    of each judge term, as :class:`EvalRow` rows.
 
     Args:
         prompts: the evaluation prompts (default: :func:`evaluation_prompts` of ``split``).
@@ -138,6 +145,7 @@ class WorldEvaluator:
                  split: str = "test", seed: int = 0, proxy_path: str | Path | None = None,
                  features_path: str | Path | None = None, assets_root: str | Path | None = None,
                  device: str = "cpu") -> None:
+        from .eval_sets import WorldFrechet
         from .rewards import WorldProxy
 
         root = Path(assets_root) if assets_root is not None else None
@@ -146,27 +154,25 @@ class WorldEvaluator:
             raise ConfigError(f"evaluation needs at least 2 prompts for a Frechet distance, got "
                               f"{len(self.prompts)}")
         self.split, self.seed, self.device = split, seed, device
-        proxy_dir = Path(proxy_path) if proxy_path is not None else asset_path(PROXY, root)
-        features_dir = Path(features_path) if features_path is not None else asset_path(FEATURES, root)
-        self.proxy = WorldProxy(str(proxy_dir), device=device)
-        self.features_net = load_net(WorldFeatureNet, features_dir).to(device)
-        self._real_features: dict[int, np.ndarray] = {}
+        self.proxy_dir = Path(proxy_path) if proxy_path is not None else asset_path(PROXY, root)
+        self.features_dir = (Path(features_path) if features_path is not None
+                             else asset_path(FEATURES, root))
+        self.proxy = WorldProxy(str(self.proxy_dir), device=device)
+        self.frechet = WorldFrechet(str(self.features_dir))
+        self._reals: dict[int, torch.Tensor] = {}
+
+    def prompt_set(self) -> PromptSet:
+        """The prompts, with their real renders as the Frechet reference."""
+        return PromptSet("world", list(self.prompts), references=self.real_images,
+                         source=f"world:{self.split} (seed {self.seed})")
+
+    def real_images(self, side: int) -> torch.Tensor:
+        """The real renders of the prompts at ``side`` pixels (cached)."""
+        if side not in self._reals:
+            self._reals[side] = real_images(self.prompts, side, self.split, self.seed)
+        return self._reals[side]
 
     # ------------------------------------------------------------ scoring images
-
-    @torch.no_grad()
-    def features(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-        """``[N, D]`` Frechet features of images in [0, 1]."""
-        chunks = [self.features_net.features(images[i:i + batch_size].to(self.device)).float().cpu()
-                  for i in range(0, len(images), batch_size)]
-        return torch.cat(chunks).numpy()
-
-    def real_features(self, side: int) -> np.ndarray:
-        """Features of the real renders of the prompts at ``side`` pixels (cached)."""
-        if side not in self._real_features:
-            reals = real_images(self.prompts, side, self.split, self.seed)
-            self._real_features[side] = self.features(reals)
-        return self._real_features[side]
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> dict[str, Any]:
@@ -180,7 +186,6 @@ class WorldEvaluator:
             raise ConfigError(f"{len(images)} images but {len(prompts)} prompts")
         pixels = images.detach().float().clamp(0, 1).cpu()
         verdicts = [judge(image.numpy(), prompt) for image, prompt in zip(pixels, prompts)]
-        terms = {name: float(np.mean([v.terms[name] for v in verdicts])) for name in WEIGHTS}
         judged = np.array([v.score for v in verdicts])
         spread = float(judged.std(ddof=1) / np.sqrt(len(judged))) if len(judged) > 1 else 0.0
         proxy = self.proxy.score(pixels.to(self.device), prompts).float().cpu()
@@ -188,9 +193,9 @@ class WorldEvaluator:
         return {
             "judge_reward": float(judged.mean()),
             "judge_reward_se": spread,
-            "judge_terms": terms,
+            "judge_terms": judge_terms(pixels, prompts),
             "proxy_reward": float(proxy.mean()),
-            "frechet_distance": frechet_distance(self.features(pixels), self.real_features(side)),
+            "frechet_distance": self.frechet.compute(pixels, self.real_images(side))["world-fd"],
         }
 
     # ------------------------------------------------------------ sampling models
@@ -198,42 +203,58 @@ class WorldEvaluator:
     def evaluate(self, model_dir: str | Path, kind: str = "student",
                  steps: int | Sequence[int] | None = None, *, name: str | None = None,
                  guidance_scale: float = DEFAULT_GUIDANCE_SCALE, batch_size: int = 16,
-                 warmup: bool = True, keep_images: bool = False) -> list[EvalRow]:
+                 keep_images: bool = False, output_dir: str | Path | None = None,
+                 resume: bool = False) -> list[EvalRow]:
         """Sample ``model_dir`` on the prompts at each step count and score it: one row each.
 
         ``kind="student"`` samples with ``LCMScheduler`` (default steps 1, 2, 4);
         ``kind="teacher"`` with DDIM and classifier-free guidance (default 50 steps). The
-        pipeline is loaded once; each step count gets an untimed warm-up batch, then one timed
-        pass over all prompts in batches of ``batch_size``.
+        samples and ``rewardkit eval``'s report go to ``output_dir`` (default: a temporary
+        folder); ``resume`` keeps samples already there.
         """
-        from ..sampling import load_pipeline, run_pipeline
+        from ..evaluation.runner import Evaluation, ModelSpec, load_png_folder
 
         if kind not in KINDS:
             raise ConfigError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
         if steps is None:
             steps = DEFAULT_STUDENT_STEPS if kind == "student" else DEFAULT_TEACHER_STEPS
         step_counts = [int(steps)] if isinstance(steps, int) else [int(s) for s in steps]
-        pipe = load_pipeline(model_dir, "lcm" if kind == "student" else "ddim", self.device)
-        rows = []
-        for count in step_counts:
-            if warmup:
-                run_pipeline(pipe, self.prompts[:batch_size], count, guidance_scale, self.seed,
-                             batch_size)
-            result = run_pipeline(pipe, self.prompts, count, guidance_scale, self.seed, batch_size)
-            batches = math.ceil(len(self.prompts) / batch_size)
-            calls = result.unet_evaluations // batches
-            # diffusers' own test: CFG runs only for guidance > 1 and a UNet without a w-embedding
-            passes = 2 if getattr(pipe, "do_classifier_free_guidance", False) else 1
-            scores = self.score(pil_to_tensor(result.images))
-            rows.append(EvalRow(
-                name=name or kind, kind=kind, steps=count, guidance_scale=guidance_scale,
-                judge_reward=scores["judge_reward"], proxy_reward=scores["proxy_reward"],
-                frechet_distance=scores["frechet_distance"], ms_per_image=result.ms_per_image,
-                unet_evaluations=calls * passes, unet_calls=calls, num_images=len(result.images),
-                judge_reward_se=scores["judge_reward_se"], judge_terms=scores["judge_terms"],
-                images=result.images if keep_images else []))
-        del pipe
+        model = ModelSpec(name or kind, str(model_dir), kind, step_counts, guidance_scale)
+        with contextlib.ExitStack() as stack:
+            folder = (Path(output_dir) if output_dir is not None
+                      else Path(stack.enter_context(tempfile.TemporaryDirectory())))
+            evaluation = Evaluation(
+                self.prompt_set(), METRICS, folder, seed=self.seed, batch_size=batch_size,
+                device=self.device, resume=resume,
+                metric_params={"world-proxy": {"path": str(self.proxy_dir), "device": self.device},
+                               "world-fd": {"features_path": str(self.features_dir)}})
+            results = evaluation.run([model], progress=False)
+            rows = []
+            for row in results["rows"]:
+                images = load_png_folder(evaluation.folder(model, row["steps"]), len(self.prompts))
+                rows.append(EvalRow(
+                    name=model.label, kind=kind, steps=row["steps"], guidance_scale=guidance_scale,
+                    judge_reward=row["world-judge"], proxy_reward=row["world-proxy"],
+                    frechet_distance=row["world-fd"], ms_per_image=row["ms_per_image"],
+                    unet_evaluations=row["unet_evaluations"], unet_calls=row["unet_calls"],
+                    num_images=row["num_images"], judge_reward_se=row["world-judge_se"],
+                    judge_terms=judge_terms(images, self.prompts),
+                    images=_pil_images(images) if keep_images else []))
         return rows
+
+
+def judge_terms(images: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:
+    """The mean of each judge term over ``[N, 3, H, W]`` images in [0, 1]."""
+    pixels = images.detach().float().clamp(0, 1).cpu().numpy()
+    verdicts = [judge(image, prompt) for image, prompt in zip(pixels, prompts)]
+    return {name: float(np.mean([v.terms[name] for v in verdicts])) for name in WEIGHTS}
+
+
+def _pil_images(images: torch.Tensor) -> list:
+    from PIL import Image
+
+    arrays = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(array) for array in arrays]
 
 
 def add_speedups(rows: list[EvalRow], reference: EvalRow | None = None) -> list[EvalRow]:

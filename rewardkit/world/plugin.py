@@ -1,9 +1,10 @@
 """Built-in world plugin: the embedded world's judges as reward models, its data source
-(``world:train``), its preset (``rewardkit run rg-lcd`` with no arguments), and `rewardkit world`."""
+(``world:train``), its evaluation prompts and Frechet distance (``rewardkit eval --prompts world``), its preset (``rewardkit run rg-lcd`` with no arguments), and `rewardkit world`."""
 
 from __future__ import annotations
 
 from ..hookspecs import hookimpl
+from .eval_sets import WorldFrechet, WorldPrompts
 from .preset import WorldPreset
 from .rewards import WorldJudge, WorldProxy
 from .source import WorldData
@@ -18,6 +19,16 @@ def register_reward_models(register):
 @hookimpl
 def register_data_sources(register):
     register(WorldData)
+
+
+@hookimpl
+def register_prompt_sets(register):
+    register(WorldPrompts)
+
+
+@hookimpl
+def register_metrics(register):
+    register(WorldFrechet)
 
 
 @hookimpl

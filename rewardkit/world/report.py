@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .evaluate import DEFAULT_GUIDANCE_SCALE, EvalRow
-from .plots import labelled_grid, plot_training_curves
+from ..plots import labelled_grid, plot_training_curves
 
 HELDOUT = "proxy_heldout_accuracy"
 #: Steps at the end of a run over which the in-batch proxy accuracy is averaged in the report.

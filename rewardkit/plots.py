@@ -193,7 +193,7 @@ def training_curves(rows: Sequence[dict[str, Any]], keys: Sequence[str] | None =
 def plot_training_curves(metrics_path: str | Path, output: str | Path,
                          keys: Sequence[str] | None = None) -> Path | None:
     """Draw ``metrics.jsonl`` to the PNG ``output``; ``None`` (nothing written) without numbers."""
-    from ..training.metrics import read_metrics
+    from .training.metrics import read_metrics
 
     metrics_path = Path(metrics_path)
     if not metrics_path.is_file():

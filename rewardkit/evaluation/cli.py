@@ -1,0 +1,122 @@
+"""``rewardkit eval``: the command line of :mod:`rewardkit.evaluation.runner`."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ..errors import ConfigError
+
+
+def parse_steps(text: str, option: str) -> list[int]:
+    """``"1,2,4"`` -> ``[1, 2, 4]`` (each at least 1)."""
+    try:
+        steps = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"{option} takes comma-separated integers like 1,2,4; got {text!r}") from None
+    if not steps or min(steps) < 1:
+        raise ConfigError(f"{option} takes positive step counts; got {text!r}")
+    return steps
+
+
+def parse_params(items: list[str], option: str = "--metric-param",
+                 form: str = "METRIC.KEY=VALUE") -> dict[str, dict[str, Any]]:
+    """``["fid.weights=/path", "kid.subsets=10"]`` -> ``{"fid": {"weights": "/path"}, ...}``
+    (values are read as JSON when they parse, else kept as text)."""
+    import json
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        metric, dot, key = name.partition(".")
+        if not sep or not dot or not metric or not key:
+            raise ConfigError(f"{option} takes {form}, got {item.removeprefix('prompts.')!r}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out.setdefault(metric, {})[key] = parsed
+    return out
+
+
+def model_label(location: str, taken: set[str]) -> str:
+    """A short, unique label: the run folder for ``run/pipeline``, else the last path part."""
+    path = Path(location)
+    label = path.parent.name if path.name == "pipeline" and path.parent.name else path.name
+    label = label or "model"
+    unique, n = label, 2
+    while unique in taken:
+        unique, n = f"{label}-{n}", n + 1
+    taken.add(unique)
+    return unique
+
+
+def eval_command(
+    models: Annotated[list[str], typer.Argument(help="Students to evaluate: diffusers pipeline "
+                                               "folders (e.g. a run's pipeline/) or hub ids.")],
+    prompts: Annotated[str, typer.Option("--prompts", "-p", help="A registered prompt set "
+                       "(hpsv2, partiprompts, drawbench, coco, world; rewardkit list prompts) or "
+                       "a .txt/.jsonl/.json/.csv/.tsv file.")] = "world",
+    prompts_source: Annotated[Optional[str], typer.Option(
+        "--prompts-source", help="Where a named set's files are: a local file/folder or a hub "
+        "dataset id (default: the set's own).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Keep the first N prompts of each category.")] = None,
+    prompts_param: Annotated[list[str], typer.Option(
+        "--prompts-param", help="KEY=VALUE for a named prompt set, e.g. image_dir=val2014 for "
+        "coco's FID references (repeatable).")] = [],  # noqa: B006
+    metrics: Annotated[str, typer.Option("--metrics", "-m", help="Comma-separated: any registered "
+                       "reward model (hpsv2, image-reward, clip-score, pickscore, aesthetic, ...) "
+                       "and distribution metrics (fid, kid, world-fd).")] = "world-judge,world-proxy,world-fd",
+    steps: Annotated[str, typer.Option(help="Student step counts.")] = "1,2,4",
+    teacher: Annotated[Optional[str], typer.Option(help="A teacher pipeline to compare with "
+                       "(DDIM + classifier-free guidance); win rates are against it.")] = None,
+    teacher_steps: Annotated[str, typer.Option("--teacher-steps", help="Teacher step counts "
+                             "(win rates use the first).")] = "50",
+    guidance: Annotated[float, typer.Option("--guidance", "-g", help="Guidance scale (a student "
+                        "embeds w = scale - 1, the teacher runs CFG with it).")] = 7.5,
+    images_per_prompt: Annotated[int, typer.Option("--images-per-prompt", "-k",
+                                 help="Samples per prompt (different seeds).")] = 1,
+    reference_images: Annotated[Optional[Path], typer.Option(
+        "--reference-images", help="Folder of real images for fid/kid (default: the prompt "
+        "set's own, e.g. the world's renders).")] = None,
+    metric_param: Annotated[list[str], typer.Option(
+        "--metric-param", help="METRIC.KEY=VALUE, e.g. fid.weights=/models/pt_inception.pth or "
+        "hpsv2.checkpoint=HPS_v2.1_compressed.pt (repeatable).")] = [],  # noqa: B006
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("eval"),
+    resume: Annotated[bool, typer.Option("--resume", help="Keep images already in OUTPUT; "
+                      "sample only the missing ones.")] = False,
+    seed: Annotated[int, typer.Option(help="First seed (image i: seed + i).")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per pipeline call.")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
+) -> None:
+    """Sample models on a prompt set, score them with reward models and FID, compare with the
+    teacher (win rates with bootstrap intervals); writes results.json, report.md and grids."""
+    from rich.console import Console
+
+    from .prompt_sets import load_prompt_set
+    from .runner import Evaluation, ModelSpec
+
+    set_params = parse_params([f"prompts.{item}" for item in prompts_param],
+                              option="--prompts-param", form="KEY=VALUE").get("prompts", {})
+    prompt_set = load_prompt_set(prompts, source=prompts_source, limit=limit, **set_params)
+    taken: set[str] = set()
+    specs = [ModelSpec(model_label(m, taken), m, "student", parse_steps(steps, "--steps"), guidance)
+             for m in models]
+    if teacher is not None:
+        specs.append(ModelSpec(model_label("teacher", taken), teacher, "teacher",
+                               parse_steps(teacher_steps, "--teacher-steps"), guidance))
+    evaluation = Evaluation(
+        prompt_set, [m.strip() for m in metrics.split(",") if m.strip()], output,
+        images_per_prompt=images_per_prompt, seed=seed, batch_size=batch_size, device=device,
+        dtype=dtype, resume=resume, reference_images=reference_images,
+        metric_params=parse_params(metric_param),
+        command=" ".join(["rewardkit", "eval", *map(shlex.quote, sys.argv[2:])]))
+    results = evaluation.run(specs)
+    if results:
+        Console(stderr=True).print(f"[green]wrote[/] {output / 'report.md'} and "
+                                   f"{output / 'results.json'}", highlight=False)

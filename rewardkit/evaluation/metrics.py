@@ -1,0 +1,201 @@
+"""Distribution metrics (FID, KID, any Frechet distance on features) through torchmetrics.
+
+torchmetrics is used rather than torch-fidelity or clean-fid directly because it takes *any*
+feature network (``FrechetInceptionDistance(feature=module)``), so the standard Inception FID,
+a Frechet distance on another network (the embedded world's feature net) and KID all run
+through one well-kept implementation (float64 statistics, its own matrix square root). The
+standard FID network is torchmetrics' ``NoTrainInceptionV3`` (torch-fidelity's port of the TF
+graph, ``pip install 'rewardkit[fid]'``) with the published weights, from torch-fidelity's
+release through the torch hub cache or from a local file; both are read with
+``weights_only=True`` (see :func:`_inception`). clean-fid was not chosen: it has no pluggable
+feature network and its CLIP-FID needs open_clip (and so torchvision) in the core.
+
+A metric's ``compute(generated, reference)`` takes ``[N, 3, H, W]`` images in [0, 1].
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+
+class DistributionMetric(ABC):
+    """A metric of a *set* of images against reference images (not one score per image)."""
+
+    name = "distribution-metric"
+
+    @abstractmethod
+    def compute(self, generated: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+        """``{name: value}`` of ``[N, 3, H, W]`` generated images against reference images."""
+
+
+class FeatureModule(nn.Module):
+    """Adapts a feature function to torchmetrics: float images in [0, 1] in, ``[N, D]`` out,
+    with ``num_features`` set (so torchmetrics does not probe it with a 299 px dummy)."""
+
+    def __init__(self, features: nn.Module | Any, num_features: int) -> None:
+        super().__init__()
+        self.net = features if isinstance(features, nn.Module) else None
+        self._fn = features
+        self.num_features = num_features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self._fn(images).float()
+
+
+def _uint8(images: torch.Tensor) -> torch.Tensor:
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _check(generated: torch.Tensor, reference: torch.Tensor, name: str, minimum: int = 2) -> None:
+    for label, images in (("generated", generated), ("reference", reference)):
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ConfigError(f"metric '{name}' takes [N, 3, H, W] images; {label} has shape "
+                              f"{tuple(images.shape)}")
+        if images.shape[0] < minimum:
+            raise ConfigError(f"metric '{name}' needs at least {minimum} {label} images, got "
+                              f"{images.shape[0]}")
+
+
+def frechet_distance(features: nn.Module, generated: torch.Tensor, reference: torch.Tensor,
+                     batch_size: int = 64) -> float:
+    """torchmetrics' Frechet distance of ``features`` (a :class:`FeatureModule` or torchmetrics'
+    Inception) between two image sets (the Inception expects uint8, a FeatureModule floats)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    metric = FrechetInceptionDistance(feature=features, reset_real_features=True)
+    metric.used_custom_model = True  # we feed each network what it expects ourselves
+    prepare = (lambda x: x) if isinstance(features, FeatureModule) else _uint8
+    with torch.no_grad():
+        for start in range(0, len(reference), batch_size):
+            metric.update(prepare(reference[start:start + batch_size]), real=True)
+        for start in range(0, len(generated), batch_size):
+            metric.update(prepare(generated[start:start + batch_size]), real=False)
+        return float(metric.compute())
+
+
+def inception_state(weights: str | None) -> dict[str, torch.Tensor]:
+    """The FID Inception weights as tensors, read without running pickled code: a local
+    ``.pth`` / ``.safetensors`` file, or (``None``) torch-fidelity's published file through the
+    torch hub cache, both loaded with ``weights_only=True``."""
+    from ..training.safe_state import load_legacy_torch_file
+
+    if weights is None:
+        from torch.hub import load_state_dict_from_url
+        from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+        try:
+            return load_state_dict_from_url(URL_INCEPTION_V3, map_location="cpu", weights_only=True)
+        except Exception as exc:  # offline: one sentence, what to do
+            raise ConfigError(f"could not download the FID Inception weights ({type(exc).__name__}"
+                              f"); download {URL_INCEPTION_V3} and pass it with "
+                              "--metric-param fid.weights=PATH") from None
+    path = Path(weights)
+    if not path.is_file():
+        raise ConfigError(f"FID Inception weights {path} do not exist; pass the "
+                          "weights-inception-2015-12-05 .pth file torch-fidelity publishes")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = load_legacy_torch_file(path)  # weights_only: a pickle that runs code is refused
+    if not isinstance(state, dict):
+        raise ConfigError(f"FID Inception weights {path} hold no state dict")
+    return state
+
+
+def _inception(weights: str | None, feature: int = 2048) -> nn.Module:
+    """torchmetrics' FID Inception (torch-fidelity's network) with :func:`inception_state`.
+
+    torch-fidelity reads a local weights file with ``torch.load(weights_only=False)``, which
+    would run any code pickled into it; so rewardkit reads the tensors itself and hands them to
+    the library's constructor in place of its own download.
+    """
+    try:
+        import torch_fidelity.feature_extractor_inceptionv3 as fidelity
+        from torchmetrics.image.fid import NoTrainInceptionV3
+    except ImportError:
+        raise ConfigError("metric 'fid'/'kid' needs torch-fidelity for the standard Inception "
+                          "network: pip install 'rewardkit[fid]'") from None
+    state = inception_state(weights)
+    original = fidelity.load_state_dict_from_url
+    fidelity.load_state_dict_from_url = lambda *args, **kwargs: state
+    try:
+        return NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(feature)])
+    except RuntimeError as exc:  # wrong or partial state dict
+        raise ConfigError(f"FID Inception weights {weights} do not fit the network ({exc})") from None
+    finally:
+        fidelity.load_state_dict_from_url = original
+
+
+class FID(DistributionMetric):
+    """FID (Heusel et al. 2017) with the standard Inception-v3 pool features (2048-d), as
+    reported by the papers, computed by torchmetrics.
+
+    Args:
+        weights: a local copy of the FID Inception weights (torch-fidelity's
+            ``weights-inception-2015-12-05-6726825d.pth``); default: downloaded from
+            torch-fidelity's release into the torch hub cache.
+        feature: Inception feature layer (64, 192, 768 or 2048).
+    """
+
+    name = "fid"
+
+    def __init__(self, weights: str | None = None, feature: int = 2048) -> None:
+        self.weights, self.feature = weights, feature
+        self._net: nn.Module | None = None
+
+    @property
+    def network(self) -> nn.Module:
+        """The Inception network (built on first use)."""
+        if self._net is None:
+            self._net = _inception(self.weights, self.feature)
+        return self._net
+
+    def compute(self, generated: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+        """``{"fid": value}``."""
+        _check(generated, reference, self.name)
+        return {self.name: frechet_distance(self.network, generated, reference)}
+
+
+class KID(DistributionMetric):
+    """KID (Binkowski et al. 2018) on the same Inception features, by torchmetrics: mean and
+    standard deviation over ``subsets`` random subsets of ``subset_size`` images.
+
+    Args:
+        weights: a local copy of the FID Inception weights (see ``fid``).
+        subsets: number of random subsets.
+        subset_size: images per subset (at most the smaller set's size).
+    """
+
+    name = "kid"
+
+    def __init__(self, weights: str | None = None, subsets: int = 100,
+                 subset_size: int = 1000) -> None:
+        self.weights, self.subsets, self.subset_size = weights, subsets, subset_size
+        self._net: nn.Module | None = None
+
+    def compute(self, generated: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+        """``{"kid": mean, "kid_std": std}``."""
+        from torchmetrics.image.kid import KernelInceptionDistance
+
+        _check(generated, reference, self.name)
+        if self._net is None:
+            self._net = _inception(self.weights)
+        size = min(self.subset_size, len(generated), len(reference))
+        metric = KernelInceptionDistance(feature=self._net, subsets=self.subsets,
+                                         subset_size=size)
+        with torch.no_grad():
+            metric.update(_uint8(reference), real=True)
+            metric.update(_uint8(generated), real=False)
+            mean, std = metric.compute()
+        return {self.name: float(mean), f"{self.name}_std": float(std)}
+
+
+BUILTIN_METRICS = (FID, KID)

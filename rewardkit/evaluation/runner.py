@@ -1,0 +1,396 @@
+"""``rewardkit eval``: sample models on a prompt set, score the images, compare with the teacher.
+
+::
+
+    evaluation = Evaluation(load_prompt_set("hpsv2", limit=100), ["hpsv2", "clip-score", "fid"],
+                            "eval-out", reference_images="coco-val2014/")
+    results = evaluation.run([ModelSpec("rg-lcm", "runs/rg-lcd/pipeline", steps=[1, 2, 4]),
+                              ModelSpec("teacher", "stabilityai/stable-diffusion-2-1",
+                                        kind="teacher", steps=[50])])
+
+Image ``j`` of prompt ``i`` is sampled with seed ``seed + i * images_per_prompt + j`` by every
+model, so rows differ only by the model (and the win rate compares like with like). Images are
+written as PNG under ``images/<model>/steps-<n>/`` and scored from there: a ``resume`` run
+generates only the missing ones, and the scores are those of the files a reader can open.
+Under ``accelerate launch`` each process samples every ``num_processes``-th image; the main
+process scores once all are on disk.
+
+Every registered reward model is a per-image metric by its name (a third-party RM plugin is
+one at once); registered ``metric`` components (``fid``, ``kid``, ``world-fd``) are
+distribution metrics against reference images (``reference_images`` or the prompt set's own).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .prompt_sets import PromptSet
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("student", "teacher")
+
+
+@dataclass
+class ModelSpec:
+    """One model to evaluate: a label, where it is (pipeline folder or hub id), how to sample.
+
+    ``kind="student"`` samples with ``LCMScheduler``; ``"teacher"`` with DDIM and
+    classifier-free guidance at ``guidance_scale`` (a student embeds ``w = scale - 1``).
+    """
+
+    label: str
+    location: str
+    kind: str = "student"
+    steps: list[int] = field(default_factory=lambda: [1, 2, 4])
+    guidance_scale: float = 7.5
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"model '{self.label}': kind must be one of {', '.join(KINDS)}")
+        if not self.steps or any(int(s) < 1 for s in self.steps):
+            raise ConfigError(f"model '{self.label}': steps must be positive, got {self.steps}")
+        if not self.label or "/" in self.label or self.label.startswith("."):
+            raise ConfigError(f"model label {self.label!r} must be a plain name (it names a folder)")
+
+
+def load_png_folder(folder: Path, count: int) -> torch.Tensor:
+    """``[count, 3, H, W]`` in [0, 1] from ``folder/00000.png`` ... (the saved samples)."""
+    from PIL import Image
+
+    arrays = []
+    for index in range(count):
+        path = folder / f"{index:05d}.png"
+        try:
+            with Image.open(path) as image:
+                arrays.append(np.asarray(image.convert("RGB")))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"sample {path} cannot be read ({exc}); delete it and rerun with "
+                              "--resume to sample it again") from None
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def _readable(path: Path) -> bool:
+    """Whether a saved sample exists and decodes; a broken one is reported and sampled again."""
+    from PIL import Image
+
+    if not path.is_file():
+        return False
+    try:
+        with Image.open(path) as image:
+            image.load()
+        return True
+    except (OSError, ValueError, SyntaxError):
+        logger.warning("sample %s cannot be read; sampling it again", path)
+        return False
+
+
+def _reference_folder(path: str | Path, side: int, count: int | None = None) -> torch.Tensor:
+    from .builtin_sets import load_images
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ConfigError(f"--reference-images {folder} is not a folder of images")
+    files = sorted(p for p in folder.rglob("*")
+                   if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    if len(files) < 2:
+        raise ConfigError(f"--reference-images {folder} holds {len(files)} image(s); a "
+                          "distribution metric needs at least 2")
+    return load_images(files[:count] if count else files, side)
+
+
+class Evaluation:
+    """Sample, score and compare (see the module docstring).
+
+    Args:
+        prompts: the :class:`PromptSet`.
+        metrics: metric names: registered reward models and/or registered ``metric`` components.
+        output_dir: where images, ``results.json`` and ``report.md`` go.
+        images_per_prompt: samples per prompt (seeds ``seed + i * K + j``).
+        seed: the first seed.
+        batch_size: images per pipeline call.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda:1``...
+        dtype: pipeline dtype (``float32``, ``float16``, ``bfloat16``).
+        resume: keep images already on disk and sample only missing ones.
+        reference_images: a folder of real images for distribution metrics (default: the
+            prompt set's references).
+        metric_params: per-metric build parameters, ``{"fid": {"weights": "..."}}``.
+        command: the command line, recorded in ``results.json``.
+    """
+
+    def __init__(self, prompts: PromptSet, metrics: Sequence[str], output_dir: str | Path, *,
+                 images_per_prompt: int = 1, seed: int = 0, batch_size: int = 8,
+                 device: str = "auto", dtype: str = "float32", resume: bool = False,
+                 reference_images: str | Path | None = None,
+                 metric_params: dict[str, dict[str, Any]] | None = None,
+                 command: str = "") -> None:
+        from ..plugins import get_host
+
+        if images_per_prompt < 1:
+            raise ConfigError(f"--images-per-prompt must be at least 1, got {images_per_prompt}")
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+        host = get_host()
+        rewards = {spec.name for spec in host.list("reward")}
+        distributions = {spec.name for spec in host.list("metric")}
+        unknown = [m for m in metrics if m not in rewards | distributions]
+        if unknown:
+            raise ConfigError(f"--metrics: {', '.join(unknown)} is neither a registered reward "
+                              f"model ({', '.join(sorted(rewards))}) nor a distribution metric "
+                              f"({', '.join(sorted(distributions))})")
+        if not metrics:
+            raise ConfigError("--metrics: name at least one metric")
+        self.prompts, self.output_dir = prompts, Path(output_dir)
+        self.reward_metrics = [m for m in metrics if m in rewards]
+        self.distribution_metrics = [m for m in metrics if m in distributions]
+        self.metric_params = dict(metric_params or {})
+        if self.distribution_metrics and reference_images is None and prompts.references is None:
+            raise ConfigError(f"--metrics {', '.join(self.distribution_metrics)} compare with real "
+                              f"images, and prompt set '{prompts.name}' has none; pass "
+                              "--reference-images DIR")
+        self.images_per_prompt, self.seed, self.batch_size = images_per_prompt, seed, batch_size
+        self.device, self.dtype, self.resume = device, dtype, resume
+        self.reference_images, self.command = reference_images, command
+
+    # ------------------------------------------------------------ sampling
+
+    @property
+    def num_images(self) -> int:
+        """Images per (model, step count)."""
+        return len(self.prompts.prompts) * self.images_per_prompt
+
+    def image_prompts(self) -> list[str]:
+        """The prompt of every image, in image order."""
+        return [p for p in self.prompts.prompts for _ in range(self.images_per_prompt)]
+
+    def folder(self, model: ModelSpec, steps: int) -> Path:
+        """Where the samples of ``model`` at ``steps`` go."""
+        return self.output_dir / "images" / model.label / f"steps-{steps}"
+
+    def sample(self, model: ModelSpec, progress: Callable[[int], None] | None = None) -> None:
+        """Sample the missing images of ``model`` at each step count (this process's share)."""
+        from accelerate import PartialState
+
+        from ..sampling import load_pipeline, run_pipeline
+
+        state = PartialState()
+        prompts = self.image_prompts()
+        mine = list(range(state.process_index, self.num_images, state.num_processes))
+        todo_per_steps = {}
+        for steps in model.steps:
+            folder = self.folder(model, steps)
+            folder.mkdir(parents=True, exist_ok=True)
+            if not self.resume:
+                for index in mine:
+                    (folder / f"{index:05d}.png").unlink(missing_ok=True)
+            todo_per_steps[steps] = [i for i in mine if not _readable(folder / f"{i:05d}.png")]
+        if not any(todo_per_steps.values()):
+            return
+        pipe = load_pipeline(model.location, "lcm" if model.kind == "student" else "ddim",
+                             self.device, self.dtype)
+        for steps, todo in todo_per_steps.items():
+            folder = self.folder(model, steps)
+            if not todo:
+                continue
+            # one untimed batch first: the first call pays for allocation and kernel selection
+            run_pipeline(pipe, [prompts[todo[0]]], steps, model.guidance_scale,
+                         seeds=[self.seed + todo[0]])
+            seconds, calls, timed = 0.0, 0, 0
+            for start in range(0, len(todo), self.batch_size):
+                chunk = todo[start:start + self.batch_size]
+                result = run_pipeline(pipe, [prompts[i] for i in chunk], steps,
+                                      model.guidance_scale, batch_size=len(chunk),
+                                      seeds=[self.seed + i for i in chunk])
+                for index, image in zip(chunk, result.images):
+                    image.save(folder / f"{index:05d}.png")
+                seconds += result.seconds
+                calls += result.unet_evaluations
+                timed += len(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+            batches = math.ceil(timed / self.batch_size)
+            passes = 2 if getattr(pipe, "do_classifier_free_guidance", False) else 1
+            (folder / f"timing-{state.process_index}.json").write_text(json.dumps({
+                "images": timed, "seconds": seconds, "batch_size": self.batch_size,
+                "unet_calls_per_batch": calls / max(batches, 1), "cfg_passes": passes,
+                "device": str(pipe.device), "dtype": self.dtype}))
+        del pipe
+
+    def timing(self, model: ModelSpec, steps: int) -> dict[str, Any]:
+        """ms/image and UNet evaluations/image of the images sampled (by any process, any run)."""
+        folder = self.folder(model, steps)
+        records = [json.loads(p.read_text()) for p in sorted(folder.glob("timing-*.json"))]
+        images = sum(r["images"] for r in records)
+        seconds = sum(r["seconds"] for r in records)
+        calls = records[0]["unet_calls_per_batch"] if records else float("nan")
+        passes = records[0]["cfg_passes"] if records else 1
+        return {"ms_per_image": 1000.0 * seconds / images if images else float("nan"),
+                "timed_images": images,
+                "unet_calls": int(round(calls)) if records else None,
+                "unet_evaluations": int(round(calls)) * passes if records else None}
+
+    # ------------------------------------------------------------ scoring
+
+    def score_rewards(self, images: torch.Tensor) -> dict[str, list[float]]:
+        """Per-image scores of every reward metric (by name)."""
+        from .. import api
+
+        prompts = self.image_prompts()
+        scores = {}
+        for name in self.reward_metrics:
+            model = self._reward_models.get(name)
+            if model is None:
+                model = api.reward_model(name, **self._reward_params(name))
+                self._reward_models[name] = model
+            values = []
+            with torch.no_grad():
+                for start in range(0, len(images), self.batch_size):
+                    chunk = images[start:start + self.batch_size].to(model.device)
+                    values += model(chunk, prompts[start:start + len(chunk)]).float().cpu().tolist()
+            scores[name] = values
+        return scores
+
+    def _reward_params(self, name: str) -> dict[str, Any]:
+        """The user's ``--metric-param`` values; an RM with a ``device`` parameter the user did
+        not set runs where the evaluation samples."""
+        from ..plugins import get_host
+        from ..sampling import resolve_device
+
+        params = dict(self.metric_params.get(name, {}))
+        takes = {p.name for p in get_host().get("reward", name).params}
+        if "device" in takes and "device" not in params:
+            params["device"] = str(resolve_device(self.device))
+        return params
+
+    def references(self, side: int) -> torch.Tensor:
+        """The reference images at ``side`` pixels (cached)."""
+        if side not in self._references:
+            if self.reference_images is not None:
+                self._references[side] = _reference_folder(self.reference_images, side)
+            else:
+                assert self.prompts.references is not None
+                self._references[side] = self.prompts.references(side)
+        return self._references[side]
+
+    def score_distributions(self, images: torch.Tensor) -> dict[str, float]:
+        """Every distribution metric of ``images`` against the references."""
+        from ..plugins import get_host
+
+        out: dict[str, float] = {}
+        for name in self.distribution_metrics:
+            metric = self._metrics.get(name)
+            if metric is None:
+                metric = get_host().get("metric", name).build(**self.metric_params.get(name, {}))
+                self._metrics[name] = metric
+            out.update(metric.compute(images, self.references(int(images.shape[-1]))))
+        return out
+
+    # ------------------------------------------------------------ the whole evaluation
+
+    def run(self, models: Sequence[ModelSpec], progress: bool = True) -> dict[str, Any]:
+        """Sample every model, score every row, compare with the first teacher; write the
+        report (main process); return the results (``results.json``)."""
+        from accelerate import PartialState
+
+        from ..training.metrics import TrainingProgress
+
+        labels = [m.label for m in models]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"model labels must differ, got {labels}")
+        state = PartialState()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._reward_models: dict[str, Any] = {}
+        self._metrics: dict[str, Any] = {}
+        self._references: dict[int, torch.Tensor] = {}
+        total = sum(len(m.steps) for m in models) * len(
+            range(state.process_index, self.num_images, state.num_processes))
+        done = [0]
+        with TrainingProgress(total, 0, enabled=progress and state.is_main_process,
+                              keys=(), label="sample", unit="image") as bar:
+            def advance(count: int) -> None:
+                done[0] += count
+                bar.update(done[0], {})
+
+            for model in models:
+                self.sample(model, advance)
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            return {}
+        rows, per_image, columns = [], {}, {}
+        for model in models:
+            for steps in model.steps:
+                images = load_png_folder(self.folder(model, steps), self.num_images)
+                scores = self.score_rewards(images)
+                distributions = self.score_distributions(images)
+                columns.update(dict.fromkeys(distributions))
+                per_image[(model.label, steps)] = scores
+                rows.append(self._row(model, steps, scores, distributions))
+        results = {
+            "command": self.command,
+            "prompt_set": {"name": self.prompts.name, "source": self.prompts.source,
+                           "prompts": len(self.prompts.prompts),
+                           "categories": sorted(set(self.prompts.categories) - {""})},
+            "images_per_prompt": self.images_per_prompt, "seed": self.seed,
+            "seeds": f"{self.seed}..{self.seed + self.num_images - 1} (image i: seed + i)",
+            "metrics": self.reward_metrics + self.distribution_metrics,
+            "distribution_metrics": self.distribution_metrics,
+            "distribution_columns": list(columns),
+            "rows": rows,
+            "win_rates": self._win_rates(models, per_image),
+        }
+        from .report import write_report
+
+        write_report(self, models, results)
+        return results
+
+    def _row(self, model: ModelSpec, steps: int, scores: dict[str, list[float]],
+             distributions: dict[str, float]) -> dict[str, Any]:
+        row: dict[str, Any] = {"model": model.label, "location": model.location,
+                               "kind": model.kind, "steps": steps,
+                               "guidance_scale": model.guidance_scale,
+                               "num_images": self.num_images, **self.timing(model, steps)}
+        categories = np.array([c for c in self.prompts.categories
+                               for _ in range(self.images_per_prompt)])
+        for name, values in scores.items():
+            array = np.asarray(values, dtype=np.float64)
+            row[name] = float(array.mean())
+            row[f"{name}_se"] = float(array.std(ddof=1) / math.sqrt(len(array))) if len(array) > 1 else 0.0
+            per_category = {str(c): float(array[categories == c].mean())
+                            for c in sorted(set(categories)) if c}
+            if per_category:
+                row[f"{name}_by_category"] = per_category
+        row.update(distributions)
+        return row
+
+    def _win_rates(self, models: Sequence[ModelSpec],
+                   per_image: dict[tuple[str, int], dict[str, list[float]]]) -> list[dict[str, Any]]:
+        from .win_rate import win_rate
+
+        teacher = next((m for m in models if m.kind == "teacher"), None)
+        if teacher is None:
+            return []
+        reference = (teacher.label, teacher.steps[0])
+        out = []
+        k = self.images_per_prompt
+        for model in models:
+            if model.kind != "student":
+                continue
+            for steps in model.steps:
+                for name in self.reward_metrics:
+                    # per prompt: the mean over its K seeds, the same seeds for both models
+                    mine = np.asarray(per_image[(model.label, steps)][name]).reshape(-1, k).mean(1)
+                    theirs = np.asarray(per_image[reference][name]).reshape(-1, k).mean(1)
+                    out.append({"model": model.label, "steps": steps, "metric": name,
+                                "baseline": f"{teacher.label} {teacher.steps[0]} steps",
+                                **win_rate(mine, theirs, seed=self.seed)})
+        return out
+

@@ -1,0 +1,267 @@
+"""``rewardkit eval``: prompt sets, win rates, and the whole command on tiny SD and SDXL
+pipelines with tiny reward models, offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from rewardkit.cli import build_app
+from rewardkit.errors import ConfigError
+from rewardkit.evaluation import PromptSet, load_prompt_set, read_prompt_set, win_rate
+from rewardkit.testing.tiny_clip import build_tiny_clip
+from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
+from rewardkit.training.testing import write_tiny_image_folder
+
+PROMPTS = ["a red circle", "a green square", "a blue circle", "a red square"]
+
+
+# ---------------------------------------------------------------- prompt sets
+
+
+def test_prompt_files_of_every_format_give_prompts_and_categories(tmp_path):
+    (tmp_path / "p.txt").write_text("# a comment\na red circle\n\na blue square\n")
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a red circle", "category": "shapes"}\n'
+                                      '"a blue square"\n')
+    (tmp_path / "p.json").write_text(json.dumps({"anime": ["a", "b"], "photo": ["c"]}))
+    (tmp_path / "p.csv").write_text("Prompts,Category\na red circle,Colors\na cat,Animals\n")
+    (tmp_path / "p.tsv").write_text("Prompt\tCategory\tChallenge\na red circle\tArtifacts\tSimple\n")
+    assert read_prompt_set(tmp_path / "p.txt").prompts == ["a red circle", "a blue square"]
+    jsonl = read_prompt_set(tmp_path / "p.jsonl")
+    assert jsonl.prompts == ["a red circle", "a blue square"] and jsonl.categories == ["shapes", ""]
+    assert read_prompt_set(tmp_path / "p.json").categories == ["anime", "anime", "photo"]
+    assert read_prompt_set(tmp_path / "p.csv").categories == ["Colors", "Animals"]
+    assert read_prompt_set(tmp_path / "p.tsv").prompts == ["a red circle"]
+    assert read_prompt_set(tmp_path / "p.json").head(1).prompts == ["a", "c"]  # per category
+
+
+def test_bad_prompt_input_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="missing.txt does not exist"):
+        load_prompt_set(str(tmp_path / "missing.txt"))
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"title": "no prompt"}\n')
+    with pytest.raises(ConfigError, match="bad.jsonl line 2 has no prompt field"):
+        read_prompt_set(tmp_path / "bad.jsonl")
+    (tmp_path / "broken.json").write_text("[\"a\",")
+    with pytest.raises(ConfigError, match="broken.json cannot be read"):
+        read_prompt_set(tmp_path / "broken.json")
+    with pytest.raises(ConfigError, match="neither a registered prompt set"):
+        load_prompt_set("no-such-set")
+    with pytest.raises(ConfigError, match="has no prompts"):
+        PromptSet("empty", [])
+
+
+def _hps_folder(root: Path) -> Path:
+    for style in ("anime", "concept-art", "paintings", "photo"):
+        (root / "benchmark").mkdir(parents=True, exist_ok=True)
+        (root / "benchmark" / f"{style}.json").write_text(
+            json.dumps([f"{style} prompt {i}" for i in range(3)]))
+    return root
+
+
+def test_hpsv2_benchmark_has_four_styles_from_a_folder_or_the_hub(tmp_path, monkeypatch):
+    folder = _hps_folder(tmp_path / "hpd")
+    local = load_prompt_set("hpsv2", source=str(folder), limit=2)
+    assert local.categories == ["anime"] * 2 + ["concept-art"] * 2 + ["paintings"] * 2 + ["photo"] * 2
+    assert local.prompts[:2] == ["anime prompt 0", "anime prompt 1"]
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, repo_type=None, allow_patterns=None):
+        calls.append((repo_id, repo_type))
+        return str(folder)
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    hub = load_prompt_set("hpsv2")
+    assert calls == [("zhwang/HPDv2", "dataset")] and len(hub.prompts) == 12
+    (folder / "benchmark" / "photo.json").unlink()
+    with pytest.raises(ConfigError, match="photo.json is missing"):
+        load_prompt_set("hpsv2", source=str(folder))
+
+
+def test_partiprompts_drawbench_and_coco_read_their_own_formats(tmp_path):
+    parti = tmp_path / "PartiPrompts.tsv"
+    parti.write_text("Prompt\tCategory\tChallenge\tNote\nbond\tAbstract\tBasic\t\n"
+                     "a cat\tAnimals\tBasic\t\na dog\tAnimals\tBasic\t\n")
+    loaded = load_prompt_set("partiprompts", source=str(tmp_path), limit=1)
+    assert loaded.prompts == ["bond", "a cat"] and loaded.categories == ["Abstract", "Animals"]
+    bench = tmp_path / "draw" / "drawbench.csv"
+    bench.parent.mkdir()
+    bench.write_text("Prompts,Category\nA red colored car.,Colors\n")
+    assert load_prompt_set("drawbench", source=str(bench)).categories == ["Colors"]
+
+    images = write_tiny_image_folder(tmp_path / "coco", count=4, size=20)
+    names = sorted(p.name for p in images.glob("*.png"))
+    captions = {"images": [{"id": i, "file_name": n} for i, n in enumerate(names)],
+                "annotations": [{"image_id": i, "caption": f"caption {i}"} for i in range(4)]
+                + [{"image_id": 0, "caption": "a second caption of image 0"}]}
+    (tmp_path / "captions_val2014.json").write_text(json.dumps(captions))
+    coco = load_prompt_set("coco", source=str(tmp_path / "captions_val2014.json"), limit=3,
+                           image_dir=str(images))
+    assert len(coco.prompts) == 3 and all(p.startswith("caption ") for p in coco.prompts)
+    references = coco.references(8)
+    assert references.shape == (3, 3, 8, 8) and 0 <= float(references.min()) <= float(references.max()) <= 1
+
+
+# ---------------------------------------------------------------- win rate
+
+
+def test_win_rate_counts_ties_half_and_its_interval_is_seeded():
+    assert win_rate([1, 1, 1], [0, 0, 0])["win_rate"] == 1.0
+    assert win_rate([1, 0, 2, 2], [0, 1, 2, 3])["win_rate"] == pytest.approx((1 + 0 + 0.5 + 0) / 4)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.2, 1, 200), rng.normal(0, 1, 200)
+    first, again = win_rate(a, b, seed=3), win_rate(a, b, seed=3)
+    assert first == again and first["ci_low"] < first["win_rate"] < first["ci_high"]
+    assert first["ci_high"] - first["ci_low"] < 0.2 and first["pairs"] == 200
+    with pytest.raises(ConfigError, match="equal-length"):
+        win_rate([1, 2], [1])
+
+
+# ---------------------------------------------------------------- the command, end to end
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from rewardkit.backbones.stable_diffusion import StableDiffusionBackbone
+
+    root = tmp_path_factory.mktemp("eval")
+    teacher = build_tiny_sd_pipeline(root / "teacher")
+    backbone = StableDiffusionBackbone(str(teacher))
+    student = backbone.save_pipeline(backbone.build_student(), root / "run" / "pipeline")
+    (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    return {"teacher": teacher, "student": student, "prompts": root / "prompts.txt",
+            "clip": build_tiny_clip(root / "clip", image_size=16),
+            "reals": write_tiny_image_folder(root / "reals", count=6, size=16)}
+
+
+def run_eval(models, out, *extra):
+    args = ["eval", str(models["student"]), "--teacher", str(models["teacher"]),
+            "--prompts", str(models["prompts"]), "--steps", "1,2", "--teacher-steps", "2",
+            "--metrics", "clip-score,jpeg-compressibility,world-fd",
+            "--metric-param", f"clip-score.model={models['clip']}",
+            "--reference-images", str(models["reals"]), "-k", "2", "-b", "3",
+            "--device", "cpu", "-o", str(out), *extra]
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "results.json").read_text())
+
+
+def test_eval_samples_scores_compares_and_reports(models, tmp_path):
+    results = run_eval(models, tmp_path)
+    rows = {(r["model"], r["steps"]): r for r in results["rows"]}
+    assert set(rows) == {("run", 1), ("run", 2), ("teacher", 2)}
+    for row in rows.values():
+        assert row["num_images"] == 8 and row["ms_per_image"] > 0
+        assert np.isfinite(row["clip-score"]) and row["clip-score_se"] >= 0
+        assert row["jpeg-compressibility"] < 0 and row["world-fd"] >= 0  # minus kB per image
+    assert rows[("run", 1)]["unet_evaluations"] == 1 and rows[("run", 2)]["unet_evaluations"] == 2
+    assert rows[("teacher", 2)]["unet_evaluations"] == 4  # CFG: cond + uncond per step
+    assert rows[("teacher", 2)]["unet_calls"] == 2
+    wins = results["win_rates"]
+    assert {(w["model"], w["steps"], w["metric"]) for w in wins} == {
+        ("run", s, m) for s in (1, 2) for m in ("clip-score", "jpeg-compressibility")}
+    for w in wins:
+        assert w["pairs"] == 4 and w["ci_low"] <= w["win_rate"] <= w["ci_high"]
+        assert w["baseline"] == "teacher 2 steps"
+    assert results["seeds"].startswith("0..7") and "rewardkit eval" in results["command"]
+    report = (tmp_path / "report.md").read_text()
+    assert "| run | 1 |" in report and "Win rate against the teacher" in report
+    assert (tmp_path / "grid.png").is_file() and (tmp_path / "steps.png").is_file()
+    # the same seeds for every model: the images of prompt i, seed j are comparable
+    assert len(list((tmp_path / "images" / "teacher" / "steps-2").glob("*.png"))) == 8
+
+
+def test_resume_samples_only_what_is_missing_and_scores_the_same(models, tmp_path):
+    first = run_eval(models, tmp_path)
+    folder = tmp_path / "images" / "run" / "steps-1"
+    kept = folder / "00003.png"
+    stamp = kept.stat().st_mtime_ns
+    (folder / "00005.png").unlink()
+    again = run_eval(models, tmp_path, "--resume")
+    assert kept.stat().st_mtime_ns == stamp and (folder / "00005.png").is_file()
+    for a, b in zip(first["rows"], again["rows"]):
+        assert a["clip-score"] == pytest.approx(b["clip-score"], abs=1e-5)
+        assert a["world-fd"] == pytest.approx(b["world-fd"], rel=1e-4)
+    (folder / "00002.png").write_bytes(b"not a png")  # a corrupt sample is sampled again
+    third = run_eval(models, tmp_path, "--resume")
+    assert third["rows"][0]["clip-score"] == pytest.approx(first["rows"][0]["clip-score"], abs=1e-5)
+
+
+def test_bad_eval_input_is_named(models, tmp_path):
+    runner = CliRunner()
+
+    def fails(*args):
+        result = runner.invoke(build_app(), ["eval", str(models["student"]), "--prompts",
+                                     str(models["prompts"]), "-o", str(tmp_path), *args])
+        assert result.exit_code != 0
+        return result.output + str(result.exception)
+
+    assert "no-such-rm is neither a registered reward model" in fails("--metrics", "no-such-rm")
+    assert "has none; pass --reference-images" in fails("--metrics", "world-fd")
+    assert "--steps takes" in fails("--metrics", "jpeg-compressibility", "--steps", "one")
+    assert "--metric-param takes METRIC.KEY=VALUE" in fails("--metric-param", "oops")
+
+
+def test_eval_runs_on_a_tiny_sdxl_pipeline(tmp_path):
+    from rewardkit.testing.tiny_sdxl import build_tiny_sdxl_pipeline
+
+    teacher = build_tiny_sdxl_pipeline(tmp_path / "sdxl")
+    (tmp_path / "p.txt").write_text("a red circle\na blue square\n")
+    result = CliRunner().invoke(build_app(), [
+        "eval", str(teacher), "--prompts", str(tmp_path / "p.txt"), "--steps", "1",
+        "--teacher", str(teacher), "--teacher-steps", "2", "--metrics", "jpeg-compressibility",
+        "--device", "cpu", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [(r["model"], r["steps"]) for r in results["rows"]] == [("sdxl", 1), ("teacher", 2)]
+    assert results["rows"][1]["unet_evaluations"] == 4
+
+
+def test_the_world_evaluation_is_the_eval_command(tmp_path):
+    """``WorldEvaluator`` rows equal ``rewardkit eval --prompts world`` rows of the same model."""
+    from rewardkit.world.assets import TEACHER, asset_path
+    from rewardkit.world.evaluate import WorldEvaluator
+
+    teacher = str(asset_path(TEACHER))
+    row = WorldEvaluator(num_images=4).evaluate(teacher, "student", steps=1, batch_size=4)[0]
+    result = CliRunner().invoke(build_app(), ["eval", teacher, "--prompts", "world", "--limit", "4",
+                                      "--steps", "1", "--device", "cpu", "-b", "4",
+                                      "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    cli = json.loads((tmp_path / "results.json").read_text())["rows"][0]
+    assert cli["world-judge"] == pytest.approx(row.judge_reward, abs=1e-9)
+    assert cli["world-proxy"] == pytest.approx(row.proxy_reward, abs=1e-6)
+    assert cli["world-fd"] == pytest.approx(row.frechet_distance, rel=1e-6)
+    assert set(row.judge_terms) >= {"background", "crispness"}
+
+
+def test_every_registered_reward_model_is_a_metric_and_prompt_sets_are_listed():
+    from rewardkit.plugins import get_host
+
+    host = get_host()
+    assert {"hpsv2", "partiprompts", "drawbench", "coco", "world"} <= {
+        s.name for s in host.list("prompts")}
+    assert {"fid", "kid", "world-fd"} <= {s.name for s in host.list("metric")}
+    result = CliRunner().invoke(build_app(), ["list", "prompts"])
+    assert result.exit_code == 0 and "partiprompts" in result.output
+
+
+def test_coco_captions_with_their_images_as_fid_references(models, tmp_path):
+    images = write_tiny_image_folder(tmp_path / "val2014", count=3, size=16)
+    names = sorted(p.name for p in images.glob("*.png"))
+    (tmp_path / "captions.json").write_text(json.dumps({
+        "images": [{"id": i, "file_name": n} for i, n in enumerate(names)],
+        "annotations": [{"image_id": i, "caption": PROMPTS[i]} for i in range(3)]}))
+    result = CliRunner().invoke(build_app(), [
+        "eval", str(models["student"]), "--prompts", "coco", "--prompts-source",
+        str(tmp_path / "captions.json"), "--prompts-param", f"image_dir={images}",
+        "--metrics", "world-fd", "--steps", "1", "--device", "cpu", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    row = json.loads((tmp_path / "out" / "results.json").read_text())["rows"][0]
+    assert row["num_images"] == 3 and row["world-fd"] > 0
