@@ -48,6 +48,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "rewardkit.recipes.plugin",
     "rewardkit.data.plugin",
     "rewardkit.evaluation.plugin",
+    "rewardkit.demo.plugin",
     "rewardkit.world.plugin",
 )
 

@@ -4,10 +4,12 @@ pipelines with tiny reward models, offline."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from rewardkit.cli import build_app
@@ -143,8 +145,9 @@ def models(tmp_path_factory):
 def run_eval(models, out, *extra):
     args = ["eval", str(models["student"]), "--teacher", str(models["teacher"]),
             "--prompts", str(models["prompts"]), "--steps", "1,2", "--teacher-steps", "2",
-            "--metrics", "clip-score,jpeg-compressibility,world-fd",
+            "--metrics", "clip-score,jpeg-compressibility,world-fd,clip-fid",
             "--metric-param", f"clip-score.model={models['clip']}",
+            "--metric-param", f"clip-fid.model={models['clip']}",
             "--reference-images", str(models["reals"]), "-k", "2", "-b", "3",
             "--device", "cpu", "-o", str(out), *extra]
     result = CliRunner().invoke(build_app(), args)
@@ -160,6 +163,7 @@ def test_eval_samples_scores_compares_and_reports(models, tmp_path):
         assert row["num_images"] == 8 and row["ms_per_image"] > 0
         assert np.isfinite(row["clip-score"]) and row["clip-score_se"] >= 0
         assert row["jpeg-compressibility"] < 0 and row["world-fd"] >= 0  # minus kB per image
+        assert row["clip-fid"] >= 0
     assert rows[("run", 1)]["unet_evaluations"] == 1 and rows[("run", 2)]["unet_evaluations"] == 2
     assert rows[("teacher", 2)]["unet_evaluations"] == 4  # CFG: cond + uncond per step
     assert rows[("teacher", 2)]["unet_calls"] == 2
@@ -247,7 +251,7 @@ def test_every_registered_reward_model_is_a_metric_and_prompt_sets_are_listed():
     host = get_host()
     assert {"hpsv2", "partiprompts", "drawbench", "coco", "world"} <= {
         s.name for s in host.list("prompts")}
-    assert {"fid", "kid", "world-fd"} <= {s.name for s in host.list("metric")}
+    assert {"fid", "kid", "clip-fid", "world-fd"} <= {s.name for s in host.list("metric")}
     result = CliRunner().invoke(build_app(), ["list", "prompts"])
     assert result.exit_code == 0 and "partiprompts" in result.output
 
@@ -265,3 +269,59 @@ def test_coco_captions_with_their_images_as_fid_references(models, tmp_path):
     assert result.exit_code == 0, result.output
     row = json.loads((tmp_path / "out" / "results.json").read_text())["rows"][0]
     assert row["num_images"] == 3 and row["world-fd"] > 0
+
+
+def test_a_training_checkpoint_is_evaluated_as_the_pipeline_it_holds(models, tmp_path):
+    from safetensors.torch import load_file
+
+    from rewardkit.recipes.lcd import LCDRecipe
+    from rewardkit.training.testing import tiny_lcd_config
+
+    data = write_tiny_image_folder(tmp_path / "data", count=4, size=16)
+    run = tmp_path / "run"
+    LCDRecipe(tiny_lcd_config(models["teacher"], data, run, max_train_steps=2,
+                              checkpointing_steps=2)).run(progress=False)
+    result = CliRunner().invoke(build_app(), [
+        "eval", str(run / "checkpoint-2"), "--prompts", str(models["prompts"]), "--steps", "1",
+        "--metrics", "jpeg-compressibility", "--device", "cpu", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    exported = tmp_path / "out" / "models" / "run-checkpoint-2"
+    for part in ("unet", "unet_target"):
+        a = load_file(str(exported / part / "diffusion_pytorch_model.safetensors"))
+        b = load_file(str(run / "pipeline" / part / "diffusion_pytorch_model.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
+    assert rows[0]["model"] == "run-checkpoint-2" and rows[0]["location"] == str(exported)
+    (tmp_path / "broken" / "checkpoint-1").mkdir(parents=True)
+    (tmp_path / "broken" / "config.json").write_text("{")
+    result = CliRunner().invoke(build_app(), ["eval", str(tmp_path / "broken" / "checkpoint-1"),
+                                              "--prompts", str(models["prompts"]), "-o",
+                                              str(tmp_path / "out2")])
+    assert result.exit_code != 0 and "config.json cannot be read" in str(result.exception)
+
+
+def test_two_processes_share_the_images_and_match_one_process(models, tmp_path):
+    """Under torchrun each process samples every other image; the main one scores them all."""
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    common = ["eval", str(models["student"]), "--prompts", str(models["prompts"]), "--steps", "1",
+              "--metrics", "jpeg-compressibility", "-k", "2", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([str(torchrun if torchrun.exists() else shutil.which("torchrun")),
+                           "--nproc_per_node", "2", "-m", "rewardkit", *common,
+                           "-o", str(tmp_path / "two")], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    folder = tmp_path / "two" / "images" / "run" / "steps-1"
+    timings = [json.loads((folder / f"timing-{rank}.json").read_text()) for rank in (0, 1)]
+    assert [t["images"] for t in timings] == [4, 4]
+    single = CliRunner().invoke(build_app(), [*common, "-o", str(tmp_path / "one")])
+    assert single.exit_code == 0, single.output
+    one = tmp_path / "one" / "images" / "run" / "steps-1"
+    for index in range(8):  # the same seeds whichever process sampled an image
+        assert (folder / f"{index:05d}.png").read_bytes() == (one / f"{index:05d}.png").read_bytes()
+    rows = json.loads((tmp_path / "two" / "results.json").read_text())["rows"]
+    assert rows[0]["num_images"] == 8 and rows[0]["timed_images"] == 8

@@ -57,7 +57,8 @@ def model_label(location: str, taken: set[str]) -> str:
 
 def eval_command(
     models: Annotated[list[str], typer.Argument(help="Students to evaluate: diffusers pipeline "
-                                               "folders (e.g. a run's pipeline/) or hub ids.")],
+                                               "folders (e.g. a run's pipeline/), hub ids, or "
+                                               "training checkpoints (run/checkpoint-N).")],
     prompts: Annotated[str, typer.Option("--prompts", "-p", help="A registered prompt set "
                        "(hpsv2, partiprompts, drawbench, coco, world; rewardkit list prompts) or "
                        "a .txt/.jsonl/.json/.csv/.tsv file.")] = "world",
@@ -98,6 +99,7 @@ def eval_command(
     teacher (win rates with bootstrap intervals); writes results.json, report.md and grids."""
     from rich.console import Console
 
+    from .models import export_checkpoint, is_checkpoint
     from .prompt_sets import load_prompt_set
     from .runner import Evaluation, ModelSpec
 
@@ -105,8 +107,16 @@ def eval_command(
                               option="--prompts-param", form="KEY=VALUE").get("prompts", {})
     prompt_set = load_prompt_set(prompts, source=prompts_source, limit=limit, **set_params)
     taken: set[str] = set()
-    specs = [ModelSpec(model_label(m, taken), m, "student", parse_steps(steps, "--steps"), guidance)
-             for m in models]
+    specs = []
+    for location in models:
+        if is_checkpoint(location):  # a training checkpoint: written out as a pipeline first
+            path = Path(location)
+            label = model_label(f"{path.parent.name}-{path.name}", taken)
+            location = str(export_checkpoint(path, output / "models" / label,
+                                             device="cpu" if device == "auto" else device))
+        else:
+            label = model_label(location, taken)
+        specs.append(ModelSpec(label, location, "student", parse_steps(steps, "--steps"), guidance))
     if teacher is not None:
         specs.append(ModelSpec(model_label("teacher", taken), teacher, "teacher",
                                parse_steps(teacher_steps, "--teacher-steps"), guidance))

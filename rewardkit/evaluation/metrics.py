@@ -198,4 +198,36 @@ class KID(DistributionMetric):
         return {self.name: float(mean), f"{self.name}_std": float(std)}
 
 
-BUILTIN_METRICS = (FID, KID)
+class CLIPFID(DistributionMetric):
+    """CLIP-FID (Kynkaanniemi et al. 2023): the Frechet distance of CLIP image embeddings
+    instead of Inception features, less tied to ImageNet classes; the CLIP model loads through
+    transformers (no torchvision), the distance is torchmetrics'.
+
+    Args:
+        model: a CLIP model, hub id or folder (default ViT-B/32, as clean-fid's CLIP-FID).
+        device: where CLIP runs.
+    """
+
+    name = "clip-fid"
+
+    def __init__(self, model: str = "openai/clip-vit-base-patch32", device: str = "cpu") -> None:
+        from ..rewards.clip_score import CLIPScore
+
+        self.clip = CLIPScore(model=model, device=device)
+
+    def compute(self, generated: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+        """``{"clip-fid": value}``."""
+        from ..rewards.clip_base import features
+
+        _check(generated, reference, self.name)
+        clip = self.clip
+
+        def embed(images: torch.Tensor) -> torch.Tensor:
+            pixels = clip.transform(images.to(clip.device, clip.dtype))
+            return features(clip.model.get_image_features(pixel_values=pixels)).cpu()
+
+        network = FeatureModule(embed, int(clip.model.config.projection_dim))
+        return {self.name: frechet_distance(network, generated, reference)}
+
+
+BUILTIN_METRICS = (FID, KID, CLIPFID)

@@ -63,6 +63,17 @@ class ModelSpec:
             raise ConfigError(f"model label {self.label!r} must be a plain name (it names a folder)")
 
 
+def process_state() -> Any:
+    """This process's place among ``accelerate launch`` / ``torchrun`` processes.
+
+    Without CUDA, accelerate only joins torchrun's processes into a group when told it runs on
+    the CPU (see :mod:`rewardkit.training.runtime`); otherwise each would evaluate everything.
+    """
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def load_png_folder(folder: Path, count: int) -> torch.Tensor:
     """``[count, 3, H, W]`` in [0, 1] from ``folder/00000.png`` ... (the saved samples)."""
     from PIL import Image
@@ -178,11 +189,9 @@ class Evaluation:
 
     def sample(self, model: ModelSpec, progress: Callable[[int], None] | None = None) -> None:
         """Sample the missing images of ``model`` at each step count (this process's share)."""
-        from accelerate import PartialState
-
         from ..sampling import load_pipeline, run_pipeline
 
-        state = PartialState()
+        state = process_state()
         prompts = self.image_prompts()
         mine = list(range(state.process_index, self.num_images, state.num_processes))
         todo_per_steps = {}
@@ -192,6 +201,11 @@ class Evaluation:
             if not self.resume:
                 for index in mine:
                     (folder / f"{index:05d}.png").unlink(missing_ok=True)
+                (folder / f"timing-{state.process_index}.json").unlink(missing_ok=True)
+                if state.is_main_process:  # left by an earlier run with more processes
+                    for stale in folder.glob("timing-*.json"):
+                        if int(stale.stem.split("-")[1]) >= state.num_processes:
+                            stale.unlink(missing_ok=True)
             todo_per_steps[steps] = [i for i in mine if not _readable(folder / f"{i:05d}.png")]
         if not any(todo_per_steps.values()):
             return
@@ -219,8 +233,11 @@ class Evaluation:
                     progress(len(chunk))
             batches = math.ceil(timed / self.batch_size)
             passes = 2 if getattr(pipe, "do_classifier_free_guidance", False) else 1
-            (folder / f"timing-{state.process_index}.json").write_text(json.dumps({
-                "images": timed, "seconds": seconds, "batch_size": self.batch_size,
+            record = folder / f"timing-{state.process_index}.json"
+            earlier = json.loads(record.read_text()) if record.is_file() else {}  # --resume
+            record.write_text(json.dumps({
+                "images": timed + earlier.get("images", 0),
+                "seconds": seconds + earlier.get("seconds", 0.0), "batch_size": self.batch_size,
                 "unet_calls_per_batch": calls / max(batches, 1), "cfg_passes": passes,
                 "device": str(pipe.device), "dtype": self.dtype}))
         del pipe
@@ -249,7 +266,7 @@ class Evaluation:
         for name in self.reward_metrics:
             model = self._reward_models.get(name)
             if model is None:
-                model = api.reward_model(name, **self._reward_params(name))
+                model = api.reward_model(name, **self._params("reward", name))
                 self._reward_models[name] = model
             values = []
             with torch.no_grad():
@@ -259,14 +276,14 @@ class Evaluation:
             scores[name] = values
         return scores
 
-    def _reward_params(self, name: str) -> dict[str, Any]:
-        """The user's ``--metric-param`` values; an RM with a ``device`` parameter the user did
-        not set runs where the evaluation samples."""
+    def _params(self, kind: str, name: str) -> dict[str, Any]:
+        """The user's ``--metric-param`` values; a metric with a ``device`` parameter the user
+        did not set runs where the evaluation samples."""
         from ..plugins import get_host
         from ..sampling import resolve_device
 
         params = dict(self.metric_params.get(name, {}))
-        takes = {p.name for p in get_host().get("reward", name).params}
+        takes = {p.name for p in get_host().get(kind, name).params}
         if "device" in takes and "device" not in params:
             params["device"] = str(resolve_device(self.device))
         return params
@@ -289,7 +306,7 @@ class Evaluation:
         for name in self.distribution_metrics:
             metric = self._metrics.get(name)
             if metric is None:
-                metric = get_host().get("metric", name).build(**self.metric_params.get(name, {}))
+                metric = get_host().get("metric", name).build(**self._params("metric", name))
                 self._metrics[name] = metric
             out.update(metric.compute(images, self.references(int(images.shape[-1]))))
         return out
@@ -299,14 +316,12 @@ class Evaluation:
     def run(self, models: Sequence[ModelSpec], progress: bool = True) -> dict[str, Any]:
         """Sample every model, score every row, compare with the first teacher; write the
         report (main process); return the results (``results.json``)."""
-        from accelerate import PartialState
-
         from ..training.metrics import TrainingProgress
 
         labels = [m.label for m in models]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"model labels must differ, got {labels}")
-        state = PartialState()
+        state = process_state()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._reward_models: dict[str, Any] = {}
         self._metrics: dict[str, Any] = {}

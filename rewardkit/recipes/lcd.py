@@ -153,6 +153,16 @@ class LCDRecipe(Recipe):
                               "noise schedule; build it with alphas_cumprod=backbone.alphas_cumprod")
         return solver
 
+    def build_student(self, backbone: Any) -> nn.Module:
+        """The student: the teacher UNet with the guidance embedding (``unet_time_cond_proj_dim``),
+        with LoRA adapters in LoRA mode."""
+        cfg = self.config
+        student = backbone.build_student(time_cond_proj_dim=cfg.unet_time_cond_proj_dim)
+        if cfg.use_lora:
+            student = backbone.add_lora(student, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                                        target_modules=cfg.lora_target_modules)
+        return student
+
     def build_loader(self, accelerator: Any, backbone: Any) -> Any:
         """This process's shard of the training data (a resumable, infinite loader)."""
         from ..training.data import build_training_loader
@@ -197,10 +207,8 @@ class LCDRecipe(Recipe):
         backbone.configure(resolution=cfg.resolution)
         self.solver = self.build_solver(backbone)
 
-        student = backbone.build_student(time_cond_proj_dim=cfg.unet_time_cond_proj_dim)
+        student = self.build_student(backbone)
         if cfg.use_lora:
-            student = backbone.add_lora(student, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
-                                        target_modules=cfg.lora_target_modules)
             self.target = None  # the online student under no_grad (see module docstring)
         else:
             self.target = copy.deepcopy(student).requires_grad_(False).to(acc.device)
@@ -432,6 +440,38 @@ class LCDRecipe(Recipe):
                 timestep_scaling=self.config.timestep_scaling_factor, **extra)
         self.accelerator.wait_for_everyone()
         return path
+
+    def export_pipeline(self, checkpoint: str | Path, output: str | Path,
+                        device: str = "cpu") -> Path:
+        """The student of ``checkpoint`` (a ``checkpoint-N`` folder of this config's run) as a
+        diffusers pipeline folder at ``output``, as :meth:`save_final` would have written it
+        then: no data, optimiser or accelerator is needed (``rewardkit eval`` uses this)."""
+        checkpoint, output = Path(checkpoint), Path(output)
+        weights = checkpoint / "model.safetensors"
+        if not weights.is_file():
+            raise ConfigError(f"checkpoint {checkpoint} has no model.safetensors (a DeepSpeed "
+                              "checkpoint keeps the student in its engine shards); evaluate "
+                              "the run's pipeline/ or a checkpoint written without DeepSpeed")
+        backbone = self.build_backbone(torch.device(device), torch.float32)
+        backbone.configure(resolution=self.config.resolution)
+        student = self.build_student(backbone)
+        try:
+            student.load_state_dict(load_tensor_file(weights))
+            target = None
+            if not self.config.use_lora and (checkpoint / TARGET_WEIGHTS).is_file():
+                target = copy.deepcopy(student)
+                target.load_state_dict(load_tensor_file(checkpoint / TARGET_WEIGHTS))
+        except RuntimeError as exc:
+            raise ConfigError(f"checkpoint {checkpoint}: its weights do not fit the student of "
+                              f"{checkpoint.parent / 'config.json'} ({str(exc)[:200]})") from None
+        import inspect
+
+        takes = inspect.signature(backbone.save_pipeline).parameters
+        extra = ({"target": target} if target is not None and ("target" in takes or any(
+            p.kind is p.VAR_KEYWORD for p in takes.values())) else {})
+        return backbone.save_pipeline(student, output,
+                                      original_inference_steps=self.config.num_ddim_timesteps,
+                                      timestep_scaling=self.config.timestep_scaling_factor, **extra)
 
     def run(self, progress: bool = True) -> Path:
         """Train to ``max_train_steps`` (resuming if asked), save the pipeline; return ``output_dir``."""
