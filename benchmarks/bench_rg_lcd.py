@@ -187,7 +187,7 @@ def main() -> None:
     parser.add_argument("--latent-size", type=int, default=16)
     parser.add_argument("--channels", type=str, default="32,64")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rm-batch-size", type=int, default=8)
+    parser.add_argument("--proxy-batch-size", type=int, default=8)
     parser.add_argument("--vae-decode-batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)

@@ -325,3 +325,20 @@ def test_two_processes_share_the_images_and_match_one_process(models, tmp_path):
         assert (folder / f"{index:05d}.png").read_bytes() == (one / f"{index:05d}.png").read_bytes()
     rows = json.loads((tmp_path / "two" / "results.json").read_text())["rows"]
     assert rows[0]["num_images"] == 8 and rows[0]["timed_images"] == 8
+
+
+def test_reference_images_come_from_folders_shards_or_any_data_spec(tmp_path):
+    from data_fixtures import write_shard
+
+    from rewardkit.evaluation.runner import reference_images
+
+    shard = write_shard(tmp_path / "data-000.tar", range(5))
+    from_shards = reference_images(str(shard), side=16, count=8)
+    assert from_shards.shape == (5, 3, 16, 16)  # all the shard has, each once
+    assert 0.0 <= float(from_shards.min()) <= float(from_shards.max()) <= 1.0
+    world = reference_images("world:test?size=6", side=16, count=4)
+    assert world.shape == (4, 3, 16, 16)
+    folder = write_tiny_image_folder(tmp_path / "reals", count=3, size=20)
+    assert reference_images(str(folder), side=16, count=8).shape == (3, 3, 16, 16)
+    with pytest.raises(ConfigError, match="--reference-images"):
+        reference_images(str(tmp_path / "nowhere"), side=16, count=4)

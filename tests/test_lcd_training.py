@@ -322,3 +322,17 @@ def test_a_missing_tracker_package_is_named_with_what_to_do(monkeypatch, caplog)
         assert available_trackers("tensorboard") == []
     assert "tensorboard package is not installed" in caplog.text
     assert "pip install tensorboard" in caplog.text and "--report_to none" in caplog.text
+
+
+def test_channels_last_trains_the_same_student(assets, tmp_path):
+    losses = {}
+    for flag in (False, True):
+        recipe = LCDRecipe(config(assets, tmp_path / str(flag), max_train_steps=2,
+                                  channels_last=flag))
+        recipe.run(progress=False)
+        losses[flag] = [r["lcd_loss"] for r in read_metrics(tmp_path / str(flag) / "metrics.jsonl")]
+        if flag:
+            conv = next(m for m in recipe.unwrapped_student.modules()
+                        if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+            assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)

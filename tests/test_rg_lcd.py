@@ -382,6 +382,27 @@ def test_several_proxy_updates_per_step_draw_from_the_replay_buffer(assets, tmp_
     assert len(recipe.replay) == 4  # a ring of proxy_replay_size triples
 
 
+def test_proxy_update_every_judges_and_updates_on_every_nth_step_only(assets, tmp_path):
+    recipe = RGLCDRecipe(config(assets, tmp_path, reward="jpeg-compressibility",
+                                proxy_update_every=2, proxy_lr=1e-2))
+    recipe.setup()
+    judged = []
+    original = recipe.expert_scores
+    recipe.expert_scores = lambda latents, captions: judged.append(len(captions)) or original(
+        latents, captions)
+    rows, moved = [], []
+    for _ in range(4):
+        before = proxy_snapshot(recipe)
+        rows.append(recipe.train_step())
+        recipe.global_step += 1
+        after = proxy_snapshot(recipe)
+        moved.append(any(not torch.equal(before[n], after[n]) for n in before))
+    assert moved == [False, True, False, True]
+    assert ["proxy_accuracy" in row for row in rows] == [False, True, False, True]
+    assert all("lrm_reward" in row for row in rows)
+    assert len(judged) == 2 * 2  # 2 judged steps, each 3 x 2 candidates in chunks of 4
+
+
 def test_resume_restores_the_replay_buffer_bit_identically(assets, tmp_path):
     common = dict(max_train_steps=4, checkpointing_steps=2, proxy_lr=1e-3,
                   reward="jpeg-compressibility", proxy_updates_per_step=2, proxy_replay_size=4)
@@ -397,6 +418,7 @@ def test_resume_restores_the_replay_buffer_bit_identically(assets, tmp_path):
 
 
 @pytest.mark.parametrize("key,value", [("proxy_updates_per_step", 0), ("proxy_warmup_steps", -1),
+                                       ("proxy_update_every", 0),
                                        ("proxy_replay_size", 1), ("expert_logit_scale", 0.0),
                                        ("proxy_eval_num_prompts", -2),
                                        ("proxy_eval_shards_path_or_url", "/no/such/data")])

@@ -81,9 +81,9 @@ def eval_command(
                         "embeds w = scale - 1, the teacher runs CFG with it).")] = 7.5,
     images_per_prompt: Annotated[int, typer.Option("--images-per-prompt", "-k",
                                  help="Samples per prompt (different seeds).")] = 1,
-    reference_images: Annotated[Optional[Path], typer.Option(
-        "--reference-images", help="Folder of real images for fid/kid (default: the prompt "
-        "set's own, e.g. the world's renders).")] = None,
+    reference_images: Annotated[Optional[str], typer.Option(
+        "--reference-images", help="Real images for fid/kid: a folder, webdataset shards or any "
+        "data spec (default: the prompt set's own, e.g. the world's renders).")] = None,
     metric_param: Annotated[list[str], typer.Option(
         "--metric-param", help="METRIC.KEY=VALUE, e.g. fid.weights=/models/pt_inception.pth or "
         "hpsv2.checkpoint=HPS_v2.1_compressed.pt (repeatable).")] = [],  # noqa: B006

@@ -105,18 +105,51 @@ def _readable(path: Path) -> bool:
         return False
 
 
-def _reference_folder(path: str | Path, side: int, count: int | None = None) -> torch.Tensor:
+def reference_images(spec: str | Path, side: int, count: int) -> torch.Tensor:
+    """``count`` real images at ``side`` px, ``[count, 3, side, side]`` in [0, 1], from a folder of
+    images, or any data spec the training data engine reads (webdataset shards, a brace range,
+    ``world:...``; centre-cropped and resized by the same loader). A source smaller than
+    ``count`` gives what it has."""
     from .builtin_sets import load_images
 
-    folder = Path(path)
-    if not folder.is_dir():
-        raise ConfigError(f"--reference-images {folder} is not a folder of images")
-    files = sorted(p for p in folder.rglob("*")
-                   if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
-    if len(files) < 2:
-        raise ConfigError(f"--reference-images {folder} holds {len(files)} image(s); a "
-                          "distribution metric needs at least 2")
-    return load_images(files[:count] if count else files, side)
+    folder = Path(spec)
+    if folder.is_dir():
+        files = sorted(p for p in folder.rglob("*")
+                       if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+        if files and not (folder / "manifest.json").is_file():
+            if len(files) < 2:
+                raise ConfigError(f"--reference-images {folder} holds {len(files)} image; a "
+                                  "distribution metric needs at least 2")
+            return load_images(files[:count], side)
+    from ..training.data import build_training_loader, check_data_spec
+
+    check_data_spec("--reference-images", str(spec))
+    loader = build_training_loader(str(spec), resolution=side, batch_size=min(count, 64), seed=0,
+                                   center_crop=True)
+    if getattr(loader, "kind", "pixels") == "latents":
+        raise ConfigError(f"--reference-images {spec} holds latents; FID compares images: pass "
+                          "the images (folder or shards) the latents were encoded from")
+    images: list[torch.Tensor] = []
+    seen: set[str] = set()
+    while sum(len(x) for x in images) < count:
+        batch = next(loader)
+        keys = batch.get("keys") or [None] * len(batch["pixel_values"])
+        fresh = []
+        for i, key in enumerate(keys):
+            if key is None or key not in seen:
+                fresh.append(i)
+                if key is not None:
+                    seen.add(key)
+        if not fresh:  # the loader went round: the source is smaller than count
+            break
+        images.append((batch["pixel_values"][fresh].float() + 1) / 2)
+        if len(fresh) < len(keys):  # it went round within this batch
+            break
+    out = torch.cat(images)[:count].clamp(0, 1)
+    if len(out) < 2:
+        raise ConfigError(f"--reference-images {spec} gave {len(out)} image; a distribution "
+                          "metric needs at least 2")
+    return out
 
 
 class Evaluation:
@@ -292,7 +325,8 @@ class Evaluation:
         """The reference images at ``side`` pixels (cached)."""
         if side not in self._references:
             if self.reference_images is not None:
-                self._references[side] = _reference_folder(self.reference_images, side)
+                self._references[side] = reference_images(self.reference_images, side,
+                                                          max(self.num_images, 2))
             else:
                 assert self.prompts.references is not None
                 self._references[side] = self.prompts.references(side)

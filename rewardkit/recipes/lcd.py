@@ -215,6 +215,10 @@ class LCDRecipe(Recipe):
         if cfg.gradient_checkpointing:
             student.enable_gradient_checkpointing()
         student.train()
+        if cfg.channels_last:
+            for unet in (student, self.target, backbone.unet):
+                if unet is not None:
+                    unet.to(memory_format=torch.channels_last)
 
         optimizer = build_optimizer(
             student.parameters(), learning_rate=cfg.learning_rate,

@@ -122,6 +122,9 @@ class RGLCDConfig(LCDConfig):
                                      "first on the fresh candidates, the others on triples drawn "
                                      "from the replay buffer (or the fresh ones again without "
                                      "one); 1 is the paper", OURS)
+    proxy_update_every: int = _f(1, "Judge candidates and update the proxy after every N-th "
+                                 "student step only (1: every step, the paper); the expert's "
+                                 "decode and scoring are skipped in between", OURS)
     proxy_replay_size: int = _f(0, "Expert-judged candidate triples kept for the extra proxy "
                                 "updates (0: no buffer, the paper)", OURS)
     expert_logit_scale: Optional[float] = _f(None, "Score-to-logit multiplier of an expert RM "
@@ -155,7 +158,7 @@ class RGLCDConfig(LCDConfig):
                    "vae_decode_batch_size", "expert_logit_scale", "report"),
         "Latent proxy RM (LRM)": (
             "proxy", "proxy_params", "pretrained_proxy", "proxy_lr", "proxy_loss_type",
-            "smooth_gt_label", "proxy_warmup_steps", "proxy_updates_per_step",
+            "smooth_gt_label", "proxy_warmup_steps", "proxy_updates_per_step", "proxy_update_every",
             "proxy_replay_size", "proxy_rehearsal_set", "proxy_rehearsal_batch_size",
             "proxy_rehearsal_weight"),
         "LRM held-out evidence": ("proxy_eval_shards_path_or_url", "proxy_eval_num_prompts",
@@ -197,7 +200,8 @@ class RGLCDConfig(LCDConfig):
                                   "disabled?); drop report")
         if self.reward_scale < 0:
             raise ConfigError(f"reward_scale must not be negative, got {self.reward_scale}")
-        for key in ("proxy_batch_size", "vae_decode_batch_size", "proxy_lr", "proxy_updates_per_step"):
+        for key in ("proxy_batch_size", "vae_decode_batch_size", "proxy_lr", "proxy_updates_per_step",
+                    "proxy_update_every"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
         if self.proxy_rehearsal_set is not None:
@@ -408,6 +412,8 @@ class RGLCDRecipe(LCDRecipe):
             return {"expert_reward": step.extras["expert_reward"]}
         assert self.proxy_updater is not None and self.reward_model is not None
         cfg = self.config
+        if step.global_step % cfg.proxy_update_every:
+            return {"lrm_reward": step.extras["lrm_reward"]}  # no judging on this step
         chosen = sample_candidates(step.student_x0, step.target_x0, step.latents,
                                    self.backbone.proxy_text(step.cond), step.captions,
                                    min(cfg.proxy_batch_size, step.student_x0.shape[0]),

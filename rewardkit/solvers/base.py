@@ -51,8 +51,12 @@ class ConsistencySolver(ABC):
         return torch.randint(0, self.num_ddim_timesteps, (batch,), generator=generator).to(device)
 
     def start_timesteps(self, index: torch.Tensor) -> torch.Tensor:
-        """``t_{n+k}`` for grid indices ``index``."""
-        return self.timesteps.to(index.device)[index]
+        """``t_{n+k}`` for grid indices ``index`` (the grid is copied to a device once)."""
+        cache = self.__dict__.setdefault("_grid_on_device", {})
+        grid = cache.get(index.device)
+        if grid is None or grid.shape != self.timesteps.shape:
+            grid = cache[index.device] = self.timesteps.to(index.device)
+        return grid[index]
 
     def end_timesteps(self, index: torch.Tensor) -> torch.Tensor:
         """``t_n = max(t_{n+k} - k, 0)``."""
