@@ -9,7 +9,8 @@ anything of that step is saved::
 
     with deferred() as checks:
         loss = ...                                   # RMs call require(...) inside
-        require((~torch.isfinite(loss)).sum(), lambda n: "loss is not finite", TrainingError)
+        require(nonfinite_count(loss), lambda n, values: f"loss is not finite ({n} values)",
+                TrainingError)
         ...                                          # backward, optimiser step
         values = checks.read({"loss": loss})         # the one host sync; raises on NaN
 """
@@ -39,11 +40,13 @@ class DeferredChecks:
         self.failures.append((message, error))
 
     def read(self, metrics: Mapping[str, torch.Tensor | float],
-             reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+             reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             processes: int = 1) -> dict[str, float]:
         """Read ``metrics`` (0-d tensors or numbers) and every recorded count in ONE transfer.
 
-        ``reduce`` (e.g. a mean over processes) is applied to the stacked values before they are
-        read, so a NaN on any process stops every process. Raises the first failed check's
+        ``reduce`` (a mean over ``processes`` processes) is applied to the stacked values before
+        they are read, so a NaN on any process stops every process; the counts in the messages
+        are the totals over processes. Raises the first failed check's
         error (its message sees the count and the metrics); returns the metrics as floats.
         """
         names = list(metrics)
@@ -62,7 +65,7 @@ class DeferredChecks:
         out = dict(zip(names, read[:len(names)]))
         for count, (message, error) in zip(read[len(names):], self.failures):
             if count != 0:
-                raise error(message(int(round(count)) or 1, out))
+                raise error(message(int(round(count * processes)) or 1, out))
         self.counts.clear()
         self.failures.clear()
         return out

@@ -103,7 +103,7 @@ def test_demo_page_in_a_headless_browser(student, tmp_path):
                 time.sleep(0.5)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                                 args=["--no-sandbox"])
+                                                 args=["--no-sandbox", "--disable-dev-shm-usage"])
             page = browser.new_page(viewport={"width": 1100, "height": 760})
             page.goto(url)
             prompt = page.locator("#prompt textarea")

@@ -292,6 +292,25 @@ def test_a_training_checkpoint_is_evaluated_as_the_pipeline_it_holds(models, tmp
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
     assert rows[0]["model"] == "run-checkpoint-2" and rows[0]["location"] == str(exported)
+    assert not exported.with_name(exported.name + ".partial").exists()
+
+    # a checkpoint of a DDP-wrapped student (keys "module.*") exports to the same weights
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from rewardkit.evaluation.models import export_checkpoint
+
+    ddp = tmp_path / "ddp"
+    shutil.copytree(run / "checkpoint-2", ddp / "checkpoint-2")
+    shutil.copy(run / "config.json", ddp / "config.json")
+    state = load_file(str(ddp / "checkpoint-2" / "model.safetensors"))
+    save_file({f"module.{k}": v for k, v in state.items()},
+              str(ddp / "checkpoint-2" / "model.safetensors"))
+    again = export_checkpoint(ddp / "checkpoint-2", tmp_path / "ddp-export")
+    c = load_file(str(again / "unet" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(run / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(c[k], b[k]) for k in b)
     (tmp_path / "broken" / "checkpoint-1").mkdir(parents=True)
     (tmp_path / "broken" / "config.json").write_text("{")
     result = CliRunner().invoke(build_app(), ["eval", str(tmp_path / "broken" / "checkpoint-1"),

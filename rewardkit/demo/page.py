@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, RewardkitError
 from .session import MAX_STEPS, DemoSession
 
 
@@ -43,9 +43,9 @@ def build_page(session: DemoSession, title: str = "rewardkit demo") -> Any:
 
     def generate(prompt: str, steps: float, guidance: float, seed: float, teacher_steps: float):
         try:
-            result = session.generate(prompt, int(steps), float(guidance), int(seed),
+            result = session.generate(prompt, int(steps), float(guidance), int(seed or 0),
                                       int(teacher_steps))
-        except ConfigError as exc:
+        except RewardkitError as exc:  # a bad value, or an RM that failed (NaN): shown on the page
             raise gr.Error(str(exc)) from None
         student = result.student
         outputs = [_display(student.image), student.caption("student")]

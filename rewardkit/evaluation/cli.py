@@ -99,7 +99,7 @@ def eval_command(
     teacher (win rates with bootstrap intervals); writes results.json, report.md and grids."""
     from rich.console import Console
 
-    from .models import export_checkpoint, is_checkpoint
+    from .models import export_on_main, is_checkpoint
     from .prompt_sets import load_prompt_set
     from .runner import Evaluation, ModelSpec
 
@@ -112,8 +112,8 @@ def eval_command(
         if is_checkpoint(location):  # a training checkpoint: written out as a pipeline first
             path = Path(location)
             label = model_label(f"{path.parent.name}-{path.name}", taken)
-            location = str(export_checkpoint(path, output / "models" / label,
-                                             device="cpu" if device == "auto" else device))
+            location = str(export_on_main(path, output / "models" / label,
+                                          device="cpu" if device == "auto" else device))
         else:
             label = model_label(location, taken)
         specs.append(ModelSpec(label, location, "student", parse_steps(steps, "--steps"), guidance))

@@ -80,7 +80,7 @@ def frechet_distance(features: nn.Module, generated: torch.Tensor, reference: to
         return float(metric.compute())
 
 
-def inception_state(weights: str | None) -> dict[str, torch.Tensor]:
+def inception_state(weights: str | None, metric: str = "fid") -> dict[str, torch.Tensor]:
     """The FID Inception weights as tensors, read without running pickled code: a local
     ``.pth`` / ``.safetensors`` file, or (``None``) torch-fidelity's published file through the
     torch hub cache, both loaded with ``weights_only=True``."""
@@ -92,13 +92,18 @@ def inception_state(weights: str | None) -> dict[str, torch.Tensor]:
 
         try:
             return load_state_dict_from_url(URL_INCEPTION_V3, map_location="cpu", weights_only=True)
-        except Exception as exc:  # offline: one sentence, what to do
-            raise ConfigError(f"could not download the FID Inception weights ({type(exc).__name__}"
-                              f"); download {URL_INCEPTION_V3} and pass it with "
-                              "--metric-param fid.weights=PATH") from None
+        except (OSError, ConnectionError) as exc:  # offline (URLError is an OSError)
+            raise ConfigError(f"metric '{metric}': could not download the FID Inception weights "
+                              f"({type(exc).__name__}); download {URL_INCEPTION_V3} and pass it "
+                              f"with --metric-param {metric}.weights=PATH") from None
+        except Exception as exc:  # a corrupt cached file, refused by the weights-only reader
+            raise ConfigError(f"metric '{metric}': the cached FID Inception weights from "
+                              f"{URL_INCEPTION_V3} were not loaded ({type(exc).__name__}: {exc}); "
+                              "delete the file from the torch hub cache (torch.hub.get_dir()) "
+                              "to download it again") from None
     path = Path(weights)
     if not path.is_file():
-        raise ConfigError(f"FID Inception weights {path} do not exist; pass the "
+        raise ConfigError(f"metric '{metric}': FID Inception weights {path} do not exist; pass the "
                           "weights-inception-2015-12-05 .pth file torch-fidelity publishes")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -106,11 +111,11 @@ def inception_state(weights: str | None) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     state = load_legacy_torch_file(path)  # weights_only: a pickle that runs code is refused
     if not isinstance(state, dict):
-        raise ConfigError(f"FID Inception weights {path} hold no state dict")
+        raise ConfigError(f"metric '{metric}': FID Inception weights {path} hold no state dict")
     return state
 
 
-def _inception(weights: str | None, feature: int = 2048) -> nn.Module:
+def _inception(weights: str | None, feature: int = 2048, metric: str = "fid") -> nn.Module:
     """torchmetrics' FID Inception (torch-fidelity's network) with :func:`inception_state`.
 
     torch-fidelity reads a local weights file with ``torch.load(weights_only=False)``, which
@@ -121,15 +126,17 @@ def _inception(weights: str | None, feature: int = 2048) -> nn.Module:
         import torch_fidelity.feature_extractor_inceptionv3 as fidelity
         from torchmetrics.image.fid import NoTrainInceptionV3
     except ImportError:
-        raise ConfigError("metric 'fid'/'kid' needs torch-fidelity for the standard Inception "
+        raise ConfigError(f"metric '{metric}' needs torch-fidelity for the standard Inception "
                           "network: pip install 'rewardkit[fid]'") from None
-    state = inception_state(weights)
+    state = inception_state(weights, metric)
     original = fidelity.load_state_dict_from_url
     fidelity.load_state_dict_from_url = lambda *args, **kwargs: state
     try:
         return NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(feature)])
     except RuntimeError as exc:  # wrong or partial state dict
-        raise ConfigError(f"FID Inception weights {weights} do not fit the network ({exc})") from None
+        where = weights or fidelity.URL_INCEPTION_V3
+        raise ConfigError(f"metric '{metric}': the Inception weights {where} do not fit the "
+                          f"network ({str(exc)[:200]})") from None
     finally:
         fidelity.load_state_dict_from_url = original
 
@@ -155,7 +162,7 @@ class FID(DistributionMetric):
     def network(self) -> nn.Module:
         """The Inception network (built on first use)."""
         if self._net is None:
-            self._net = _inception(self.weights, self.feature)
+            self._net = _inception(self.weights, self.feature, self.name)
         return self._net
 
     def compute(self, generated: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
@@ -187,7 +194,7 @@ class KID(DistributionMetric):
 
         _check(generated, reference, self.name)
         if self._net is None:
-            self._net = _inception(self.weights)
+            self._net = _inception(self.weights, metric=self.name)
         size = min(self.subset_size, len(generated), len(reference))
         metric = KernelInceptionDistance(feature=self._net, subsets=self.subsets,
                                          subset_size=size)

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 from ..errors import ConfigError
+
+#: Written last into an exported folder: which checkpoint it holds (a reuse check).
+EXPORTED_FROM = "exported_from.json"
 
 
 def is_checkpoint(location: str | Path) -> bool:
@@ -29,8 +33,10 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, device: str = 
     from ..recipes.lcd_config import LCDConfig
 
     checkpoint, output = Path(checkpoint), Path(output)
-    if (output / "model_index.json").is_file():
-        return output
+    marker = output / EXPORTED_FROM
+    source = str(checkpoint.resolve())
+    if marker.is_file() and json.loads(marker.read_text()).get("checkpoint") == source:
+        return output  # exported completely from this very checkpoint before
     try:
         run_config = json.loads((checkpoint.parent / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -40,4 +46,21 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, device: str = 
     values = {k: v for k, v in run_config.items() if k in fields}
     values.update(output_dir=str(output.parent), report_to="none")
     recipe = LCDRecipe(LCDConfig(**values))
-    return recipe.export_pipeline(checkpoint, output, device=device)
+    partial = output.with_name(output.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    recipe.export_pipeline(checkpoint, partial, device=device)
+    (partial / EXPORTED_FROM).write_text(json.dumps({"checkpoint": source}))
+    shutil.rmtree(output, ignore_errors=True)  # an older or unfinished export
+    partial.rename(output)  # complete or absent: a crash leaves only the .partial folder
+    return output
+
+
+def export_on_main(checkpoint: str | Path, output: str | Path, device: str = "cpu") -> Path:
+    """:func:`export_checkpoint` on the main process; the others wait for it."""
+    from .runner import process_state
+
+    state = process_state()
+    if state.is_main_process:
+        export_checkpoint(checkpoint, output, device)
+    state.wait_for_everyone()
+    return Path(output)

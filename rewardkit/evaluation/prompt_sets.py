@@ -109,6 +109,14 @@ def read_prompt_set(path: str | Path, name: str | None = None) -> PromptSet:
                 categories.append(_category_of(row))
         elif suffix == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict):
+                bad = [k for k, v in data.items() if not isinstance(v, list)]
+                if bad:
+                    raise ConfigError(f"{path}: category '{bad[0]}' maps to "
+                                      f"{type(data[bad[0]]).__name__}, not a list of prompts")
+            elif not isinstance(data, list):
+                raise ConfigError(f"{path} holds a {type(data).__name__}; expected a list of "
+                                  "prompts or {category: [prompts]}")
             items = ([(category, p) for category, values in data.items() for p in values]
                      if isinstance(data, dict) else [("", item) for item in data])
             for index, (category, item) in enumerate(items):

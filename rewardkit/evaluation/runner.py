@@ -236,7 +236,7 @@ class Evaluation:
                     (folder / f"{index:05d}.png").unlink(missing_ok=True)
                 (folder / f"timing-{state.process_index}.json").unlink(missing_ok=True)
                 if state.is_main_process:  # left by an earlier run with more processes
-                    for stale in folder.glob("timing-*.json"):
+                    for stale in folder.glob("timing-[0-9]*.json"):
                         if int(stale.stem.split("-")[1]) >= state.num_processes:
                             stale.unlink(missing_ok=True)
             todo_per_steps[steps] = [i for i in mine if not _readable(folder / f"{i:05d}.png")]
@@ -251,7 +251,13 @@ class Evaluation:
             # one untimed batch first: the first call pays for allocation and kernel selection
             run_pipeline(pipe, [prompts[todo[0]]], steps, model.guidance_scale,
                          seeds=[self.seed + todo[0]])
-            seconds, calls, timed = 0.0, 0, 0
+            record = folder / f"timing-{state.process_index}.json"
+            earlier = json.loads(record.read_text()) if record.is_file() else {}  # --resume
+            if earlier and (earlier.get("batch_size"), earlier.get("dtype")) != (
+                    self.batch_size, self.dtype):
+                earlier = {}  # timed another way: these images' times replace it
+            passes = 2 if getattr(pipe, "do_classifier_free_guidance", False) else 1
+            seconds, calls, timed, batches = 0.0, 0, 0, 0
             for start in range(0, len(todo), self.batch_size):
                 chunk = todo[start:start + self.batch_size]
                 result = run_pipeline(pipe, [prompts[i] for i in chunk], steps,
@@ -262,23 +268,23 @@ class Evaluation:
                 seconds += result.seconds
                 calls += result.unet_evaluations
                 timed += len(chunk)
+                batches += 1
+                # written after every chunk: a crash keeps the times of the images it saved
+                record.write_text(json.dumps({
+                    "images": min(timed + earlier.get("images", 0), len(mine)),
+                    "seconds": seconds + earlier.get("seconds", 0.0) * (  # the kept ones' share
+                        min(earlier.get("images", 0), len(mine) - timed)
+                        / max(earlier.get("images", 0), 1)),
+                    "batch_size": self.batch_size, "unet_calls_per_batch": calls / batches,
+                    "cfg_passes": passes, "device": str(pipe.device), "dtype": self.dtype}))
                 if progress is not None:
                     progress(len(chunk))
-            batches = math.ceil(timed / self.batch_size)
-            passes = 2 if getattr(pipe, "do_classifier_free_guidance", False) else 1
-            record = folder / f"timing-{state.process_index}.json"
-            earlier = json.loads(record.read_text()) if record.is_file() else {}  # --resume
-            record.write_text(json.dumps({
-                "images": timed + earlier.get("images", 0),
-                "seconds": seconds + earlier.get("seconds", 0.0), "batch_size": self.batch_size,
-                "unet_calls_per_batch": calls / max(batches, 1), "cfg_passes": passes,
-                "device": str(pipe.device), "dtype": self.dtype}))
         del pipe
 
     def timing(self, model: ModelSpec, steps: int) -> dict[str, Any]:
         """ms/image and UNet evaluations/image of the images sampled (by any process, any run)."""
         folder = self.folder(model, steps)
-        records = [json.loads(p.read_text()) for p in sorted(folder.glob("timing-*.json"))]
+        records = [json.loads(p.read_text()) for p in sorted(folder.glob("timing-[0-9]*.json"))]
         images = sum(r["images"] for r in records)
         seconds = sum(r["seconds"] for r in records)
         calls = records[0]["unet_calls_per_batch"] if records else float("nan")

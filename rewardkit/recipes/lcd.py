@@ -333,7 +333,8 @@ class LCDRecipe(Recipe):
                 self.ema.update(cfg.ema_decay)
             step.global_step = step_number
             metrics: dict[str, Any] = {**totals, **self.after_optimizer_step(step)}
-            metrics = checks.read(metrics, reduce=self._reduce)
+            metrics = checks.read(metrics, reduce=self._reduce,
+                                  processes=self.accelerator.num_processes)
         metrics["lr"] = float(self.lr_scheduler.get_last_lr()[0])
         return metrics
 
@@ -459,8 +460,13 @@ class LCDRecipe(Recipe):
         backbone = self.build_backbone(torch.device(device), torch.float32)
         backbone.configure(resolution=self.config.resolution)
         student = self.build_student(backbone)
+        from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+
+        state = load_tensor_file(weights)
+        for prefix in ("module.", "_orig_mod."):  # saved from a DDP- or compile-wrapped student
+            consume_prefix_in_state_dict_if_present(state, prefix)
         try:
-            student.load_state_dict(load_tensor_file(weights))
+            student.load_state_dict(state)
             target = None
             if not self.config.use_lora and (checkpoint / TARGET_WEIGHTS).is_file():
                 target = copy.deepcopy(student)

@@ -123,8 +123,9 @@ class RGLCDConfig(LCDConfig):
                                      "from the replay buffer (or the fresh ones again without "
                                      "one); 1 is the paper", OURS)
     proxy_update_every: int = _f(1, "Judge candidates and update the proxy after every N-th "
-                                 "student step only (1: every step, the paper); the expert's "
-                                 "decode and scoring are skipped in between", OURS)
+                                 "student step only, warm-up steps included (1: every step, the "
+                                 "paper); the expert's decode and scoring are skipped in "
+                                 "between, and so are the proxy metrics", OURS)
     proxy_replay_size: int = _f(0, "Expert-judged candidate triples kept for the extra proxy "
                                 "updates (0: no buffer, the paper)", OURS)
     expert_logit_scale: Optional[float] = _f(None, "Score-to-logit multiplier of an expert RM "

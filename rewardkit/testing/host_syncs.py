@@ -1,8 +1,10 @@
 """Count the host synchronisations a piece of code forces.
 
-A host sync is any call that makes Python wait for a tensor's *value*: ``Tensor.item``,
-``tolist``, ``numpy``, and ``bool`` / ``float`` / ``int`` of a tensor (an ``if`` on a tensor, a
-``float(loss)``). On a GPU each one drains the stream; on the CPU they cost nothing, which is
+A host sync is a call that makes Python wait for a tensor's *value*. Counted: ``Tensor.item``,
+``tolist``, ``numpy``, and ``bool`` / ``float`` / ``int`` / ``__index__`` of a tensor (an ``if``
+on a tensor, a ``float(loss)``, a tensor indexing a list). Not counted: copies to the host
+(``.cpu()``) and ops whose output size depends on values (``nonzero``, boolean masks), which a
+step could also hide a sync in. On a GPU each one drains the stream; on the CPU they cost nothing, which is
 why they are counted rather than timed::
 
     with count_host_syncs() as syncs:
@@ -22,7 +24,7 @@ from typing import Iterator
 
 import torch
 
-_METHODS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__")
+_METHODS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..evaluation.metrics import DistributionMetric, FeatureModule, frechet_distance
+from ..evaluation.metrics import DistributionMetric, FeatureModule, _check, frechet_distance
 from ..evaluation.prompt_sets import PromptSet
 
 
@@ -63,4 +63,5 @@ class WorldFrechet(DistributionMetric):
 
     def compute(self, generated: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
         """``{"world-fd": value}``."""
+        _check(generated, reference, self.name)
         return {self.name: frechet_distance(self.network, generated, reference)}

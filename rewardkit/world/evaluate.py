@@ -187,13 +187,14 @@ class WorldEvaluator:
         pixels = images.detach().float().clamp(0, 1).cpu()
         verdicts = [judge(image.numpy(), prompt) for image, prompt in zip(pixels, prompts)]
         judged = np.array([v.score for v in verdicts])
+        terms = {name: float(np.mean([v.terms[name] for v in verdicts])) for name in WEIGHTS}
         spread = float(judged.std(ddof=1) / np.sqrt(len(judged))) if len(judged) > 1 else 0.0
         proxy = self.proxy.score(pixels.to(self.device), prompts).float().cpu()
         side = int(pixels.shape[-1])
         return {
             "judge_reward": float(judged.mean()),
             "judge_reward_se": spread,
-            "judge_terms": judge_terms(pixels, prompts),
+            "judge_terms": terms,
             "proxy_reward": float(proxy.mean()),
             "frechet_distance": self.frechet.compute(pixels, self.real_images(side))["world-fd"],
         }
