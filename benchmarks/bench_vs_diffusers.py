@@ -10,7 +10,7 @@ reward term to it (decode ``f_theta``, score it with the RM, ``loss -= beta * me
 rewardkit runs its own recipe as a user would: pre-encoded latents (``rewardkit data encode``)
 and, with ``--dtype bf16``, mixed precision (frozen teacher, VAE and text encoder in bf16, the
 student's fp32 master weights under autocast). The two steps alternate, one each per round, so
-both see the same machine load. Printed: s/step, images/s, peak memory, the ratio, and a profile
+both see the same machine load. Printed: s/step (median over rounds), images/s, peak memory, the ratio, and a profile
 of rewardkit's step: UNet forwards (hooks on the three UNets), the backward pass (all of it:
 the student UNet's, plus the VAE decoder's and the RM's in rg-lcd), the decode + RM forward
 (rg-lcd), and what is left ("other": text encoder, solver arithmetic, EMA, optimiser, clipping,
@@ -33,6 +33,7 @@ import copy
 import itertools
 import json
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -370,11 +371,13 @@ def main() -> None:
             unet_forward.append(spent["forward"])
             backward.append(backward_seconds[0])
             reward_forward.append(reward_seconds[0])
-        ours, theirs = (sum(times[n]) / len(times[n]) for n in ("rewardkit", "diffusers"))
+        # medians: a shared machine's load spikes hit single rounds
+        ours, theirs = (statistics.median(times[n]) for n in ("rewardkit", "diffusers"))
         profiled_step = sum(profiled) / len(profiled)
         step_unet = (sum(unet_forward) + sum(backward)) / len(profiled)
         step_reward = sum(reward_forward) / len(profiled)
         result.update({
+            "rounds_rewardkit_s": times["rewardkit"], "rounds_diffusers_s": times["diffusers"],
             "rewardkit_s_per_step": ours, "diffusers_s_per_step": theirs,
             "ratio_rewardkit_over_diffusers": ours / theirs,
             "rewardkit_images_per_s": args.batch / ours, "diffusers_images_per_s": args.batch / theirs,
