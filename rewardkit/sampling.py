@@ -55,6 +55,15 @@ class SampleResult:
                 f"call(s), {self.ms_per_image:.1f} ms/image")
 
 
+def pil_to_tensor(images: Sequence[Any]) -> torch.Tensor:
+    """``[N, 3, H, W]`` float tensor in [0, 1] from PIL images (or HWC uint8 arrays)."""
+    import numpy as np
+
+    arrays = [np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+              for image in images]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+
+
 def resolve_device(device: str | None) -> torch.device:
     """``"auto"``/``None`` -> CUDA when available, else CPU; anything else as given."""
     if device in (None, "", "auto"):

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from ..errors import ConfigError
@@ -74,11 +73,11 @@ class DemoSession:
             self.reward_models[name] = api.reward_model(name)
 
     def _sample(self, pipe: Any, prompt: str, steps: int, guidance: float, seed: int) -> Sample:
-        from ..sampling import run_pipeline
+        from ..sampling import pil_to_tensor, run_pipeline
 
         result = run_pipeline(pipe, [prompt], steps, guidance, seeds=[seed], batch_size=1)
         image = result.images[0]
-        pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None].float() / 255
+        pixels = pil_to_tensor([image])
         scores = {}
         with torch.no_grad():
             for name, model in self.reward_models.items():

@@ -14,7 +14,6 @@ import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..errors import ConfigError
@@ -214,16 +213,17 @@ def load_images(paths: list[Path], side: int) -> torch.Tensor:
     """``[N, 3, side, side]`` in [0, 1]: each image centre-cropped to a square, then resized."""
     from PIL import Image
 
-    arrays = []
+    from ..sampling import pil_to_tensor
+
+    squares = []
     for path in paths:
         with Image.open(path) as image:
             image = image.convert("RGB")
             short = min(image.size)
             left, top = (image.width - short) // 2, (image.height - short) // 2
-            image = image.crop((left, top, left + short, top + short)).resize(
-                (side, side), Image.BICUBIC)
-            arrays.append(np.asarray(image))
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+            squares.append(image.crop((left, top, left + short, top + short)).resize(
+                (side, side), Image.BICUBIC))
+    return pil_to_tensor(squares)
 
 
 BUILTIN_PROMPT_SETS: tuple[Any, ...] = (HPSv2Benchmark, PartiPrompts, DrawBench, COCOCaptions)

@@ -78,16 +78,18 @@ def load_png_folder(folder: Path, count: int) -> torch.Tensor:
     """``[count, 3, H, W]`` in [0, 1] from ``folder/00000.png`` ... (the saved samples)."""
     from PIL import Image
 
-    arrays = []
+    from ..sampling import pil_to_tensor
+
+    images = []
     for index in range(count):
         path = folder / f"{index:05d}.png"
         try:
             with Image.open(path) as image:
-                arrays.append(np.asarray(image.convert("RGB")))
+                images.append(image.convert("RGB"))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"sample {path} cannot be read ({exc}); delete it and rerun with "
                               "--resume to sample it again") from None
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+    return pil_to_tensor(images)
 
 
 def _readable(path: Path) -> bool:

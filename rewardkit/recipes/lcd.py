@@ -435,16 +435,22 @@ class LCDRecipe(Recipe):
         with the EMA target UNet in ``pipeline/unet_target`` (full fine-tuning only)."""
         path = self.output_dir / "pipeline"
         if self.accelerator.is_main_process:
-            import inspect
-
-            takes = inspect.signature(self.backbone.save_pipeline).parameters
-            extra = ({"target": self.target} if "target" in takes or any(
-                p.kind is p.VAR_KEYWORD for p in takes.values()) else {})
-            self.backbone.save_pipeline(
-                self.unwrapped_student, path, original_inference_steps=self.config.num_ddim_timesteps,
-                timestep_scaling=self.config.timestep_scaling_factor, **extra)
+            self._save_pipeline(self.backbone, self.unwrapped_student, self.target, path)
         self.accelerator.wait_for_everyone()
         return path
+
+    def _save_pipeline(self, backbone: Any, student: nn.Module, target: nn.Module | None,
+                       path: Path) -> Path:
+        """``backbone.save_pipeline`` of ``student``, with the EMA ``target`` for a backbone
+        that takes one (a third-party backbone may not)."""
+        import inspect
+
+        takes = inspect.signature(backbone.save_pipeline).parameters
+        extra = ({"target": target} if "target" in takes or any(
+            p.kind is p.VAR_KEYWORD for p in takes.values()) else {})
+        return backbone.save_pipeline(student, path,
+                                      original_inference_steps=self.config.num_ddim_timesteps,
+                                      timestep_scaling=self.config.timestep_scaling_factor, **extra)
 
     def export_pipeline(self, checkpoint: str | Path, output: str | Path,
                         device: str = "cpu") -> Path:
@@ -474,14 +480,7 @@ class LCDRecipe(Recipe):
         except RuntimeError as exc:
             raise ConfigError(f"checkpoint {checkpoint}: its weights do not fit the student of "
                               f"{checkpoint.parent / 'config.json'} ({str(exc)[:200]})") from None
-        import inspect
-
-        takes = inspect.signature(backbone.save_pipeline).parameters
-        extra = ({"target": target} if target is not None and ("target" in takes or any(
-            p.kind is p.VAR_KEYWORD for p in takes.values())) else {})
-        return backbone.save_pipeline(student, output,
-                                      original_inference_steps=self.config.num_ddim_timesteps,
-                                      timestep_scaling=self.config.timestep_scaling_factor, **extra)
+        return self._save_pipeline(backbone, student, target, output)
 
     def run(self, progress: bool = True) -> Path:
         """Train to ``max_train_steps`` (resuming if asked), save the pipeline; return ``output_dir``."""

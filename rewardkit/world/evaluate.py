@@ -46,6 +46,7 @@ import torch
 
 from ..errors import ConfigError
 from ..evaluation.prompt_sets import PromptSet
+from ..sampling import pil_to_tensor  # noqa: F401  (part of this module's interface)
 from .assets import FEATURES, PROXY, asset_path
 from .grammar import parse_caption
 from .judge import WEIGHTS, judge
@@ -86,13 +87,6 @@ class EvalRow:
         data = asdict(self)
         data.pop("images")
         return data
-
-
-def pil_to_tensor(images: Sequence[Any]) -> torch.Tensor:
-    """``[N, 3, H, W]`` float tensor in [0, 1] from PIL images (or HWC uint8 arrays)."""
-    arrays = [np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
-              for image in images]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
 
 
 def evaluation_prompts(num_images: int = DEFAULT_NUM_IMAGES, split: str = "test", seed: int = 0) -> list[str]:
@@ -187,7 +181,7 @@ class WorldEvaluator:
         pixels = images.detach().float().clamp(0, 1).cpu()
         verdicts = [judge(image.numpy(), prompt) for image, prompt in zip(pixels, prompts)]
         judged = np.array([v.score for v in verdicts])
-        terms = {name: float(np.mean([v.terms[name] for v in verdicts])) for name in WEIGHTS}
+        terms = mean_terms(verdicts)
         spread = float(judged.std(ddof=1) / np.sqrt(len(judged))) if len(judged) > 1 else 0.0
         proxy = self.proxy.score(pixels.to(self.device), prompts).float().cpu()
         side = int(pixels.shape[-1])
@@ -247,7 +241,11 @@ class WorldEvaluator:
 def judge_terms(images: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:
     """The mean of each judge term over ``[N, 3, H, W]`` images in [0, 1]."""
     pixels = images.detach().float().clamp(0, 1).cpu().numpy()
-    verdicts = [judge(image, prompt) for image, prompt in zip(pixels, prompts)]
+    return mean_terms([judge(image, prompt) for image, prompt in zip(pixels, prompts)])
+
+
+def mean_terms(verdicts: Sequence[Any]) -> dict[str, float]:
+    """The mean of each judge term over the judge's verdicts."""
     return {name: float(np.mean([v.terms[name] for v in verdicts])) for name in WEIGHTS}
 
 
