@@ -227,7 +227,7 @@ def rewardkit_recipe(args, teacher, data, side, root, reward):
                   max_train_steps=10**6, learning_rate=1e-5, unet_time_cond_proj_dim=256,
                   mixed_precision="no" if args.dtype == "fp32" else args.dtype,
                   validation_steps=0, checkpointing_steps=0, report_to="none", seed=0,
-                  ema_decay=EMA_DECAY)
+                  ema_decay=EMA_DECAY, compile=args.compile, compile_backend=args.compile_backend)
     if args.recipe == "rg-lcd":
         values.update(proxy="none", reward_scale=1.0, vae_decode_batch_size=args.batch)
         recipe = rk.recipe("rg-lcd", values, reward=reward)
@@ -292,6 +292,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--check", action="store_true", help="also compare the losses in fp32")
+    parser.add_argument("--compile", action="store_true",
+                        help="rewardkit's UNets under torch.compile (its `compile` key; the peer "
+                             "stays eager, as diffusers' script is); raise --warmup to cover compiling")
+    parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -302,6 +306,7 @@ def main() -> None:
         teacher, data, side = build(args, root)
         reward = tiny_reward(root) if args.recipe == "rg-lcd" else None
         result = {"recipe": args.recipe, "device": args.device, "dtype": args.dtype,
+                  "compile": args.compile and args.compile_backend,
                   "widths": args.widths, "latent": args.latent, "batch": args.batch,
                   "threads": args.threads}
         if args.check:

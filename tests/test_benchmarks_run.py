@@ -31,3 +31,24 @@ def test_bench_vs_diffusers_computes_the_peers_loss(tmp_path, recipe):
     assert result["loss_abs_difference_fp32"] < 1e-6  # the same algorithm, the same loss
     assert result["rewardkit_s_per_step"] > 0 and result["diffusers_s_per_step"] > 0
     assert 0.0 <= result["profile_non_unet_share"] <= 1.0
+
+
+def test_check_compile_finds_eagers_gradients_and_losses(tmp_path):
+    result = run("check_compile.py", "--backend", "aot_eager", "--steps", "2", "--threads", "1",
+                 out=tmp_path / "c.json")
+    assert result["gradients"]["parameters"] > 100
+    assert result["gradients"]["wrong_gradients"] == 0
+    assert result["gradients"]["max_relative_difference"] < 1e-5
+    assert result["training"]["max_relative_loss_difference"] < 1e-6
+    assert len(result["training"]["compiled"]["losses"]) == 2
+
+
+def test_lrm_losses_trains_every_variant(tmp_path):
+    shipped = ROOT / "rewardkit/world/assets/latent-rm/preference_set"
+    result = run("lrm_losses.py", "--heldout", str(shipped), "--steps", "3", "--batch", "16",
+                 "--seeds", "0", "1", "--threads", "1", out=tmp_path / "l.json")
+    assert set(result["runs"]) == {"bt", "soft", "regression", "ema", "noise", "all"}
+    for runs in result["runs"].values():
+        assert len(runs) == 2
+        for run_ in runs:
+            assert all(0.0 <= run_[k] <= 1.0 for k in ("all", "gen_vs_gt", "gt_vs_16_step_teacher"))

@@ -336,3 +336,52 @@ def test_channels_last_trains_the_same_student(assets, tmp_path):
                         if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
             assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert losses[True] == pytest.approx(losses[False], rel=1e-3)
+
+
+def test_compile_trains_the_same_student_and_keeps_checkpoint_names(assets, tmp_path):
+    """``compile`` (aot_eager: the graph capture and autograd of torch.compile without inductor's
+    code generation, so it runs in seconds on a CPU) gives eager's losses and weights."""
+    losses, states = {}, {}
+    for flag in (False, True):
+        out = tmp_path / str(flag)
+        recipe = LCDRecipe(config(assets, out, max_train_steps=2, checkpointing_steps=2,
+                                  compile=flag, compile_backend="aot_eager"))
+        recipe.run(progress=False)
+        losses[flag] = [r["lcd_loss"] for r in read_metrics(out / "metrics.jsonl")]
+        states[flag] = student_state(out, 2)
+        if flag:
+            assert all(u._compiled_call_impl is not None for u in
+                       (recipe.unwrapped_student, recipe.target, recipe.backbone.unet))
+    assert losses[True] == pytest.approx(losses[False], rel=1e-6, abs=1e-9)
+    assert states[True].keys() == states[False].keys()  # no _orig_mod. prefix
+    for name, tensor in states[False].items():
+        torch.testing.assert_close(states[True][name], tensor, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("values, culprit", [
+    ({"compile_backend": "nope"}, "compile_backend must be one of"),
+    ({"compile_mode": "fastest"}, "compile_mode must be one of"),
+    ({"compile_backend": "aot_eager", "compile_mode": "max-autotune"}, "compile_mode is an inductor option"),
+])
+def test_compile_keys_are_checked_before_loading(assets, tmp_path, values, culprit):
+    from rewardkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=culprit):
+        LCDRecipe(config(assets, tmp_path, compile=True, **values))
+
+
+def test_compile_turns_off_inductors_layout_optimisation_only_where_torch_2_13_breaks_it():
+    from rewardkit.training.compile import compile_options, layout_bug
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert layout_bug(cpu, "2.13.0+cpu") and not layout_bug(cpu, "2.14.1+cu130")
+    assert not layout_bug(cuda, "2.13.0")
+    options = compile_options("inductor", None, cpu)
+    if layout_bug(cpu):  # this torch
+        assert options == {"backend": "inductor", "options": {"layout_optimization": False}}
+        # a mode's own options travel with it (torch.compile takes mode or options, not both)
+        tuned = compile_options("inductor", "max-autotune-no-cudagraphs", cpu)["options"]
+        assert tuned["max_autotune"] is True and tuned["layout_optimization"] is False
+    assert compile_options("inductor", "reduce-overhead", cuda) == {
+        "backend": "inductor", "mode": "reduce-overhead"}
+    assert compile_options("aot_eager", None, cpu) == {"backend": "aot_eager", "mode": None}

@@ -43,6 +43,7 @@ from ..solvers.base import ConsistencySolver
 from ..training.checkpoint import (TARGET_WEIGHTS, check_resume_step, load_checkpoint,
                                    load_rank_state, restoring,
                                    resolve_resume, save_checkpoint, save_rank_state)
+from ..training.compile import compile_modules
 from ..training.errors import TrainingError, naming_out_of_memory
 from ..training.metrics import (TrainingProgress, log_validation_images, start_logging,
                                 write_run_config)
@@ -219,6 +220,9 @@ class LCDRecipe(Recipe):
             for unet in (student, self.target, backbone.unet):
                 if unet is not None:
                     unet.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            compile_modules((student, self.target, backbone.unet), cfg.compile_backend,
+                            cfg.compile_mode, acc.device)
 
         optimizer = build_optimizer(
             student.parameters(), learning_rate=cfg.learning_rate,

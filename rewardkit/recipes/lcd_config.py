@@ -19,6 +19,7 @@ from ..config import OURS, REF
 from ..config import config_field as _f
 from ..consistency import LOSS_TYPES
 from ..errors import ConfigError
+from ..training.compile import check_compile
 from ..training.config import (DEFAULT_VALIDATION_PROMPTS, LR_SCHEDULERS, MIXED_PRECISION,
                                REPORT_TO, _choice, check_component, check_resolution,
                                check_resume_keys, check_teacher_location)
@@ -66,6 +67,13 @@ class LCDConfig(RecipeConfig):
     gradient_checkpointing: bool = _f(False, "Recompute student activations in backward")
     channels_last: bool = _f(False, "Student, target and teacher UNets in channels-last memory "
                              "format (faster convolutions on GPUs with tensor cores)", OURS)
+    compile: bool = _f(False, "torch.compile the student, target and teacher UNets (the first "
+                       "steps compile; see docs/training.md for what was measured)", OURS)
+    compile_backend: str = _f("inductor", "torch.compile backend when compile is on (inductor, "
+                              "aot_eager, ...: torch._dynamo.list_backends())", OURS)
+    compile_mode: Optional[str] = _f(None, "torch.compile mode when compile is on (default, "
+                                     "reduce-overhead, max-autotune, max-autotune-no-cudagraphs)",
+                                     OURS)
     use_8bit_adam: bool = _f(False, "bitsandbytes AdamW8bit (when installed)")
     adam_beta1: float = _f(0.9, "AdamW beta1")
     adam_beta2: float = _f(0.999, "AdamW beta2")
@@ -133,7 +141,8 @@ class LCDConfig(RecipeConfig):
             "unet_time_cond_proj_dim", "loss_type", "huber_c", "ema_decay",
             "timestep_scaling_factor", "batched_teacher_call"),
         "LoRA": ("use_lora", "lora_rank", "lora_alpha", "lora_target_modules"),
-        "Precision and distribution": ("mixed_precision", "channels_last"),
+        "Precision and distribution": ("mixed_precision", "channels_last", "compile",
+                                       "compile_backend", "compile_mode"),
         "Checkpoints": ("checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint"),
         "Validation and logging": (
             "validation_steps", "validation_prompts", "validation_seeds",
@@ -199,6 +208,8 @@ class LCDConfig(RecipeConfig):
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         _choice("report_to", self.report_to, REPORT_TO)
+        if self.compile:
+            check_compile(self.compile_backend, self.compile_mode)
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise ConfigError(f"checkpoints_total_limit must be at least 1, got "
                               f"{self.checkpoints_total_limit}")
