@@ -56,7 +56,7 @@ def gradient_check(teacher: Path, backend: str, device: torch.device) -> dict:
     relative = {name: float((ours[name] - g).norm() / g.norm()) for name, g in reference.items()
                 if g.norm() > 1e-3}  # biases cancelled by a GroupNorm have ~0 gradient
     wrong = sorted(name for name, value in relative.items() if value > 0.5)
-    return {"compile_kwargs": {k: v for k, v in kwargs.items()}, "parameters": len(relative),
+    return {"compile_kwargs": kwargs, "parameters": len(relative),
             "wrong_gradients": len(wrong), "first_wrong": wrong[:3],
             "max_relative_difference": max(relative.values()),
             "seconds": round(time.perf_counter() - began, 1)}

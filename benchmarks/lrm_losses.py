@@ -44,20 +44,23 @@ VARIANTS = {
 DEFAULT_TRAIN = Path(__file__).resolve().parents[1] / "rewardkit/world/assets/latent-rm/preference_set"
 
 
-def pair_masks(pset, first, second):
-    kinds = pset.kinds
-    with_gt, hardest = [], []
-    for i, j in zip(first.tolist(), second.tolist()):
-        gt = "ground-truth" in (kinds[i], kinds[j])
-        with_gt.append(gt)
-        hardest.append(gt and any(kinds[k].startswith("teacher-ddim-16") for k in (i, j)))
+def pair_masks(pset, first, second, types):
+    """Boolean masks over the pairs: generated-vs-ground-truth, and the ground truth against a
+    16-step teacher sample (the hardest kind)."""
+    from rewardkit.proxies.preference_set import GEN_VS_GT
+
+    with_gt = [kind == GEN_VS_GT for kind in types]
+    hardest = [gt and any(pset.kinds[k].startswith("teacher-ddim-16") for k in (i, j))
+               for gt, i, j in zip(with_gt, first.tolist(), second.tolist())]
     return torch.tensor(with_gt), torch.tensor(hardest)
 
 
 def train_one(train, held, seed: int, steps: int, batch: int, soft: float = 0.0,
               regression: float = 0.0, ema: float = 0.0, noise: float = 0.0) -> dict:
+    from rewardkit.consistency import EMAUpdater
     from rewardkit.proxies.lrm import LatentRewardModel
     from rewardkit.proxies.preference_set import agreement, proxy_scores
+    from rewardkit.proxies.pretrain_losses import pairwise_logistic_loss
     from rewardkit.world.latent_rm import WORLD_LRM_PARAMS
 
     torch.manual_seed(seed)
@@ -65,6 +68,7 @@ def train_one(train, held, seed: int, steps: int, batch: int, soft: float = 0.0,
                               text_dim=train.prompt_embeds.shape[-1], **WORLD_LRM_PARAMS)
     model.unfreeze().train()
     averaged = copy.deepcopy(model) if ema else model
+    averager = EMAUpdater(averaged, model) if ema else None
     optimiser = torch.optim.AdamW(list(model.trainable_parameters()), lr=1e-3, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     first, second, _ = train.pairs()
@@ -78,20 +82,22 @@ def train_one(train, held, seed: int, steps: int, batch: int, soft: float = 0.0,
             latents = latents + noise * latent_std * torch.randn(latents.shape, generator=generator)
         scores = model(latents, train.prompt_embeds[train.prompt_index[both]]).float()
         expert_a, expert_b = train.expert[a].float(), train.expert[b].float()
-        logits = model.logit_scale_value() * (scores[:batch] - scores[batch:])
-        labels = torch.sigmoid((expert_a - expert_b) / soft) if soft else (expert_a > expert_b).float()
-        loss = F.binary_cross_entropy_with_logits(logits, labels)
+        if soft:  # near-ties count less
+            logits = model.logit_scale_value() * (scores[:batch] - scores[batch:])
+            loss = F.binary_cross_entropy_with_logits(logits, torch.sigmoid((expert_a - expert_b) / soft))
+        else:  # lrm-pretrain's preference loss
+            loss = pairwise_logistic_loss(scores[:batch], scores[batch:], expert_a, expert_b,
+                                          model.logit_scale_value())
         if regression:
             loss = loss + regression * F.mse_loss(scores, torch.cat([expert_a, expert_b]))
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        if ema:
+        if averager is not None:
             with torch.no_grad():
-                for slow, fast in zip(averaged.parameters(), model.parameters()):
-                    slow.lerp_(fast, 1 - ema)
-    held_first, held_second, _ = held.pairs()
-    with_gt, hardest = pair_masks(held, held_first, held_second)
+                averager.update(ema)
+    held_first, held_second, types = held.pairs()
+    with_gt, hardest = pair_masks(held, held_first, held_second, types)
     with torch.no_grad():
         hits = agreement(proxy_scores(averaged, held), held.expert.float(), held_first, held_second)
     return {"all": float(hits.mean()), "gen_vs_gt": float(hits[with_gt].mean()),
