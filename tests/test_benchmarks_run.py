@@ -52,3 +52,15 @@ def test_lrm_losses_trains_every_variant(tmp_path):
         assert len(runs) == 2
         for run_ in runs:
             assert all(0.0 <= run_[k] <= 1.0 for k in ("all", "gen_vs_gt", "gt_vs_16_step_teacher"))
+
+
+def test_lrm_ceiling_scores_latents_and_decoded_images(tmp_path):
+    shipped = ROOT / "rewardkit/world/assets/latent-rm/preference_set"
+    result = run("lrm_ceiling.py", "--heldout", str(shipped), "--prompts", "6", "--steps", "2",
+                 "--batch", "8", "--seeds", "0", "--threads", "1", out=tmp_path / "c.json")
+    rows = result["runs"]
+    assert len(rows) == 5 and all(len(runs) == 1 for runs in rows.values())
+    # the judge re-run on the decoded latents agrees with the scores the set stores
+    assert rows["judge on the decoded held-out images"][0]["all"] >= 0.95
+    for runs in rows.values():
+        assert all(0.0 <= runs[0][k] <= 1.0 for k in ("all", "gen_vs_gt", "gt_vs_16_step_teacher"))

@@ -1,0 +1,159 @@
+"""Is the LRM's held-out ceiling the latent input or the data? The same pairs, scored from pixels.
+
+The world LRM orders the ground truth above good teacher samples no better than the judge's
+base rate (``docs/lrm-online.md``). This benchmark asks whether a scorer that sees the decoded
+*images* does better when it learns from exactly the same expert-scored pairs. Both sets (the
+preference set the LRM trains on, and a run's held-out set) are decoded once with the world
+teacher's VAE; then, per seed:
+
+- ``latent BT``: the world LRM from a random init, Bradley-Terry on the latents (what
+  ``lrm-pretrain``'s preference stage does; ``lrm_losses.py``'s ``bt`` row);
+- ``pixel BT``: the world's pixel-space scorer (``WorldProxyNet``: a conv trunk on the image and
+  embeddings of the caption's attributes) from a random init, the same loss, steps, batch and
+  learning rate on the decoded images;
+- ``pixel BT from world-proxy``: the same, starting from the shipped ``world-proxy`` (trained by
+  ``rewardkit world build`` to regress the judge on 12,000 rendered and spoiled images).
+
+and, once: ``world-proxy`` as shipped (no training on the pairs), and the judge re-run on the
+decoded held-out images (1.0 unless decoding is not deterministic: a check of the set itself).
+
+If the pixel scorers stop where the LRM does, the ceiling is the data (the judge's near-ties do
+not generalise from these prompts), not the latent input.
+
+    python benchmarks/lrm_ceiling.py --heldout rg-lcd-world/proxy_heldout --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from lrm_losses import DEFAULT_TRAIN, pair_masks, train_one
+
+TEACHER = Path(__file__).resolve().parents[1] / "rewardkit/world/assets/teacher"
+
+
+@torch.no_grad()
+def decode(pset, batch: int = 256) -> torch.Tensor:
+    """Images ``[N, 3, H, W]`` in [0, 1] of a preference set's latents (the world teacher's VAE)."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(TEACHER, subfolder="vae").eval()
+    chunks = [vae.decode(pset.latents[i:i + batch] / vae.config.scaling_factor).sample
+              for i in range(0, len(pset), batch)]
+    return (torch.cat(chunks) / 2 + 0.5).clamp(0, 1)
+
+
+def accuracies(scores: torch.Tensor, pset) -> dict[str, float]:
+    """Agreement with the expert: all pairs, generated-vs-ground-truth, ground truth vs 16 steps."""
+    from rewardkit.proxies.preference_set import agreement
+
+    first, second, types = pset.pairs()
+    with_gt, hardest = pair_masks(pset, first, second, types)
+    hits = agreement(scores.float(), pset.expert.float(), first, second)
+    return {"all": float(hits.mean()), "gen_vs_gt": float(hits[with_gt].mean()),
+            "gt_vs_16_step_teacher": float(hits[hardest].mean())}
+
+
+def pixel_scores(net, images: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    net.eval()
+    with torch.no_grad():
+        return torch.cat([net(images[i:i + 512], codes[i:i + 512]) for i in range(0, len(images), 512)])
+
+
+def train_pixel(train, train_images, seed: int, steps: int, batch: int, init=None) -> torch.nn.Module:
+    """``WorldProxyNet`` trained with lrm-pretrain's Bradley-Terry loss on decoded images.
+
+    The net has no logit scale; its raw score difference is the logit, as the judge's own scores
+    are in [0, 1] and the net regresses them (scale 1 is what ``world-proxy`` was trained at).
+    """
+    from rewardkit.proxies.pretrain_losses import pairwise_logistic_loss
+    from rewardkit.world.nets import WorldProxyNet
+    from rewardkit.world.scene_codes import encode_captions
+
+    torch.manual_seed(seed)
+    net = WorldProxyNet()
+    if init is not None:
+        net.load_state_dict(init.state_dict())
+    net.train().requires_grad_(True)
+    # the scale that lrm-pretrain's LRM learns to (exp(logit_scale) ~ 14) over a [0, 1] score
+    scale = torch.tensor(14.0)
+    codes = encode_captions(train.captions)[train.prompt_index]
+    optimiser = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    first, second, _ = train.pairs()
+    for _ in range(steps):
+        rows = torch.randint(0, first.numel(), (batch,), generator=generator)
+        both = torch.cat([first[rows], second[rows]])
+        scores = net(train_images[both], codes[both])
+        loss = pairwise_logistic_loss(scores[:batch], scores[batch:], train.expert[first[rows]].float(),
+                                      train.expert[second[rows]].float(), scale)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return net
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", type=Path, default=DEFAULT_TRAIN)
+    parser.add_argument("--heldout", type=Path, required=True,
+                        help="a held-out preference set (a run's proxy_heldout/)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--prompts", type=int, default=0,
+                        help="use only the first N prompts of each set (0: all; for a quick check)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from rewardkit.proxies.preference_set import PreferenceSet
+    from rewardkit.world.assets import PROXY, asset_path, load_net
+    from rewardkit.world.nets import WorldProxyNet
+    from rewardkit.world.rewards import judge_scores
+    from rewardkit.world.scene_codes import encode_captions
+
+    train, held = PreferenceSet.load(args.train), PreferenceSet.load(args.heldout)
+    if args.prompts:
+        train, held = (s.subset(range(min(args.prompts, s.num_prompts))) for s in (train, held))
+    train_images, held_images = decode(train), decode(held)
+    held_codes = encode_captions(held.captions)[held.prompt_index]
+    held_captions = [held.captions[p] for p in held.prompt_index.tolist()]
+    shipped = load_net(WorldProxyNet, asset_path(PROXY))
+    print("| scorer | seeds | held-out all | gen vs gt | gt vs 16-step teacher |")
+    print("|---|---:|---:|---:|---:|")
+    rows: dict[str, list[dict]] = {}
+
+    def report(name: str, runs: list[dict]) -> None:
+        rows[name] = runs
+        cells = []
+        for key in ("all", "gen_vs_gt", "gt_vs_16_step_teacher"):
+            values = [r[key] for r in runs]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.3f} ± {spread:.3f}")
+        print(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |", flush=True)
+
+    report("judge on the decoded held-out images",
+           [accuracies(torch.from_numpy(judge_scores(held_images, held_captions)), held)])
+    report("world-proxy as shipped (no pair training)",
+           [accuracies(pixel_scores(shipped, held_images, held_codes), held)])
+    report("latent BT (the LRM)",
+           [train_one(train, held, seed, args.steps, args.batch) for seed in args.seeds])
+    report("pixel BT", [accuracies(pixel_scores(
+        train_pixel(train, train_images, seed, args.steps, args.batch), held_images, held_codes), held)
+        for seed in args.seeds])
+    report("pixel BT from world-proxy", [accuracies(pixel_scores(
+        train_pixel(train, train_images, seed, args.steps, args.batch, init=shipped),
+        held_images, held_codes), held) for seed in args.seeds])
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                         "runs": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
