@@ -6,6 +6,14 @@ the tiny offline teacher, one thread, fixed seeds; the fingerprint is every logg
 per trained tensor, its float64 sum and sum of squares (any changed bit changes them). The
 numbers are in ``tests/golden/sd_steps.json``; to regenerate them after an intended change run
 ``python tests/test_step_pinned.py`` and say why in the commit.
+
+Bit-for-bit results hold on one platform only: CPU kernels differ between instruction sets
+(AVX2 and AVX-512 give the same step-1 loss to 4e-6, not to the bit), and Adam turns those
+last-bit differences into +-lr moves of weights whose gradient is near zero. So the goldens are
+kept per platform (torch version, CPU capability, CPU vendor). On a platform that has its own
+golden the test is bit-exact; on one that has none it checks every logged metric against the
+stored platforms to a relative 1e-3 (an algorithmic change moves them by far more) and warns
+how to pin the new platform, since the weights' sums cannot be compared across platforms.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ import pytest
 import torch
 
 GOLDEN = Path(__file__).parent / "golden" / "sd_steps.json"
+#: Relative tolerance of the metrics on a platform without its own golden (observed: 2e-4).
+CROSS_PLATFORM_RTOL = 1e-3
 SMALL_LRM = dict(embed_dim=16, image_widths=[8, 16], text_width=16, text_heads=2)
 RUNS = {
     "lcd": ("lcd", {}),
@@ -81,6 +91,33 @@ def fingerprints(root: Path) -> dict:
     return out
 
 
+def platform_key() -> str:
+    """``torch version/CPU capability/CPU vendor``, the platform a golden holds bit for bit on."""
+    vendor = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                vendor = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{torch.__version__}/{torch.backends.cpu.get_cpu_capability()}/{vendor}"
+
+
+def golden_for(key: str, goldens: dict) -> dict | None:
+    """The golden of platform ``key`` (a stored ``?`` vendor matches any vendor)."""
+    if key in goldens:
+        return goldens[key]
+    version, capability, _ = key.split("/")
+    return goldens.get(f"{version}/{capability}/?")
+
+
+def metrics_close(got: list[dict], golden: list[dict], rtol: float) -> bool:
+    if len(got) != len(golden) or any(a.keys() != b.keys() for a, b in zip(got, golden)):
+        return False
+    return all(abs(a[k] - b[k]) <= rtol * abs(b[k]) for a, b in zip(got, golden) for k in b)
+
+
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
     threads = torch.get_num_threads()
@@ -92,8 +129,18 @@ def measured(tmp_path_factory):
 
 @pytest.mark.parametrize("label", list(RUNS))
 def test_sd_training_steps_are_bit_identical_to_the_pinned_ones(measured, label):
-    golden = json.loads(GOLDEN.read_text())[label]
+    goldens = json.loads(GOLDEN.read_text())
     got = measured[label]
+    golden = golden_for(platform_key(), goldens)
+    if golden is None:
+        close = [key for key, stored in goldens.items()
+                 if metrics_close(got["metrics"], stored[label]["metrics"], CROSS_PLATFORM_RTOL)]
+        assert close, (f"{label}: no stored platform's metrics within {CROSS_PLATFORM_RTOL} of "
+                       f"{got['metrics']}")
+        pytest.skip(f"no golden for platform {platform_key()}: metrics match {close[0]}'s to "
+                    f"{CROSS_PLATFORM_RTOL}; the bit-exact check needs `python "
+                    "tests/test_step_pinned.py` run once on this platform")
+    golden = golden[label]
     assert got["metrics"] == golden["metrics"]
     assert got["student"].keys() == golden["student"].keys()
     changed = [n for n in golden["student"] if got["student"][n] != golden["student"][n]]
@@ -104,6 +151,9 @@ def test_sd_training_steps_are_bit_identical_to_the_pinned_ones(measured, label)
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as folder:
         result = fingerprints(Path(folder))
+    # this platform's entry only: the others can only be re-pinned on their own machines
+    goldens = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
+    goldens[platform_key()] = result
     GOLDEN.parent.mkdir(exist_ok=True)
-    GOLDEN.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {GOLDEN}", file=sys.stderr)
+    GOLDEN.write_text(json.dumps(goldens, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {GOLDEN} for platform {platform_key()}", file=sys.stderr)
