@@ -5,15 +5,18 @@ Two optimiser steps of ``lcd`` (full and LoRA) and ``rg-lcd`` (direct and throug
 the tiny offline teacher, one thread, fixed seeds; the fingerprint is every logged metric and,
 per trained tensor, its float64 sum and sum of squares (any changed bit changes them). The
 numbers are in ``tests/golden/sd_steps.json``; to regenerate them after an intended change run
-``python tests/test_step_pinned.py`` and say why in the commit.
+``python tests/test_step_pinned.py`` (it keeps only this platform's entry: the others are stale
+then) and say why in the commit; ``python tests/test_step_pinned.py --add-platform`` pins one
+more platform from unchanged code and keeps the others.
 
 Bit-for-bit results hold on one platform only: CPU kernels differ between instruction sets
 (AVX2 and AVX-512 give the same step-1 loss to 4e-6, not to the bit), and Adam turns those
 last-bit differences into +-lr moves of weights whose gradient is near zero. So the goldens are
 kept per platform (torch version, CPU capability, CPU vendor). On a platform that has its own
 golden the test is bit-exact; on one that has none it checks every logged metric against the
-stored platforms to a relative 1e-3 (an algorithmic change moves them by far more) and warns
-how to pin the new platform, since the weights' sums cannot be compared across platforms.
+stored platforms to a relative 1e-3 (an algorithmic change moves them by far more), then skips
+with a message naming the command that pins the platform: the weights' sums cannot be compared
+across platforms.
 """
 
 from __future__ import annotations
@@ -139,7 +142,7 @@ def test_sd_training_steps_are_bit_identical_to_the_pinned_ones(measured, label)
                        f"{got['metrics']}")
         pytest.skip(f"no golden for platform {platform_key()}: metrics match {close[0]}'s to "
                     f"{CROSS_PLATFORM_RTOL}; the bit-exact check needs `python "
-                    "tests/test_step_pinned.py` run once on this platform")
+                    "tests/test_step_pinned.py --add-platform` run once on this platform")
     golden = golden[label]
     assert got["metrics"] == golden["metrics"]
     assert got["student"].keys() == golden["student"].keys()
@@ -151,8 +154,8 @@ def test_sd_training_steps_are_bit_identical_to_the_pinned_ones(measured, label)
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as folder:
         result = fingerprints(Path(folder))
-    # this platform's entry only: the others can only be re-pinned on their own machines
-    goldens = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
+    keep_others = "--add-platform" in sys.argv[1:] and GOLDEN.is_file()
+    goldens = json.loads(GOLDEN.read_text()) if keep_others else {}
     goldens[platform_key()] = result
     GOLDEN.parent.mkdir(exist_ok=True)
     GOLDEN.write_text(json.dumps(goldens, indent=1, sort_keys=True) + "\n")
