@@ -68,8 +68,9 @@ def pixel_scores(net, images: torch.Tensor, codes: torch.Tensor) -> torch.Tensor
 def train_pixel(train, train_images, seed: int, steps: int, batch: int, init=None) -> torch.nn.Module:
     """``WorldProxyNet`` trained with lrm-pretrain's Bradley-Terry loss on decoded images.
 
-    The net has no logit scale; its raw score difference is the logit, as the judge's own scores
-    are in [0, 1] and the net regresses them (scale 1 is what ``world-proxy`` was trained at).
+    The net has no logit scale of its own, so its score difference is multiplied by a fixed 14:
+    about the ``exp(logit_scale)`` the LRM learns in ``lrm-pretrain`` (over scores of a similar
+    range), so both see the loss at the same sharpness.
     """
     from rewardkit.proxies.pretrain_losses import pairwise_logistic_loss
     from rewardkit.world.nets import WorldProxyNet
@@ -80,7 +81,6 @@ def train_pixel(train, train_images, seed: int, steps: int, batch: int, init=Non
     if init is not None:
         net.load_state_dict(init.state_dict())
     net.train().requires_grad_(True)
-    # the scale that lrm-pretrain's LRM learns to (exp(logit_scale) ~ 14) over a [0, 1] score
     scale = torch.tensor(14.0)
     codes = encode_captions(train.captions)[train.prompt_index]
     optimiser = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.0)
