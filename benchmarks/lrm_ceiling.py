@@ -27,36 +27,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 import torch
 
-from lrm_losses import DEFAULT_TRAIN, pair_masks, train_one
+from lrm_losses import DEFAULT_TRAIN, accuracies, table_row, train_one
 
 TEACHER = Path(__file__).resolve().parents[1] / "rewardkit/world/assets/teacher"
 
 
 @torch.no_grad()
-def decode(pset, batch: int = 256) -> torch.Tensor:
-    """Images ``[N, 3, H, W]`` in [0, 1] of a preference set's latents (the world teacher's VAE)."""
-    from diffusers import AutoencoderKL
-
-    vae = AutoencoderKL.from_pretrained(TEACHER, subfolder="vae").eval()
+def decode(vae, pset, batch: int = 256) -> torch.Tensor:
+    """Images ``[N, 3, H, W]`` in [0, 1] of a preference set's latents."""
     chunks = [vae.decode(pset.latents[i:i + batch] / vae.config.scaling_factor).sample
               for i in range(0, len(pset), batch)]
     return (torch.cat(chunks) / 2 + 0.5).clamp(0, 1)
-
-
-def accuracies(scores: torch.Tensor, pset) -> dict[str, float]:
-    """Agreement with the expert: all pairs, generated-vs-ground-truth, ground truth vs 16 steps."""
-    from rewardkit.proxies.preference_set import agreement
-
-    first, second, types = pset.pairs()
-    with_gt, hardest = pair_masks(pset, first, second, types)
-    hits = agreement(scores.float(), pset.expert.float(), first, second)
-    return {"all": float(hits.mean()), "gen_vs_gt": float(hits[with_gt].mean()),
-            "gt_vs_16_step_teacher": float(hits[hardest].mean())}
 
 
 def pixel_scores(net, images: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -121,7 +106,10 @@ def main() -> None:
     train, held = PreferenceSet.load(args.train), PreferenceSet.load(args.heldout)
     if args.prompts:
         train, held = (s.subset(range(min(args.prompts, s.num_prompts))) for s in (train, held))
-    train_images, held_images = decode(train), decode(held)
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(TEACHER, subfolder="vae").eval()  # the world teacher's
+    train_images, held_images = decode(vae, train), decode(vae, held)
     held_codes = encode_captions(held.captions)[held.prompt_index]
     held_captions = [held.captions[p] for p in held.prompt_index.tolist()]
     shipped = load_net(WorldProxyNet, asset_path(PROXY))
@@ -131,12 +119,7 @@ def main() -> None:
 
     def report(name: str, runs: list[dict]) -> None:
         rows[name] = runs
-        cells = []
-        for key in ("all", "gen_vs_gt", "gt_vs_16_step_teacher"):
-            values = [r[key] for r in runs]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.3f} ± {spread:.3f}")
-        print(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |", flush=True)
+        print(table_row(name, runs), flush=True)
 
     report("judge on the decoded held-out images",
            [accuracies(torch.from_numpy(judge_scores(held_images, held_captions)), held)])

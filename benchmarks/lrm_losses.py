@@ -59,7 +59,7 @@ def train_one(train, held, seed: int, steps: int, batch: int, soft: float = 0.0,
               regression: float = 0.0, ema: float = 0.0, noise: float = 0.0) -> dict:
     from rewardkit.consistency import EMAUpdater
     from rewardkit.proxies.lrm import LatentRewardModel
-    from rewardkit.proxies.preference_set import agreement, proxy_scores
+    from rewardkit.proxies.preference_set import proxy_scores
     from rewardkit.proxies.pretrain_losses import pairwise_logistic_loss
     from rewardkit.world.latent_rm import WORLD_LRM_PARAMS
 
@@ -96,12 +96,29 @@ def train_one(train, held, seed: int, steps: int, batch: int, soft: float = 0.0,
         if averager is not None:
             with torch.no_grad():
                 averager.update(ema)
-    held_first, held_second, types = held.pairs()
-    with_gt, hardest = pair_masks(held, held_first, held_second, types)
-    with torch.no_grad():
-        hits = agreement(proxy_scores(averaged, held), held.expert.float(), held_first, held_second)
+    return accuracies(proxy_scores(averaged, held), held)
+
+
+def accuracies(scores: torch.Tensor, pset) -> dict[str, float]:
+    """Agreement of per-candidate ``scores`` with the expert: all pairs, generated-vs-ground-truth,
+    and the ground truth against the 16-step teacher samples."""
+    from rewardkit.proxies.preference_set import agreement
+
+    first, second, types = pset.pairs()
+    with_gt, hardest = pair_masks(pset, first, second, types)
+    hits = agreement(scores.float(), pset.expert.float(), first, second)
     return {"all": float(hits.mean()), "gen_vs_gt": float(hits[with_gt].mean()),
             "gt_vs_16_step_teacher": float(hits[hardest].mean())}
+
+
+def table_row(name: str, runs: list[dict]) -> str:
+    """A markdown row: mean ± std over ``runs`` of each :func:`accuracies` figure."""
+    cells = []
+    for key in ("all", "gen_vs_gt", "gt_vs_16_step_teacher"):
+        values = [r[key] for r in runs]
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        cells.append(f"{statistics.mean(values):.3f} ± {spread:.3f}")
+    return f"| {name} | {len(runs)} | " + " | ".join(cells) + " |"
 
 
 def main() -> None:
@@ -127,12 +144,7 @@ def main() -> None:
         runs = [train_one(train, held, seed, args.steps, args.batch, **VARIANTS[name])
                 for seed in args.seeds]
         results[name] = runs
-        cells = []
-        for key in ("all", "gen_vs_gt", "gt_vs_16_step_teacher"):
-            values = [r[key] for r in runs]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.3f} ± {spread:.3f}")
-        print(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |", flush=True)
+        print(table_row(name, runs), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                          "runs": results}, indent=2))
