@@ -310,6 +310,7 @@ def run(argv: list[str] | None = None) -> int:
         # `--version` needs no plugins: skip loading them (it imports torch and friends)
         wants_version = any(arg == "--version" for arg in argv[:2])
         if not wants_version:
+            _quiet_library_progress_bars(sys.stderr)  # before torch, which imports tqdm
             from .training.runtime import quiet_deepspeed_autodetect
 
             quiet_deepspeed_autodetect()
@@ -347,6 +348,21 @@ def _make_console(stderr: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     wide = not os.environ.get("COLUMNS") and not getattr(stream, "isatty", lambda: False)()
     return Console(stderr=stderr, width=160 if wide else None)
+
+
+def _quiet_library_progress_bars(stream: Any) -> None:
+    """Turn off tqdm's bars (diffusers' and transformers' model loading) when ``stream`` is not
+    a terminal, by ``TQDM_DISABLE=1``.
+
+    In a log file each bar is a line of carriage returns between rewardkit's own plain progress
+    lines, which say the same thing. tqdm reads the variable once, when it is first imported, so
+    this must run before anything imports it. A user's own ``TQDM_DISABLE`` wins.
+    """
+    import os
+
+    if "TQDM_DISABLE" not in os.environ and "tqdm" not in sys.modules \
+            and not getattr(stream, "isatty", lambda: False)():
+        os.environ["TQDM_DISABLE"] = "1"
 
 
 def _print_error(message: str) -> None:

@@ -51,3 +51,30 @@ def test_disabled_prints_nothing():
     with TrainingProgress(3, enabled=False, console=console) as bar:
         bar.update(1, {"lcd_loss": 0.1})
     assert console.file.getvalue() == ""
+
+
+_PROBE = """
+import sys
+from rewardkit.cli import run
+run(["list", "solver"])
+from tqdm.auto import tqdm
+print("bars disabled" if tqdm(range(1)).disable else "bars shown")
+"""
+
+
+def _probe(env: dict) -> str:
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=120,
+                          env={**{k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}, **env})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_library_progress_bars_are_off_in_a_log_file_unless_the_user_says_otherwise():
+    # stderr is a pipe here, as in `rewardkit run ... 2> log`: diffusers/transformers bars go
+    assert _probe({}) == "bars disabled"
+    # the user's own setting wins (tqdm reads any non-empty value as true, so "" is how to keep them)
+    assert _probe({"TQDM_DISABLE": ""}) == "bars shown"
