@@ -31,9 +31,7 @@ from pathlib import Path
 
 import torch
 
-from lrm_losses import DEFAULT_TRAIN, accuracies, table_row, train_one
-
-TEACHER = Path(__file__).resolve().parents[1] / "rewardkit/world/assets/teacher"
+from lrm_losses import DEFAULT_TRAIN, TEACHER, accuracies, table_row, train_one
 
 
 @torch.no_grad()

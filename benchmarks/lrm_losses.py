@@ -13,7 +13,14 @@ sees (default: the held-out set a default ``rewardkit run rg-lcd`` writes to
   compares candidates across prompts too);
 - ``ema``: ``bt``, evaluated with an exponential moving average of the weights (decay 0.99);
 - ``noise``: ``bt`` on latents with Gaussian noise of 0.1 x their std added (augmentation);
-- ``all``: ``soft`` + ``regression`` + ``ema``.
+- ``all``: ``soft`` + ``regression`` + ``ema``;
+- ``small``: ``bt`` with an LRM of half the widths (does less capacity generalise better on the
+  judge's near-ties?);
+- ``renders``: ``bt``, after a first stage of ``--renders-steps`` steps of ``bt`` + the pointwise
+  term on many more judged latents: per ``world:train`` prompt (``--renders`` of them, not the
+  preference set's) the VAE-encoded render and five spoiled copies of it (noise, blur, a pattern,
+  a colour cast), each scored by the judge on its decoded image (a latent analogue of
+  ``world-proxy``'s 12,000 judged images).
 
 Prints, per variant, mean ± std over seeds of the held-out accuracy overall, on
 generated-vs-ground-truth pairs and on the hardest pairs (the ground truth against the two
@@ -40,8 +47,11 @@ VARIANTS = {
     "ema": {"ema": 0.99},
     "noise": {"noise": 0.1},
     "all": {"soft": 0.05, "regression": 1.0, "ema": 0.99},
+    "small": {"lrm_params": {"embed_dim": 32, "image_widths": [16, 32], "text_width": 32}},
+    "renders": {"first_stage": "renders"},
 }
 DEFAULT_TRAIN = Path(__file__).resolve().parents[1] / "rewardkit/world/assets/latent-rm/preference_set"
+TEACHER = Path(__file__).resolve().parents[1] / "rewardkit/world/assets/teacher"
 
 
 def pair_masks(pset, first, second, types):
@@ -55,8 +65,44 @@ def pair_masks(pset, first, second, types):
     return torch.tensor(with_gt), torch.tensor(hardest)
 
 
+def judged_renders(prompts: int, spoils: int = 5, seed: int = 7):
+    """A :class:`PreferenceSet` of ``prompts`` ``world:train`` renders and ``spoils`` spoiled
+    copies of each, encoded by the world teacher's VAE and scored by the judge on the decoded
+    images (what the held-out set's expert scores are computed from)."""
+    import numpy as np
+
+    from rewardkit import api
+    from rewardkit.proxies.preference_set import GROUND_TRUTH, PreferenceSet
+    from rewardkit.world.rewards import judge_scores
+    from rewardkit.world.source import WorldSource
+    from rewardkit.world.train_judges import spoil_image
+
+    backbone = api.backbone("stable-diffusion", pretrained_model_name_or_path=str(TEACHER),
+                            dtype="float32", device="cpu")
+    source, rng = WorldSource("train", size=prompts, side=32, seed=seed), np.random.default_rng(seed)
+    images, captions = [], []
+    for index in range(prompts):
+        sample = source.load(index)
+        captions.append(sample.caption)
+        images += [sample.image] + [spoil_image(sample.image, rng) for _ in range(spoils)]
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    prompt_index = torch.arange(prompts).repeat_interleave(spoils + 1)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        latents = torch.cat([backbone.encode_images(pixels[i:i + 512], generator)
+                             for i in range(0, len(pixels), 512)])
+        decoded = torch.cat([backbone.decode_latents(latents[i:i + 512]) for i in range(0, len(latents), 512)])
+        embeds = torch.cat([backbone.proxy_text(backbone.encode_prompts(captions[i:i + 256]).float())
+                            for i in range(0, prompts, 256)])
+    scores = judge_scores(decoded, [captions[p] for p in prompt_index.tolist()])
+    kinds = [GROUND_TRUTH if n % (spoils + 1) == 0 else "spoiled" for n in range(len(prompt_index))]
+    return PreferenceSet(latents=latents, prompt_embeds=embeds, prompt_index=prompt_index,
+                         captions=captions, kinds=kinds, expert=torch.from_numpy(scores).float())
+
+
 def train_one(train, held, seed: int, steps: int, batch: int, soft: float = 0.0,
-              regression: float = 0.0, ema: float = 0.0, noise: float = 0.0) -> dict:
+              regression: float = 0.0, ema: float = 0.0, noise: float = 0.0,
+              lrm_params: dict | None = None, first_stage: str = "", stages: dict | None = None) -> dict:
     from rewardkit.consistency import EMAUpdater
     from rewardkit.proxies.lrm import LatentRewardModel
     from rewardkit.proxies.preference_set import proxy_scores
@@ -64,38 +110,43 @@ def train_one(train, held, seed: int, steps: int, batch: int, soft: float = 0.0,
     from rewardkit.world.latent_rm import WORLD_LRM_PARAMS
 
     torch.manual_seed(seed)
-    model = LatentRewardModel(latent_channels=train.latents.shape[1],
-                              text_dim=train.prompt_embeds.shape[-1], **WORLD_LRM_PARAMS)
+    model = LatentRewardModel(latent_channels=train.latents.shape[1], text_dim=train.prompt_embeds.shape[-1],
+                              **{**WORLD_LRM_PARAMS, **(lrm_params or {})})
     model.unfreeze().train()
     averaged = copy.deepcopy(model) if ema else model
     averager = EMAUpdater(averaged, model) if ema else None
     optimiser = torch.optim.AdamW(list(model.trainable_parameters()), lr=1e-3, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
-    first, second, _ = train.pairs()
-    latent_std = float(train.latents.std())
-    for _ in range(steps):
-        rows = torch.randint(0, first.numel(), (batch,), generator=generator)
-        a, b = first[rows], second[rows]
-        both = torch.cat([a, b])
-        latents = train.latents[both]
-        if noise:
-            latents = latents + noise * latent_std * torch.randn(latents.shape, generator=generator)
-        scores = model(latents, train.prompt_embeds[train.prompt_index[both]]).float()
-        expert_a, expert_b = train.expert[a].float(), train.expert[b].float()
-        if soft:  # near-ties count less
-            logits = model.logit_scale_value() * (scores[:batch] - scores[batch:])
-            loss = F.binary_cross_entropy_with_logits(logits, torch.sigmoid((expert_a - expert_b) / soft))
-        else:  # lrm-pretrain's preference loss
-            loss = pairwise_logistic_loss(scores[:batch], scores[batch:], expert_a, expert_b,
-                                          model.logit_scale_value())
-        if regression:
-            loss = loss + regression * F.mse_loss(scores, torch.cat([expert_a, expert_b]))
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        if averager is not None:
-            with torch.no_grad():
-                averager.update(ema)
+    plan = [(train, steps, regression)]
+    if first_stage:  # (set, steps) of a stage before the preference set, from ``stages``
+        first_set, first_steps = stages[first_stage]
+        plan.insert(0, (first_set, first_steps, 1.0))
+    for pset, stage_steps, pointwise in plan:
+        first, second, _ = pset.pairs()
+        latent_std = float(pset.latents.std())
+        for _ in range(stage_steps):
+            rows = torch.randint(0, first.numel(), (batch,), generator=generator)
+            a, b = first[rows], second[rows]
+            both = torch.cat([a, b])
+            latents = pset.latents[both]
+            if noise:
+                latents = latents + noise * latent_std * torch.randn(latents.shape, generator=generator)
+            scores = model(latents, pset.prompt_embeds[pset.prompt_index[both]]).float()
+            expert_a, expert_b = pset.expert[a].float(), pset.expert[b].float()
+            if soft:  # near-ties count less
+                logits = model.logit_scale_value() * (scores[:batch] - scores[batch:])
+                loss = F.binary_cross_entropy_with_logits(logits, torch.sigmoid((expert_a - expert_b) / soft))
+            else:  # lrm-pretrain's preference loss
+                loss = pairwise_logistic_loss(scores[:batch], scores[batch:], expert_a, expert_b,
+                                              model.logit_scale_value())
+            if pointwise:
+                loss = loss + pointwise * F.mse_loss(scores, torch.cat([expert_a, expert_b]))
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            if averager is not None:
+                with torch.no_grad():
+                    averager.update(ema)
     return accuracies(proxy_scores(averaged, held), held)
 
 
@@ -130,6 +181,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--renders", type=int, default=2000,
+                        help="world:train prompts of the renders variant's first stage (x 6 latents)")
+    parser.add_argument("--renders-steps", type=int, default=800)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -137,11 +191,14 @@ def main() -> None:
     from rewardkit.proxies.preference_set import PreferenceSet
 
     train, held = PreferenceSet.load(args.train), PreferenceSet.load(args.heldout)
+    stages = {}
+    if "renders" in args.variants:
+        stages["renders"] = (judged_renders(args.renders), args.renders_steps)
     results: dict[str, list[dict]] = {}
     print("| variant | seeds | held-out all | gen vs gt | gt vs 16-step teacher |")
     print("|---|---:|---:|---:|---:|")
     for name in args.variants:
-        runs = [train_one(train, held, seed, args.steps, args.batch, **VARIANTS[name])
+        runs = [train_one(train, held, seed, args.steps, args.batch, stages=stages, **VARIANTS[name])
                 for seed in args.seeds]
         results[name] = runs
         print(table_row(name, runs), flush=True)

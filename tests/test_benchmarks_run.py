@@ -46,8 +46,9 @@ def test_check_compile_finds_eagers_gradients_and_losses(tmp_path):
 def test_lrm_losses_trains_every_variant(tmp_path):
     shipped = ROOT / "rewardkit/world/assets/latent-rm/preference_set"
     result = run("lrm_losses.py", "--heldout", str(shipped), "--steps", "3", "--batch", "16",
-                 "--seeds", "0", "1", "--threads", "1", out=tmp_path / "l.json")
-    assert set(result["runs"]) == {"bt", "soft", "regression", "ema", "noise", "all"}
+                 "--renders", "4", "--renders-steps", "2", "--seeds", "0", "1", "--threads", "1",
+                 out=tmp_path / "l.json")
+    assert set(result["runs"]) == {"bt", "soft", "regression", "ema", "noise", "all", "small", "renders"}
     for runs in result["runs"].values():
         assert len(runs) == 2
         for run_ in runs:
@@ -64,3 +65,24 @@ def test_lrm_ceiling_scores_latents_and_decoded_images(tmp_path):
     assert rows["judge on the decoded held-out images"][0]["all"] >= 0.95
     for runs in rows.values():
         assert all(0.0 <= runs[0][k] <= 1.0 for k in ("all", "gen_vs_gt", "gt_vs_16_step_teacher"))
+
+
+def test_lrm_pairs_splits_ground_truth_pairs_by_the_deciding_judge_term(tmp_path):
+    import re
+
+    from rewardkit.proxies.preference_set import PreferenceSet
+
+    shipped = ROOT / "rewardkit/world/assets/latent-rm"
+    small = PreferenceSet.load(shipped / "preference_set").subset(range(6)).save(tmp_path / "set")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/lrm_pairs.py"), "--proxy", str(shipped),
+                           "--sets", str(small), "--judge-terms"], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    vs_gt = re.findall(r"ground truth vs \S+: (\d+) pairs", done.stdout)
+    decided = re.findall(r"decided by (\w+): (\d+) pairs, accuracy ([\d.]+)", done.stdout)
+    assert vs_gt and decided
+    from rewardkit.world.judge import WEIGHTS
+
+    assert {term for term, _, _ in decided} <= set(WEIGHTS)
+    assert sum(int(n) for _, n, _ in decided) == sum(int(n) for n in vs_gt)  # every pair, once
+    assert all(0.0 <= float(acc) <= 1.0 for _, _, acc in decided)

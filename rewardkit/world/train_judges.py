@@ -37,7 +37,8 @@ def _spoil_caption(scene: Scene, rng: random.Random) -> str:
     return Scene(**fields).caption()
 
 
-def _spoil_image(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def spoil_image(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``image`` (HWC uint8) with one random flaw: noise, blur, a high-frequency pattern or a colour cast."""
     kind = rng.integers(0, 4)
     pixels = image.astype(np.float64)
     if kind == 0:  # sensor noise
@@ -66,7 +67,7 @@ def proxy_training_set(count: int, side: int = 32, seed: int = 0) -> tuple[torch
         if roll < 0.3:
             caption = _spoil_caption(source.scene(index), rng)
         elif roll < 0.6:
-            image = _spoil_image(image, np_rng)
+            image = spoil_image(image, np_rng)
         images.append(image)
         captions.append(caption)
         scores.append(judge(image, caption).score)
@@ -125,7 +126,7 @@ def train_features(count: int = 8_000, epochs: int = 4, side: int = 32, seed: in
     images, captions = [], []
     for index in range(count):
         sample = source.load(index)
-        image = sample.image if np_rng.random() < 0.7 else _spoil_image(sample.image, np_rng)
+        image = sample.image if np_rng.random() < 0.7 else spoil_image(sample.image, np_rng)
         images.append(image)
         captions.append(sample.caption)
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
