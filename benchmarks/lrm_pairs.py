@@ -10,6 +10,10 @@ set the proxy was trained on), prints:
   prefers the ground truth (the base rate a proxy that always picks the ground truth would
   score) and how often the *proxy* does.
 
+``--judge-terms`` (world sets only) decodes each set with the world teacher's VAE and splits the
+ground-truth pairs further by the ``world-judge`` term that decides them: the term whose
+weighted difference is largest in the direction of the judge's preference.
+
 ``--ensemble`` adds the same analysis for the mean of the proxies' standardised scores (do
 several proxies err on the same pairs?).
 
@@ -26,6 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from lrm_losses import TEACHER
 
 MARGIN_EDGES = (0.0, 0.01, 0.02, 0.05, 0.1, 1.0)
 
@@ -48,8 +54,33 @@ def ensemble_scores(proxies, pset):
     return total / len(proxies)
 
 
-def analyse(scores, pset) -> list[str]:
-    """The report lines for per-candidate ``scores`` on ``pset``."""
+def deciding_terms(pset) -> list[str]:
+    """Per pair of ``pset.pairs()``: the ``world-judge`` term that decides it (world sets only;
+    the candidates are decoded with the world teacher's VAE, as the judge saw them)."""
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKL
+
+    from rewardkit.world.judge import WEIGHTS, judge
+
+    vae = AutoencoderKL.from_pretrained(TEACHER, subfolder="vae").eval()
+    with torch.no_grad():
+        images = torch.cat([vae.decode(pset.latents[i:i + 256] / vae.config.scaling_factor).sample
+                            for i in range(0, len(pset), 256)])
+    pixels = (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    verdicts = [judge(image, pset.captions[p]) for image, p in zip(pixels, pset.prompt_index.tolist())]
+    first, second, _ = pset.pairs()
+    decided = []
+    for a, b in zip(first.tolist(), second.tolist()):
+        sign = np.sign(verdicts[a].score - verdicts[b].score)
+        decided.append(max(WEIGHTS, key=lambda term: sign * WEIGHTS[term]
+                           * (verdicts[a].terms[term] - verdicts[b].terms[term])))
+    return decided
+
+
+def analyse(scores, pset, terms: list[str] | None = None) -> list[str]:
+    """The report lines for per-candidate ``scores`` on ``pset`` (``terms``: each pair's
+    deciding judge term, from :func:`deciding_terms`)."""
     import torch
 
     from rewardkit.proxies.preference_set import GROUND_TRUTH, agreement, scores_accuracy
@@ -68,8 +99,8 @@ def analyse(scores, pset) -> list[str]:
                          f"{float(hits[mask].mean()):.3f}")
     kinds = sorted(set(pset.kinds) - {GROUND_TRUTH})
     for kind in kinds:
-        rows = [(a, b) if pset.kinds[a] == GROUND_TRUTH else (b, a)
-                for a, b in zip(first.tolist(), second.tolist())
+        rows = [(a, b, n) if pset.kinds[a] == GROUND_TRUTH else (b, a, n)
+                for n, (a, b) in enumerate(zip(first.tolist(), second.tolist()))
                 if {pset.kinds[a], pset.kinds[b]} == {GROUND_TRUTH, kind}]
         if not rows:
             continue
@@ -79,6 +110,10 @@ def analyse(scores, pset) -> list[str]:
         lines.append(f"  ground truth vs {kind}: {len(rows)} pairs, accuracy {accuracy:.3f}, "
                      f"expert prefers the ground truth {float((expert[gt] > expert[other]).float().mean()):.3f}, "
                      f"proxy does {float((scores[gt] > scores[other]).float().mean()):.3f}")
+        for term in sorted({terms[r[2]] for r in rows}) if terms else []:
+            mask = torch.tensor([terms[r[2]] == term for r in rows])
+            lines.append(f"    decided by {term}: {int(mask.sum())} pairs, accuracy "
+                         f"{float(agreement(scores, expert, gt[mask], other[mask]).mean()):.3f}")
     return lines
 
 
@@ -90,16 +125,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", type=Path, nargs="+", required=True)
     parser.add_argument("--ensemble", action="store_true",
                         help="also analyse the mean of the proxies' standardised scores")
+    parser.add_argument("--judge-terms", action="store_true",
+                        help="split ground-truth pairs by the world-judge term that decides them")
     args = parser.parse_args(argv)
     sets = {path: PreferenceSet.load(path) for path in args.sets}
     proxies = {folder: load_proxy(folder) for folder in args.proxy}
     for path, pset in sets.items():
+        terms = deciding_terms(pset) if args.judge_terms else None
         for folder, proxy in proxies.items():
             print(f"{folder} on {path}:")
-            print("\n".join(analyse(ensemble_scores([proxy], pset), pset)))
+            print("\n".join(analyse(ensemble_scores([proxy], pset), pset, terms)))
         if args.ensemble and len(proxies) > 1:
             print(f"ensemble of the {len(proxies)} proxies on {path}:")
-            print("\n".join(analyse(ensemble_scores(list(proxies.values()), pset), pset)))
+            print("\n".join(analyse(ensemble_scores(list(proxies.values()), pset), pset, terms)))
     return 0
 
 
