@@ -63,6 +63,22 @@ def test_kid_reports_mean_and_std(random_weights):
     assert set(result) == {"kid", "kid_std"} and result["kid_std"] >= 0
 
 
+def test_rows_against_one_reference_set_give_what_a_fresh_metric_gives(random_weights):
+    """FID and KID keep the reference features across rows; each row still equals a metric
+    built for it alone (KID with a smaller second row too: its subset size follows the row)."""
+    reference = images(2, count=8)
+    fid, kid = FID(weights=str(random_weights)), KID(weights=str(random_weights), subsets=3, subset_size=6)
+    for seed, count in ((1, 8), (3, 5)):
+        generated = images(seed, count)
+        assert fid.compute(generated, reference)["fid"] == pytest.approx(
+            FID(weights=str(random_weights)).compute(generated, reference)["fid"], rel=1e-6)
+        torch.manual_seed(0)  # KID draws its subsets from torch's global generator
+        again = kid.compute(generated, reference)
+        torch.manual_seed(0)
+        fresh = KID(weights=str(random_weights), subsets=3, subset_size=6).compute(generated, reference)
+        assert again == pytest.approx(fresh, rel=1e-6)
+
+
 def test_a_weights_file_that_would_run_code_is_refused(tmp_path, capsys):
     class Payload:
         def __reduce__(self):

@@ -163,3 +163,30 @@ def test_frechet_distance_matches_the_closed_form_of_two_gaussians():
     cov = np.array([[2.0, 0.8, 0.1], [0.8, 1.0, -0.3], [0.1, -0.3, 0.5]])
     c = _with_moments(rng, 400, np.zeros(3), cov)
     assert _fd(c, c + np.array([3.0, 0.0, -4.0])) == pytest.approx(25.0, rel=1e-6)
+
+
+def test_reference_features_are_computed_once_per_reference_set_and_give_the_same_distance():
+    """Many rows against one reference set: the reference half is filled once, and each row's
+    distance equals a fresh computation; another reference tensor is filled afresh."""
+    from rewardkit.evaluation.metrics import FeatureModule, ReferenceFeatures, frechet_distance
+
+    seen: list[int] = []
+
+    def features(images: torch.Tensor) -> torch.Tensor:
+        seen.append(len(images))
+        return images.flatten(1).double()
+
+    identity = FeatureModule(features, num_features=3)
+    rng = np.random.default_rng(1)
+    reference = _as_images(rng.normal(0, 1, (300, 3)))
+    rows = [_as_images(rng.normal(shift, 1, (200, 3))) for shift in (0.0, 0.5, 2.0)]
+    cache = ReferenceFeatures()
+    cached = [frechet_distance(identity, row, reference, cache=cache) for row in rows]
+    assert sum(seen) == 300 + 3 * 200  # the reference was embedded once, each row once
+    assert cached == pytest.approx([_fd(row.reshape(-1, 3).numpy(), reference.reshape(-1, 3).numpy())
+                                    for row in rows], rel=1e-9)
+    assert cached[0] < cached[1] < cached[2]
+    seen.clear()
+    other = _as_images(rng.normal(2.0, 1, (300, 3)))
+    assert frechet_distance(identity, rows[2], other, cache=cache) < cached[2]
+    assert sum(seen) == 300 + 200  # a new reference set is embedded, not the old one reused

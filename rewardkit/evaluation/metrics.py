@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -63,18 +63,52 @@ def _check(generated: torch.Tensor, reference: torch.Tensor, name: str, minimum:
                               f"{images.shape[0]}")
 
 
+class ReferenceFeatures:
+    """A torchmetrics distribution metric whose reference (real-image) half is filled once per
+    reference set and kept across rows.
+
+    An evaluation scores every (model, steps) row against one reference set (30,000 COCO images
+    for FID-30k); filling the reference half per row would repeat the costliest part of the
+    evaluation for every row. torchmetrics keeps the real features across ``reset()`` when the
+    metric is built with ``reset_real_features=False``, so a later call with the very same
+    reference tensor (the runner caches one per resolution) only resets the generated half; a
+    different tensor builds the metric afresh. The tensor is compared by identity and held, so
+    its id cannot be reused by another set.
+    """
+
+    def __init__(self) -> None:
+        self._reference: torch.Tensor | None = None
+        self._metric: Any = None
+
+    def metric(self, make: Callable[[], Any], reference: torch.Tensor,
+               prepare: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 64) -> Any:
+        """``make()``'s metric with ``reference`` as its real half and an empty generated half."""
+        if self._metric is not None and self._reference is reference:
+            self._metric.reset()
+            return self._metric
+        metric = make()
+        with torch.no_grad():
+            for start in range(0, len(reference), batch_size):
+                metric.update(prepare(reference[start:start + batch_size]), real=True)
+        self._metric, self._reference = metric, reference
+        return metric
+
+
 def frechet_distance(features: nn.Module, generated: torch.Tensor, reference: torch.Tensor,
-                     batch_size: int = 64) -> float:
+                     batch_size: int = 64, cache: ReferenceFeatures | None = None) -> float:
     """torchmetrics' Frechet distance of ``features`` (a :class:`FeatureModule` or torchmetrics'
-    Inception) between two image sets (the Inception expects uint8, a FeatureModule floats)."""
+    Inception) between two image sets (the Inception expects uint8, a FeatureModule floats).
+    With a ``cache``, the reference features are computed once per reference set."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    metric = FrechetInceptionDistance(feature=features, reset_real_features=True)
-    metric.used_custom_model = True  # we feed each network what it expects ourselves
+    def make() -> Any:
+        metric = FrechetInceptionDistance(feature=features, reset_real_features=False)
+        metric.used_custom_model = True  # we feed each network what it expects ourselves
+        return metric
+
     prepare = (lambda x: x) if isinstance(features, FeatureModule) else _uint8
+    metric = (cache or ReferenceFeatures()).metric(make, reference, prepare, batch_size)
     with torch.no_grad():
-        for start in range(0, len(reference), batch_size):
-            metric.update(prepare(reference[start:start + batch_size]), real=True)
         for start in range(0, len(generated), batch_size):
             metric.update(prepare(generated[start:start + batch_size]), real=False)
         return float(metric.compute())
@@ -157,6 +191,7 @@ class FID(DistributionMetric):
     def __init__(self, weights: str | None = None, feature: int = 2048) -> None:
         self.weights, self.feature = weights, feature
         self._net: nn.Module | None = None
+        self._references = ReferenceFeatures()
 
     @property
     def network(self) -> nn.Module:
@@ -168,7 +203,8 @@ class FID(DistributionMetric):
     def compute(self, generated: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
         """``{"fid": value}``."""
         _check(generated, reference, self.name)
-        return {self.name: frechet_distance(self.network, generated, reference)}
+        return {self.name: frechet_distance(self.network, generated, reference,
+                                            cache=self._references)}
 
 
 class KID(DistributionMetric):
@@ -187,6 +223,7 @@ class KID(DistributionMetric):
                  subset_size: int = 1000) -> None:
         self.weights, self.subsets, self.subset_size = weights, subsets, subset_size
         self._net: nn.Module | None = None
+        self._references = ReferenceFeatures()
 
     def compute(self, generated: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
         """``{"kid": mean, "kid_std": std}``."""
@@ -196,10 +233,12 @@ class KID(DistributionMetric):
         if self._net is None:
             self._net = _inception(self.weights, metric=self.name)
         size = min(self.subset_size, len(generated), len(reference))
-        metric = KernelInceptionDistance(feature=self._net, subsets=self.subsets,
-                                         subset_size=size)
+        metric = self._references.metric(
+            lambda: KernelInceptionDistance(feature=self._net, subsets=self.subsets,
+                                            subset_size=size, reset_real_features=False),
+            reference, _uint8)
+        metric.subset_size = size  # the generated half may be smaller than the first row's
         with torch.no_grad():
-            metric.update(_uint8(reference), real=True)
             metric.update(_uint8(generated), real=False)
             mean, std = metric.compute()
         return {self.name: float(mean), f"{self.name}_std": float(std)}
@@ -221,6 +260,7 @@ class CLIPFID(DistributionMetric):
         from ..rewards.clip_score import CLIPScore
 
         self.clip = CLIPScore(model=model, device=device)
+        self._references = ReferenceFeatures()
 
     def compute(self, generated: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
         """``{"clip-fid": value}``."""
@@ -234,7 +274,7 @@ class CLIPFID(DistributionMetric):
             return features(clip.model.get_image_features(pixel_values=pixels)).cpu()
 
         network = FeatureModule(embed, int(clip.model.config.projection_dim))
-        return {self.name: frechet_distance(network, generated, reference)}
+        return {self.name: frechet_distance(network, generated, reference, cache=self._references)}
 
 
 BUILTIN_METRICS = (FID, KID, CLIPFID)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..evaluation.metrics import DistributionMetric, FeatureModule, _check, frechet_distance
+from ..evaluation.metrics import DistributionMetric, FeatureModule, ReferenceFeatures, _check, frechet_distance
 from ..evaluation.prompt_sets import PromptSet
 
 
@@ -60,8 +60,9 @@ class WorldFrechet(DistributionMetric):
         path = Path(features_path) if features_path else asset_path(FEATURES)
         net = load_net(WorldFeatureNet, path).eval()
         self.network = FeatureModule(net.features, net.trunk.out_features)
+        self._references = ReferenceFeatures()
 
     def compute(self, generated: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
         """``{"world-fd": value}``."""
         _check(generated, reference, self.name)
-        return {self.name: frechet_distance(self.network, generated, reference)}
+        return {self.name: frechet_distance(self.network, generated, reference, cache=self._references)}
