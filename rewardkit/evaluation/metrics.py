@@ -68,8 +68,8 @@ class ReferenceFeatures:
     reference set and kept across rows.
 
     An evaluation scores every (model, steps) row against one reference set (30,000 COCO images
-    for FID-30k); filling the reference half per row would repeat the costliest part of the
-    evaluation for every row. torchmetrics keeps the real features across ``reset()`` when the
+    for FID-30k); filling the reference half per row would repeat the feature pass over every
+    reference image for every row. torchmetrics keeps the real features across ``reset()`` when the
     metric is built with ``reset_real_features=False``, so a later call with the very same
     reference tensor (the runner caches one per resolution) only resets the generated half; a
     different tensor builds the metric afresh. The tensor is compared by identity and held, so
