@@ -17,8 +17,8 @@ sees (default: the held-out set a default ``rewardkit run rg-lcd`` writes to
 - ``small``: ``bt`` with an LRM of half the widths (does less capacity generalise better on the
   judge's near-ties?);
 - ``renders``: ``bt``, after a first stage of ``--renders-steps`` steps of ``bt`` + the pointwise
-  term on many more judged latents: per ``world:train`` prompt (``--renders`` of them, not the
-  preference set's) the VAE-encoded render and five spoiled copies of it (noise, blur, a pattern,
+  term on many more judged latents: per ``world:train`` prompt (``--renders`` of them, drawn with
+  another seed than the preference set's) the VAE-encoded render and five spoiled copies of it (noise, blur, a pattern,
   a colour cast), each scored by the judge on its decoded image (a latent analogue of
   ``world-proxy``'s 12,000 judged images).
 
