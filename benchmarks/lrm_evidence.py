@@ -44,13 +44,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 #: (row, recipe, config changes on top of the default world run).
-#: The paper's online schedule for an LRM that starts from scratch (one update per step on the
-#: fresh candidates, no replay, the distillation loss, proxy_lr 1e-3); the default run's schedule
-#: (proxy_lr 1e-4, replay, rehearsal) is tuned for the pretrained LRM.
-SCRATCH_SCHEDULE: dict[str, Any] = {"pretrained_proxy": None, "proxy_rehearsal_set": None,
-                                    "proxy_lr": 1e-3, "proxy_updates_per_step": 1,
-                                    "proxy_replay_size": 0,
-                                    "proxy_loss_type": "distillation", "scratch": True}
+#: An LRM that starts from scratch (no shipped LRM, no rehearsal pairs) on the paper's online
+#: schedule, ``rewardkit.world.default_run.SCRATCH_LRM_SCHEDULE`` (what the default run itself
+#: switches to when its expert is not the judge); the default run's own schedule (proxy_lr 1e-4,
+#: replay, rehearsal) is tuned for the pretrained LRM.
+SCRATCH_SCHEDULE: dict[str, Any] = {"scratch": True}
 ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("lcd", "lcd", {}),
     ("direct b1", "rg-lcd", {"reward": "world-proxy", "proxy": "none"}),
@@ -87,6 +85,7 @@ def row_overrides(name: str, recipe: str, changes: dict[str, Any], seed: int,
     """The full config of one (row, seed) run."""
     from paper_table import run_config
 
+    from rewardkit.world.default_run import SCRATCH_LRM_SCHEDULE
     from rewardkit.world.latent_rm import WORLD_LRM_PARAMS
 
     changes = dict(changes)
@@ -98,6 +97,7 @@ def row_overrides(name: str, recipe: str, changes: dict[str, Any], seed: int,
         for key in ("pretrained_proxy", "proxy_rehearsal_set"):
             overrides.pop(key, None)
         overrides["proxy_params"] = dict(WORLD_LRM_PARAMS)
+        overrides.update(SCRATCH_LRM_SCHEDULE)
     overrides["validation_steps"] = args.steps  # held-out accuracy at the end (and before step 1)
     overrides["validation_prompts"] = overrides.get("validation_prompts", [])[:1]
     return overrides

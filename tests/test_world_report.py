@@ -194,8 +194,15 @@ def test_world_defaults_fit_the_users_proxy_and_reward(assets, monkeypatch):
     other = rk.recipe("rg-lcd", reward="world-proxy").config
     assert other.proxy == "lrm" and other.pretrained_proxy is None
     assert other.proxy_rehearsal_set is None and other.proxy_params == WORLD_LRM_PARAMS
+    # ... and it learns on the paper's online schedule, not the one tuned for a pretrained LRM
+    # (which collapsed a from-scratch LRM at beta 20); the user's own values still win
+    assert (other.proxy_lr, other.proxy_updates_per_step, other.proxy_replay_size,
+            other.proxy_loss_type) == (1e-3, 1, 0, "distillation")
+    assert rk.recipe("rg-lcd", reward="world-proxy", proxy_lr=5e-4).config.proxy_lr == 5e-4
     judge = rk.recipe("rg-lcd").config
     assert judge.pretrained_proxy == str(assets / LATENT_RM)
+    assert (judge.proxy_lr, judge.proxy_updates_per_step, judge.proxy_replay_size,
+            judge.proxy_loss_type) == (1e-4, 2, 256, "cross_entropy")
     # another proxy than lrm: not loaded from the shipped lrm, sized for the world, and it still
     # rehearses the judge's pairs (they are latents and judge scores, whatever reads them)
     unet = rk.recipe("rg-lcd", proxy="lrm-unet").config

@@ -92,6 +92,14 @@ def default_rg_lcd_overrides(assets_root: str | Path | None = None,
     }
 
 
+#: The paper's online schedule, for an LRM that starts from scratch: one update per student step
+#: on the fresh candidates, no replay, the distillation loss, ``proxy_lr`` 1e-3. The default run's
+#: own schedule (``proxy_lr`` 1e-4, replay, two updates per step) is tuned for the pretrained LRM
+#: and its rehearsal pairs; given a from-scratch LRM learning ``world-proxy`` at beta 20 it
+#: collapsed in every seed (``benchmarks/lrm_evidence.py``), where this one held.
+SCRATCH_LRM_SCHEDULE: dict[str, Any] = {"proxy_lr": 1e-3, "proxy_updates_per_step": 1,
+                                        "proxy_replay_size": 0, "proxy_loss_type": "distillation"}
+
 #: Keys of the default run that only mean something with a proxy RM.
 PROXY_ONLY_KEYS = ("proxy_params", "pretrained_proxy", "proxy_rehearsal_set",
                    "proxy_eval_shards_path_or_url", "proxy_eval_num_prompts")
@@ -103,7 +111,8 @@ def fit_world_defaults(defaults: dict[str, Any], chosen: dict[str, Any]) -> dict
     shipped ``latent-rm`` (an ``lrm``) is not loaded and the proxy is sized for the world; with
     an expert other than ``world-judge`` the LRM starts from scratch and rehearses nothing (the
     shipped ``latent-rm`` and its rehearsal pairs were made with the judge, and would leak it
-    into a run meant to learn another RM)."""
+    into a run meant to learn another RM), so it learns on the paper's online schedule
+    (:data:`SCRATCH_LRM_SCHEDULE`). The user's ``chosen`` values are applied over these."""
     fitted = dict(defaults)
     proxy = chosen.get("proxy", fitted.get("proxy"))
     reward = chosen.get("reward", fitted.get("reward"))
@@ -116,6 +125,7 @@ def fit_world_defaults(defaults: dict[str, Any], chosen: dict[str, Any]) -> dict
         fitted["proxy_params"] = world_proxy_params(proxy)
     if reward != "world-judge":
         fitted.pop("proxy_rehearsal_set", None)
+        fitted.update(SCRATCH_LRM_SCHEDULE)
     return fitted
 
 
