@@ -63,6 +63,17 @@ def test_teacher_samples_with_ddim_and_batched_cfg(dirs):
     assert np.abs(_array(result.images[0]) - _array(unguided.images[0])).max() > 0
 
 
+def test_loading_a_pipeline_in_half_precision_uses_diffusers_current_dtype_keyword(dirs):
+    import warnings
+
+    teacher, _ = dirs
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe = load_pipeline(teacher, "ddim", device="cpu", dtype="bfloat16")
+    assert pipe.unet.dtype == torch.bfloat16  # the keyword was understood
+    assert not [w for w in caught if "torch_dtype" in str(w.message)]
+
+
 def test_bad_inputs_raise_config_errors(dirs, tmp_path):
     _, student = dirs
     with pytest.raises(ConfigError, match="does not exist"):
