@@ -27,19 +27,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 
-from lrm_losses import DEFAULT_TRAIN, TEACHER, accuracies, table_row, train_one
-
-
-@torch.no_grad()
-def decode(vae, pset, batch: int = 256) -> torch.Tensor:
-    """Images ``[N, 3, H, W]`` in [0, 1] of a preference set's latents."""
-    chunks = [vae.decode(pset.latents[i:i + batch] / vae.config.scaling_factor).sample
-              for i in range(0, len(pset), batch)]
-    return (torch.cat(chunks) / 2 + 0.5).clamp(0, 1)
+from lrm_losses import accuracies, common_arguments, decode, table_row, train_one, world_vae
 
 
 def pixel_scores(net, images: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -82,17 +73,9 @@ def train_pixel(train, train_images, seed: int, steps: int, batch: int, init=Non
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=Path, default=DEFAULT_TRAIN)
-    parser.add_argument("--heldout", type=Path, required=True,
-                        help="a held-out preference set (a run's proxy_heldout/)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--batch", type=int, default=256)
+    parser = common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--prompts", type=int, default=0,
                         help="use only the first N prompts of each set (0: all; for a quick check)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from rewardkit.proxies.preference_set import PreferenceSet
@@ -104,9 +87,7 @@ def main() -> None:
     train, held = PreferenceSet.load(args.train), PreferenceSet.load(args.heldout)
     if args.prompts:
         train, held = (s.subset(range(min(args.prompts, s.num_prompts))) for s in (train, held))
-    from diffusers import AutoencoderKL
-
-    vae = AutoencoderKL.from_pretrained(TEACHER, subfolder="vae").eval()  # the world teacher's
+    vae = world_vae()
     train_images, held_images = decode(vae, train), decode(vae, held)
     held_codes = encode_captions(held.captions)[held.prompt_index]
     held_captions = [held.captions[p] for p in held.prompt_index.tolist()]

@@ -17,10 +17,10 @@ sees (default: the held-out set a default ``rewardkit run rg-lcd`` writes to
 - ``small``: ``bt`` with an LRM of half the widths (does less capacity generalise better on the
   judge's near-ties?);
 - ``renders``: ``bt``, after a first stage of ``--renders-steps`` steps of ``bt`` + the pointwise
-  term on many more judged latents: per ``world:train`` prompt (``--renders`` of them, drawn with
-  another seed than the preference set's) the VAE-encoded render and five spoiled copies of it (noise, blur, a pattern,
-  a colour cast), each scored by the judge on its decoded image (a latent analogue of
-  ``world-proxy``'s 12,000 judged images).
+  term on many more judged latents: per ``world:train`` prompt (``--renders`` of them, drawn
+  with another seed than the preference set's) the VAE-encoded render and five spoiled copies
+  of it (noise, blur, a pattern, a colour cast), each scored by the judge on its decoded image
+  (a latent analogue of ``world-proxy``'s 12,000 judged images).
 
 Prints, per variant, mean ± std over seeds of the held-out accuracy overall, on
 generated-vs-ground-truth pairs and on the hardest pairs (the ground truth against the two
@@ -52,6 +52,35 @@ VARIANTS = {
 }
 DEFAULT_TRAIN = Path(__file__).resolve().parents[1] / "rewardkit/world/assets/latent-rm/preference_set"
 TEACHER = Path(__file__).resolve().parents[1] / "rewardkit/world/assets/teacher"
+
+
+def common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options every preference-set benchmark here shares: the sets, seeds, steps, batch,
+    threads and the JSON output."""
+    parser.add_argument("--train", type=Path, default=DEFAULT_TRAIN)
+    parser.add_argument("--heldout", type=Path, required=True,
+                        help="a held-out preference set (a run's proxy_heldout/)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    return parser
+
+
+def world_vae():
+    """The world teacher's VAE (the one the world's latents and the judge's images come from)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(TEACHER, subfolder="vae").eval()
+
+
+@torch.no_grad()
+def decode(vae, pset, batch: int = 256) -> torch.Tensor:
+    """Images ``[N, 3, H, W]`` in [0, 1] of a preference set's latents."""
+    chunks = [vae.decode(pset.latents[i:i + batch] / vae.config.scaling_factor).sample
+              for i in range(0, len(pset), batch)]
+    return (torch.cat(chunks) / 2 + 0.5).clamp(0, 1)
 
 
 def pair_masks(pset, first, second, types):
@@ -173,19 +202,11 @@ def table_row(name: str, runs: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=Path, default=DEFAULT_TRAIN)
-    parser.add_argument("--heldout", type=Path, required=True,
-                        help="a held-out preference set (a run's proxy_heldout/)")
+    parser = common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--renders", type=int, default=2000,
                         help="world:train prompts of the renders variant's first stage (x 6 latents)")
     parser.add_argument("--renders-steps", type=int, default=800)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from rewardkit.proxies.preference_set import PreferenceSet

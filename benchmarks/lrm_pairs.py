@@ -31,7 +31,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lrm_losses import TEACHER
+from lrm_losses import decode, world_vae
 
 MARGIN_EDGES = (0.0, 0.01, 0.02, 0.05, 0.1, 1.0)
 
@@ -58,16 +58,10 @@ def deciding_terms(pset) -> list[str]:
     """Per pair of ``pset.pairs()``: the ``world-judge`` term that decides it (world sets only;
     the candidates are decoded with the world teacher's VAE, as the judge saw them)."""
     import numpy as np
-    import torch
-    from diffusers import AutoencoderKL
 
     from rewardkit.world.judge import WEIGHTS, judge
 
-    vae = AutoencoderKL.from_pretrained(TEACHER, subfolder="vae").eval()
-    with torch.no_grad():
-        images = torch.cat([vae.decode(pset.latents[i:i + 256] / vae.config.scaling_factor).sample
-                            for i in range(0, len(pset), 256)])
-    pixels = (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    pixels = decode(world_vae(), pset).permute(0, 2, 3, 1).numpy()
     verdicts = [judge(image, pset.captions[p]) for image, p in zip(pixels, pset.prompt_index.tolist())]
     first, second, _ = pset.pairs()
     decided = []
