@@ -79,10 +79,10 @@ def load_pipeline(model_dir: str | Path, scheduler: str = "lcm", device: str | N
     """Load a diffusers pipeline folder (or hub id) with an ``LCMScheduler`` or ``DDIMScheduler``."""
     from diffusers import DDIMScheduler, DiffusionPipeline, LCMScheduler
 
-    from .backbones.stable_diffusion import check_pipeline_location, resolve_dtype
+    from .backbones.stable_diffusion import check_pipeline_location, pipeline_dtype_kwarg, resolve_dtype
 
     check_pipeline_location(str(model_dir), key="model_dir")
-    pipe = DiffusionPipeline.from_pretrained(str(model_dir), **_pipeline_dtype_kwarg(resolve_dtype(dtype)))
+    pipe = DiffusionPipeline.from_pretrained(str(model_dir), **pipeline_dtype_kwarg(resolve_dtype(dtype)))
     scheduler_class = {"lcm": LCMScheduler, "ddim": DDIMScheduler}[scheduler]
     pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
     if hasattr(pipe, "safety_checker") and getattr(pipe, "safety_checker", None) is not None:
@@ -245,15 +245,3 @@ def sample_command(
     where = str(paths[0]) if len(paths) == 1 else f"{paths[0]} ... {paths[-1]}"
     console.print(f"[green]wrote[/] {where}: {result.summary()}", highlight=False)
 
-
-def _pipeline_dtype_kwarg(dtype: Any) -> dict[str, Any]:
-    """``DiffusionPipeline.from_pretrained``'s dtype keyword for the installed diffusers.
-
-    diffusers renamed it from ``torch_dtype`` to ``dtype`` in 2026 (huggingface/diffusers#14205)
-    and warns on the old name; older releases know only ``torch_dtype``. There is no version
-    number to compare against that we could verify offline, so the new name is used where the
-    helper that resolves it exists.
-    """
-    from diffusers.utils import deprecation_utils
-
-    return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}

@@ -141,6 +141,19 @@ def _transformers_dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
+def pipeline_dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """``DiffusionPipeline.from_pretrained``'s dtype keyword for the installed diffusers.
+
+    diffusers renamed it from ``torch_dtype`` to ``dtype`` in 2026 (huggingface/diffusers#14205)
+    and warns on the old name; older releases know only ``torch_dtype``. There is no version
+    number to compare against that we could verify offline, so the new name is used where the
+    helper that resolves it exists.
+    """
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
+
+
 class StableDiffusionBackbone(Backbone):
     """Stable Diffusion 1.x/2.x teacher (epsilon or v-prediction) loaded with diffusers."""
 
