@@ -479,3 +479,45 @@ def test_a_checkpoint_with_the_older_latent_rm_folder_still_resumes(assets, tmp_
     assert proxy_folder(tmp_path) == tmp_path / LEGACY_PROXY_DIR
     (tmp_path / PROXY_DIR).mkdir()
     assert proxy_folder(tmp_path) == tmp_path / PROXY_DIR
+
+
+# ---------------------------------------------------------------- memory and dtypes on GPUs
+
+
+def test_direct_mode_decoder_checkpointing_changes_no_loss_or_gradient(assets, tmp_path):
+    """Recomputing the VAE decoder in backward gives the same loss and student gradient."""
+    results = []
+    for checkpointing in (False, True):
+        recipe = RGLCDRecipe(config(assets, tmp_path / str(checkpointing), proxy="none",
+                                    vae_gradient_checkpointing=checkpointing))
+        recipe.setup()
+        assert recipe.backbone.vae.decoder.gradient_checkpointing is checkpointing
+        step = recipe.forward(next(recipe.batches))
+        loss = step.lcd_loss + recipe.extra_losses(step)["reward_loss"]
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in recipe.unwrapped_student.named_parameters()
+                 if p.grad is not None}
+        results.append((loss.detach(), grads))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.equal(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-5, atol=1e-7)
+
+
+def test_the_expert_runs_in_the_mixed_precision_dtype_unless_reward_params_set_one(
+        assets, tmp_path):
+    from rewardkit.testing.tiny_clip import build_tiny_clip
+
+    clip = str(build_tiny_clip(tmp_path / "clip"))
+    for params, expected in (({"model": clip}, torch.bfloat16),
+                             ({"model": clip, "dtype": "float32"}, torch.float32)):
+        recipe = RGLCDRecipe(config(assets, tmp_path / str(expected), proxy="none",
+                                    reward="clip-score", reward_params=params,
+                                    mixed_precision="bf16"))
+        recipe.setup()
+        assert recipe.reward_model.dtype == expected
+    recipe = RGLCDRecipe(config(assets, tmp_path / "fp32", proxy="none", reward="clip-score",
+                                reward_params={"model": clip}))
+    recipe.setup()
+    assert recipe.reward_model.dtype == torch.float32  # no mixed precision: as built

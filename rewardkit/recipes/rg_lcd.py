@@ -79,6 +79,9 @@ from .lcd import LCDRecipe
 from .lcd_config import LCDConfig
 
 NO_PROXY = "none"
+#: The expert RM's dtype under each mixed precision (when the RM takes a ``dtype`` and the
+#: config's ``reward_params`` set none).
+REWARD_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 HELDOUT_DIR = "proxy_heldout"
 REPLAY_WEIGHTS = "proxy_replay.safetensors"
 
@@ -114,6 +117,10 @@ class RGLCDConfig(LCDConfig):
                       "comparison.png, training curves; the default world run turns it on)", OURS)
     vae_decode_batch_size: int = _f(16, "Latents decoded (and scored) per chunk in the proxy "
                                     "update")
+    vae_gradient_checkpointing: bool = _f(False, "Recompute the VAE decoder's activations in "
+                                          "backward (direct mode decodes f_theta with its graph, "
+                                          "its largest activation at 512-1024 px); same loss and "
+                                          "gradient", OURS)
     # ---------------------------------------------------------------- the online proxy schedule
     proxy_warmup_steps: int = _f(0, "Student steps at the start with the reward term off while "
                                  "the proxy already learns from the expert (0: the reward acts "
@@ -156,7 +163,8 @@ class RGLCDConfig(LCDConfig):
     KEY_GROUPS = {
         **LCDConfig.KEY_GROUPS,
         "Reward": ("reward", "reward_params", "reward_scale", "proxy_batch_size",
-                   "vae_decode_batch_size", "expert_logit_scale", "report"),
+                   "vae_decode_batch_size", "vae_gradient_checkpointing", "expert_logit_scale",
+                   "report"),
         "Latent proxy RM (LRM)": (
             "proxy", "proxy_params", "pretrained_proxy", "proxy_lr", "proxy_loss_type",
             "smooth_gt_label", "proxy_warmup_steps", "proxy_updates_per_step", "proxy_update_every",
@@ -300,6 +308,8 @@ class RGLCDRecipe(LCDRecipe):
         if self.direct:
             if not getattr(self.reward_model, "differentiable", False):
                 raise ConfigError(_not_differentiable(cfg.reward))
+            if cfg.vae_gradient_checkpointing:
+                self.backbone.vae.enable_gradient_checkpointing()
             return
         proxy = self.build_proxy().to(accelerator.device)
         proxy.freeze().eval()
@@ -361,13 +371,20 @@ class RGLCDRecipe(LCDRecipe):
         return preference_accuracy(self.proxy_model, self.heldout)
 
     def build_reward_model(self, device: torch.device) -> RewardModel:
-        """The expert RM, moved to ``device`` once."""
+        """The expert RM, moved to ``device`` once. An RM that takes a ``dtype`` runs in the
+        mixed-precision dtype unless ``reward_params`` sets one (a ViT-H/14 RM in fp32 costs
+        several times its bf16 time on a GPU)."""
         from ..plugins import get_host
 
         cfg = self.config
         rm = self.components.get("reward")
         if rm is None:
-            rm = get_host().get("reward", cfg.reward).build(**cfg.reward_params)
+            spec = get_host().get("reward", cfg.reward)
+            params = dict(cfg.reward_params)
+            if (cfg.mixed_precision in REWARD_DTYPES and "dtype" not in params
+                    and "dtype" in {p.name for p in spec.params}):
+                params["dtype"] = REWARD_DTYPES[cfg.mixed_precision]
+            rm = spec.build(**params)
         if not isinstance(rm, RewardModel):
             raise ConfigError(f"reward '{cfg.reward}' built a {type(rm).__name__}, not a "
                               "rewardkit.rewards.RewardModel")

@@ -69,7 +69,8 @@ class AestheticScore(ModuleRewardModel):
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Predicted aesthetic rating of each image, shape ``[B]`` (prompts are not used)."""
-        pixels = self.transform(images.to(self.device, self.dtype))
+        # resized in fp32 (bicubic antialiasing has no bf16 CPU kernel), then cast
+        pixels = self.transform(images.to(self.device, torch.float32)).to(self.dtype)
         embeds = self.vision(pixel_values=pixels).image_embeds
         embeds = embeds / embeds.norm(dim=-1, keepdim=True)
         return self.head(embeds).to(images.device)

@@ -83,7 +83,8 @@ class CLIPRewardModel(ModuleRewardModel):
 
     def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised image embeddings of [0, 1] images; differentiable w.r.t. ``images``."""
-        pixels = self.transform(images.to(self.device, self.dtype))
+        # resized in fp32 (bicubic antialiasing has no bf16 CPU kernel), then cast
+        pixels = self.transform(images.to(self.device, torch.float32)).to(self.dtype)
         embeds = features(self.model.get_image_features(pixel_values=pixels))
         return embeds / embeds.norm(dim=-1, keepdim=True)
 
