@@ -323,6 +323,19 @@ def test_heldout_accuracy_is_logged_before_training_and_at_each_validation(asset
     assert resumed.validation_metrics() == preference_accuracy(resumed.proxy_model, saved)
 
 
+@pytest.mark.parametrize("resolution", [8, 32])  # the tiny teacher's native side is 16
+def test_lrm_mode_with_the_heldout_set_trains_at_another_resolution(assets, tmp_path, resolution):
+    out = RGLCDRecipe(config(assets, tmp_path, resolution=resolution, max_train_steps=2,
+                             validation_steps=2)).run(progress=False)
+    rows = heldout_rows(out)
+    assert [r["step"] for r in rows] == [0, 2]
+    assert all(0.0 <= r["proxy_heldout_accuracy"] <= 1.0 for r in rows)
+    saved = PreferenceSet.load(out / HELDOUT_DIR)
+    side = resolution // 2  # the tiny VAE halves the image side
+    assert saved.latents.shape[-2:] == (side, side)  # every candidate, teacher and student too
+    assert {k.split("-")[0] for k in saved.kinds} == {"ground", "teacher", "student", "noised"}
+
+
 def test_heldout_set_can_be_switched_off(assets, tmp_path):
     RGLCDRecipe(config(assets, tmp_path, max_train_steps=1, validation_steps=1,
                        proxy_eval_num_prompts=0)).run(progress=False)
