@@ -161,6 +161,13 @@ class PreferenceSet:
                    meta=dict(meta.get("meta", {})))
 
 
+def other_latent_size(latents: torch.Tensor, side: int) -> str | None:
+    """``"HxW"`` of saved ``latents [..., h, w]`` when they are not ``side x side`` (a set or
+    buffer made at another resolution than the run reusing it); ``None`` when they are."""
+    height, width = (int(n) for n in latents.shape[-2:])
+    return None if (height, width) == (side, side) else f"{height}x{width}"
+
+
 # ---------------------------------------------------------------- measuring a proxy
 
 
@@ -335,4 +342,4 @@ def build_preference_set(backbone: Any, expert: ExpertFn, latents: torch.Tensor,
 
 
 __all__ = ["PreferenceSet", "build_preference_set", "preference_accuracy", "proxy_scores",
-           "agreement", "scores_accuracy", "teacher_ddim_latents", "GEN_VS_GEN", "GEN_VS_GT", "GROUND_TRUTH"]
+           "agreement", "scores_accuracy", "other_latent_size", "teacher_ddim_latents", "GEN_VS_GEN", "GEN_VS_GT", "GROUND_TRUTH"]
