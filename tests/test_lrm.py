@@ -22,7 +22,7 @@ def small(**overrides) -> LatentRewardModel:
 
 
 @pytest.mark.parametrize("tower", ["conv", "vit"])
-@pytest.mark.parametrize("size", [(4, 4), (8, 8), (13, 9), (32, 32), (64, 64)])
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (4, 4), (8, 8), (13, 9), (32, 32), (64, 64)])
 def test_forward_shapes_at_any_latent_size(tower, size):
     model = small(image_tower=tower)
     latents = torch.randn(3, 4, *size)

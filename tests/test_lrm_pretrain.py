@@ -318,6 +318,33 @@ def test_preference_stage_learns_from_the_expert_and_measures_held_out(assets, t
     assert rows[-1]["proxy_heldout_accuracy"] >= rows[2]["proxy_heldout_accuracy"]
 
 
+@pytest.mark.parametrize("resolution", [8, 32])  # the tiny teacher's native side is 16
+def test_both_stages_train_at_another_resolution(assets, tmp_path, resolution):
+    pretrain_lrm(dataclasses.asdict(with_preferences(
+        assets, tmp_path, resolution=resolution, contrastive_steps=1, preference_steps=1)))
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["stage"] for r in rows] == ["initial", "contrastive", "preference"]
+    assert all(0.0 <= rows[i]["proxy_heldout_accuracy"] <= 1.0 for i in (0, 1, 2))
+    side = resolution // 2  # the tiny VAE halves the image side
+    for folder in (PREFERENCE_SET_DIR, HELDOUT_SET_DIR):
+        pset = PreferenceSet.load(tmp_path / folder)
+        assert pset.latents.shape[-2:] == (side, side)  # the teacher's candidates too
+        assert any(k.startswith("teacher-ddim") for k in pset.kinds)
+
+
+def test_resumed_at_another_resolution_it_rebuilds_its_sets_at_that_size(assets, tmp_path):
+    common = dict(contrastive_steps=1, preference_steps=1, checkpointing_steps=1)
+    LRMPretrainRecipe(with_preferences(assets, tmp_path, **dict(common, preference_steps=0))
+                      ).run(progress=False)
+    assert PreferenceSet.load(tmp_path / HELDOUT_SET_DIR).latents.shape[-2:] == (8, 8)
+    resumed = LRMPretrainRecipe(with_preferences(assets, tmp_path, resolution=32,
+                                                 resume_from_checkpoint="latest", **common))
+    resumed.run(progress=False)  # the sets are a cache keyed by resolution: rebuilt, not reused
+    assert resumed.global_step == 2
+    for folder in (PREFERENCE_SET_DIR, HELDOUT_SET_DIR):
+        assert PreferenceSet.load(tmp_path / folder).latents.shape[-2:] == (16, 16)
+
+
 def test_trains_on_the_embedded_world(assets, tmp_path):
     recipe = LRMPretrainRecipe(config(
         assets, tmp_path, train_shards_path_or_url="world:train?size=16", train_batch_size=8,

@@ -73,6 +73,17 @@ def test_the_image_side_reads_the_prompt(assets):
     assert not hasattr(proxy, "encode_latents")  # so lrm-pretrain refuses its contrastive stage
 
 
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (3, 5), (16, 16)])
+def test_it_scores_latents_of_any_size(assets, size):
+    # the tiny teacher's latents are 8x8; a run at another resolution hands it other sizes
+    backbone = assets["backbone"]
+    proxy = build_proxy("lrm-unet", dict(SMALL), backbone)
+    latents = torch.randn(2, 4, *size, generator=torch.Generator().manual_seed(2))
+    scores = proxy(latents, prompts(backbone, "a red circle", "a blue square"))
+    assert scores.shape == (2,) and bool(torch.isfinite(scores).all())
+    assert bool((scores.abs() <= 1 + 1e-6).all())
+
+
 def test_random_init_is_an_option(assets):
     backbone = assets["backbone"]
     proxy = build_proxy("lrm-unet", {**SMALL, "init_from_teacher": False}, backbone)

@@ -323,6 +323,39 @@ def test_heldout_accuracy_is_logged_before_training_and_at_each_validation(asset
     assert resumed.validation_metrics() == preference_accuracy(resumed.proxy_model, saved)
 
 
+@pytest.mark.parametrize("resolution", [8, 32])  # the tiny teacher's native side is 16
+def test_lrm_mode_with_the_heldout_set_trains_at_another_resolution(assets, tmp_path, resolution):
+    out = RGLCDRecipe(config(assets, tmp_path, resolution=resolution, max_train_steps=2,
+                             validation_steps=2)).run(progress=False)
+    rows = heldout_rows(out)
+    assert [r["step"] for r in rows] == [0, 2]
+    assert all(0.0 <= r["proxy_heldout_accuracy"] <= 1.0 for r in rows)
+    saved = PreferenceSet.load(out / HELDOUT_DIR)
+    side = resolution // 2  # the tiny VAE halves the image side
+    assert saved.latents.shape[-2:] == (side, side)  # every candidate, teacher and student too
+    assert {k.split("-")[0] for k in saved.kinds} == {"ground", "teacher", "student", "noised"}
+
+
+def test_a_set_or_buffer_saved_at_another_resolution_is_refused_naming_the_key(assets, tmp_path):
+    run = tmp_path / "run"  # 16 px: 8x8 latents in its held-out set and replay buffer
+    common = dict(max_train_steps=1, checkpointing_steps=1, proxy_replay_size=2)
+    RGLCDRecipe(config(assets, run, **common)).run(progress=False)
+    rehearse = config(assets, tmp_path / "other", resolution=32, proxy_eval_num_prompts=0,
+                      proxy_rehearsal_set=str(run / HELDOUT_DIR))
+    with pytest.raises(ConfigError, match=r"^proxy_rehearsal_set: .* holds 8x8 latents but "
+                                          r"resolution 32 trains on 16x16 ones; .*resolution 32"):
+        RGLCDRecipe(rehearse).setup()
+    resume = dict(common, resolution=32, max_train_steps=2, resume_from_checkpoint="latest")
+    with pytest.raises(ConfigError, match=r"^resolution: the held-out preference set .* holds "
+                                          r"8x8 latents .*delete that folder"):
+        RGLCDRecipe(config(assets, run, **resume)).setup()
+    with pytest.raises(ConfigError, match=r"^resume_from_checkpoint: the proxy replay buffer in "
+                                          rf".*checkpoint-1' holds 8x8 latents .*{REPLAY_WEIGHTS}"):
+        RGLCDRecipe(config(assets, run, **resume, proxy_eval_num_prompts=0)).setup()
+    (run / "checkpoint-1" / REPLAY_WEIGHTS).unlink()  # the way out the message names
+    RGLCDRecipe(config(assets, run, **resume, proxy_eval_num_prompts=0)).run(progress=False)
+
+
 def test_heldout_set_can_be_switched_off(assets, tmp_path):
     RGLCDRecipe(config(assets, tmp_path, max_train_steps=1, validation_steps=1,
                        proxy_eval_num_prompts=0)).run(progress=False)

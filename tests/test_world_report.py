@@ -208,5 +208,10 @@ def test_world_defaults_fit_the_users_proxy_and_reward(assets, monkeypatch):
     unet = rk.recipe("rg-lcd", proxy="lrm-unet").config
     assert unet.pretrained_proxy is None and unet.proxy_params == WORLD_UNET_LRM_PARAMS
     assert unet.proxy_rehearsal_set == judge.proxy_rehearsal_set
+    # another resolution: the shipped LRM still loads (it reads latents of any size), but its
+    # rehearsal pairs are latents of 32-px images, which rg-lcd would refuse at 64 px
+    wide = rk.recipe("rg-lcd", resolution=64).config
+    assert wide.pretrained_proxy == judge.pretrained_proxy and wide.proxy_rehearsal_set is None
+    assert rk.recipe("rg-lcd", resolution=32).config.proxy_rehearsal_set == judge.proxy_rehearsal_set
     pretrain = rk.recipe("lrm-pretrain", proxy="lrm-unet").config
     assert pretrain.contrastive_steps == 0 and pretrain.proxy_params == WORLD_UNET_LRM_PARAMS

@@ -24,7 +24,9 @@ class Backbone(ABC):
     Attributes set by implementations: ``unet`` (the frozen teacher), ``vae``, ``text_encoder``,
     ``tokenizer``, ``noise_scheduler``, ``prediction_type`` (``"epsilon"``, ``"v_prediction"`` or
     ``"sample"``), ``vae_scaling_factor``, ``latent_channels``, ``text_embed_dim``,
-    ``sample_size`` (the teacher's latent side), ``device`` and ``dtype`` (of the frozen parts).
+    ``sample_size`` (the teacher's native latent side: a run at another ``resolution`` samples
+    at :meth:`latent_side` of it instead), ``vae_scale_factor`` (image pixels per latent pixel;
+    8 when unset), ``device`` and ``dtype`` (of the frozen parts).
     Everything below is what the recipes, validation and the proxies call; check an
     implementation with :func:`rewardkit.testing.check_backbone`.
     """
@@ -73,6 +75,11 @@ class Backbone(ABC):
     def configure(self, resolution: int) -> None:
         """Called by the recipes with the training image side before training (SDXL conditions
         on it); nothing to do by default."""
+
+    def latent_side(self, resolution: int) -> int:
+        """The side of the latents :meth:`encode_images` makes of ``resolution``-pixel images:
+        ``resolution // vae_scale_factor`` (8 when the backbone sets no ``vae_scale_factor``)."""
+        return int(resolution) // int(getattr(self, "vae_scale_factor", 8))
 
     def proxy_text(self, cond: Conditioning) -> torch.Tensor:
         """What a latent proxy RM reads of ``cond``: token embeddings ``[B, L', text_embed_dim]``

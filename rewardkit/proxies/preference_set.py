@@ -161,6 +161,13 @@ class PreferenceSet:
                    meta=dict(meta.get("meta", {})))
 
 
+def other_latent_size(latents: torch.Tensor, side: int) -> str | None:
+    """``"HxW"`` of saved ``latents [..., h, w]`` when they are not ``side x side`` (a set or
+    buffer made at another resolution than the run reusing it); ``None`` when they are."""
+    height, width = (int(n) for n in latents.shape[-2:])
+    return None if (height, width) == (side, side) else f"{height}x{width}"
+
+
 # ---------------------------------------------------------------- measuring a proxy
 
 
@@ -221,10 +228,14 @@ def scores_accuracy(scores: torch.Tensor, pset: PreferenceSet,
 
 @torch.no_grad()
 def teacher_ddim_latents(backbone: Any, cond: Conditioning, uncond: Conditioning,
-                         steps: int, guidance_scale: float, generator: torch.Generator) -> torch.Tensor:
+                         steps: int, guidance_scale: float, generator: torch.Generator,
+                         latent_size: int | Sequence[int] | None = None) -> torch.Tensor:
     """Scaled latents sampled from the frozen teacher with diffusers' ``DDIMScheduler`` + CFG
-    (``cond``/``uncond``: the prompts' and the empty prompt's conditioning)."""
+    (``cond``/``uncond``: the prompts' and the empty prompt's conditioning) at ``latent_size``
+    (a side or ``(h, w)``; default: the teacher's native ``sample_size``)."""
     from diffusers import DDIMScheduler
+
+    from ..training.validation import latent_shape
 
     scheduler = DDIMScheduler.from_config(backbone.noise_scheduler.config)
     device = cond.prompt_embeds.device
@@ -232,8 +243,8 @@ def teacher_ddim_latents(backbone: Any, cond: Conditioning, uncond: Conditioning
     unet = backbone.unet
     dtype = next(unet.parameters()).dtype
     batch = len(cond)
-    size = backbone.sample_size
-    latents = torch.randn((batch, backbone.latent_channels, size, size), generator=generator)
+    height, width = latent_shape(backbone, latent_size)
+    latents = torch.randn((batch, backbone.latent_channels, height, width), generator=generator)
     latents = (latents * scheduler.init_noise_sigma).to(device=device, dtype=dtype)
     both = (Conditioning.cat([uncond, cond]) if guidance_scale != 1.0 else cond).to(dtype=dtype)
     for t in scheduler.timesteps:
@@ -266,8 +277,10 @@ def build_preference_set(backbone: Any, expert: ExpertFn, latents: torch.Tensor,
     ``latents`` are the prompts' ground-truth scaled latents ``[P, C, h, w]``. Each prompt gets:
     its ground truth; one DDIM sample of the teacher per ``(steps, guidance)`` in
     ``teacher_settings``; one LCM sample of ``student`` per entry of ``student_steps`` (if a
-    student is given); one noised ground truth per entry of ``noise_levels``. All sampling uses
-    a generator seeded with ``seed`` (not the training stream).
+    student is given); one noised ground truth per entry of ``noise_levels``. Every sample is
+    drawn at the ground truths' ``h x w`` (the training resolution, which need not be the
+    teacher's native one), so all candidates of a prompt are comparable. All sampling uses a
+    generator seeded with ``seed`` (not the training stream).
     """
     from ..training.validation import sample_lcm_latents
 
@@ -282,6 +295,7 @@ def build_preference_set(backbone: Any, expert: ExpertFn, latents: torch.Tensor,
                              for i in range(0, count, batch_size)])
     prompt_embeds = backbone.proxy_text(cond)  # what the proxies read
     gt = latents.float().to(device)
+    size = tuple(gt.shape[-2:])  # candidates are sampled at the ground truths' size
     groups: list[tuple[str, torch.Tensor]] = [(GROUND_TRUTH, gt)]
 
     def chunked(make: Callable[[slice], torch.Tensor]) -> torch.Tensor:
@@ -292,7 +306,8 @@ def build_preference_set(backbone: Any, expert: ExpertFn, latents: torch.Tensor,
             progress(f"teacher DDIM {steps} steps, guidance {scale}")
         groups.append((f"teacher-ddim-{steps}-cfg{scale:g}", chunked(lambda rows: teacher_ddim_latents(
             backbone, cond.index(rows).to(device),
-            backbone.empty_conditioning(len(captions[rows])).float(), steps, scale, generator))))
+            backbone.empty_conditioning(len(captions[rows])).float(), steps, scale, generator,
+            latent_size=size))))
     if student is not None:
         for steps in student_steps:
             if progress:
@@ -300,7 +315,8 @@ def build_preference_set(backbone: Any, expert: ExpertFn, latents: torch.Tensor,
             groups.append((f"student-lcm-{steps}", chunked(lambda rows: sample_lcm_latents(
                 backbone, student, cond.index(rows).to(device), steps=steps,
                 seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
-                guidance_scale=student_guidance_scale, time_cond_proj_dim=time_cond_proj_dim))))
+                guidance_scale=student_guidance_scale, time_cond_proj_dim=time_cond_proj_dim,
+                latent_size=size))))
     for level in noise_levels:
         groups.append((f"noised-gt-{level:g}", noised_latents(gt, level, generator)))
 
@@ -326,4 +342,4 @@ def build_preference_set(backbone: Any, expert: ExpertFn, latents: torch.Tensor,
 
 
 __all__ = ["PreferenceSet", "build_preference_set", "preference_accuracy", "proxy_scores",
-           "agreement", "scores_accuracy", "teacher_ddim_latents", "GEN_VS_GEN", "GEN_VS_GT", "GROUND_TRUTH"]
+           "agreement", "scores_accuracy", "other_latent_size", "teacher_ddim_latents", "GEN_VS_GEN", "GEN_VS_GT", "GROUND_TRUTH"]

@@ -19,6 +19,9 @@ teacher UNet:
   proxies alike. The image embedding depends on the prompt, so there is no prompt-free
   ``encode_latents`` and ``lrm-pretrain``'s contrastive stage does not apply (set
   ``contrastive_steps`` 0; the teacher's encoder is what replaces it).
+- **Any latent resolution**, as ``lrm``: the encoder's convolutions and attention take any
+  ``h x w`` and the head pools, so a run at another resolution than the teacher's native one
+  scores its latents with the same weights.
 
 ``trainable`` (what rg-lcd's online update trains): ``"heads"`` (both projections and
 ``logit_scale``), ``"last"`` (default: the heads, the mid block and the text tower's last layer and

@@ -64,7 +64,8 @@ from ..files import replace_path
 from ..proxies.base import ProxyRewardModel
 from ..proxies.factory import PROXY_DIR, proxy_folder
 from ..proxies.losses import GT, PROXY_LOSS_TYPES, STUDENT, TARGET
-from ..proxies.preference_set import PreferenceSet, build_preference_set, preference_accuracy
+from ..proxies.preference_set import (PreferenceSet, build_preference_set, other_latent_size,
+                                      preference_accuracy)
 from ..proxies.rehearsal import Rehearsal
 from ..proxies.replay import CandidateReplay
 from ..proxies.update import ProxyUpdater, sample_candidates, score_candidates
@@ -323,6 +324,14 @@ class RGLCDRecipe(LCDRecipe):
                 raise ConfigError(f"proxy_rehearsal_set: its prompt embeddings are "
                                   f"{pset.prompt_embeds.shape[-1]}-wide but the teacher's are "
                                   f"{self.backbone.text_embed_dim}; build it with this teacher")
+            found = other_latent_size(pset.latents, self.latent_side)
+            if found:
+                raise ConfigError(f"proxy_rehearsal_set: '{cfg.proxy_rehearsal_set}' holds "
+                                  f"{found} latents but resolution {cfg.resolution} trains on "
+                                  f"{self.latent_side}x{self.latent_side} ones; rehearse a set "
+                                  f"built at resolution {cfg.resolution} (lrm-pretrain "
+                                  "--resolution writes one in output_dir/preference_set) or drop "
+                                  "proxy_rehearsal_set")
             rehearsal = Rehearsal(pset, cfg.proxy_rehearsal_batch_size, cfg.proxy_rehearsal_weight)
         self.proxy_updater = ProxyUpdater(proxy, loss_type=cfg.proxy_loss_type,
                                           smooth_gt_label=cfg.smooth_gt_label, lr=cfg.proxy_lr,
@@ -341,7 +350,16 @@ class RGLCDRecipe(LCDRecipe):
         cfg = self.config
         folder = self.output_dir / HELDOUT_DIR
         if (folder / "preference_set.json").is_file():
-            return PreferenceSet.load(folder)
+            pset = PreferenceSet.load(folder)
+            found = other_latent_size(pset.latents, self.latent_side)
+            if found:
+                raise ConfigError(f"resolution: the held-out preference set of this run "
+                                  f"('{folder}') holds {found} latents but resolution "
+                                  f"{cfg.resolution} trains on {self.latent_side}x"
+                                  f"{self.latent_side} ones; resume at the resolution the run "
+                                  "started with, or delete that folder to build a new held-out "
+                                  "set")
+            return pset
         spec = cfg.proxy_eval_shards_path_or_url or cfg.train_shards_path_or_url
         source = resolve_source(spec, cfg.resolution)
         loader = build_loader(source, resolution=cfg.resolution,
@@ -363,6 +381,12 @@ class RGLCDRecipe(LCDRecipe):
             batch_size=cfg.vae_decode_batch_size)
         replace_path(pset.save(folder.with_name(folder.name + ".tmp")), folder)
         return pset
+
+    @property
+    def latent_side(self) -> int:
+        """The side of the training latents (``resolution`` through the backbone's VAE): every
+        set or buffer of latents the proxy is measured or trained on has it."""
+        return self.backbone.latent_side(self.config.resolution)
 
     def validation_metrics(self) -> dict[str, float]:
         """``proxy_heldout_accuracy`` (overall and per pair type) on the held-out set."""
@@ -494,7 +518,16 @@ class RGLCDRecipe(LCDRecipe):
         self.proxy_model.load_state_dict(load_tensor_file(weights))
         replay = Path(checkpoint_dir) / REPLAY_WEIGHTS
         if self.replay is not None and replay.is_file():
-            self.replay.load_state_tensors(load_tensor_file(replay), device=device)
+            state = load_tensor_file(replay)
+            found = other_latent_size(state["latents"], self.latent_side) if state else None
+            if found:
+                raise ConfigError(f"resume_from_checkpoint: the proxy replay buffer in "
+                                  f"'{checkpoint_dir}' holds {found} latents but resolution "
+                                  f"{self.config.resolution} trains on {self.latent_side}x"
+                                  f"{self.latent_side} ones; resume at the resolution it was "
+                                  f"saved at, or delete its {REPLAY_WEIGHTS} to start the buffer "
+                                  "empty")
+            self.replay.load_state_tensors(state, device=device)
 
     def save_final(self) -> Path:
         """The student pipeline, plus the trained proxy in ``output_dir/proxy``."""

@@ -15,7 +15,7 @@ Each check raises ``AssertionError`` naming the backbone and what went wrong:
   whose ``prompt_embeds`` are ``[B, L, text_embed_dim]`` without gradients (different prompts,
   different embeddings) and which carry the same ``added`` tensors;
 - ``encode_images`` maps ``[B, 3, H, W]`` pixels in ``[-1, 1]`` to ``[B, latent_channels, h, w]``
-  and ``decode_latents`` maps them back to ``[B, 3, H, W]`` in ``[0, 1]``, differentiably (the
+  with ``h == latent_side(H)`` (what a run at another resolution relies on), and ``decode_latents`` maps them back to ``[B, 3, H, W]`` in ``[0, 1]``, differentiably (the
   reward gradient of RG-LCD flows through it);
 - ``build_student`` has the teacher's weights: with a zero guidance embedding it predicts what the
   teacher predicts, and its only trainable parameters are its own; ``predict`` keeps the latents'
@@ -99,6 +99,9 @@ def _check_codecs(backbone: Backbone, batch: int, where: str) -> torch.Tensor:
     expected = (batch, backbone.latent_channels, backbone.sample_size, backbone.sample_size)
     assert tuple(latents.shape) == expected, (
         f"{where}: encode_images of {side}x{side} pixels gave {tuple(latents.shape)}, expected {expected}")
+    assert backbone.latent_side(side) == backbone.sample_size, (
+        f"{where}: latent_side({side}) is {backbone.latent_side(side)} but encode_images gave "
+        f"{backbone.sample_size}x{backbone.sample_size} latents")
     probe = latents.detach().float().clone().requires_grad_(True)
     images = backbone.decode_latents(probe)
     assert tuple(images.shape) == (batch, 3, side, side), (

@@ -112,7 +112,10 @@ def fit_world_defaults(defaults: dict[str, Any], chosen: dict[str, Any]) -> dict
     an expert other than ``world-judge`` the LRM starts from scratch and rehearses nothing (the
     shipped ``latent-rm`` and its rehearsal pairs were made with the judge, and would leak it
     into a run meant to learn another RM), so it learns on the paper's online schedule
-    (:data:`SCRATCH_LRM_SCHEDULE`). The user's ``chosen`` values are applied over these."""
+    (:data:`SCRATCH_LRM_SCHEDULE`); at another ``resolution`` than the world's the shipped
+    rehearsal pairs are dropped (their latents have the world resolution's size, and rg-lcd
+    refuses a rehearsal set of other-sized latents), while the shipped LRM, which reads latents
+    of any size, still loads. The user's ``chosen`` values are applied over these."""
     fitted = dict(defaults)
     proxy = chosen.get("proxy", fitted.get("proxy"))
     reward = chosen.get("reward", fitted.get("reward"))
@@ -126,6 +129,8 @@ def fit_world_defaults(defaults: dict[str, Any], chosen: dict[str, Any]) -> dict
     if reward != "world-judge":
         fitted.pop("proxy_rehearsal_set", None)
         fitted.update(SCRATCH_LRM_SCHEDULE)
+    if chosen.get("resolution", fitted["resolution"]) != fitted["resolution"]:
+        fitted.pop("proxy_rehearsal_set", None)
     return fitted
 
 
