@@ -109,17 +109,17 @@ def worker(mode: str, assets: dict[str, str], out: Path, args: argparse.Namespac
     recipe.batches = itertools.repeat(next(recipe.batches))
     rss_after_setup = current_rss_mib()
     update_times: list[float] = []
-    after = recipe.after_optimizer_step
+    after = recipe.after_step
 
-    def timed_after(step):  # the proxy update (LRM mode) happens here
+    def timed_after():  # the EMA and (LRM mode) the proxy update happen here
         synchronize(device)
         started = time.perf_counter()
-        out = after(step)
+        out = after()
         synchronize(device)
         update_times.append(time.perf_counter() - started)
         return out
 
-    recipe.after_optimizer_step = timed_after
+    recipe.after_step = timed_after
     for _ in range(args.warmup):
         recipe.train_step()
     if device.type == "cuda":

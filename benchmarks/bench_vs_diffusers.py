@@ -265,7 +265,7 @@ def check_losses(args, teacher, data, side, root, reward) -> float:
     step = lcd_forward(backbone=recipe.backbone, solver=recipe.solver, student=recipe.student,
                        target=recipe.target_network, latents=latents, cond=cond, uncond=uncond,
                        captions=fixed["captions"], hyper=recipe.hyper, generator=recipe.generator)
-    ours = step.lcd_loss + sum(recipe.extra_losses(step).values())
+    ours = step.lcd_loss + (recipe.reward_loss(step) if args.recipe == "rg-lcd" else 0.0)
     generator = torch.Generator().manual_seed(0)
     generator.set_state(state)
     index = recipe.solver.sample_indices(args.batch, generator=generator)

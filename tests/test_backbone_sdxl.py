@@ -186,10 +186,10 @@ def test_sdxl_training_resumes_bit_exactly(teacher, data, tmp_path):
     from rewardkit.recipes.lcd import LCDRecipe
 
     class CrashAfterStep3(LCDRecipe):
-        def after_optimizer_step(self, step):
-            if step.global_step == 3:
+        def after_step(self):
+            if self.global_step + 1 == 3:
                 raise KeyboardInterrupt("simulated interruption")
-            return {}
+            return super().after_step()
 
     common = dict(max_train_steps=4, checkpointing_steps=2)
     straight = rk.recipe("lcd", _base(teacher, data, tmp_path / "a", **common)).run(progress=False)

@@ -69,7 +69,6 @@ def test_no_state_file_rewardkit_writes_is_a_pickle(runs):
 
 
 @pytest.mark.parametrize("name,file,replaces", [
-    ("rg-lcd", "extra_state.pt", ("extra_state.json", "extra_state.safetensors")),
     ("rg-lcd", "rank_state_0.pt", ("rank_state_0.json", "rank_state_0.safetensors")),
     ("lcd", "rank_state_0.pt", ("rank_state_0.json", "rank_state_0.safetensors")),
     ("lcd", "optimizer.bin", ()),
@@ -96,19 +95,6 @@ def test_lcd_does_not_read_an_extra_state_it_never_writes(runs, tmp_path):
     torch.save({"state": Payload(marker)}, checkpoint / "extra_state.pt")
     resume()
     assert not marker.exists()
-
-
-def test_a_legacy_plain_tensor_state_file_still_resumes(runs, tmp_path):
-    from rewardkit.training.safe_state import load_state
-
-    checkpoint, resume = copy_run(runs, "rg-lcd", tmp_path)
-    for name in ("rank_state_0", "extra_state"):
-        state = load_state(checkpoint, name)
-        (checkpoint / f"{name}.json").unlink()
-        (checkpoint / f"{name}.safetensors").unlink()
-        torch.save(state, checkpoint / f"{name}.pt")  # what older rewardkit wrote
-    out = resume()
-    assert (Path(out) / "checkpoint-2").is_dir() and (Path(out) / "pipeline").is_dir()
 
 
 @pytest.mark.parametrize("file", ["rank_state_0.json", "rank_state_0.safetensors",

@@ -15,7 +15,7 @@ import rewardkit as rk
 from rewardkit.checks import deferred, nonfinite_count, require
 from rewardkit.errors import RewardModelError
 from rewardkit.host import host_list
-from rewardkit.recipes.lcd import LCDRecipe, StepOutputs
+from rewardkit.recipes.lcd import LCDRecipe
 from rewardkit.testing.host_syncs import count_host_syncs
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
 from rewardkit.training.checkpoint import list_checkpoints
@@ -99,9 +99,10 @@ def test_deferred_checks_raise_at_the_read_and_immediate_ones_at_once():
 class NaNAt(LCDRecipe):
     """An extension loss that turns NaN at step 3."""
 
-    def extra_losses(self, step: StepOutputs) -> dict[str, torch.Tensor]:
-        value = torch.zeros((), device=step.lcd_loss.device)
-        return {"my_loss": value / 0 if step.global_step == 2 else value}
+    def losses(self, batch) -> dict[str, torch.Tensor]:
+        terms = super().losses(batch)
+        value = torch.zeros((), device=terms["lcd_loss"].device)
+        return {**terms, "my_loss": value / 0 if self.global_step == 2 else value}
 
 
 def test_a_nan_loss_term_is_named_and_the_step_is_never_saved(assets, tmp_path):

@@ -129,10 +129,10 @@ class CrashAt(LCDRecipe):
 
     crash_step = 3
 
-    def after_optimizer_step(self, step: StepOutputs) -> dict[str, float]:
-        if step.global_step == self.crash_step:
+    def after_step(self) -> dict[str, float]:
+        if self.global_step + 1 == self.crash_step:
             raise KeyboardInterrupt("simulated interruption")
-        return {}
+        return super().after_step()
 
 
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(assets, tmp_path):
@@ -165,7 +165,8 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(assets, tmp_path
 class FailingSave(LCDRecipe):
     """An extension whose checkpoint file cannot be written (a crash mid-checkpoint)."""
 
-    def save_extra(self, checkpoint_dir: Path) -> None:
+    def save_files(self, checkpoint_dir: Path) -> None:
+        super().save_files(checkpoint_dir)
         (checkpoint_dir / "half-written.bin").write_bytes(b"x")
         if self.global_step == 4:
             raise OSError("disk full")
@@ -192,9 +193,10 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_usable(assets, tmp_
 
 
 class NaNReward(LCDRecipe):
-    def extra_losses(self, step: StepOutputs) -> dict[str, torch.Tensor]:
-        value = step.student_x0.mean() * (float("nan") if step.global_step >= 2 else 0.0)
-        return {"reward_loss": value}
+    def losses(self, batch) -> dict[str, torch.Tensor]:
+        terms = super().losses(batch)
+        value = self.step.student_x0.mean() * (float("nan") if self.global_step >= 2 else 0.0)
+        return {**terms, "reward_loss": value}
 
 
 def test_a_non_finite_extra_loss_stops_the_run_and_keeps_checkpoints(assets, tmp_path):

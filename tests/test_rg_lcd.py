@@ -23,7 +23,6 @@ from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
 from rewardkit.training.checkpoint import list_checkpoints
 from rewardkit.training.metrics import read_metrics
 from rewardkit.training.safe_state import load_state
-from rewardkit.training.step import StepOutputs
 from rewardkit.training.testing import tiny_lcd_config, write_tiny_image_folder
 
 SMALL_LRM = dict(embed_dim=16, image_widths=[8, 16], text_width=16, text_heads=2)
@@ -143,7 +142,7 @@ def test_direct_mode_reward_gradient_reaches_the_student(assets, tmp_path):
     recipe = RGLCDRecipe(config(assets, tmp_path, proxy="none", reward_scale=2.0))
     recipe.setup()
     step = recipe.forward(next(recipe.batches))
-    losses = recipe.extra_losses(step)
+    losses = {"reward_loss": recipe.reward_loss(step)}
     expected = -2.0 * Redness().score(recipe.backbone.decode_latents(step.student_x0).float(),
                                       step.captions).mean()
     assert float(losses["reward_loss"].detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
@@ -175,7 +174,7 @@ def test_lrm_mode_student_step_has_no_expert_and_no_decoder(assets, tmp_path):
     decoder_calls = []
     hook = recipe.backbone.vae.decoder.register_forward_hook(lambda *a: decoder_calls.append(1))
     step = recipe.forward(next(recipe.batches))
-    losses = recipe.extra_losses(step)
+    losses = {"reward_loss": recipe.reward_loss(step)}
     assert not recipe.reward_model.calls and not decoder_calls  # latent space only
     losses["reward_loss"].backward()
     grads = [p.grad for p in recipe.unwrapped_student.parameters() if p.grad is not None]
@@ -183,7 +182,7 @@ def test_lrm_mode_student_step_has_no_expert_and_no_decoder(assets, tmp_path):
     assert all(p.grad is None for p in recipe.proxy_model.parameters())  # proxy frozen
     hook.remove()
 
-    metrics = recipe.after_optimizer_step(step)
+    metrics = recipe.update_proxy(step)
     assert recipe.reward_model.calls  # the expert judged the candidates...
     assert all(not c["requires_grad"] and not c["grad_enabled"] for c in recipe.reward_model.calls)
     assert recipe.reward_model.weight.grad is None  # ...and got no gradient
@@ -235,10 +234,10 @@ def test_lrm_can_start_from_a_saved_proxy(assets, tmp_path):
 class CrashAt(RGLCDRecipe):
     """Interrupted after the student step of step 3 (before its proxy update)."""
 
-    def after_optimizer_step(self, step: StepOutputs) -> dict[str, float]:
-        if step.global_step == 3:
+    def after_step(self) -> dict[str, float]:
+        if self.global_step + 1 == 3:
             raise KeyboardInterrupt("simulated interruption")
-        return super().after_optimizer_step(step)
+        return super().after_step()
 
 
 def test_checkpoint_and_resume_restore_the_lrm_and_its_optimiser(assets, tmp_path):
@@ -367,11 +366,11 @@ def test_the_student_maximises_the_very_proxy_the_update_trains(assets, tmp_path
     recipe.setup()
     assert recipe.proxy_updater.proxy is recipe.proxy_model
     step = recipe.forward(next(recipe.batches))
-    before = float(recipe.extra_losses(step)["reward_loss"].detach())
+    before = float(recipe.reward_loss(step).detach())
     snapshot = proxy_snapshot(recipe)
-    recipe.after_optimizer_step(step)
+    recipe.update_proxy(step)
     assert any(not torch.equal(snapshot[n], p) for n, p in recipe.proxy_model.named_parameters())
-    after = float(recipe.extra_losses(step)["reward_loss"].detach())
+    after = float(recipe.reward_loss(step).detach())
     assert after != before  # the same student output now gets the trained proxy's reward
     expected = -recipe.config.reward_scale * recipe.proxy_updater.proxy.score(
         step.student_x0, step.cond.prompt_embeds).mean().detach()
@@ -526,7 +525,7 @@ def test_direct_mode_decoder_checkpointing_changes_no_loss_or_gradient(assets, t
         recipe.setup()
         assert recipe.backbone.vae.decoder.gradient_checkpointing is checkpointing
         step = recipe.forward(next(recipe.batches))
-        loss = step.lcd_loss + recipe.extra_losses(step)["reward_loss"]
+        loss = step.lcd_loss + recipe.reward_loss(step)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in recipe.unwrapped_student.named_parameters()
                  if p.grad is not None}

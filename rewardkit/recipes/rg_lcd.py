@@ -1,9 +1,18 @@
 """The ``rg-lcd`` recipe: Reward Guided Latent Consistency Distillation (Li et al., TMLR 2024).
 
-It is the ``lcd`` loop (:class:`rewardkit.recipes.lcd.LCDRecipe`) plus a reward on the online
-student's single-step prediction ``f_theta`` (the same tensor the LCD loss uses)::
+It is the ``lcd`` recipe (:class:`rewardkit.recipes.lcd.LCDRecipe`) plus a reward on the online
+student's single-step prediction ``f_theta`` (the same tensor the LCD loss uses). The paper's
+Algorithm 1, as this file's methods run it on the training loop::
 
-    L = L_LCD - beta * mean(reward)            beta = reward_scale (1.0, reference default)
+    losses(batch):  f_theta, f_theta-, L_LCD = lcd_forward(batch)          # LCD
+                    L = L_LCD - beta * mean(R(D(f_theta), c))               # direct
+                    L = L_LCD - beta * mean(P(f_theta, c))                  # LRM, P frozen
+    (the loop: backward, clip, optimiser step)
+    after_step():   theta- <- mu theta- + (1 - mu) theta                   # LCD's EMA
+                    LRM: the expert R judges f_theta, f_theta- and z0 of a
+                    sub-batch; P takes one step on those preferences        # update_proxy
+
+with ``beta = reward_scale`` (1.0, reference default).
 
 Two modes, chosen by ``proxy``:
 
@@ -268,6 +277,7 @@ class RGLCDRecipe(LCDRecipe):
 
     name = "rg-lcd"
     Config = RGLCDConfig
+    progress_keys = ("lcd_loss", "reward_loss", "expert_reward", "lr", "step_time")
     component_keys = {**LCDRecipe.component_keys, "reward": ("reward", RewardModel),
                       "proxy": ("proxy", ProxyRewardModel)}
 
@@ -302,9 +312,10 @@ class RGLCDRecipe(LCDRecipe):
 
     # ================================================================ building
 
-    def setup_extra(self, accelerator: Any) -> None:
-        """Build the expert RM and, in LRM mode, the proxy and its updater."""
-        cfg = self.config
+    def after_prepare(self) -> None:
+        """LCD's EMA target; then the expert RM and, in LRM mode, the proxy and its updater."""
+        super().after_prepare()
+        cfg, accelerator = self.config, self.accelerator
         self.reward_model = self.build_reward_model(accelerator.device)
         if self.direct:
             if not getattr(self.reward_model, "differentiable", False):
@@ -433,8 +444,14 @@ class RGLCDRecipe(LCDRecipe):
             return self.reward_model(latents, captions)
         return self.reward_model(self.backbone.decode_latents(latents).float(), captions)
 
-    def extra_losses(self, step: StepOutputs) -> dict[str, torch.Tensor]:
-        """``reward_loss = -beta * mean(reward)`` on ``f_theta`` (RM direct, or the frozen proxy)."""
+    def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Algorithm 1's student loss: ``L = L_LCD - beta * mean(reward(f_theta))``."""
+        step = self.step = self.forward(batch)  # f_theta, f_theta-, L_LCD (lcd_forward)
+        return {"lcd_loss": step.lcd_loss, "reward_loss": self.reward_loss(step)}
+
+    def reward_loss(self, step: StepOutputs) -> torch.Tensor:
+        """``-beta * mean(reward)`` on ``f_theta``: the expert RM of the decoded ``f_theta``
+        (direct), or the frozen proxy's score of the latent ``f_theta`` (LRM)."""
         cfg = self.config
         if self.direct:
             reward = self.expert_scores(step.student_x0, step.captions)
@@ -446,10 +463,18 @@ class RGLCDRecipe(LCDRecipe):
             step.extras["lrm_reward"] = reward.detach().mean()
         # step.global_step counts the steps done before this one: off for steps 1..warm-up
         beta = cfg.reward_scale if step.global_step >= cfg.proxy_warmup_steps else 0.0
-        return {"reward_loss": -beta * reward.float().mean()}
+        return -beta * reward.float().mean()
 
-    def after_optimizer_step(self, step: StepOutputs) -> dict[str, torch.Tensor]:
-        """Direct mode: report the expert reward. LRM mode: one proxy update from the expert."""
+    def after_step(self) -> dict[str, torch.Tensor | float]:
+        """LCD's EMA update; then, in LRM mode, the proxy learns the expert's preferences."""
+        metrics = super().after_step()
+        self.step.global_step = self.global_step + 1  # steps completed, this one included
+        return {**metrics, **self.update_proxy(self.step)}
+
+    def update_proxy(self, step: StepOutputs) -> dict[str, torch.Tensor]:
+        """Direct mode: report the expert reward. LRM mode: the expert judges the student's,
+        the EMA target's and the ground truth's latents of a sub-batch, and the proxy takes one
+        step on its preferences (``proxy_update_every``: on every N-th step only)."""
         if self.direct:
             return {"expert_reward": step.extras["expert_reward"]}
         assert self.proxy_updater is not None and self.reward_model is not None
@@ -482,19 +507,20 @@ class RGLCDRecipe(LCDRecipe):
 
     # ================================================================ persistence
 
-    def extra_state_dict(self) -> dict[str, Any]:
+    def checkpoint_state(self) -> dict[str, Any]:
         """The proxy optimiser's state (its weights go to ``proxy/``)."""
         if self.proxy_updater is None:
             return {}
         return {"proxy_updater": self.proxy_updater.state_dict()}
 
-    def load_extra_state_dict(self, state: dict[str, Any]) -> None:
+    def restore_checkpoint_state(self, state: dict[str, Any]) -> None:
         """Restore the proxy optimiser."""
         if self.proxy_updater is not None and "proxy_updater" in state:
             self.proxy_updater.load_state_dict(state["proxy_updater"])
 
-    def save_extra(self, checkpoint_dir: Path) -> None:
-        """Write the proxy into ``checkpoint_dir/proxy`` (and the replay buffer, if any)."""
+    def save_files(self, checkpoint_dir: Path) -> None:
+        """LCD's target; the proxy in ``checkpoint_dir/proxy`` (and the replay buffer, if any)."""
+        super().save_files(checkpoint_dir)
         if self.proxy_model is not None:
             self.proxy_model.save_pretrained(Path(checkpoint_dir) / PROXY_DIR)
         if self.replay is not None and len(self.replay):
@@ -502,8 +528,9 @@ class RGLCDRecipe(LCDRecipe):
 
             save_file(self.replay.state_tensors(), str(Path(checkpoint_dir) / REPLAY_WEIGHTS))
 
-    def load_extra(self, checkpoint_dir: Path) -> None:
-        """Load the proxy's weights from ``checkpoint_dir/proxy``."""
+    def load_files(self, checkpoint_dir: Path) -> None:
+        """LCD's target; the proxy's weights from ``checkpoint_dir/proxy``."""
+        super().load_files(checkpoint_dir)
         if self.proxy_model is None:
             return
         from ..proxies.base import WEIGHTS_NAME

@@ -1,7 +1,8 @@
-"""The training machinery of the ``lcd`` recipe (and of ``rg-lcd``, which extends it).
+"""The training machinery every recipe runs on.
 
-- :mod:`.config`: the checks the recipes' configs share (the ``lcd`` config itself is
-  :class:`rewardkit.recipes.lcd_config.LCDConfig`);
+- :mod:`.loop`: :class:`TrainingLoop`, the one loop (a recipe subclasses it and writes its
+  algorithm: ``build_models`` and ``losses``, plus optional hooks);
+- :mod:`.config`: :class:`TrainingConfig`, the keys every recipe shares, and their checks;
 - :mod:`.step`: :func:`lcd_forward`, one LCD step as in the paper, and :class:`StepOutputs`;
 - :mod:`.runtime`: the ``Accelerator`` (CPU data parallelism, DeepSpeed);
 - :mod:`.optim`: AdamW / AdamW8bit and the LR schedule;
@@ -10,10 +11,10 @@
 - :mod:`.metrics`: ``metrics.jsonl`` and the progress bar;
 - :mod:`.data`: a data spec (shards, folders, ``SCHEME:`` sources of plugins) to a resumable loader;
 - :mod:`.safe_state`: optimiser, generator and loader state as safetensors + JSON.
-
-The loop itself is :class:`rewardkit.recipes.lcd.LCDRecipe`.
 """
 
+from .config import TrainingConfig
+from .loop import TrainingLoop
 from .step import LCDHyper, StepOutputs, lcd_forward
 
-__all__ = ["LCDHyper", "StepOutputs", "lcd_forward"]
+__all__ = ["LCDHyper", "StepOutputs", "TrainingConfig", "TrainingLoop", "lcd_forward"]

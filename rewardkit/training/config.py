@@ -1,19 +1,24 @@
-"""Checks and choices shared by the training recipes' configs, run before any model loads.
+"""The keys every training recipe shares (:class:`TrainingConfig`), and the checks they run
+before any model loads.
 
-The configs themselves live with their recipes (``rewardkit.recipes.lcd_config.LCDConfig``,
-``rg-lcd``'s and ``lrm-pretrain``'s); their fields are declared with
-:func:`rewardkit.config.config_field`. Every check raises :class:`rewardkit.errors.ConfigError`
-naming the offending key.
+A recipe's own config extends :class:`TrainingConfig` in the recipe's file
+(``rewardkit.recipes.lcd_config.LCDConfig``, ``rg-lcd``'s, ...) with the keys of its algorithm
+only. Fields are declared with :func:`rewardkit.config.config_field`; every check raises
+:class:`rewardkit.errors.ConfigError` naming the offending key.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Optional
 
+from ..config import OURS, REF
+from ..config import config_field as _f
 from ..errors import ConfigError
+from ..recipes.base import RecipeConfig
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
@@ -26,6 +31,128 @@ DEFAULT_VALIDATION_PROMPTS = [
     "Astronaut in a jungle, cold color palette, muted colors, detailed, 8k",
     "A photo of beautiful mountain with realistic sunset and blue lake, highly detailed, masterpiece",
 ]
+
+
+@dataclass
+class TrainingConfig(RecipeConfig):
+    """What every recipe on the training loop (:mod:`rewardkit.training.loop`) is configured
+    with: the teacher backbone, the data, the optimiser and its schedule, precision,
+    checkpoints, validation cadence and logging. Key names follow diffusers' training scripts."""
+
+    # ---------------------------------------------------------------- models and data
+    pretrained_teacher_model: str = field(metadata={
+        "help": "Teacher: a hub id or a local diffusers pipeline folder (required)",
+        "provenance": REF})
+    train_shards_path_or_url: str = field(metadata={
+        "help": "Training data: webdataset shards (paths, brace ranges, pipe:), an image+caption "
+                "folder or a folder of pre-encoded latent shards (required)", "provenance": REF})
+    revision: Optional[str] = _f(None, "Teacher revision on the hub")
+    variant: Optional[str] = _f(None, "Teacher weight variant, e.g. fp16")
+    output_dir: str = _f("output", "Where checkpoints, validation images, metrics and the final "
+                         "model go", OURS)
+    backbone: str = _f("stable-diffusion", "Registered backbone that loads the teacher", OURS)
+    backbone_params: dict = _f({}, "Extra keyword arguments for the backbone", OURS)
+    pretrained_vae_model_name_or_path: Optional[str] = _f(
+        None, "A VAE to use instead of the teacher's (hub id or AutoencoderKL folder), e.g. "
+        "madebyollin/sdxl-vae-fp16-fix for SDXL in fp16", REF)
+    resolution: int = _f(512, "Training image side in pixels")
+    center_crop: bool = _f(False, "Center crop instead of random crop")
+    random_flip: bool = _f(False, "Random horizontal flips")
+    train_batch_size: int = _f(16, "Batch size per process")
+    dataloader_num_workers: int = _f(0, "Threads decoding samples (batches do not depend on it)",
+                                     OURS)
+    dataloader_seed: Optional[int] = _f(None, "Seed of the data order (defaults to seed)", OURS)
+
+    # ---------------------------------------------------------------- optimisation
+    max_train_steps: int = _f(10000, "Optimiser steps to train")
+    learning_rate: float = _f(1e-6, "AdamW learning rate (full fine-tuning)")
+    lr_scheduler: str = _f("constant", f"LR schedule: {', '.join(LR_SCHEDULERS)}")
+    lr_warmup_steps: int = _f(500, "LR warm-up steps (ignored by 'constant')")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimiser step")
+    mixed_precision: str = _f("no", "Mixed precision: no, fp16 or bf16 (frozen models run in it)",
+                              OURS)
+    use_8bit_adam: bool = _f(False, "bitsandbytes AdamW8bit (when installed)")
+    adam_beta1: float = _f(0.9, "AdamW beta1")
+    adam_beta2: float = _f(0.999, "AdamW beta2")
+    adam_weight_decay: float = _f(0.0, "AdamW weight decay")
+    adam_epsilon: float = _f(1e-8, "AdamW epsilon")
+    max_grad_norm: float = _f(1.0, "Gradient-norm clip")
+
+    # ---------------------------------------------------------------- checkpoints, validation, logs
+    checkpointing_steps: int = _f(500, "Save a checkpoint every N optimiser steps (0: never)")
+    checkpoints_total_limit: Optional[int] = _f(None, "Keep only the newest K checkpoints")
+    resume_from_checkpoint: Optional[str] = _f(None, "'latest', a checkpoint name in output_dir "
+                                               "(checkpoint-500) or a checkpoint folder")
+    overwrite_output_dir: bool = _f(False, "Remove the run already in output_dir before starting "
+                                    "(without it, a fresh run into a used folder is refused)",
+                                    OURS)
+    validation_steps: int = _f(200, "Validation every N steps (0: never)")
+    seed: Optional[int] = _f(None, "Global seed (None: not seeded)")
+    report_to: str = _f("tensorboard", "accelerate trackers: none, tensorboard, wandb or all "
+                        "(skipped with a notice when not installed)")
+    tracker_project_name: str = _f("rewardkit", "Tracker project name", OURS)
+
+    #: Topics of ``rewardkit run RECIPE --help`` for these keys; a recipe's config adds its own
+    #: (every key is in exactly one; a test checks it).
+    KEY_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Model": ("pretrained_teacher_model", "revision", "variant", "backbone", "backbone_params",
+                  "pretrained_vae_model_name_or_path", "output_dir", "overwrite_output_dir", "seed"),
+        "Data": ("train_shards_path_or_url", "resolution", "center_crop", "random_flip",
+                 "train_batch_size", "dataloader_num_workers", "dataloader_seed"),
+        "Training and optimiser": (
+            "max_train_steps", "learning_rate", "lr_scheduler", "lr_warmup_steps",
+            "gradient_accumulation_steps", "use_8bit_adam", "adam_beta1", "adam_beta2",
+            "adam_weight_decay", "adam_epsilon", "max_grad_norm"),
+        "Precision and distribution": ("mixed_precision",),
+        "Checkpoints": ("checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint"),
+        "Validation and logging": ("validation_steps", "report_to", "tracker_project_name"),
+    }
+
+    def validate(self) -> None:
+        """Reject bad values of the shared keys, naming the key, before anything is loaded."""
+        from .data import check_data_spec
+        from .runtime import check_distributed_engine
+
+        check_teacher_location(self.pretrained_teacher_model)
+        if self.pretrained_vae_model_name_or_path:
+            from ..backbones.stable_diffusion import check_vae_location
+
+            check_vae_location(self.pretrained_vae_model_name_or_path)
+            if "pretrained_vae_model_name_or_path" in self.backbone_params:
+                raise ConfigError("pretrained_vae_model_name_or_path is given twice (also in "
+                                  "backbone_params); keep one")
+            from ..plugins import get_host
+
+            spec = get_host().get("backbone", self.backbone)
+            if "pretrained_vae_model_name_or_path" not in {p.name for p in spec.params}:
+                raise ConfigError(f"pretrained_vae_model_name_or_path: backbone '{self.backbone}' "
+                                  "takes no separate VAE; drop the key or use a backbone that "
+                                  "does (stable-diffusion, stable-diffusion-xl)")
+        check_data_spec("train_shards_path_or_url", self.train_shards_path_or_url)
+        for key in ("resolution", "train_batch_size", "max_train_steps",
+                    "gradient_accumulation_steps"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
+        check_resolution(self.pretrained_teacher_model, self.resolution)
+        check_distributed_engine()
+        for key in ("lr_warmup_steps", "checkpointing_steps", "dataloader_num_workers",
+                    "validation_steps", "adam_weight_decay", "adam_epsilon"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must not be negative, got {getattr(self, key)}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.max_grad_norm <= 0:
+            raise ConfigError(f"max_grad_norm must be positive, got {self.max_grad_norm}")
+        for key in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)}")
+        _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        _choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
+        _choice("report_to", self.report_to, REPORT_TO)
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise ConfigError(f"checkpoints_total_limit must be at least 1, got "
+                              f"{self.checkpoints_total_limit}")
+        check_resume_keys(self.resume_from_checkpoint, self.output_dir, self.overwrite_output_dir)
 
 
 def looks_like_local_path(value: str) -> bool:

@@ -1,0 +1,414 @@
+"""The one training loop every training recipe runs on: everything that is not the algorithm.
+
+A recipe subclasses :class:`TrainingLoop` and writes only its algorithm::
+
+    class MyRecipe(TrainingLoop):
+        name = "my-recipe"
+        Config = MyConfig                      # extends rewardkit.training.TrainingConfig
+
+        def build_models(self):                # self.backbone is loaded
+            self.student = ...                 # whatever the algorithm needs
+            return self.student                # the module the optimiser trains
+
+        def losses(self, batch):               # named scalar terms; the loop sums them
+            return {"my_loss": ...}
+
+The loop owns the rest, in this order (:meth:`TrainingLoop.setup`, :meth:`TrainingLoop.train_step`,
+:meth:`TrainingLoop.run`): the output folder's protection, the ``accelerate.Accelerator``
+(data parallel, DeepSpeed, mixed precision), seeding, the teacher backbone, the optimiser and
+its LR schedule, wrapping the trained module, the data (a recipe says what a batch holds:
+:attr:`TrainingLoop.batch_kind`), the checkpointed step generator, resume, the micro-batches of
+gradient accumulation with backward, clipping and the optimiser step, the deferred non-finite
+checks (one host read per step, :mod:`rewardkit.checks`), ``metrics.jsonl`` and the trackers, a
+progress line showing :attr:`TrainingLoop.progress_keys`, validation, atomic checkpoints and the
+final export. Hooks a recipe may override, with when they run:
+
+=================================  =============================================================
+``build_models()``                 set-up, after the backbone: build models, return the trained one
+``optimizer_parameters(module)``   what the optimiser and the clip see (default: all parameters)
+``after_prepare()``                set-up, once the trained module is wrapped: EMA copies, RMs...
+``losses(batch)``                  every micro-batch: ``{"name": scalar tensor}``, summed, logged
+``after_step()``                   after the optimiser step: more updates; ``{"metric": value}``
+``checkpoint_state()`` / ``restore_checkpoint_state(state)``  tensors/numbers saved per checkpoint
+``save_files(folder)`` / ``load_files(folder)``  files of the recipe's own in a checkpoint
+``validation_metrics()``           before step 1 and every ``validation_steps``: numbers to log
+``validate()``                     every ``validation_steps``: images (main process)
+``save_final()``                   after the last step: the recipe's output (main process)
+=================================  =============================================================
+
+Why a base class and not a loop object the recipe is handed: the recipe's state (its models, the
+last step's outputs) then lives on ``self``, as in trl's trainers, and an algorithm is a few short
+methods rather than a set of callbacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from ..checks import deferred, nonfinite_count, require
+from ..errors import ConfigError
+from ..recipes.base import Recipe
+from .checkpoint import (check_resume_step, load_checkpoint, load_rank_state, resolve_resume,
+                         restoring, save_checkpoint, save_rank_state)
+from .config import TrainingConfig
+from .errors import TrainingError, naming_out_of_memory
+from .metrics import TrainingProgress, start_logging, write_run_config
+from .optim import build_lr_scheduler, build_optimizer
+from .output_dir import check_output_dir, clear_for_overwrite
+from .runtime import build_accelerator, weight_dtype
+from .safe_state import has_state, load_state, save_state
+
+logger = logging.getLogger(__name__)
+
+#: The recipe's own checkpoint state (:meth:`TrainingLoop.checkpoint_state`), as
+#: ``extra_state.safetensors`` + ``extra_state.json`` (:mod:`rewardkit.training.safe_state`).
+RECIPE_STATE = "extra_state"
+#: What a batch can hold (:attr:`TrainingLoop.batch_kind`).
+BATCH_KINDS = ("images", "prompts")
+
+
+def _not_finite(step: int, term: str):
+    def message(_: int, values: dict[str, float]) -> str:
+        value = values.get(term, float("nan"))
+        return (f"step {step}: {term} is not finite ({value}); stopping with the checkpoints "
+                "written so far intact")
+    return message
+
+
+class TrainingLoop(Recipe):
+    """The training loop; a recipe subclasses it and implements its algorithm's hooks."""
+
+    Config: ClassVar[type] = TrainingConfig
+    #: What a batch holds: ``"images"`` (``captions`` plus ``pixel_values`` in [-1, 1], or
+    #: pre-encoded ``latents`` when the data is a latent-shard folder) or ``"prompts"``
+    #: (``captions`` only; the data is a prompt file or a registered prompt set).
+    batch_kind: ClassVar[str] = "images"
+    #: Metrics shown on the progress line (``step_time`` shows as s/step).
+    progress_keys: ClassVar[tuple[str, ...]] = ("lr", "step_time")
+
+    def __init__(self, config: TrainingConfig, components: dict[str, Any] | None = None) -> None:
+        super().__init__(config, components)
+        self.config: TrainingConfig = config
+        self.output_dir = Path(config.output_dir)
+        self.global_step = 0
+        self.accelerator: Any = None
+
+    # ================================================================ the algorithm's hooks
+
+    @abstractmethod
+    def build_models(self) -> nn.Module:
+        """Build what the algorithm needs on :attr:`backbone` (on :attr:`device`); return the
+        module the optimiser trains (it is then wrapped for data parallelism: reach it as
+        :attr:`model`, unwrapped as :attr:`unwrapped_model`)."""
+
+    def optimizer_parameters(self, module: nn.Module) -> Iterable[nn.Parameter]:
+        """The parameters the optimiser steps and the gradient clip sees."""
+        return module.parameters()
+
+    def after_prepare(self) -> None:
+        """Build what depends on the wrapped model's final weights (an EMA copy) and the rest
+        of the algorithm's models (RMs, a proxy and its optimiser)."""
+
+    @abstractmethod
+    def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The algorithm's named scalar loss terms on one micro-batch; the loop sums them for
+        backward and logs each (averaged over accumulation steps and processes)."""
+
+    def after_step(self) -> dict[str, torch.Tensor | float]:
+        """Work after the optimiser step (an EMA update, a proxy update); metrics to log, as
+        numbers or 0-d tensors left on the device (the step reads them all at once)."""
+        return {}
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """State saved with every checkpoint by the main process: nested dicts, lists, numbers,
+        strings and tensors (safetensors + JSON, never pickled). Non-empty: it is read back on
+        resume by :meth:`restore_checkpoint_state`."""
+        return {}
+
+    def restore_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`checkpoint_state` returned."""
+
+    def save_files(self, folder: Path) -> None:
+        """Write files of the recipe's own into a checkpoint folder (main process, before the
+        folder is renamed into place)."""
+
+    def load_files(self, folder: Path) -> None:
+        """Read the files :meth:`save_files` wrote (every process)."""
+
+    def validation_metrics(self) -> dict[str, float]:
+        """Numbers measured before the first step and at each validation (main process)."""
+        return {}
+
+    def validate(self) -> Path | None:
+        """Validation images every ``validation_steps`` (main process); their path."""
+        return None
+
+    def save_final(self) -> Path:
+        """The recipe's output after the last step (the loop calls it on every process; write
+        on the main one). Default: the trained module's state as ``output_dir/model.safetensors``."""
+        from safetensors.torch import save_file
+
+        path = self.output_dir / "model.safetensors"
+        if self.accelerator.is_main_process:
+            save_file({k: v.detach().contiguous().cpu()
+                       for k, v in self.unwrapped_model.state_dict().items()}, str(path))
+        self.accelerator.wait_for_everyone()
+        return path
+
+    # ================================================================ what the loop offers
+
+    @property
+    def device(self) -> torch.device:
+        """This process's device."""
+        return self.accelerator.device
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype frozen models run in (``mixed_precision``; fp32 when off)."""
+        return weight_dtype(self.config.mixed_precision)
+
+    @property
+    def unwrapped_model(self) -> nn.Module:
+        """The trained module without DDP/DeepSpeed wrappers."""
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            return self.accelerator.unwrap_model(self.model)
+        # accelerate's unwrap_model imports deepspeed whenever it is installed, which prints
+        # "Setting accelerator to CPU" in every run that does not use it
+        from ..backbones.stable_diffusion import unwrap_model
+
+        return unwrap_model(self.model)
+
+    def build_backbone(self, device: torch.device, dtype: torch.dtype) -> Any:
+        """The teacher backbone the config names (frozen parts on ``device`` in ``dtype``)."""
+        from ..plugins import get_host
+
+        cfg = self.config
+        vae = ({"pretrained_vae_model_name_or_path": cfg.pretrained_vae_model_name_or_path}
+               if cfg.pretrained_vae_model_name_or_path else {})
+        return get_host().get("backbone", cfg.backbone).build(
+            pretrained_model_name_or_path=cfg.pretrained_teacher_model, revision=cfg.revision,
+            variant=cfg.variant, dtype=str(dtype).replace("torch.", ""), device=str(device),
+            **vae, **cfg.backbone_params)
+
+    def build_loader(self) -> Any:
+        """This process's shard of the training data (resumable, infinite), of
+        :attr:`batch_kind`."""
+        cfg, acc = self.config, self.accelerator
+        seed = cfg.dataloader_seed if cfg.dataloader_seed is not None else (cfg.seed or 0)
+        if self.batch_kind == "prompts":
+            from ..data.prompts import build_prompt_loader
+
+            return build_prompt_loader(cfg.train_shards_path_or_url,
+                                       batch_size=cfg.train_batch_size, seed=seed,
+                                       rank=acc.process_index, world_size=acc.num_processes)
+        if self.batch_kind != "images":
+            raise ConfigError(f"recipe '{self.name}': batch_kind must be one of "
+                              f"{', '.join(BATCH_KINDS)}, got {self.batch_kind!r}")
+        from .data import build_training_loader
+
+        return build_training_loader(cfg.train_shards_path_or_url, resolution=cfg.resolution,
+                                     batch_size=cfg.train_batch_size, seed=seed,
+                                     rank=acc.process_index, world_size=acc.num_processes,
+                                     center_crop=cfg.center_crop, random_flip=cfg.random_flip,
+                                     num_workers=cfg.dataloader_num_workers,
+                                     vae_scaling_factor=self.backbone.vae_scaling_factor)
+
+    def build_optimizer(self, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        """AdamW (or 8-bit AdamW) with the config's learning rate, betas, decay and epsilon."""
+        cfg = self.config
+        return build_optimizer(parameters, learning_rate=cfg.learning_rate,
+                               betas=(cfg.adam_beta1, cfg.adam_beta2),
+                               weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon,
+                               use_8bit_adam=cfg.use_8bit_adam)
+
+    # ================================================================ setup
+
+    def setup(self) -> None:
+        """Build the accelerator, models, optimiser, data; resume if asked. Idempotent."""
+        if self.accelerator is not None:
+            return
+        from accelerate.utils import set_seed
+
+        cfg = self.config
+        check_output_dir(self.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir)
+        acc = self.accelerator = build_accelerator(
+            output_dir=self.output_dir, mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps, report_to=cfg.report_to,
+            train_batch_size=cfg.train_batch_size, max_grad_norm=cfg.max_grad_norm)
+        if cfg.seed is not None:
+            set_seed(cfg.seed)  # python, numpy, torch: identical initialisation on every rank
+        clear_for_overwrite(acc, self.output_dir, cfg.overwrite_output_dir)
+
+        self.backbone = self.build_backbone(acc.device, self.weight_dtype)
+        self.backbone.configure(resolution=cfg.resolution)
+        module = self.build_models()
+        optimizer = self.build_optimizer(self.optimizer_parameters(module))
+        # accelerate steps a prepared scheduler once per process per optimiser step (diffusers'
+        # scripts scale the same way)
+        lr_scheduler = build_lr_scheduler(
+            cfg.lr_scheduler, optimizer, warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
+            total_steps=cfg.max_train_steps * acc.num_processes)
+        self.model, self.optimizer, self.lr_scheduler = acc.prepare(module, optimizer, lr_scheduler)
+        self.after_prepare()
+
+        self.loader = self.build_loader()
+        base_seed = cfg.seed if cfg.seed is not None else torch.initial_seed()
+        self.generator = torch.Generator().manual_seed(
+            (base_seed * 1_000_003 + acc.process_index) % 2**63)
+        self.global_step = 0
+
+        checkpoint = resolve_resume(cfg.resume_from_checkpoint, self.output_dir)
+        if checkpoint is not None:
+            self.load_checkpoint(checkpoint)
+        elif cfg.resume_from_checkpoint:
+            acc.print(f"resume_from_checkpoint={cfg.resume_from_checkpoint}: no checkpoint in "
+                      f"{self.output_dir}; starting a new run")
+        self.batches: Iterator[dict[str, Any]] = iter(self.loader)
+        write_run_config(acc, cfg, self.output_dir)  # every check has passed
+        self.metrics_log = start_logging(acc, cfg, self.output_dir, self.global_step)
+
+    # ================================================================ one step
+
+    def train_step(self) -> dict[str, float]:
+        """One optimiser step (``gradient_accumulation_steps`` micro-batches); returns metrics.
+
+        Nothing in the step reads a value back to the host: the non-finite checks (of each loss
+        term, and inside the RMs) are recorded on the device and read, with every metric, in
+        one transfer at the end (:mod:`rewardkit.checks`). A failed check raises there, after
+        this step's optimiser update but before anything of it is logged or saved.
+        """
+        acc, cfg = self.accelerator, self.config
+        totals: dict[str, torch.Tensor] = {}
+        step_number = self.global_step + 1
+        with deferred() as checks:
+            for _ in range(cfg.gradient_accumulation_steps):
+                batch = next(self.batches)
+                with acc.accumulate(self.model):
+                    terms = self.losses(batch)
+                    for name, value in terms.items():
+                        require(nonfinite_count(value), _not_finite(step_number, name),
+                                TrainingError)
+                    loss = sum(terms.values())
+                    acc.backward(loss)
+                    if acc.sync_gradients:
+                        acc.clip_grad_norm_(self.optimizer_parameters(self.model),
+                                            cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.lr_scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                for name, value in terms.items():
+                    value = value.detach().float() / cfg.gradient_accumulation_steps
+                    totals[name] = totals[name] + value if name in totals else value
+            metrics: dict[str, Any] = {**totals, **self.after_step()}
+            metrics = checks.read(metrics, reduce=self._reduce, processes=acc.num_processes)
+        metrics["lr"] = float(self.lr_scheduler.get_last_lr()[0])
+        return metrics
+
+    def _reduce(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean over processes (identity on one process)."""
+        if self.accelerator.num_processes == 1:
+            return values
+        return self.accelerator.reduce(values, reduction="mean")
+
+    # ================================================================ checkpoints
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoint-{step}`` atomically (every process calls this)."""
+        acc = self.accelerator
+
+        def rank_files(folder: Path) -> None:
+            save_rank_state(folder, acc.process_index, {
+                "generator": self.generator.get_state(),
+                "loader": self.loader.state_dict(),
+            })
+
+        def main_files(folder: Path) -> None:
+            state = self.checkpoint_state()
+            if state:
+                save_state(state, folder, RECIPE_STATE)
+            self.save_files(folder)
+
+        return save_checkpoint(acc, self.output_dir, self.global_step, rank_files, main_files,
+                               {"world_size": acc.num_processes},
+                               total_limit=self.config.checkpoints_total_limit)
+
+    def load_checkpoint(self, checkpoint: Path) -> None:
+        """Restore the trained module, optimiser, LR schedule, RNGs, data position and the
+        recipe's own state and files."""
+        acc = self.accelerator
+        with restoring(checkpoint):  # an unreadable file's error names an earlier checkpoint
+            state = load_checkpoint(acc, checkpoint)
+            if state.get("world_size", acc.num_processes) != acc.num_processes:
+                logger.warning("checkpoint %s was written by %s processes, resuming with %s",
+                               checkpoint, state.get("world_size"), acc.num_processes)
+            rank_state = load_rank_state(checkpoint, acc.process_index)
+            self.generator.set_state(rank_state["generator"])
+            self.loader.load_state_dict(rank_state["loader"])
+            if self.checkpoint_state():  # only a recipe with state of its own reads it
+                if not has_state(checkpoint, RECIPE_STATE):
+                    raise ConfigError(f"resume_from_checkpoint: '{checkpoint}' has no "
+                                      f"{RECIPE_STATE}.json (the state recipe '{self.name}' "
+                                      "keeps beside the model); resume from a checkpoint this "
+                                      "recipe wrote")
+                self.restore_checkpoint_state(load_state(checkpoint, RECIPE_STATE))
+            self.load_files(checkpoint)
+            self.global_step = int(state["global_step"])
+            check_resume_step(checkpoint, self.global_step, self.config.max_train_steps,
+                              "max_train_steps")
+        acc.print(f"resumed from {checkpoint} at step {self.global_step}")
+
+    # ================================================================ the run
+
+    def log(self, metrics: dict[str, float]) -> None:
+        """metrics.jsonl and the accelerate trackers (main process)."""
+        if self.accelerator.is_main_process:
+            self.metrics_log.append(self.global_step, metrics)
+            if self.accelerator.log_with:
+                self.accelerator.log(metrics, step=self.global_step)
+
+    def run(self, progress: bool = True) -> Path:
+        """Train to ``max_train_steps`` (resuming if asked), then :meth:`save_final`; returns
+        ``output_dir``."""
+        self.setup()
+        cfg, acc = self.config, self.accelerator
+        if self.global_step == 0 and acc.is_main_process:
+            initial = self.validation_metrics()
+            if initial:
+                self.log(initial)
+        with TrainingProgress(cfg.max_train_steps, self.global_step, keys=self.progress_keys,
+                              enabled=progress and acc.is_main_process) as bar:
+            while self.global_step < cfg.max_train_steps:
+                started = time.perf_counter()
+                with naming_out_of_memory(self.global_step + 1, cfg):
+                    metrics = self.train_step()
+                self.global_step += 1
+                metrics["step_time"] = time.perf_counter() - started
+                bar.update(self.global_step, metrics)
+                if cfg.validation_steps and self.global_step % cfg.validation_steps == 0:
+                    if acc.is_main_process:
+                        self.validate()
+                    acc.wait_for_everyone()
+                    if acc.is_main_process:
+                        metrics.update(self.validation_metrics())
+                self.log(metrics)  # before the checkpoint: a resumed run keeps this step's row
+                if cfg.checkpointing_steps and self.global_step % cfg.checkpointing_steps == 0:
+                    self.save_checkpoint()
+        self.save_final()
+        if acc.is_main_process:
+            skipped = sum(getattr(self.loader, "skipped", {}).values())
+            if skipped:
+                acc.print(self.loader.report())
+        acc.end_training()
+        return self.output_dir
+
+
+__all__ = ["BATCH_KINDS", "RECIPE_STATE", "TrainingLoop"]
