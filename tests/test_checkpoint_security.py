@@ -1,6 +1,7 @@
-"""Loading a checkpoint never runs code: every state file rewardkit writes is safetensors + JSON,
-older ``.pt`` files and accelerate's files are read with ``weights_only=True``, and a tampered
-or truncated file is refused with an error that names it."""
+"""Loading a checkpoint never runs code: every state file rewardkit writes is safetensors + JSON
+(the model, its optimiser, the LR schedule, the RNGs, the data position, a recipe's own state),
+a pickle planted under any name is never read, and a truncated file is refused with an error
+that names it."""
 
 from __future__ import annotations
 
@@ -60,10 +61,11 @@ def copy_run(runs, name, tmp_path) -> tuple[Path, object]:
 def test_no_state_file_rewardkit_writes_is_a_pickle(runs):
     for name in ("lcd", "rg-lcd"):
         checkpoint = Path(runs[name][2]["output_dir"]) / "checkpoint-2"
-        ours = [p.name for p in checkpoint.rglob("*") if p.suffix in (".pt", ".pkl", ".bin")]
-        # only accelerate's own files (read with weights_only=True) remain
-        assert set(ours) <= {"optimizer.bin", "scheduler.bin", "random_states_0.pkl"}, ours
-        assert (checkpoint / "rank_state_0.json").is_file()
+        pickles = [p.name for p in checkpoint.rglob("*") if p.suffix in (".pt", ".pkl", ".bin")]
+        assert not pickles, pickles
+        for name in ("rank_state_0.json", "random_states_0.json", "optimizer.json",
+                     "scheduler.json", "model.safetensors"):
+            assert (checkpoint / name).is_file(), name
     rg = Path(runs["rg-lcd"][2]["output_dir"]) / "checkpoint-2"
     assert (rg / "extra_state.json").is_file() and (rg / "extra_state.safetensors").is_file()
 
@@ -71,9 +73,6 @@ def test_no_state_file_rewardkit_writes_is_a_pickle(runs):
 @pytest.mark.parametrize("name,file,replaces", [
     ("rg-lcd", "rank_state_0.pt", ("rank_state_0.json", "rank_state_0.safetensors")),
     ("lcd", "rank_state_0.pt", ("rank_state_0.json", "rank_state_0.safetensors")),
-    ("lcd", "optimizer.bin", ()),
-    ("rg-lcd", "scheduler.bin", ()),
-    ("lcd", "random_states_0.pkl", ()),
 ])
 def test_a_malicious_pickle_is_refused_naming_it_and_never_runs(runs, tmp_path, name, file,
                                                                   replaces):
@@ -97,9 +96,21 @@ def test_lcd_does_not_read_an_extra_state_it_never_writes(runs, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("file", ["optimizer.bin", "scheduler.bin", "random_states_0.pkl",
+                                  "pytorch_model.bin"])
+def test_a_pickle_planted_where_accelerate_keeps_its_state_is_never_read(runs, tmp_path, file):
+    checkpoint, resume = copy_run(runs, "rg-lcd", tmp_path)
+    marker = tmp_path / "pwned"
+    torch.save({"state": Payload(marker)}, checkpoint / file)
+    out = resume()
+    assert not marker.exists() and (Path(out) / "pipeline").is_dir()
+
+
 @pytest.mark.parametrize("file", ["rank_state_0.json", "rank_state_0.safetensors",
-                                  "extra_state.json", "random_states_0.pkl", "model.safetensors",
-                                  "target.safetensors", "optimizer.bin", "trainer_state.json",
+                                  "extra_state.json", "random_states_0.json",
+                                  "random_states_0.safetensors", "model.safetensors",
+                                  "target.safetensors", "optimizer.safetensors", "optimizer.json",
+                                  "scheduler.json", "trainer_state.json",
                                   "proxy/proxy.safetensors", "proxy_replay.safetensors"])
 def test_a_truncated_state_file_is_named(runs, tmp_path, file):
     checkpoint, resume = copy_run(runs, "rg-lcd", tmp_path)

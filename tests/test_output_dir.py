@@ -188,7 +188,7 @@ def test_running_out_of_memory_names_the_settings_to_lower(assets, tmp_path, mon
 
 
 @pytest.mark.parametrize("file", ["rank_state_0.safetensors", "model.safetensors",
-                                  "random_states_0.pkl", "trainer_state.json"])
+                                  "random_states_0.safetensors", "trainer_state.json"])
 def test_an_unreadable_latest_checkpoint_names_the_earlier_one(assets, tmp_path, file):
     out = used_folder(assets, tmp_path)
     path = out / "checkpoint-4" / file

@@ -6,16 +6,14 @@ checkpoint untouched and usable. ``trainer_state.json`` is written last, and onl
 it count as checkpoints. After a successful save the oldest checkpoints beyond the limit are
 removed (never before: the newest complete checkpoint always survives).
 
-Layout of one checkpoint::
+Layout of one checkpoint of the training loop::
 
     checkpoint-{step}/
-      model.safetensors, optimizer.bin, scheduler.bin,     # accelerate.save_state (the trained
-      random_states_{rank}.pkl                             #   modules, their optimisers, RNGs)
-      target.safetensors                                   # the EMA target (full fine-tuning)
+      model.safetensors, optimizer.safetensors/.json,      # the trained module, its optimiser,
+      scheduler.json, random_states_{rank}.safetensors/.json  # LR schedule, RNGs (train_state.py)
       rank_state_{rank}.safetensors / .json                # step generator + data position, per rank
-      extra_state.safetensors / .json                      # a recipe's extra state (rg-lcd: the
-                                                           #   proxy optimiser), if any
-      (extension files: save_extra, e.g. the LRM)
+      extra_state.safetensors / .json                      # a recipe's checkpoint_state(), if any
+      (a recipe's files: save_files, e.g. the EMA target, the LRM)
       trainer_state.json                                   # global step; marks the folder complete
 """
 

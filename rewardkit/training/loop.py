@@ -55,7 +55,7 @@ from torch import nn
 from ..checks import deferred, nonfinite_count, require
 from ..errors import ConfigError
 from ..recipes.base import Recipe
-from .checkpoint import (check_resume_step, load_checkpoint, load_rank_state, resolve_resume,
+from .checkpoint import (check_resume_step, load_rank_state, read_trainer_state, resolve_resume,
                          restoring, save_checkpoint, save_rank_state)
 from .config import TrainingConfig
 from .errors import TrainingError, naming_out_of_memory
@@ -64,6 +64,7 @@ from .optim import build_lr_scheduler, build_optimizer
 from .output_dir import check_output_dir, clear_for_overwrite
 from .runtime import build_accelerator, weight_dtype
 from .safe_state import has_state, load_state, save_state
+from .train_state import load_train_state, save_train_state
 
 logger = logging.getLogger(__name__)
 
@@ -326,6 +327,7 @@ class TrainingLoop(Recipe):
         acc = self.accelerator
 
         def rank_files(folder: Path) -> None:
+            save_train_state(acc, folder, self.unwrapped_model, self.optimizer, self.lr_scheduler)
             save_rank_state(folder, acc.process_index, {
                 "generator": self.generator.get_state(),
                 "loader": self.loader.state_dict(),
@@ -339,14 +341,17 @@ class TrainingLoop(Recipe):
 
         return save_checkpoint(acc, self.output_dir, self.global_step, rank_files, main_files,
                                {"world_size": acc.num_processes},
-                               total_limit=self.config.checkpoints_total_limit)
+                               total_limit=self.config.checkpoints_total_limit,
+                               accelerate_state=False)
 
     def load_checkpoint(self, checkpoint: Path) -> None:
         """Restore the trained module, optimiser, LR schedule, RNGs, data position and the
         recipe's own state and files."""
         acc = self.accelerator
         with restoring(checkpoint):  # an unreadable file's error names an earlier checkpoint
-            state = load_checkpoint(acc, checkpoint)
+            load_train_state(acc, checkpoint, self.unwrapped_model, self.optimizer,
+                             self.lr_scheduler)
+            state = read_trainer_state(checkpoint)
             if state.get("world_size", acc.num_processes) != acc.num_processes:
                 logger.warning("checkpoint %s was written by %s processes, resuming with %s",
                                checkpoint, state.get("world_size"), acc.num_processes)
