@@ -23,7 +23,7 @@ from rewardkit.proxies.preference_set import PreferenceSet
 from rewardkit.proxies.pretrain_losses import (caption_groups, multi_positive_info_nce,
                                                pairwise_logistic_loss)
 from rewardkit.recipes.lrm_pretrain import (HELDOUT_SET_DIR, PROXY_DIR, PREFERENCE_SET_DIR,
-                                            LRMPretrainConfig, LRMPretrainRecipe, pretrain_lrm)
+                                            LRMPretrainConfig, LRMPretrainRecipe)
 from rewardkit.rewards.base import RewardModel
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
 from rewardkit.training.data import build_training_loader
@@ -34,6 +34,13 @@ from rewardkit.training.testing import tiny_lcd_config, write_tiny_image_folder
 
 SMALL_LRM = dict(embed_dim=16, image_widths=[8, 16], text_width=16, text_heads=2)
 FAST_CANDIDATES = dict(preference_teacher_settings=[[2, 1.0]], preference_noise_levels=[0.5, 1.0])
+
+
+def pretrain_lrm(values) -> Path:
+    """Run lrm-pretrain from a mapping of config values; the saved proxy folder."""
+    import rewardkit as rk
+
+    return rk.recipe("lrm-pretrain", dict(values)).run(progress=False) / "proxy"
 
 
 class Brightness(RewardModel):
@@ -411,9 +418,10 @@ def test_resume_is_bit_identical_in_either_stage(assets, tmp_path):
     assert measured == [(r["step"], r.get("proxy_heldout_accuracy")) for r in straight_rows]
 
 
-@pytest.mark.parametrize("name", ["optimizer.safetensors", "optimizer.json",
-                                  "generator_0.safetensors", "loader_0.json", "trainer_state.json",
-                                  f"{PROXY_DIR}/proxy.safetensors"])
+@pytest.mark.parametrize("name", ["optimizer.safetensors", "optimizer.json", "scheduler.json",
+                                  "rank_state_0.safetensors", "rank_state_0.json",
+                                  "random_states_0.safetensors", "trainer_state.json",
+                                  "model.safetensors"])
 def test_a_truncated_checkpoint_file_is_named(assets, tmp_path, name):
     LRMPretrainRecipe(config(assets, tmp_path, contrastive_steps=2,
                              checkpointing_steps=2)).run(progress=False)
@@ -431,7 +439,7 @@ def test_a_truncated_checkpoint_file_is_named(assets, tmp_path, name):
 def test_the_output_loads_into_rg_lcd(assets, tmp_path):
     from rewardkit.recipes.rg_lcd import RGLCDConfig, RGLCDRecipe
 
-    out = pretrain_lrm(config=dataclasses.asdict(config(
+    out = pretrain_lrm(dataclasses.asdict(config(
         assets, tmp_path / "pre", contrastive_steps=2,
         proxy_params={**SMALL_LRM, "trainable": "last"})))
     base = dataclasses.asdict(tiny_lcd_config(assets["teacher"], assets["data"], tmp_path / "rg"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +24,13 @@ from rewardkit.training.testing import tiny_lcd_config, write_tiny_image_folder
 
 SMALL = dict(embed_dim=16, text_width=16, text_heads=2)
 TEXT_DIM = 32  # the tiny teacher's cross_attention_dim
+
+
+def pretrain_lrm(values) -> Path:
+    """Run lrm-pretrain from a mapping of config values; the saved proxy folder."""
+    import rewardkit as rk
+
+    return rk.recipe("lrm-pretrain", dict(values)).run(progress=False) / "proxy"
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +220,6 @@ def test_rg_lcd_trains_with_it(assets, tmp_path):
 
 
 def test_lrm_pretrain_trains_it_on_preferences_and_rg_lcd_loads_it(assets, tmp_path):
-    from rewardkit.recipes.lrm_pretrain import pretrain_lrm
     from rewardkit.recipes.rg_lcd import RGLCDConfig, RGLCDRecipe
     from rewardkit.training.metrics import read_metrics
 

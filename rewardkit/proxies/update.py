@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.distributed as dist
 
 from ..checks import nonfinite_count, require
+from ..distributed import average_gradients
 from ..host import host_list
 from ..errors import ConfigError, RewardModelError
 from .base import ProxyRewardModel
@@ -100,7 +100,7 @@ class ProxyUpdater:
                     total = loss + rehearsal_loss
                 if self.optimizer is not None:
                     (total * self.loss_scale).backward()
-                    self._average_gradients()
+                    average_gradients(self.params)
                     if self.max_grad_norm is not None:
                         torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
                     self.optimizer.step()
@@ -148,16 +148,6 @@ class ProxyUpdater:
         require(nonfinite_count(scores),
                 lambda bad, _: f"expert scores for the proxy update contain {bad} NaN or inf",
                 RewardModelError)
-
-    def _average_gradients(self) -> None:
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return
-        world = dist.get_world_size()
-        for p in self.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad)
-            p.grad.div_(world)
 
 
 # ---------------------------------------------------------------- candidate sub-batch

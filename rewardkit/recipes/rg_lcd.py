@@ -68,6 +68,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..distributed import broadcast_from_main
 from ..errors import ConfigError
 from ..files import replace_path
 from ..proxies.base import ProxyRewardModel
@@ -256,15 +257,6 @@ class RGLCDConfig(LCDConfig):
             if not path.is_dir():
                 raise ConfigError(f"pretrained_proxy: '{self.pretrained_proxy}' is not "
                                   "a folder")
-
-
-def broadcast_from_main(module: torch.nn.Module) -> None:
-    """Copy rank 0's parameters and buffers to every rank (an unseeded init differs per rank)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        for tensor in module.state_dict().values():
-            dist.broadcast(tensor, src=0)
 
 
 def _not_differentiable(name: str) -> str:

@@ -131,7 +131,7 @@ class TrainingConfig(RecipeConfig):
         check_data_spec("train_shards_path_or_url", self.train_shards_path_or_url)
         for key in ("resolution", "train_batch_size", "max_train_steps",
                     "gradient_accumulation_steps"):
-            if getattr(self, key) <= 0:
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
         check_resolution(self.pretrained_teacher_model, self.resolution)
         check_distributed_engine()

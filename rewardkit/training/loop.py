@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from ..checks import deferred, nonfinite_count, require
+from ..distributed import average_gradients
 from ..errors import ConfigError
 from ..recipes.base import Recipe
 from .checkpoint import (check_resume_step, load_rank_state, read_trainer_state, resolve_resume,
@@ -93,6 +94,10 @@ class TrainingLoop(Recipe):
     batch_kind: ClassVar[str] = "images"
     #: Metrics shown on the progress line (``step_time`` shows as s/step).
     progress_keys: ClassVar[tuple[str, ...]] = ("lr", "step_time")
+    #: Wrap the trained module for data parallelism (DDP / DeepSpeed). A recipe that calls its
+    #: module through methods other than ``forward`` (which DDP's gradient sync does not see)
+    #: sets False: the loop then averages its gradients across processes itself.
+    wrap_model: ClassVar[bool] = True
 
     def __init__(self, config: TrainingConfig, components: dict[str, Any] | None = None) -> None:
         super().__init__(config, components)
@@ -116,6 +121,11 @@ class TrainingLoop(Recipe):
     def after_prepare(self) -> None:
         """Build what depends on the wrapped model's final weights (an EMA copy) and the rest
         of the algorithm's models (RMs, a proxy and its optimiser)."""
+
+    def next_batch(self) -> dict[str, Any]:
+        """The next micro-batch (a recipe whose step needs no data, e.g. a stage that trains on
+        a saved set, returns ``{}`` without reading any)."""
+        return next(self.batches)
 
     @abstractmethod
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -146,6 +156,20 @@ class TrainingLoop(Recipe):
     def validation_metrics(self) -> dict[str, float]:
         """Numbers measured before the first step and at each validation (main process)."""
         return {}
+
+    def initial_metrics(self) -> dict[str, Any]:
+        """The row logged at step 0 of a new run (default: :meth:`validation_metrics`)."""
+        return self.validation_metrics()
+
+    def validation_due(self, step: int) -> bool:
+        """Validate after optimiser step ``step``? (default: every ``validation_steps``)."""
+        every = self.config.validation_steps
+        return bool(every) and step % every == 0
+
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps of the run (default: ``max_train_steps``)."""
+        return self.config.max_train_steps
 
     def validate(self) -> Path | None:
         """Validation images every ``validation_steps`` (main process); their path."""
@@ -223,6 +247,15 @@ class TrainingLoop(Recipe):
                                      num_workers=cfg.dataloader_num_workers,
                                      vae_scaling_factor=self.backbone.vae_scaling_factor)
 
+    def build_lr_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        """The config's LR schedule (``lr_scheduler``, ``lr_warmup_steps``) over the run."""
+        cfg, processes = self.config, self.accelerator.num_processes
+        # accelerate steps a prepared scheduler once per process per optimiser step (diffusers'
+        # scripts scale the same way)
+        return build_lr_scheduler(cfg.lr_scheduler, optimizer,
+                                  warmup_steps=cfg.lr_warmup_steps * processes,
+                                  total_steps=self.total_steps * processes)
+
     def build_optimizer(self, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
         """AdamW (or 8-bit AdamW) with the config's learning rate, betas, decay and epsilon."""
         cfg = self.config
@@ -253,12 +286,18 @@ class TrainingLoop(Recipe):
         self.backbone.configure(resolution=cfg.resolution)
         module = self.build_models()
         optimizer = self.build_optimizer(self.optimizer_parameters(module))
-        # accelerate steps a prepared scheduler once per process per optimiser step (diffusers'
-        # scripts scale the same way)
-        lr_scheduler = build_lr_scheduler(
-            cfg.lr_scheduler, optimizer, warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
-            total_steps=cfg.max_train_steps * acc.num_processes)
-        self.model, self.optimizer, self.lr_scheduler = acc.prepare(module, optimizer, lr_scheduler)
+        lr_scheduler = self.build_lr_scheduler(optimizer)
+        if self.wrap_model:
+            self.model, self.optimizer, self.lr_scheduler = acc.prepare(module, optimizer,
+                                                                        lr_scheduler)
+        else:
+            from .train_state import uses_deepspeed
+
+            if uses_deepspeed(acc):
+                raise ConfigError(f"recipe '{self.name}' trains a module DeepSpeed cannot wrap; "
+                                  "launch it without DeepSpeed (plain data parallelism)")
+            self.model = module
+            self.optimizer, self.lr_scheduler = acc.prepare(optimizer, lr_scheduler)
         self.after_prepare()
 
         self.loader = self.build_loader()
@@ -290,9 +329,10 @@ class TrainingLoop(Recipe):
         acc, cfg = self.accelerator, self.config
         totals: dict[str, torch.Tensor] = {}
         step_number = self.global_step + 1
+        lr = float(self.lr_scheduler.get_last_lr()[0])  # the rate this step is taken at
         with deferred() as checks:
             for _ in range(cfg.gradient_accumulation_steps):
-                batch = next(self.batches)
+                batch = self.next_batch()
                 with acc.accumulate(self.model):
                     terms = self.losses(batch)
                     for name, value in terms.items():
@@ -301,6 +341,8 @@ class TrainingLoop(Recipe):
                     loss = sum(terms.values())
                     acc.backward(loss)
                     if acc.sync_gradients:
+                        if not self.wrap_model:
+                            average_gradients(list(self.optimizer_parameters(self.model)))
                         acc.clip_grad_norm_(self.optimizer_parameters(self.model),
                                             cfg.max_grad_norm)
                     self.optimizer.step()
@@ -310,9 +352,11 @@ class TrainingLoop(Recipe):
                     value = value.detach().float() / cfg.gradient_accumulation_steps
                     totals[name] = totals[name] + value if name in totals else value
             metrics: dict[str, Any] = {**totals, **self.after_step()}
-            metrics = checks.read(metrics, reduce=self._reduce, processes=acc.num_processes)
-        metrics["lr"] = float(self.lr_scheduler.get_last_lr()[0])
-        return metrics
+            labels = {k: v for k, v in metrics.items() if isinstance(v, str)}
+            metrics = checks.read({k: v for k, v in metrics.items() if k not in labels},
+                                  reduce=self._reduce, processes=acc.num_processes)
+        metrics["lr"] = lr
+        return {**labels, **metrics}
 
     def _reduce(self, values: torch.Tensor) -> torch.Tensor:
         """The mean over processes (identity on one process)."""
@@ -367,7 +411,7 @@ class TrainingLoop(Recipe):
                 self.restore_checkpoint_state(load_state(checkpoint, RECIPE_STATE))
             self.load_files(checkpoint)
             self.global_step = int(state["global_step"])
-            check_resume_step(checkpoint, self.global_step, self.config.max_train_steps,
+            check_resume_step(checkpoint, self.global_step, self.total_steps,
                               "max_train_steps")
         acc.print(f"resumed from {checkpoint} at step {self.global_step}")
 
@@ -385,20 +429,21 @@ class TrainingLoop(Recipe):
         ``output_dir``."""
         self.setup()
         cfg, acc = self.config, self.accelerator
+        total = self.total_steps
         if self.global_step == 0 and acc.is_main_process:
-            initial = self.validation_metrics()
+            initial = self.initial_metrics()
             if initial:
                 self.log(initial)
-        with TrainingProgress(cfg.max_train_steps, self.global_step, keys=self.progress_keys,
+        with TrainingProgress(total, min(self.global_step, total), keys=self.progress_keys,
                               enabled=progress and acc.is_main_process) as bar:
-            while self.global_step < cfg.max_train_steps:
+            while self.global_step < total:
                 started = time.perf_counter()
                 with naming_out_of_memory(self.global_step + 1, cfg):
                     metrics = self.train_step()
                 self.global_step += 1
                 metrics["step_time"] = time.perf_counter() - started
                 bar.update(self.global_step, metrics)
-                if cfg.validation_steps and self.global_step % cfg.validation_steps == 0:
+                if self.validation_due(self.global_step):
                     if acc.is_main_process:
                         self.validate()
                     acc.wait_for_everyone()

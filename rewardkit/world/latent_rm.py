@@ -84,7 +84,9 @@ def pretrain_world_lrm(teacher: str | Path, out: str | Path, work: str | Path, *
     ``work`` holds the run (metrics, preference sets) and is removed afterwards. The summary has
     the steps and the held-out accuracy measured at the end (``proxy_heldout_accuracy*``).
     """
-    from ..recipes.lrm_pretrain import PREFERENCE_SET_DIR, pretrain_lrm
+    from ..recipes.lrm_pretrain import (PREFERENCE_SET_DIR, PROXY_DIR, LRMPretrainConfig,
+                                        LRMPretrainRecipe)
+    from ..config import load_config
     from ..training.metrics import read_metrics
 
     work = Path(work)
@@ -92,7 +94,8 @@ def pretrain_world_lrm(teacher: str | Path, out: str | Path, work: str | Path, *
         teacher, work, contrastive_steps=contrastive_steps, preference_prompts=preference_prompts,
         preference_steps=preference_steps, eval_prompts=eval_prompts, seed=seed)
     overrides["overwrite_output_dir"] = True  # ``work`` is this function's scratch folder
-    saved = pretrain_lrm(overrides, progress=progress)
+    saved = LRMPretrainRecipe(load_config(LRMPretrainConfig, None, overrides)).run(
+        progress=progress) / PROXY_DIR
     rows = [r for r in read_metrics(work / "metrics.jsonl") if "proxy_heldout_accuracy" in r]
     summary: dict[str, Any] = {
         "contrastive_steps": contrastive_steps, "preference_prompts": preference_prompts,
