@@ -62,6 +62,7 @@ from ..proxies.pretrain_losses import (caption_groups, multi_positive_info_nce, 
                                        pairwise_logistic_loss, retrieval_accuracy)
 from ..proxies.pretrain_sets import ensure_preference_set, expert_on_latents, first_samples
 from ..rewards.base import RewardModel
+from ..rewards.build import build_expert
 from ..training.config import TrainingConfig, check_component
 from ..training.data import check_data_spec
 from ..training.loop import TrainingLoop
@@ -308,17 +309,10 @@ class LRMPretrainRecipe(TrainingLoop):
 
     def build_reward_model(self) -> Any:
         """The expert RM on this process's device."""
-        from ..plugins import get_host
-
         cfg = self.config
-        rm = self.components.get("reward")
-        if rm is None:
-            rm = get_host().get("reward", cfg.reward).build(**cfg.reward_params)
-        if not isinstance(rm, RewardModel):
-            raise ConfigError(f"reward '{cfg.reward}' built a {type(rm).__name__}, not a "
-                              "rewardkit.rewards.RewardModel")
-        rm.to(self.device)
-        return rm
+        return build_expert(cfg.reward, cfg.reward_params, device=self.device,
+                            mixed_precision=cfg.mixed_precision,
+                            given=self.components.get("reward"))
 
     def preference_sets(self) -> None:
         """Build (main process, once, cached in output_dir) and load the preference sets."""

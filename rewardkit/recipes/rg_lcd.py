@@ -80,6 +80,7 @@ from ..proxies.rehearsal import Rehearsal
 from ..proxies.replay import CandidateReplay
 from ..proxies.update import ProxyUpdater, sample_candidates, score_candidates
 from ..rewards.base import RewardModel
+from ..rewards.build import build_expert
 from ..config import OURS
 from ..config import config_field as _f
 from ..training.config import check_component
@@ -90,9 +91,6 @@ from .lcd import LCDRecipe
 from .lcd_config import LCDConfig
 
 NO_PROXY = "none"
-#: The expert RM's dtype under each mixed precision (when the RM takes a ``dtype`` and the
-#: config's ``reward_params`` set none).
-REWARD_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 HELDOUT_DIR = "proxy_heldout"
 REPLAY_WEIGHTS = "proxy_replay.safetensors"
 
@@ -398,25 +396,11 @@ class RGLCDRecipe(LCDRecipe):
         return preference_accuracy(self.proxy_model, self.heldout)
 
     def build_reward_model(self, device: torch.device) -> RewardModel:
-        """The expert RM, moved to ``device`` once. An RM that takes a ``dtype`` runs in the
-        mixed-precision dtype unless ``reward_params`` sets one (a ViT-H/14 RM in fp32 costs
-        several times its bf16 time on a GPU)."""
-        from ..plugins import get_host
-
+        """The expert RM on ``device`` (in the mixed-precision dtype unless ``reward_params``
+        sets one)."""
         cfg = self.config
-        rm = self.components.get("reward")
-        if rm is None:
-            spec = get_host().get("reward", cfg.reward)
-            params = dict(cfg.reward_params)
-            if (cfg.mixed_precision in REWARD_DTYPES and "dtype" not in params
-                    and "dtype" in {p.name for p in spec.params}):
-                params["dtype"] = REWARD_DTYPES[cfg.mixed_precision]
-            rm = spec.build(**params)
-        if not isinstance(rm, RewardModel):
-            raise ConfigError(f"reward '{cfg.reward}' built a {type(rm).__name__}, not a "
-                              "rewardkit.rewards.RewardModel")
-        rm.to(device)
-        return rm
+        return build_expert(cfg.reward, cfg.reward_params, device=device,
+                            mixed_precision=cfg.mixed_precision, given=self.components.get("reward"))
 
     def build_proxy(self) -> ProxyRewardModel:
         """The proxy: from ``pretrained_proxy`` if given, else new, sized for the backbone."""
