@@ -245,3 +245,9 @@ def rewardkit_command() -> list[str]:
     ``python -m rewardkit`` (same code path: :func:`rewardkit.cli.main`)."""
     script = Path(sys.executable).parent / "rewardkit"
     return [str(script)] if script.exists() else [sys.executable, "-m", "rewardkit"]
+
+
+@pytest.fixture(scope="session")
+def example_recipe_site(tmp_path_factory) -> Path:
+    """``examples/recipe-plugin`` pip-installed into a temp folder (put it on sys.path to use)."""
+    return install_example(tmp_path_factory, "recipe-plugin")

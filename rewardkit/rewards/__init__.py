@@ -8,6 +8,7 @@ Build them by name with ``rewardkit.reward_model(name, **params)``.
 
 from .aesthetic import AestheticScore
 from .base import RewardModel
+from .build import build_expert
 from .clip_score import CLIPScore
 from .jpeg_compressibility import JpegCompressibility
 from .module_reward import ModuleRewardModel
@@ -15,5 +16,5 @@ from .pickscore import PickScore
 from .rule_judge import RuleJudge
 from .weighted import WeightedReward
 
-__all__ = ["RewardModel", "ModuleRewardModel", "CLIPScore", "PickScore", "AestheticScore", "WeightedReward",
+__all__ = ["RewardModel", "build_expert", "ModuleRewardModel", "CLIPScore", "PickScore", "AestheticScore", "WeightedReward",
            "JpegCompressibility", "RuleJudge"]
