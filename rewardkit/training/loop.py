@@ -329,7 +329,6 @@ class TrainingLoop(Recipe):
         acc, cfg = self.accelerator, self.config
         totals: dict[str, torch.Tensor] = {}
         step_number = self.global_step + 1
-        lr = float(self.lr_scheduler.get_last_lr()[0])  # the rate this step is taken at
         with deferred() as checks:
             for _ in range(cfg.gradient_accumulation_steps):
                 batch = self.next_batch()
@@ -355,7 +354,8 @@ class TrainingLoop(Recipe):
             labels = {k: v for k, v in metrics.items() if isinstance(v, str)}
             metrics = checks.read({k: v for k, v in metrics.items() if k not in labels},
                                   reduce=self._reduce, processes=acc.num_processes)
-        metrics["lr"] = lr
+        # the rate after this step's scheduler step, as diffusers' training scripts log it
+        metrics["lr"] = float(self.lr_scheduler.get_last_lr()[0])
         return {**labels, **metrics}
 
     def _reduce(self, values: torch.Tensor) -> torch.Tensor:
