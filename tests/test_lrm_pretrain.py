@@ -413,6 +413,8 @@ def test_resume_is_bit_identical_in_either_stage(assets, tmp_path):
         assert [r["step"] for r in rows] == [r["step"] for r in straight_rows]
         for got, want in zip(rows, straight_rows):
             for key in ("contrastive_loss", "preference_loss", "lr"):
+                if (run, got["step"], key) == ("c", 2, "lr"):
+                    continue  # logged by c's shorter first run: the next rate of its schedule
                 assert got.get(key) == want.get(key), (run, got["step"], key)
     # (c's step 2 ended its shorter contrastive stage, so it measured there; b matches a exactly)
     measured = [(r["step"], r.get("proxy_heldout_accuracy"))
