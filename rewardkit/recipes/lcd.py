@@ -49,7 +49,7 @@ from ..training.metrics import (TrainingProgress, log_validation_images, start_l
                                 write_run_config)
 from ..training.output_dir import check_output_dir, clear_for_overwrite
 from ..training.optim import build_lr_scheduler, build_optimizer
-from ..training.runtime import build_accelerator, weight_dtype
+from ..training.runtime import build_accelerator, step_autocast, weight_dtype
 from ..training.safe_state import (has_state, load_legacy_torch_file, load_state,
                                   load_tensor_file, save_state)
 from ..training.step import LCDHyper, StepOutputs, lcd_forward
@@ -241,6 +241,7 @@ class LCDRecipe(Recipe):
         # target <- mu target + (1 - mu) theta over tensor lists built once (loads are in place)
         self.ema = (EMAUpdater(self.target, self.unwrapped_student) if self.target is not None
                     else None)
+        self.autocast = step_autocast(acc)
 
         self.setup_extra(acc)
 
@@ -299,7 +300,7 @@ class LCDRecipe(Recipe):
             backbone=self.backbone, solver=self.solver, student=self.student,
             target=self.target_network, latents=latents, cond=cond, uncond=uncond,
             captions=batch["captions"], hyper=self.hyper,
-            generator=self.generator, autocast=self.accelerator.autocast,
+            generator=self.generator, autocast=self.autocast,
             global_step=self.global_step)
 
     def train_step(self) -> dict[str, float]:

@@ -20,7 +20,7 @@ import importlib.util
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import torch
 
@@ -205,3 +205,29 @@ def check_launched_processes(num_processes: int) -> None:
 def weight_dtype(mixed_precision: str) -> torch.dtype:
     """The dtype frozen models (teacher, VAE, text encoder) run in."""
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
+def _engine_casts_weights(accelerator: Any) -> bool:
+    """True under DeepSpeed with bf16/fp16: the engine holds the prepared model's weights in that
+    dtype and accelerate leaves autocast off."""
+    from accelerate.utils import DistributedType
+
+    return (accelerator.distributed_type == DistributedType.DEEPSPEED
+            and accelerator.mixed_precision in ("bf16", "fp16"))
+
+
+def step_autocast(accelerator: Any) -> Callable[[], ContextManager]:
+    """The autocast the UNet calls of a training step run under.
+
+    ``accelerator.autocast`` everywhere but under DeepSpeed with mixed precision, where
+    accelerate turns its own autocast off and the engine has cast the student to bf16/fp16 while
+    the step feeds it fp32 latents and embeddings (and the fp32 EMA target would run in fp32):
+    there it is ``torch.autocast`` in the mixed-precision dtype, the context accelerate enters
+    for the same run under DDP, so teacher, student and target compute in the same precision
+    either way and the outputs come back to fp32 for the loss as before.
+    """
+    if not _engine_casts_weights(accelerator):
+        return accelerator.autocast
+    device_type, dtype = accelerator.device.type, weight_dtype(accelerator.mixed_precision)
+    return lambda: torch.autocast(device_type=device_type, dtype=dtype)
+
