@@ -49,7 +49,8 @@ from ..training.metrics import (TrainingProgress, log_validation_images, start_l
                                 write_run_config)
 from ..training.output_dir import check_output_dir, clear_for_overwrite
 from ..training.optim import build_lr_scheduler, build_optimizer
-from ..training.runtime import build_accelerator, step_autocast, weight_dtype
+from ..training.runtime import (build_accelerator, fp32_master_weights, step_autocast,
+                                weight_dtype)
 from ..training.safe_state import (has_state, load_legacy_torch_file, load_state,
                                   load_tensor_file, save_state)
 from ..training.step import LCDHyper, StepOutputs, lcd_forward
@@ -238,9 +239,13 @@ class LCDRecipe(Recipe):
             # DDP/DeepSpeed broadcast rank 0's weights at wrap time; start every rank's target
             # from those (matters when no seed makes the new guidance embedding's init agree)
             self.target.load_state_dict(self.unwrapped_student.state_dict())
-        # target <- mu target + (1 - mu) theta over tensor lists built once (loads are in place)
-        self.ema = (EMAUpdater(self.target, self.unwrapped_student) if self.target is not None
-                    else None)
+        # target <- mu target + (1 - mu) theta over tensor lists built once (loads are in place);
+        # under DeepSpeed with bf16/fp16, theta is the optimiser's fp32 master weights, not the
+        # engine's rounded copy (the target above starts equal to both: DeepSpeed's masters
+        # start as the cast copy)
+        self.ema = (EMAUpdater(self.target, self.unwrapped_student,
+                               master=fp32_master_weights(acc))
+                    if self.target is not None else None)
         self.autocast = step_autocast(acc)
 
         self.setup_extra(acc)

@@ -209,7 +209,7 @@ def weight_dtype(mixed_precision: str) -> torch.dtype:
 
 def _engine_casts_weights(accelerator: Any) -> bool:
     """True under DeepSpeed with bf16/fp16: the engine holds the prepared model's weights in that
-    dtype and accelerate leaves autocast off."""
+    dtype (its optimiser keeps the fp32 master copies) and accelerate leaves autocast off."""
     from accelerate.utils import DistributedType
 
     return (accelerator.distributed_type == DistributedType.DEEPSPEED
@@ -231,3 +231,24 @@ def step_autocast(accelerator: Any) -> Callable[[], ContextManager]:
     device_type, dtype = accelerator.device.type, weight_dtype(accelerator.mixed_precision)
     return lambda: torch.autocast(device_type=device_type, dtype=dtype)
 
+
+def fp32_master_weights(accelerator: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """How to read a parameter's fp32 master value under DeepSpeed with bf16/fp16, else None.
+
+    The engine trains a bf16/fp16 copy of the student; the fp32 weights the optimiser updates
+    live in its ZeRO partitions (each rank holds ``1/N`` of them under ZeRO-2). DeepSpeed's
+    ``safe_get_full_fp32_param`` assembles one parameter's full fp32 value on every rank (one
+    all-reduce of that parameter: a collective, so every rank must read the same parameters in
+    the same order). Without mixed precision the engine's parameters are the fp32 weights.
+    """
+    if not _engine_casts_weights(accelerator):
+        return None
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    def read(param: torch.Tensor) -> torch.Tensor:
+        value = safe_get_full_fp32_param(param)
+        if value is None:  # a parameter the optimiser does not hold (frozen): it has no master
+            return param.detach().float()
+        return value
+
+    return read
