@@ -135,7 +135,12 @@ def build_accelerator(*, output_dir: str | Path, mixed_precision: str,
     output_dir = Path(output_dir)
     use_deepspeed = deepspeed_requested()
     cpu = not torch.cuda.is_available() and not use_deepspeed
-    handlers = []
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # DDP's gradients as views into its all-reduce buckets instead of a second copy of every
+    # gradient (the same all-reduced values: the 2-process test ends with the same weights);
+    # ignored by DeepSpeed, which keeps its own buckets
+    handlers: list[Any] = [DistributedDataParallelKwargs(gradient_as_bucket_view=True)]
     if use_deepspeed and not _has_accelerator():
         # accelerate picks no process-group backend for DeepSpeed without CUDA and then counts
         # one process whatever torchrun started (every rank "rank 0", DeepSpeed's batch check
