@@ -19,6 +19,7 @@ or a Python int is broadcast) and return tensors in the dtype of the latents the
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -170,13 +171,23 @@ class EMAUpdater:
     for the rest (counters), instead of a Python loop with a device copy per tensor (tensors
     on another device or dtype than the target's are still cast one by one). Both modules must
     keep their tensors (in-place loads, as resuming does, are fine).
+
+    ``master(param)``, when given, returns the full-precision value of a source parameter whose
+    dtype is not the target's: the source is then a low-precision copy of weights kept in fp32
+    elsewhere (DeepSpeed with bf16/fp16 keeps them in its optimiser; see
+    :func:`rewardkit.training.runtime.fp32_master_weights`), and the target averages those
+    rather than the rounded copy. It is called on every update, for the same parameters in the
+    same order.
     """
 
-    def __init__(self, target: nn.Module, source: nn.Module) -> None:
+    def __init__(self, target: nn.Module, source: nn.Module,
+                 master: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         target, source = _unwrap(target), _unwrap(source)
+        self.master = master
         self.floats: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         self.others: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         self.converted: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.mastered: list[tuple[torch.Tensor, torch.Tensor]] = []
         for kind, target_items, source_items in (
             ("parameter", target.named_parameters(), dict(source.named_parameters())),
             ("buffer", target.named_buffers(), dict(source.named_buffers())),
@@ -189,6 +200,10 @@ class EMAUpdater:
                 if src.shape != tensor.shape:
                     raise ValueError(f"ema_update: {kind} {name!r} has shape {tuple(src.shape)} "
                                      f"in the source but {tuple(tensor.shape)} in the target")
+                if (master is not None and kind == "parameter" and src.dtype != tensor.dtype
+                        and tensor.is_floating_point()):
+                    self.mastered.append((tensor, src))  # read through master on every update
+                    continue
                 if src.device != tensor.device or src.dtype != tensor.dtype:
                     self.converted.append((tensor, src))  # cast on every update
                     continue
@@ -207,6 +222,9 @@ class EMAUpdater:
             torch._foreach_add_(targets, sources, alpha=1.0 - decay)
         if self.others[0]:
             torch._foreach_copy_(self.others[0], self.others[1])
+        for tensor, src in self.mastered:  # a low-precision copy: average its fp32 master
+            value = self.master(src).to(device=tensor.device, dtype=tensor.dtype)
+            tensor.mul_(decay).add_(value, alpha=1.0 - decay)
         for tensor, src in self.converted:  # another device or dtype than the target's
             src = src.detach().to(device=tensor.device, dtype=tensor.dtype)
             if tensor.is_floating_point():

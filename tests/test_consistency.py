@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -258,3 +259,41 @@ def test_the_cached_ema_updater_gives_the_loop_s_bits_and_follows_in_place_loads
         source[0].weight.fill_(2.0)
     updater.update(0.0)
     assert torch.equal(target[0].weight, torch.full_like(target[0].weight, 2.0))
+
+
+def test_the_ema_updater_averages_the_masters_of_a_low_precision_source():
+    """DeepSpeed with bf16 trains a bf16 copy and keeps the fp32 weights in its optimiser: the
+    target must average those (read through ``master``), not the rounded copy."""
+    from rewardkit.consistency import EMAUpdater
+
+    torch.manual_seed(0)
+    target = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5))
+    fp32 = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5)).requires_grad_(False)
+    fp32[0].weight.add_(1e-4)  # a step below bf16's resolution
+    source = copy.deepcopy(fp32).to(torch.bfloat16)
+    masters = {id(p): m for p, m in zip(source.parameters(), fp32.parameters())}
+    read = []
+
+    def master(param):
+        read.append(id(param))
+        return masters[id(param)]
+
+    expected = {n: t.detach().clone() for n, t in target.state_dict().items()}
+    for n, t in expected.items():
+        value = dict(fp32.named_parameters()).get(n)
+        if value is None:  # buffers have no master: the bf16 copy, cast
+            value = source.state_dict()[n].to(t.dtype)
+        if t.is_floating_point():
+            t.mul_(0.9).add_(value, alpha=0.1)
+        else:
+            t.copy_(value)
+    updater = EMAUpdater(target, source, master=master)
+    updater.update(0.9)
+    for n, t in target.state_dict().items():
+        assert torch.equal(t, expected[n]), n
+    assert read == [id(p) for p in source.parameters()]  # every parameter, in order, once
+    rounded = copy.deepcopy(target)
+    EMAUpdater(rounded, source).update(0.0)  # without masters: the bf16 copy, cast
+    assert not torch.equal(rounded[0].weight, fp32[0].weight)
+    EMAUpdater(target, source, master=master).update(0.0)
+    assert torch.equal(target[0].weight, fp32[0].weight)

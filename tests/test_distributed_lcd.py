@@ -74,6 +74,7 @@ def worker(out: str, teacher: str, data: str, steps: int, extra: dict) -> None:
         "global_step": recipe.global_step,
         "zero_stage": getattr(recipe.student, "zero_optimization_stage", lambda: None)(),
         "optimizer": type(getattr(recipe.optimizer, "optimizer", recipe.optimizer)).__name__,
+        "bucket_view": getattr(recipe.student, "gradient_as_bucket_view", None),
         "env_world_size": os.environ.get("WORLD_SIZE")}))
 
 
@@ -116,6 +117,8 @@ def test_two_processes_see_different_data_and_end_identical(engine, assets, tmp_
     assert info0["distributed_type"] == info1["distributed_type"] == distributed_type
     if engine == "deepspeed-zero2":
         assert info0["zero_stage"] == info1["zero_stage"] == 2
+    else:  # gradients live in DDP's all-reduce buckets, not in a second copy
+        assert info0["bucket_view"] is info1["bucket_view"] is True
     assert info0["global_step"] == info1["global_step"] == 2
     # different data on each replica ...
     assert len(info0["keys"]) == len(info1["keys"]) == 4

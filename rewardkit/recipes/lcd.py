@@ -36,6 +36,7 @@ from ..training.checkpoint import TARGET_WEIGHTS
 from ..training.compile import compile_modules
 from ..training.loop import TrainingLoop
 from ..training.metrics import log_validation_images
+from ..training.runtime import fp32_master_weights
 from ..training.safe_state import load_tensor_file
 from ..training.step import LCDHyper, StepOutputs, lcd_forward
 from ..training.validation import validation_grid
@@ -115,8 +116,11 @@ class LCDRecipe(TrainingLoop):
             # from those (matters when no seed makes the new guidance embedding's init agree)
             self.target.load_state_dict(self.unwrapped_student.state_dict())
         # target <- mu target + (1 - mu) theta over tensor lists built once (loads are in place)
-        self.ema = (EMAUpdater(self.target, self.unwrapped_student) if self.target is not None
-                    else None)
+        # under DeepSpeed with bf16/fp16, theta is the optimiser's fp32 master weights, not the
+        # engine's rounded copy (the target above starts equal to both)
+        self.ema = (EMAUpdater(self.target, self.unwrapped_student,
+                               master=fp32_master_weights(self.accelerator))
+                    if self.target is not None else None)
 
     @property
     def student(self) -> nn.Module:
@@ -163,7 +167,7 @@ class LCDRecipe(TrainingLoop):
             backbone=self.backbone, solver=self.solver, student=self.student,
             target=self.target_network, latents=latents, cond=cond, uncond=uncond,
             captions=batch["captions"], hyper=self.hyper,
-            generator=self.generator, autocast=self.accelerator.autocast,
+            generator=self.generator, autocast=self.autocast,
             global_step=self.global_step)
 
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -63,7 +63,7 @@ from .errors import TrainingError, naming_out_of_memory
 from .metrics import TrainingProgress, start_logging, write_run_config
 from .optim import build_lr_scheduler, build_optimizer
 from .output_dir import check_output_dir, clear_for_overwrite
-from .runtime import build_accelerator, weight_dtype
+from .runtime import build_accelerator, step_autocast, weight_dtype
 from .safe_state import has_state, load_state, save_state
 from .train_state import load_train_state, save_train_state
 
@@ -278,6 +278,9 @@ class TrainingLoop(Recipe):
             output_dir=self.output_dir, mixed_precision=cfg.mixed_precision,
             gradient_accumulation_steps=cfg.gradient_accumulation_steps, report_to=cfg.report_to,
             train_batch_size=cfg.train_batch_size, max_grad_norm=cfg.max_grad_norm)
+        #: the autocast of the step's model calls (under DeepSpeed with bf16/fp16, where
+        #: accelerate's own is off and the engine has cast the model, torch's in that dtype)
+        self.autocast = step_autocast(acc)
         if cfg.seed is not None:
             set_seed(cfg.seed)  # python, numpy, torch: identical initialisation on every rank
         clear_for_overwrite(acc, self.output_dir, cfg.overwrite_output_dir)

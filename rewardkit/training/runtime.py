@@ -20,7 +20,7 @@ import importlib.util
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import torch
 
@@ -135,7 +135,12 @@ def build_accelerator(*, output_dir: str | Path, mixed_precision: str,
     output_dir = Path(output_dir)
     use_deepspeed = deepspeed_requested()
     cpu = not torch.cuda.is_available() and not use_deepspeed
-    handlers = []
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # DDP's gradients as views into its all-reduce buckets instead of a second copy of every
+    # gradient (the same all-reduced values: the 2-process test ends with the same weights);
+    # ignored by DeepSpeed, which keeps its own buckets
+    handlers: list[Any] = [DistributedDataParallelKwargs(gradient_as_bucket_view=True)]
     if use_deepspeed and not _has_accelerator():
         # accelerate picks no process-group backend for DeepSpeed without CUDA and then counts
         # one process whatever torchrun started (every rank "rank 0", DeepSpeed's batch check
@@ -205,3 +210,50 @@ def check_launched_processes(num_processes: int) -> None:
 def weight_dtype(mixed_precision: str) -> torch.dtype:
     """The dtype frozen models (teacher, VAE, text encoder) run in."""
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
+def _engine_casts_weights(accelerator: Any) -> bool:
+    """True under DeepSpeed with bf16/fp16: the engine holds the prepared model's weights in that
+    dtype (its optimiser keeps the fp32 master copies) and accelerate leaves autocast off."""
+    from accelerate.utils import DistributedType
+
+    return (accelerator.distributed_type == DistributedType.DEEPSPEED
+            and accelerator.mixed_precision in ("bf16", "fp16"))
+
+
+def step_autocast(accelerator: Any) -> Callable[[], ContextManager]:
+    """The autocast the UNet calls of a training step run under.
+
+    ``accelerator.autocast`` everywhere but under DeepSpeed with mixed precision, where
+    accelerate turns its own autocast off and the engine has cast the student to bf16/fp16 while
+    the step feeds it fp32 latents and embeddings (and the fp32 EMA target would run in fp32):
+    there it is ``torch.autocast`` in the mixed-precision dtype, the context accelerate enters
+    for the same run under DDP, so teacher, student and target compute in the same precision
+    either way and the outputs come back to fp32 for the loss as before.
+    """
+    if not _engine_casts_weights(accelerator):
+        return accelerator.autocast
+    device_type, dtype = accelerator.device.type, weight_dtype(accelerator.mixed_precision)
+    return lambda: torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def fp32_master_weights(accelerator: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """How to read a parameter's fp32 master value under DeepSpeed with bf16/fp16, else None.
+
+    The engine trains a bf16/fp16 copy of the student; the fp32 weights the optimiser updates
+    live in its ZeRO partitions (each rank holds ``1/N`` of them under ZeRO-2). DeepSpeed's
+    ``safe_get_full_fp32_param`` assembles one parameter's full fp32 value on every rank (one
+    all-reduce of that parameter: a collective, so every rank must read the same parameters in
+    the same order). Without mixed precision the engine's parameters are the fp32 weights.
+    """
+    if not _engine_casts_weights(accelerator):
+        return None
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    def read(param: torch.Tensor) -> torch.Tensor:
+        value = safe_get_full_fp32_param(param)
+        if value is None:  # a parameter the optimiser does not hold (frozen): it has no master
+            return param.detach().float()
+        return value
+
+    return read

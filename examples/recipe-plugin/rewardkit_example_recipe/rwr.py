@@ -74,7 +74,7 @@ class RWRRecipe(TrainingLoop):
 
     def predict_x0(self, z: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         """The model's estimate of the clean latents from ``z`` at ``t``."""
-        with self.accelerator.autocast():
+        with self.autocast():
             out = self.backbone.predict(self.model, z, t, cond)
         return self.backbone.schedule.predicted_origin(out.float(), t, z)
 
