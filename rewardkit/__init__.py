@@ -7,8 +7,8 @@
     rk.recipe("rg-lcd").run()          # the paper's training recipe
 
 and the building blocks of new training algorithms: ``backbone.load_student(path)`` (a saved
-student as a trainable UNet) and ``rk.sample_consistency`` (few-step sampling with gradients
-through chosen steps).
+student as a trainable UNet), ``rk.sample_consistency`` (few-step sampling with gradients
+through chosen steps) and ``rk.build_prompt_loader`` (resumable, rank-sharded prompt batches).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from .hookspecs import hookimpl
 #: ``import rewardkit`` alone does not load): name -> module.
 _LAZY = {
     "sample_consistency": "rewardkit.sampling_grad",
+    "build_prompt_loader": "rewardkit.data.prompts",
+    "PromptLoader": "rewardkit.data.prompts",
 }
 
 try:
