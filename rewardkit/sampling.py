@@ -18,6 +18,10 @@ Any diffusers Stable Diffusion folder works as a student (it is loaded with
 config); no rewardkit code is needed to *use* a saved student, only to time and batch it here.
 For a w-conditioned student, diffusers embeds ``w = guidance_scale - 1`` and runs one UNet call
 per step (no separate unconditional pass); a teacher runs two (batched) when guidance > 1.
+
+To sample a *live* student during training, with gradients through chosen steps (reward
+fine-tuning through the sampler), use :func:`sample_consistency` (from
+:mod:`rewardkit.sampling_grad`, re-exported here).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 import typer
 
 from .errors import ConfigError
+from .sampling_grad import resolve_grad_steps, sample_consistency  # noqa: F401 - re-exported
 
 
 @dataclass

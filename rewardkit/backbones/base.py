@@ -99,6 +99,23 @@ class Backbone(ABC):
     def build_student(self, time_cond_proj_dim: int = 256) -> nn.Module:
         """A UNet with the teacher's weights and a ``time_cond_proj_dim`` guidance embedding."""
 
+    def load_student(self, path: str | Path, *, lora: bool | None = None,
+                     train_cond_proj: bool = True) -> nn.Module:
+        """A trainable fp32 student read back from ``path``: a distilled pipeline folder (what
+        :meth:`save_pipeline` writes) or a training checkpoint folder (``checkpoint-N/``).
+
+        The student comes back as :meth:`build_student` (and, for a LoRA student,
+        :meth:`add_lora`) would have built it during training, so a new algorithm can continue
+        from a saved student. ``lora=None`` keeps a LoRA student as base weights plus trainable
+        adapters, ``False`` gives the merged UNet with every weight trainable, ``True`` insists
+        on the LoRA. A folder that is neither kind raises :class:`~rewardkit.errors.ConfigError`.
+        Backbones that cannot do this (the default) say so.
+        """
+        from ..errors import ConfigError
+
+        raise ConfigError(f"the '{self.name}' backbone cannot load a saved student (it does not "
+                          f"implement load_student); cannot read '{path}'")
+
     @abstractmethod
     def predict(self, unet: nn.Module, latents: torch.Tensor, timesteps: torch.Tensor,
                 cond: Conditioning, timestep_cond: torch.Tensor | None = None) -> torch.Tensor:

@@ -55,6 +55,14 @@ LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 W_EMBEDDED_LORA_DIR = "lora_w_embedded"
 #: Sub-folder of a saved pipeline with the EMA target UNet (diffusers' LCD scripts' ``unet_target``).
 TARGET_UNET_DIR = "unet_target"
+#: The student's weights in a training checkpoint (``accelerate.save_state``'s first model).
+CHECKPOINT_WEIGHTS = "model.safetensors"
+#: The two kinds of folder :meth:`StableDiffusionBackbone.load_student` reads (said when it
+#: refuses one).
+STUDENT_PIPELINE = ("a distilled pipeline folder (model_index.json and a unet/ with a guidance "
+                    "embedding or a student LoRA, as save_pipeline writes it)")
+STUDENT_CHECKPOINT = "a training checkpoint folder (checkpoint-N/ with model.safetensors)"
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-\d+$")
 
 W_EMBEDDED_LORA_README = """\
 # A LoRA of a w-conditioned LCM student
@@ -275,6 +283,12 @@ class StableDiffusionBackbone(Backbone):
         """
         from diffusers import UNet2DConditionModel
 
+        own_dim = getattr(self.unet.config, "time_cond_proj_dim", None)
+        if own_dim:
+            raise ConfigError(f"{self.path}: the teacher UNet already has a guidance embedding "
+                              f"(time_cond_proj_dim={own_dim}), so it is a distilled student, not a "
+                              "teacher; load the backbone from the original teacher and read the "
+                              "student with load_student(path)")
         config = dict(self.unet.config)
         config["time_cond_proj_dim"] = time_cond_proj_dim
         student = UNet2DConditionModel.from_config(config)
@@ -320,6 +334,229 @@ class StableDiffusionBackbone(Backbone):
         cond_proj = getattr(student.time_embedding, "cond_proj", None)
         if train_cond_proj and cond_proj is not None:
             cond_proj.requires_grad_(True)
+        return student
+
+    # ------------------------------------------------------------ a saved student
+
+    def load_student(self, path: str | Path, *, lora: bool | None = None,
+                     train_cond_proj: bool = True) -> nn.Module:
+        """A trainable fp32 student read back from a distilled pipeline folder or a checkpoint.
+
+        ``path`` is either
+
+        - a pipeline folder as :meth:`save_pipeline` writes it: ``model_index.json`` and a
+          ``unet/`` that has a guidance embedding (``time_cond_proj_dim``), an ``LCMScheduler``,
+          or a student LoRA (``pytorch_lora_weights.safetensors``, or ``lora_w_embedded/`` for a
+          w-conditioned one). The UNet is read with ``UNet2DConditionModel.from_pretrained``, as
+          diffusers reads it; or
+        - a training checkpoint folder ``checkpoint-N/`` of the ``lcd`` / ``rg-lcd`` recipes
+          (its ``model.safetensors``; a LoRA checkpoint reads its ``lora_alpha`` from the run's
+          ``config.json`` next to it).
+
+        The student comes back as :meth:`build_student` and :meth:`add_lora` built it for
+        training, on this backbone's device, in train mode: a full student with every weight
+        trainable; a LoRA student as this teacher's weights plus its guidance embedding and
+        adapters, only the adapters (and, with ``train_cond_proj``, the guidance embedding)
+        trainable. ``lora=False`` returns a LoRA student merged into a plain UNet (every weight
+        trainable), ``lora=True`` refuses a folder without a LoRA. A LoRA is checked against the
+        merged UNet saved next to it, so a backbone loaded from another teacher is refused.
+
+        Raises :class:`~rewardkit.errors.ConfigError`, naming ``path``, for anything else (a
+        teacher folder, a run's output folder, a missing path) or weights that do not fit this
+        backbone's teacher.
+        """
+        folder = Path(os.path.expanduser(str(path)))
+        if not folder.is_dir():
+            what = "is a file" if folder.exists() else "does not exist"
+            raise ConfigError(f"load_student: '{path}' {what}; expected {STUDENT_PIPELINE} or "
+                              f"{STUDENT_CHECKPOINT}")
+        if (folder / CHECKPOINT_WEIGHTS).is_file():
+            student = self._student_from_checkpoint(folder, lora, train_cond_proj)
+        elif (folder / "model_index.json").is_file() and (folder / "unet" / "config.json").is_file():
+            student = self._student_from_pipeline(folder, lora, train_cond_proj)
+        else:
+            inside = sorted(p.name + "/" for p in folder.iterdir() if p.is_dir() and (
+                p.name == "pipeline" or _CHECKPOINT_NAME.match(p.name)))
+            hint = f"; it holds {', '.join(inside)}: pass one of those" if inside else ""
+            raise ConfigError(f"load_student: '{path}' is neither {STUDENT_PIPELINE} nor "
+                              f"{STUDENT_CHECKPOINT}{hint}")
+        student.to(self.device)
+        student.train()
+        if not getattr(student, "peft_config", None):
+            student.requires_grad_(True)
+        return student
+
+    def _empty_student(self, time_cond_proj_dim: int | None) -> nn.Module:
+        """A float32 UNet of the teacher's architecture with ``time_cond_proj_dim``, weights
+        left as initialised (they are loaded next)."""
+        from diffusers import UNet2DConditionModel
+
+        return UNet2DConditionModel.from_config(
+            {**dict(self.unet.config), "time_cond_proj_dim": time_cond_proj_dim})
+
+    def _student_from_pipeline(self, folder: Path, lora: bool | None,
+                               train_cond_proj: bool) -> nn.Module:
+        from diffusers import UNet2DConditionModel
+
+        dim = json.loads((folder / "unet" / "config.json").read_text()).get("time_cond_proj_dim")
+        if (folder / W_EMBEDDED_LORA_DIR / LORA_WEIGHTS_FILE).is_file():
+            lora_dir: Path | None = folder / W_EMBEDDED_LORA_DIR
+        else:
+            lora_dir = folder if (folder / LORA_WEIGHTS_FILE).is_file() else None
+        scheduler_file = folder / "scheduler" / "scheduler_config.json"
+        scheduler = (json.loads(scheduler_file.read_text()).get("_class_name")
+                     if scheduler_file.is_file() else None)
+        if not dim and lora_dir is None and scheduler != "LCMScheduler":
+            raise ConfigError(f"load_student: '{folder}' is a teacher pipeline (its UNet has no "
+                              "guidance embedding, it holds no student LoRA and its scheduler is "
+                              f"{scheduler or 'missing'}, not LCMScheduler), not a distilled "
+                              "student; start a new student from a teacher with build_student")
+        if lora and lora_dir is None:
+            raise ConfigError(f"load_student(lora=True): '{folder}' holds no student LoRA "
+                              f"({LORA_WEIGHTS_FILE} or {W_EMBEDDED_LORA_DIR}/)")
+        if lora_dir is not None and lora is not False:
+            return self._student_from_lora(folder, lora_dir, dim, train_cond_proj)
+        try:
+            student = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet",
+                                                           torch_dtype=torch.float32)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ConfigError(f"load_student: the UNet of '{folder}' cannot be read "
+                              f"({type(exc).__name__}: {str(exc)[:200]})") from None
+        teacher = {k: tuple(v.shape) for k, v in self.unet.state_dict().items()
+                   if not k.startswith("time_embedding.cond_proj.")}
+        own = {k: tuple(v.shape) for k, v in student.state_dict().items()
+               if not k.startswith("time_embedding.cond_proj.")}
+        if own != teacher:
+            differ = sorted(set(own.items()) ^ set(teacher.items()))
+            raise ConfigError(f"load_student: the UNet in '{folder / 'unet'}' does not fit this "
+                              f"backbone's teacher '{self.path}' ({len(differ)} tensor shapes "
+                              f"differ, e.g. {differ[0][0]})")
+        return student
+
+    def _student_from_lora(self, folder: Path, lora_dir: Path, dim: int | None,
+                           train_cond_proj: bool) -> nn.Module:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        weights = lora_dir / LORA_WEIGHTS_FILE
+        try:
+            with safe_open(str(weights), "pt") as handle:
+                metadata = handle.metadata() or {}
+            layers = load_file(str(weights))
+        except Exception as exc:  # truncated or not safetensors
+            raise ConfigError(f"load_student: '{weights}' cannot be read "
+                              f"({type(exc).__name__}: {exc})") from None
+        settings = {k.split(".", 1)[1]: v for k, v in
+                    json.loads(metadata.get("lora_adapter_metadata", "{}")).items()
+                    if k.startswith("unet.")}
+        if "r" not in settings:
+            raise ConfigError(f"load_student: '{weights}' has no LoRA settings (rank, alpha) in "
+                              "its metadata, so it was not written by save_pipeline")
+        student = self.build_student(time_cond_proj_dim=dim)  # this teacher's weights, fp32
+        if dim:
+            embedding_file = lora_dir / GUIDANCE_EMBEDDING_FILE
+            if not embedding_file.is_file():
+                raise ConfigError(f"load_student: '{lora_dir}' has no {GUIDANCE_EMBEDDING_FILE} "
+                                  f"for the guidance embedding of its w-conditioned student")
+            embedding = load_file(str(embedding_file))["time_embedding.cond_proj.weight"]
+            with torch.no_grad():
+                student.time_embedding.cond_proj.weight.copy_(embedding)
+        student = self.add_lora(student, rank=int(settings["r"]), alpha=settings.get("lora_alpha"),
+                                target_modules=settings.get("target_modules"),
+                                train_cond_proj=train_cond_proj)
+        adapter = next(iter(student.peft_config))
+        state = {}
+        for key, value in layers.items():
+            if not key.startswith("unet.") or ".lora_" not in key:
+                raise ConfigError(f"load_student: '{weights}' holds '{key}', not a UNet LoRA tensor")
+            module, rest = key[len("unet."):].rsplit(".lora_", 1)
+            which, param = rest.split(".", 1)
+            state[f"{module}.lora_{which}.{adapter}.{param}"] = value
+        expected = {k for k in student.state_dict() if ".lora_" in k}
+        if set(state) != expected:
+            differ = sorted(set(state) ^ expected)
+            raise ConfigError(f"load_student: the LoRA in '{weights}' does not fit this "
+                              f"backbone's teacher '{self.path}' ({len(differ)} tensors missing or "
+                              f"extra, e.g. {differ[0]})")
+        try:
+            student.load_state_dict(state, strict=False)
+        except RuntimeError as exc:
+            raise ConfigError(f"load_student: the LoRA in '{weights}' does not fit this "
+                              f"backbone's teacher '{self.path}' ({str(exc)[:200]})") from None
+        self._check_lora_base(student, folder, lora_dir)
+        return student
+
+    def _check_lora_base(self, student: nn.Module, folder: Path, lora_dir: Path) -> None:
+        """Refuse a LoRA whose base is not this teacher: the merged UNet saved next to it must
+        equal this teacher's weights where no adapter is (``conv_in``) and teacher plus LoRA
+        on the first adapted layer."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from safetensors import safe_open
+
+        merged_file = folder / "unet" / "diffusion_pytorch_model.safetensors"
+        if not merged_file.is_file():
+            return
+        name, layer = next((n, m) for n, m in student.named_modules()
+                           if isinstance(m, BaseTunerLayer))
+        with torch.no_grad():
+            ours = layer.base_layer.weight.detach().clone()
+            for adapter in layer.active_adapters:
+                if adapter in layer.lora_A:
+                    ours += layer.get_delta_weight(adapter).to(ours.dtype)
+            with safe_open(str(merged_file), "pt") as handle:
+                keys = set(handle.keys())
+                pairs = [(key, student.state_dict()[key], handle.get_tensor(key))
+                         for key in ("conv_in.weight",) if key in keys]
+                if f"{name}.weight" in keys:
+                    pairs.append((f"{name}.weight", ours, handle.get_tensor(f"{name}.weight")))
+        for key, mine, saved in pairs:
+            if mine.shape != saved.shape or not torch.allclose(mine.float().cpu(), saved.float(),
+                                                                rtol=1e-4, atol=1e-5):
+                raise ConfigError(f"load_student: the LoRA in '{lora_dir}' was not trained on "
+                                  f"this backbone's teacher '{self.path}' (the merged UNet in "
+                                  f"'{folder / 'unet'}' differs at {key}); load the backbone from "
+                                  "the teacher the student was distilled from")
+
+    def _student_from_checkpoint(self, folder: Path, lora: bool | None,
+                                 train_cond_proj: bool) -> nn.Module:
+        from safetensors.torch import load_file
+        from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+
+        weights = folder / CHECKPOINT_WEIGHTS
+        try:
+            state = load_file(str(weights))
+        except Exception as exc:  # truncated or not safetensors
+            raise ConfigError(f"load_student: '{weights}' cannot be read "
+                              f"({type(exc).__name__}: {exc})") from None
+        for prefix in ("module.", "_orig_mod."):  # saved from a DDP- or compile-wrapped student
+            consume_prefix_in_state_dict_if_present(state, prefix)
+        embedding = state.get("time_embedding.cond_proj.weight")
+        dim = int(embedding.shape[1]) if embedding is not None else None
+        lora_keys = [k for k in state if ".lora_A." in k]
+        if lora and not lora_keys:
+            raise ConfigError(f"load_student(lora=True): '{folder}' holds a fully fine-tuned "
+                              "student, not a LoRA")
+        student = self._empty_student(dim)
+        if lora_keys:
+            run_config = folder.parent / "config.json"
+            settings = json.loads(run_config.read_text()) if run_config.is_file() else {}
+            if "lora_alpha" not in settings:
+                raise ConfigError(f"load_student: '{folder}' holds a LoRA student, but no run "
+                                  f"config next to it ('{run_config}') gives its lora_alpha; "
+                                  "load the checkpoint from inside its run's output folder")
+            student = self.add_lora(student, rank=int(state[lora_keys[0]].shape[0]),
+                                    alpha=settings["lora_alpha"],
+                                    target_modules=settings.get("lora_target_modules"),
+                                    train_cond_proj=train_cond_proj)
+        try:
+            student.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ConfigError(f"load_student: the weights in '{weights}' do not fit this "
+                              f"backbone's teacher '{self.path}' ({str(exc)[:200]})") from None
+        if lora_keys and lora is False:
+            merged = self._empty_student(dim)
+            merged.load_state_dict(merged_unet_state_dict(student))
+            return merged
         return student
 
     def predict(self, unet: nn.Module, latents: torch.Tensor, timesteps: torch.Tensor,

@@ -42,7 +42,8 @@ class PromptSet:
 
     def __post_init__(self) -> None:
         if not self.prompts:
-            raise ConfigError(f"prompt set '{self.name}' has no prompts")
+            where = f" (read from {self.source})" if self.source else ""
+            raise ConfigError(f"prompt set '{self.name}' has no prompts{where}")
         if not self.categories:
             self.categories = [""] * len(self.prompts)
         if len(self.categories) != len(self.prompts):
@@ -161,9 +162,10 @@ def fetch_dataset_file(source: str, filename: str) -> Path:
 
 
 def load_prompt_set(spec: str, source: str | None = None, limit: int | None = None,
-                    **params: Any) -> PromptSet:
+                    option: str = "--prompts", **params: Any) -> PromptSet:
     """A registered prompt set by name (``source``, ``limit`` and ``params`` go to its
-    factory) or a prompt file (``limit`` keeps the first N prompts of each category)."""
+    factory) or a prompt file (``limit`` keeps the first N prompts of each category).
+    ``option`` names where ``spec`` came from in the error an unknown spec raises."""
     from ..plugins import get_host
 
     names = [component.name for component in get_host().list("prompts")]
@@ -174,7 +176,7 @@ def load_prompt_set(spec: str, source: str | None = None, limit: int | None = No
         if source is not None or params:
             raise ConfigError(f"prompt file {spec} takes no source or parameters")
         return read_prompt_set(spec).head(limit)
-    raise ConfigError(f"--prompts {spec!r} is neither a registered prompt set "
+    raise ConfigError(f"{option} {spec!r} is neither a registered prompt set "
                       f"({', '.join(sorted(names)) or 'none'}) nor a file")
 
 
