@@ -77,3 +77,48 @@ def test_the_documented_recipe_resumes_bit_exactly(assets, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows_a, rows_b = (read_metrics(tmp_path / x / "metrics.jsonl") for x in ("a", "b"))
     assert [r["mse"] for r in rows_a[2:]] == [r["mse"] for r in rows_b if r["step"] > 2][-2:]
+
+
+class PromptsOnly:
+    """A recipe whose batches are prompts only (batch_kind "prompts"): it pushes the UNet's
+    output on noise towards zero for each caption."""
+
+    @staticmethod
+    def build(names: dict):
+        from rewardkit.training import TrainingLoop
+
+        class Recipe(TrainingLoop):
+            name = "prompts-only"
+            Config = names["DenoiseConfig"]
+            batch_kind = "prompts"
+            seen: list = []
+
+            def build_models(self):
+                return self.backbone.build_student(time_cond_proj_dim=None)
+
+            def losses(self, batch):
+                Recipe.seen.append(sorted(batch))
+                cond = self.backbone.encode_prompts(batch["captions"]).float()
+                side = self.backbone.latent_side(self.config.resolution)
+                noise = torch.randn((len(batch["captions"]), 4, side, side),
+                                    generator=self.generator)
+                t = torch.full((len(batch["captions"]),), 500, dtype=torch.long)
+                out = self.backbone.predict(self.model, noise, t, cond)
+                return {"zero_loss": out.float().pow(2).mean()}
+
+        return Recipe
+
+
+def test_a_prompts_only_recipe_reads_a_prompt_file_and_keeps_the_contract(assets, tmp_path):
+    from rewardkit.testing.recipe_contract import check_recipe
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\na green cat\na photo of a dog\n")
+    recipe = PromptsOnly.build(documented_recipe())
+    values = dict(pretrained_teacher_model=str(assets["teacher"]),
+                  train_shards_path_or_url=str(prompts), resolution=16, train_batch_size=2,
+                  learning_rate=1e-3, seed=0, report_to="none", validation_steps=0)
+    assert check_recipe(recipe, values, tmp_path / "runs", processes=False) == [
+        "resume", "no_pickles", "non_finite"]
+    assert recipe.seen and all("pixel_values" not in keys and "captions" in keys
+                               for keys in recipe.seen)
