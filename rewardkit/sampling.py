@@ -79,7 +79,7 @@ def load_pipeline(model_dir: str | Path, scheduler: str = "lcm", device: str | N
     """Load a diffusers pipeline folder (or hub id) with an ``LCMScheduler`` or ``DDIMScheduler``."""
     from diffusers import DDIMScheduler, DiffusionPipeline, LCMScheduler
 
-    from .backbones.stable_diffusion import check_pipeline_location, pipeline_dtype_kwarg, resolve_dtype
+    from .models import check_pipeline_location, pipeline_dtype_kwarg, resolve_dtype
 
     check_pipeline_location(str(model_dir), key="model_dir")
     pipe = DiffusionPipeline.from_pretrained(str(model_dir), **pipeline_dtype_kwarg(resolve_dtype(dtype)))

@@ -269,7 +269,7 @@ class LCDRecipe(Recipe):
             return self.accelerator.unwrap_model(self.student)
         # accelerate's unwrap_model imports deepspeed whenever it is installed, which prints
         # "Setting accelerator to CPU" in every run that does not use it
-        from ..backbones.stable_diffusion import unwrap_model
+        from ..models import unwrap_model
 
         return unwrap_model(self.student)
 

@@ -158,7 +158,7 @@ class LCDConfig(RecipeConfig):
 
         check_teacher_location(self.pretrained_teacher_model)
         if self.pretrained_vae_model_name_or_path:
-            from ..backbones.stable_diffusion import check_vae_location
+            from ..models import check_vae_location
 
             check_vae_location(self.pretrained_vae_model_name_or_path)
             if "pretrained_vae_model_name_or_path" in self.backbone_params:
