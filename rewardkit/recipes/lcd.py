@@ -166,7 +166,7 @@ class LCDRecipe(Recipe):
 
     def build_loader(self, accelerator: Any, backbone: Any) -> Any:
         """This process's shard of the training data (a resumable, infinite loader)."""
-        from ..training.data import build_training_loader
+        from ..data.specs import build_training_loader
 
         cfg = self.config
         seed = cfg.dataloader_seed if cfg.dataloader_seed is not None else (cfg.seed or 0)

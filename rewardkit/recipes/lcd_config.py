@@ -152,7 +152,7 @@ class LCDConfig(RecipeConfig):
 
     def validate(self) -> None:
         """Reject bad values, naming the key, before anything is loaded."""
-        from ..training.data import check_data_spec
+        from ..data.specs import check_data_spec
         from ..training.runtime import check_distributed_engine
         from .given import is_given
 

@@ -61,7 +61,7 @@ from ..config import OURS
 from ..config import config_field as _f
 from ..training.config import (MIXED_PRECISION, REPORT_TO, check_component, check_resolution,
                                check_resume_keys, check_teacher_location)
-from ..training.data import build_training_loader, check_data_spec
+from ..data.specs import build_training_loader, check_data_spec
 from ..training.errors import TrainingError, naming_out_of_memory
 from ..training.metrics import TrainingProgress, start_logging, write_run_config
 from ..training.output_dir import check_output_dir, clear_for_overwrite
