@@ -10,10 +10,11 @@ import torch
 
 from rewardkit.backbones.stable_diffusion import StableDiffusionBackbone
 from rewardkit.errors import ConfigError
+from rewardkit.sampling import pil_to_tensor
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
 from rewardkit.world.assets import save_net
-from rewardkit.world.evaluate import (WorldEvaluator, add_speedups, evaluate, evaluation_prompts,
-                                      pil_to_tensor, real_images)
+from rewardkit.world.eval_sets import evaluation_prompts, real_images
+from rewardkit.world.evaluate import WorldEvaluator, add_speedups, evaluate
 from rewardkit.world.judge import WEIGHTS
 from rewardkit.world.nets import WorldFeatureNet, WorldProxyNet
 from rewardkit.world.source import WorldSource

@@ -46,18 +46,14 @@ import torch
 
 from ..errors import ConfigError
 from ..evaluation.prompt_sets import PromptSet
-from ..sampling import pil_to_tensor  # noqa: F401  (part of this module's interface)
 from .assets import FEATURES, PROXY, asset_path
-from .grammar import parse_caption
+from .eval_sets import DEFAULT_NUM_IMAGES, evaluation_prompts, real_images
 from .judge import WEIGHTS, judge
-from .render import render
-from .source import WorldSource
 
 KINDS = ("student", "teacher")
 #: Guidance scale of evaluation (diffusers' convention: a student embeds ``w = scale - 1``, a
 #: teacher runs CFG with it), the same as the recipes' ``validation_guidance_scale`` default.
 DEFAULT_GUIDANCE_SCALE = 7.5
-DEFAULT_NUM_IMAGES = 64
 DEFAULT_STUDENT_STEPS = (1, 2, 4)
 DEFAULT_TEACHER_STEPS = 50
 
@@ -87,32 +83,6 @@ class EvalRow:
         data = asdict(self)
         data.pop("images")
         return data
-
-
-def evaluation_prompts(num_images: int = DEFAULT_NUM_IMAGES, split: str = "test", seed: int = 0) -> list[str]:
-    """The captions of the first ``num_images`` samples of a world split (scenes cycle)."""
-    source = WorldSource(split, size=num_images, seed=seed)
-    return [source.scene(i).caption() for i in range(num_images)]
-
-
-def real_images(prompts: Sequence[str], side: int, split: str = "test", seed: int = 0) -> torch.Tensor:
-    """Real renders of ``prompts`` (``[N, 3, side, side]`` in [0, 1]).
-
-    When ``prompts`` are exactly :func:`evaluation_prompts` of ``split``, these are that split's samples
-    (:class:`~rewardkit.world.source.WorldSource`); other prompts are rendered with seeds 0..N-1.
-    """
-    prompts = list(prompts)
-    source = WorldSource(split, size=len(prompts), side=side, seed=seed)
-    if [source.scene(i).caption() for i in range(len(prompts))] == prompts:
-        return pil_to_tensor([source.load(i).image for i in range(len(prompts))])
-    arrays = []
-    for index, prompt in enumerate(prompts):
-        scene = parse_caption(prompt)
-        if scene is None:
-            raise ConfigError(f"prompt '{prompt}' is not a caption of the world's grammar, so it "
-                              "has no real image for the Frechet distance")
-        arrays.append(render(scene, seed + index, side=side))
-    return pil_to_tensor(arrays)
 
 
 METRICS = ("world-judge", "world-proxy", "world-fd")
