@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from ..checks import nonfinite_count, require
-from ..host import host_list
+from ..cpu_values import cpu_tolist
 from ..errors import ConfigError, RewardModelError
 from .base import ProxyRewardModel
 from .losses import (CANDIDATES, PROXY_LOSS_TYPES, expert_logits, pairwise_accuracy,
@@ -205,7 +205,7 @@ def sample_candidates(student_x0: torch.Tensor, target_x0: torch.Tensor, gt_late
     return ProxyCandidates(
         latents=latents,
         prompt_embeds=prompt_embeds.detach()[indices.to(prompt_embeds.device)],
-        captions=[captions[i] for i in host_list(indices)],
+        captions=[captions[i] for i in cpu_tolist(indices)],
         indices=indices,
     )
 
