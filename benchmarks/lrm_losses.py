@@ -20,7 +20,7 @@ sees (default: the held-out set a default ``rewardkit run rg-lcd`` writes to
   term on many more judged latents: per ``world:train`` prompt (``--renders`` of them, drawn
   with another seed than the preference set's) the VAE-encoded render and five spoiled copies
   of it (noise, blur, a pattern, a colour cast), each scored by the judge on its decoded image
-  (a latent analogue of ``world-proxy``'s 12,000 judged images).
+  (a latent analogue of ``world-scorer``'s 12,000 judged images).
 
 Prints, per variant, mean ± std over seeds of the held-out accuracy overall, on
 generated-vs-ground-truth pairs and on the hardest pairs (the ground truth against the two

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from ..errors import ConfigError
 from .assets import LATENT_RM, TEACHER, asset_path
 from .evaluate import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_IMAGES, WorldEvaluator, add_speedups
-from .latent_rm import WORLD_LRM_PARAMS, world_proxy_params
+from .latent_rm import WORLD_LRM_PARAMS, proxy_params_for_world
 from .source import WorldSource
 
 DEFAULT_OUTPUT_DIR = "rg-lcd-world"
@@ -95,7 +95,7 @@ def default_rg_lcd_overrides(assets_root: str | Path | None = None,
 #: The paper's online schedule, for an LRM that starts from scratch: one update per student step
 #: on the fresh candidates, no replay, the distillation loss, ``proxy_lr`` 1e-3. The default run's
 #: own schedule (``proxy_lr`` 1e-4, replay, two updates per step) is tuned for the pretrained LRM
-#: and its rehearsal pairs; given a from-scratch LRM learning ``world-proxy`` at beta 20 it
+#: and its rehearsal pairs; given a from-scratch LRM learning ``world-scorer`` at beta 20 it
 #: collapsed in every seed (``benchmarks/lrm_evidence.py``), where this one held.
 SCRATCH_LRM_SCHEDULE: dict[str, Any] = {"proxy_lr": 1e-3, "proxy_updates_per_step": 1,
                                         "proxy_replay_size": 0, "proxy_loss_type": "distillation"}
@@ -125,7 +125,7 @@ def fit_world_defaults(defaults: dict[str, Any], chosen: dict[str, Any]) -> dict
         return fitted
     if proxy != "lrm" or reward != "world-judge":
         fitted.pop("pretrained_proxy", None)
-        fitted["proxy_params"] = world_proxy_params(proxy)
+        fitted["proxy_params"] = proxy_params_for_world(proxy)
     if reward != "world-judge":
         fitted.pop("proxy_rehearsal_set", None)
         fitted.update(SCRATCH_LRM_SCHEDULE)
@@ -141,7 +141,7 @@ def _run_config(output_dir: Path) -> dict[str, Any]:
 
 def finalize_world_run(output_dir: str | Path, *, teacher: str | Path | None = None,
                        student: str | Path | None = None, assets_root: str | Path | None = None,
-                       proxy_path: str | Path | None = None, features_path: str | Path | None = None,
+                       scorer_path: str | Path | None = None, features_path: str | Path | None = None,
                        prompts: Sequence[str] | None = None, num_images: int = DEFAULT_NUM_IMAGES,
                        validation_prompts: Sequence[str] | None = None,
                        student_steps: Sequence[int] = (1, 2, 4), teacher_steps: int = 50,
@@ -168,7 +168,7 @@ def finalize_world_run(output_dir: str | Path, *, teacher: str | Path | None = N
         config.get("validation_guidance_scale", DEFAULT_GUIDANCE_SCALE))
     grid_prompts = list(validation_prompts or config.get("validation_prompts") or validation_captions())
 
-    evaluator = WorldEvaluator(prompts, num_images=num_images, proxy_path=proxy_path,
+    evaluator = WorldEvaluator(prompts, num_images=num_images, scorer_path=scorer_path,
                                features_path=features_path, assets_root=root, device=device)
     rows = evaluator.evaluate(teacher, "teacher", teacher_steps, name="teacher",
                               guidance_scale=scale, batch_size=batch_size)

@@ -1,7 +1,7 @@
 """The embedded world in ``rewardkit eval``: its test prompts (with real renders as the
 reference images) and its Frechet distance, registered through the evaluation hooks.
 
-``rewardkit eval rg-lcd-world/pipeline --prompts world --metrics world-judge,world-proxy,world-fd``
+``rewardkit eval rg-lcd-world/pipeline --prompts world --metrics world-judge,world-scorer,world-fd``
 is the evaluation the default run's report makes.
 """
 
