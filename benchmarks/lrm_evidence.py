@@ -86,7 +86,7 @@ def row_overrides(name: str, recipe: str, changes: dict[str, Any], seed: int,
     from paper_table import run_config
 
     from rewardkit.world.default_run import SCRATCH_LRM_SCHEDULE
-    from rewardkit.world.latent_rm import WORLD_LRM_PARAMS
+    from rewardkit.world.lrm import WORLD_LRM_PARAMS
 
     changes = dict(changes)
     scratch = changes.pop("scratch", False)

@@ -11,7 +11,7 @@ import torch
 from rewardkit import api, cli
 from rewardkit.errors import ConfigError
 from rewardkit.world import build as world_build
-from rewardkit.world.assets import FEATURES, LATENT_RM, SCORER, TEACHER, load_net
+from rewardkit.world.assets import FEATURES, LRM, SCORER, TEACHER, load_net
 from rewardkit.world.build import BUILD_FILE, PLANS, build_world, load_build_report, make_plan
 from rewardkit.world.grammar import make_splits
 from rewardkit.world.nets import WorldFeatureNet
@@ -31,10 +31,10 @@ def built(tmp_path_factory):
 
 
 def test_build_writes_every_asset_and_a_report(built):
-    assert {p.name for p in built.iterdir()} == {TEACHER, SCORER, FEATURES, LATENT_RM, BUILD_FILE}
+    assert {p.name for p in built.iterdir()} == {TEACHER, SCORER, FEATURES, LRM, BUILD_FILE}
     report = load_build_report(built)
     assert report["size"] == "tiny" and report["seed"] == 3
-    assert set(report["seconds"]) >= {"vae", "unet", "world-scorer", "features", "latent-rm",
+    assert set(report["seconds"]) >= {"vae", "unet", "world-scorer", "features", "lrm",
                                       "quality", "total"}
     assert report["teacher"]["unet"]["steps"] == PLANS["tiny"].teacher.unet_steps
     assert report["teacher"]["vae"]["steps"] == PLANS["tiny"].teacher.vae_steps
@@ -101,17 +101,17 @@ def test_scorer_and_features_load(built):
 def test_the_pretrained_world_lrm_loads_into_rg_lcd_sized_for_the_teacher(built):
     from rewardkit.proxies import LatentRewardModel
 
-    report = json.loads((built / "build.json").read_text())["latent-rm"]
+    report = json.loads((built / "build.json").read_text())["lrm"]
     assert report["preference_steps"] == PLANS["tiny"].lrm_preference_steps
     assert 0.0 <= report["heldout"]["proxy_heldout_accuracy"] <= 1.0
-    proxy = LatentRewardModel.from_pretrained(built / LATENT_RM)
+    proxy = LatentRewardModel.from_pretrained(built / LRM)
     backbone = api.backbone("stable-diffusion", pretrained_model_name_or_path=str(built / TEACHER))
     assert proxy.config["text_dim"] == backbone.text_embed_dim
     latents = torch.randn(2, backbone.latent_channels, 8, 8)
     assert proxy(latents, backbone.encode_prompts(["a", "b"]).prompt_embeds).shape == (2,)
     from rewardkit.proxies.preference_set import PreferenceSet
 
-    rehearsal = PreferenceSet.load(built / LATENT_RM / "preference_set")  # shipped for rehearsal
+    rehearsal = PreferenceSet.load(built / LRM / "preference_set")  # shipped for rehearsal
     assert rehearsal.num_prompts == PLANS["tiny"].lrm_preference_prompts
     assert rehearsal.prompt_embeds.shape[-1] == backbone.text_embed_dim
 

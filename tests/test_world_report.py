@@ -14,8 +14,8 @@ from rewardkit.errors import ConfigError
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
 from rewardkit.proxies import LatentRewardModel
 from rewardkit.proxies.preference_set import GROUND_TRUTH, PreferenceSet
-from rewardkit.world.assets import FEATURES, LATENT_RM, SCORER, TEACHER, save_net
-from rewardkit.world.latent_rm import WORLD_LRM_PARAMS, WORLD_UNET_LRM_PARAMS
+from rewardkit.world.assets import FEATURES, LRM, SCORER, TEACHER, save_net
+from rewardkit.world.lrm import WORLD_LRM_PARAMS, WORLD_UNET_LRM_PARAMS
 from rewardkit.world.default_run import (DEFAULT_MAX_TRAIN_STEPS,
                                          default_rg_lcd_overrides, finalize_world_run,
                                          validation_captions)
@@ -54,11 +54,11 @@ def assets(tmp_path_factory) -> Path:
         save_net(WorldFeatureNet(width=8), root / FEATURES)
         text_dim = json.loads((root / TEACHER / "text_encoder" / "config.json").read_text())["hidden_size"]
         LatentRewardModel(latent_channels=4, text_dim=text_dim,
-                          **WORLD_LRM_PARAMS).save_pretrained(root / LATENT_RM)
+                          **WORLD_LRM_PARAMS).save_pretrained(root / LRM)
         PreferenceSet(latents=torch.randn(4, 4, 8, 8), prompt_embeds=torch.randn(2, 5, text_dim),
                       prompt_index=torch.tensor([0, 0, 1, 1]), captions=["a", "b"],
                       kinds=[GROUND_TRUTH, "x", GROUND_TRUTH, "x"],
-                      expert=torch.tensor([1.0, 0.0, 1.0, 0.0])).save(root / LATENT_RM / "preference_set")
+                      expert=torch.tensor([1.0, 0.0, 1.0, 0.0])).save(root / LRM / "preference_set")
     return root
 
 
@@ -133,9 +133,9 @@ def test_default_overrides_make_a_valid_rg_lcd_config(assets):
     assert config.validation_prompts == validation_captions()
     assert set(config.validation_prompts) <= set(WorldSource("validation").captions())
     assert config.train_shards_path_or_url == "world:train"
-    assert config.pretrained_proxy == str(assets / LATENT_RM)  # the shipped pretrained LRM
+    assert config.pretrained_proxy == str(assets / LRM)  # the shipped pretrained LRM
     assert config.proxy_eval_shards_path_or_url == "world:validation"
-    assert config.proxy_rehearsal_set == str(assets / LATENT_RM / "preference_set")
+    assert config.proxy_rehearsal_set == str(assets / LRM / "preference_set")
     with pytest.raises(ConfigError, match="world build"):
         default_rg_lcd_overrides(assets_root=assets / "nowhere")
     with pytest.raises(ConfigError, match="w_min"):  # the rest of the config is still validated
@@ -200,7 +200,7 @@ def test_world_defaults_fit_the_users_proxy_and_reward(assets, monkeypatch):
             other.proxy_loss_type) == (1e-3, 1, 0, "distillation")
     assert rk.recipe("rg-lcd", reward="world-scorer", proxy_lr=5e-4).config.proxy_lr == 5e-4
     judge = rk.recipe("rg-lcd").config
-    assert judge.pretrained_proxy == str(assets / LATENT_RM)
+    assert judge.pretrained_proxy == str(assets / LRM)
     assert (judge.proxy_lr, judge.proxy_updates_per_step, judge.proxy_replay_size,
             judge.proxy_loss_type) == (1e-4, 2, 256, "cross_entropy")
     # another proxy than lrm: not loaded from the shipped lrm, sized for the world, and it still

@@ -15,7 +15,7 @@ ASSETS = Path(__file__).parent / "assets"
 TEACHER = "teacher"
 SCORER = "world-scorer"
 FEATURES = "features"
-LATENT_RM = "latent-rm"
+LRM = "lrm"
 
 N = TypeVar("N", bound=nn.Module)
 

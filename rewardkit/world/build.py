@@ -6,14 +6,14 @@ Stages, in order (each with a rich progress bar and its own budget):
 2. ``unet``: the teacher's UNet (:func:`rewardkit.world.teacher.train_unet`);
 3. ``world-scorer``: the learned RM (:func:`rewardkit.world.train_judges.train_scorer`);
 4. ``features``: the Frechet feature net (:func:`rewardkit.world.train_judges.train_features`);
-5. ``latent-rm``: the pretrained latent proxy RM that the default ``rg-lcd`` run starts from
-   (``lrm-pretrain`` on world data with ``world-judge``: :mod:`rewardkit.world.latent_rm`);
+5. ``lrm``: the pretrained latent proxy RM (LRM) that the default ``rg-lcd`` run starts from
+   (``lrm-pretrain`` on world data with ``world-judge``: :mod:`rewardkit.world.lrm`);
 6. ``quality``: the teacher's judge reward at 50 DDIM steps + CFG on the validation prompts
    (next to the same pipeline with an untrained UNet, and real renders), the feature net's
    per-attribute accuracy, and the scorer's correlation with the judge on unseen samples.
 
 The output folder gets ``teacher/`` (a diffusers pipeline), ``world-scorer/``, ``features/``,
-``latent-rm/`` and
+``lrm/`` and
 ``build.json`` (sizes, steps, seconds, seed, quality numbers). Everything is first written to a
 hidden temporary folder inside the output folder and renamed into place at the end, so an
 interrupted build never leaves half-written assets. From Python::
@@ -38,8 +38,8 @@ import torch
 
 from ..errors import ConfigError
 from ..files import replace_path
-from .assets import ASSETS, FEATURES, LATENT_RM, SCORER, TEACHER, save_net
-from .latent_rm import pretrain_world_lrm
+from .assets import ASSETS, FEATURES, LRM, SCORER, TEACHER, save_net
+from .lrm import pretrain_world_lrm
 from .teacher import TeacherPlan, TeacherSize, judge_renders, judge_teacher, train_teacher, validation_prompts
 
 BUILD_FILE = "build.json"
@@ -257,13 +257,13 @@ def _build(plan: BuildPlan, out: Path, work: Path, bars: _Bars, size: str, minut
             start = time.perf_counter()
             bars.log("pretraining the world LRM (lrm-pretrain: contrastive, then world-judge "
                      "preferences)")
-            latent_rm = pretrain_world_lrm(
-                work / TEACHER, work / LATENT_RM, work / "lrm-pretrain",
+            lrm = pretrain_world_lrm(
+                work / TEACHER, work / LRM, work / "lrm-pretrain",
                 contrastive_steps=plan.lrm_contrastive_steps,
                 preference_prompts=plan.lrm_preference_prompts,
                 preference_steps=plan.lrm_preference_steps, eval_prompts=plan.lrm_eval_prompts,
                 seed=seed)
-            seconds["latent-rm"] = time.perf_counter() - start
+            seconds["lrm"] = time.perf_counter() - start
 
             start = time.perf_counter()
             bars.log(f"measuring quality: teacher at {plan.eval_steps} DDIM steps + CFG "
@@ -283,12 +283,12 @@ def _build(plan: BuildPlan, out: Path, work: Path, bars: _Bars, size: str, minut
                              "megabytes": round(_folder_bytes(work / SCORER) / 2**20, 2)},
             "features": {"count": plan.features_count, "epochs": plan.features_epochs,
                          "megabytes": round(_folder_bytes(work / FEATURES) / 2**20, 2)},
-            "latent-rm": {**latent_rm, "megabytes": round(_folder_bytes(work / LATENT_RM) / 2**20, 2)},
+            "lrm": {**lrm, "megabytes": round(_folder_bytes(work / LRM) / 2**20, 2)},
             "quality": quality,
             "torch": torch.__version__,
         }
         (work / BUILD_FILE).write_text(json.dumps(report, indent=2))
-        for name in (TEACHER, SCORER, FEATURES, LATENT_RM, BUILD_FILE):
+        for name in (TEACHER, SCORER, FEATURES, LRM, BUILD_FILE):
             replace_path(work / name, out / name)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError
-from .assets import LATENT_RM, TEACHER, asset_path
+from .assets import LRM, TEACHER, asset_path
 from .evaluate import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_IMAGES, WorldEvaluator, add_speedups
-from .latent_rm import WORLD_LRM_PARAMS, proxy_params_for_world
+from .lrm import WORLD_LRM_PARAMS, proxy_params_for_world
 from .source import WorldSource
 
 DEFAULT_OUTPUT_DIR = "rg-lcd-world"
@@ -55,8 +55,8 @@ def default_rg_lcd_overrides(assets_root: str | Path | None = None,
         "reward": "world-judge",
         "proxy": "lrm",
         # the LRM starts from the shipped pretrained one (lrm-pretrain on world data, see
-        # rewardkit.world.latent_rm); every layer keeps learning online
-        "pretrained_proxy": str(asset_path(LATENT_RM, root)),
+        # rewardkit.world.lrm); every layer keeps learning online
+        "pretrained_proxy": str(asset_path(LRM, root)),
         "proxy_params": {"trainable": WORLD_LRM_PARAMS["trainable"]},
         "proxy_eval_shards_path_or_url": "world:validation",
         "proxy_eval_num_prompts": 64,
@@ -75,7 +75,7 @@ def default_rg_lcd_overrides(assets_root: str | Path | None = None,
         # the online LRM schedule that keeps it agreeing with the judge (docs/lrm-online.md):
         # rehearse the pretraining pairs, two updates per step (the second from a replay
         # buffer), hard pairwise labels, a learning rate that does not erase the pretraining
-        "proxy_rehearsal_set": str(asset_path(LATENT_RM, root) / "preference_set"),
+        "proxy_rehearsal_set": str(asset_path(LRM, root) / "preference_set"),
         "proxy_updates_per_step": 2,
         "proxy_replay_size": 256,
         "proxy_loss_type": "cross_entropy",
@@ -108,9 +108,9 @@ PROXY_ONLY_KEYS = ("proxy_params", "pretrained_proxy", "proxy_rehearsal_set",
 def fit_world_defaults(defaults: dict[str, Any], chosen: dict[str, Any]) -> dict[str, Any]:
     """The default run's values, fitted to what the user ``chosen``: without a proxy
     (``proxy="none"``) the proxy-only keys are dropped; with another proxy than ``lrm`` the
-    shipped ``latent-rm`` (an ``lrm``) is not loaded and the proxy is sized for the world; with
+    shipped LRM (``lrm/``) is not loaded and the proxy is sized for the world; with
     an expert other than ``world-judge`` the LRM starts from scratch and rehearses nothing (the
-    shipped ``latent-rm`` and its rehearsal pairs were made with the judge, and would leak it
+    shipped LRM and its rehearsal pairs were made with the judge, and would leak it
     into a run meant to learn another RM), so it learns on the paper's online schedule
     (:data:`SCRATCH_LRM_SCHEDULE`); at another ``resolution`` than the world's the shipped
     rehearsal pairs are dropped (their latents have the world resolution's size, and rg-lcd

@@ -1,7 +1,7 @@
 """The world's pretrained latent proxy RM: ``lrm-pretrain`` on world data with ``world-judge``.
 
 ``rewardkit world build`` trains it after the teacher (its latents and prompt embeddings come
-from that teacher's VAE and text encoder) and ships it as the asset ``latent-rm``; the default
+from that teacher's VAE and text encoder) and ships it as the asset ``lrm``; the default
 ``rewardkit run rg-lcd`` starts its LRM from it. Two stages, as ``lrm-pretrain`` runs them:
 contrastive (multi-positive InfoNCE) on ``world:train`` (latent, caption) pairs, then
 Bradley-Terry pairs on a preference set of ``world:train`` prompts scored once by the judge.
