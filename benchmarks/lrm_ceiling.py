@@ -8,13 +8,13 @@ teacher's VAE; then, per seed:
 
 - ``latent BT``: the world LRM from a random init, Bradley-Terry on the latents (what
   ``lrm-pretrain``'s preference stage does; ``lrm_losses.py``'s ``bt`` row);
-- ``pixel BT``: the world's pixel-space scorer (``WorldProxyNet``: a conv trunk on the image and
+- ``pixel BT``: the world's pixel-space scorer (``WorldScorerNet``: a conv trunk on the image and
   embeddings of the caption's attributes) from a random init, the same loss, steps, batch and
   learning rate on the decoded images;
-- ``pixel BT from world-proxy``: the same, starting from the shipped ``world-proxy`` (trained by
+- ``pixel BT from world-scorer``: the same, starting from the shipped ``world-scorer`` (trained by
   ``rewardkit world build`` to regress the judge on 12,000 rendered and spoiled images).
 
-and, once: ``world-proxy`` as shipped (no training on the pairs), and the judge re-run on the
+and, once: ``world-scorer`` as shipped (no training on the pairs), and the judge re-run on the
 decoded held-out images (1.0 unless decoding is not deterministic: a check of the set itself).
 
 If the pixel scorers stop where the LRM does, the ceiling is the data (the judge's near-ties do
@@ -40,18 +40,18 @@ def pixel_scores(net, images: torch.Tensor, codes: torch.Tensor) -> torch.Tensor
 
 
 def train_pixel(train, train_images, seed: int, steps: int, batch: int, init=None) -> torch.nn.Module:
-    """``WorldProxyNet`` trained with lrm-pretrain's Bradley-Terry loss on decoded images.
+    """``WorldScorerNet`` trained with lrm-pretrain's Bradley-Terry loss on decoded images.
 
     The net has no logit scale of its own, so its score difference is multiplied by a fixed 14:
     about the ``exp(logit_scale)`` the LRM learns in ``lrm-pretrain`` (over scores of a similar
     range), so both see the loss at the same sharpness.
     """
     from rewardkit.proxies.pretrain_losses import pairwise_logistic_loss
-    from rewardkit.world.nets import WorldProxyNet
+    from rewardkit.world.nets import WorldScorerNet
     from rewardkit.world.scene_codes import encode_captions
 
     torch.manual_seed(seed)
-    net = WorldProxyNet()
+    net = WorldScorerNet()
     if init is not None:
         net.load_state_dict(init.state_dict())
     net.train().requires_grad_(True)
@@ -79,8 +79,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from rewardkit.proxies.preference_set import PreferenceSet
-    from rewardkit.world.assets import PROXY, asset_path, load_net
-    from rewardkit.world.nets import WorldProxyNet
+    from rewardkit.world.assets import SCORER, asset_path, load_net
+    from rewardkit.world.nets import WorldScorerNet
     from rewardkit.world.rewards import judge_scores
     from rewardkit.world.scene_codes import encode_captions
 
@@ -91,7 +91,7 @@ def main() -> None:
     train_images, held_images = decode(vae, train), decode(vae, held)
     held_codes = encode_captions(held.captions)[held.prompt_index]
     held_captions = [held.captions[p] for p in held.prompt_index.tolist()]
-    shipped = load_net(WorldProxyNet, asset_path(PROXY))
+    shipped = load_net(WorldScorerNet, asset_path(SCORER))
     print("| scorer | seeds | held-out all | gen vs gt | gt vs 16-step teacher |")
     print("|---|---:|---:|---:|---:|")
     rows: dict[str, list[dict]] = {}
@@ -102,14 +102,14 @@ def main() -> None:
 
     report("judge on the decoded held-out images",
            [accuracies(torch.from_numpy(judge_scores(held_images, held_captions)), held)])
-    report("world-proxy as shipped (no pair training)",
+    report("world-scorer as shipped (no pair training)",
            [accuracies(pixel_scores(shipped, held_images, held_codes), held)])
     report("latent BT (the LRM)",
            [train_one(train, held, seed, args.steps, args.batch) for seed in args.seeds])
     report("pixel BT", [accuracies(pixel_scores(
         train_pixel(train, train_images, seed, args.steps, args.batch), held_images, held_codes), held)
         for seed in args.seeds])
-    report("pixel BT from world-proxy", [accuracies(pixel_scores(
+    report("pixel BT from world-scorer", [accuracies(pixel_scores(
         train_pixel(train, train_images, seed, args.steps, args.batch, init=shipped),
         held_images, held_codes), held) for seed in args.seeds])
     if args.json:

@@ -3,17 +3,17 @@
 Trains, with several seeds per row, the students below from the shipped world teacher (each run
 is the default ``rewardkit run rg-lcd`` config with the changes shown), evaluates every student
 and the teacher on the same test prompts, and prints **mean ± std over seeds** of the judge
-reward, the proxy reward (``world-proxy``), the Frechet distance and the LRM's final held-out
+reward, the scorer reward (``world-scorer``), the Frechet distance and the LRM's final held-out
 accuracy (``proxy_heldout_accuracy`` from the run's ``metrics.jsonl``):
 
 =======================  =====================================================================
 lcd                      plain latent consistency distillation
-direct b1                RG-LCD optimising the differentiable ``world-proxy`` directly, beta 1
+direct b1                RG-LCD optimising the differentiable ``world-scorer`` directly, beta 1
 lrm-scratch b1           the LRM learning ``world-judge`` from a random init, the paper's online
                          schedule (one update per step on fresh candidates, no replay)
 lrm-pretrained b1        the default run: the shipped pretrained LRM learning ``world-judge``
-direct b20               direct optimisation of ``world-proxy`` at the over-optimisation beta 20
-lrm-proxy b20            the LRM learning ``world-proxy`` at beta 20, from scratch with the
+direct b20               direct optimisation of ``world-scorer`` at the over-optimisation beta 20
+lrm-scorer b20           the LRM learning ``world-scorer`` at beta 20, from scratch with the
                          paper's online schedule (the shipped LRM and its rehearsal pairs were
                          made with the judge)
 =======================  =====================================================================
@@ -51,11 +51,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 SCRATCH_SCHEDULE: dict[str, Any] = {"scratch": True}
 ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("lcd", "lcd", {}),
-    ("direct b1", "rg-lcd", {"reward": "world-proxy", "proxy": "none"}),
+    ("direct b1", "rg-lcd", {"reward": "world-scorer", "proxy": "none"}),
     ("lrm-scratch b1", "rg-lcd", dict(SCRATCH_SCHEDULE)),
     ("lrm-pretrained b1", "rg-lcd", {}),
-    ("direct b20", "rg-lcd", {"reward": "world-proxy", "proxy": "none", "reward_scale": 20.0}),
-    ("lrm-proxy b20", "rg-lcd", {"reward": "world-proxy", "reward_scale": 20.0,
+    ("direct b20", "rg-lcd", {"reward": "world-scorer", "proxy": "none", "reward_scale": 20.0}),
+    ("lrm-scorer b20", "rg-lcd", {"reward": "world-scorer", "reward_scale": 20.0,
                                  **SCRATCH_SCHEDULE}),
 )
 EVAL_STEPS = 2
@@ -86,7 +86,7 @@ def row_overrides(name: str, recipe: str, changes: dict[str, Any], seed: int,
     from paper_table import run_config
 
     from rewardkit.world.default_run import SCRATCH_LRM_SCHEDULE
-    from rewardkit.world.latent_rm import WORLD_LRM_PARAMS
+    from rewardkit.world.lrm import WORLD_LRM_PARAMS
 
     changes = dict(changes)
     scratch = changes.pop("scratch", False)
@@ -156,29 +156,29 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, list[float]]] = {}
     per_run = []
     for name, seeds in runs.items():
-        metrics: dict[str, list[float]] = {"judge": [], "proxy": [], "fd": [], "heldout": []}
+        metrics: dict[str, list[float]] = {"judge": [], "scorer": [], "fd": [], "heldout": []}
         for seed, run_dir in sorted(seeds.items()):
             row = evaluator.evaluate(run_dir / "pipeline", "student", EVAL_STEPS, name=name,
                                      batch_size=args.eval_batch_size)[0]
             heldout = final_heldout(run_dir)
             metrics["judge"].append(row.judge_reward)
-            metrics["proxy"].append(row.proxy_reward)
+            metrics["scorer"].append(row.scorer_reward)
             metrics["fd"].append(row.frechet_distance)
             if heldout is not None:
                 metrics["heldout"].append(heldout)
             per_run.append({"row": name, "seed": seed, "judge_reward": row.judge_reward,
-                            "proxy_reward": row.proxy_reward,
+                            "scorer_reward": row.scorer_reward,
                             "frechet_distance": row.frechet_distance,
                             "proxy_heldout_accuracy": heldout})
         results[name] = metrics
 
-    lines = ["| model | seeds | judge reward ↑ | proxy reward ↑ | Frechet distance ↓ | "
+    lines = ["| model | seeds | judge reward ↑ | scorer reward ↑ | Frechet distance ↓ | "
              "LRM held-out accuracy ↑ |", "|---|---:|---:|---:|---:|---:|",
              f"| teacher (50 DDIM steps + CFG) | - | {teacher.judge_reward:.3f} | "
-             f"{teacher.proxy_reward:.3f} | {teacher.frechet_distance:.1f} | - |"]
+             f"{teacher.scorer_reward:.3f} | {teacher.frechet_distance:.1f} | - |"]
     for name, m in results.items():
         lines.append(f"| {name} @{EVAL_STEPS} | {len(m['judge'])} | {fmt(m['judge'])} | "
-                     f"{fmt(m['proxy'])} | {fmt(m['fd'], 1)} | {fmt(m['heldout'])} |")
+                     f"{fmt(m['scorer'])} | {fmt(m['fd'], 1)} | {fmt(m['heldout'])} |")
     lines += ["", *verdicts(results, teacher)]
     command = "python benchmarks/lrm_evidence.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     lines += ["", f"command: `{command.strip()}`; {args.steps} steps, {args.num_images} test prompts, "
@@ -208,7 +208,7 @@ def verdicts(results: dict[str, dict[str, list[float]]], teacher: Any) -> list[s
                    f"({a:.3f} ± {sa:.3f} vs {b:.3f} ± {sb:.3f}, difference {a - b:+.3f})")
     else:
         out.append("not measured: LRM vs LCD needs both rows with >= 2 seeds")
-    direct, guarded = results.get("direct b20"), results.get("lrm-proxy b20")
+    direct, guarded = results.get("direct b20"), results.get("lrm-scorer b20")
     if direct and guarded:
         gaps = {key: (abs(mean_std(direct[key])[0] - ref), abs(mean_std(guarded[key])[0] - ref))
                 for key, ref in (("judge", teacher.judge_reward), ("fd", teacher.frechet_distance))}

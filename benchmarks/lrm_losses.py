@@ -1,7 +1,7 @@
 """Which offline training signal makes the world LRM generalise? Loss variants over seeds.
 
 Trains the world's LRM (``WORLD_LRM_PARAMS``, from a random init) on a fixed expert-scored
-preference set (default: the shipped ``latent-rm/preference_set``, 512 ``world:train`` prompts
+preference set (default: the shipped ``lrm/preference_set``, 512 ``world:train`` prompts
 x 6 judged candidates) and measures pairwise agreement with the judge on a held-out set it never
 sees (default: the held-out set a default ``rewardkit run rg-lcd`` writes to
 ``rg-lcd-world/proxy_heldout``, 64 ``world:validation`` prompts). Variants:
@@ -20,7 +20,7 @@ sees (default: the held-out set a default ``rewardkit run rg-lcd`` writes to
   term on many more judged latents: per ``world:train`` prompt (``--renders`` of them, drawn
   with another seed than the preference set's) the VAE-encoded render and five spoiled copies
   of it (noise, blur, a pattern, a colour cast), each scored by the judge on its decoded image
-  (a latent analogue of ``world-proxy``'s 12,000 judged images).
+  (a latent analogue of ``world-scorer``'s 12,000 judged images).
 
 Prints, per variant, mean ± std over seeds of the held-out accuracy overall, on
 generated-vs-ground-truth pairs and on the hardest pairs (the ground truth against the two
@@ -50,7 +50,7 @@ VARIANTS = {
     "small": {"lrm_params": {"embed_dim": 32, "image_widths": [16, 32], "text_width": 32}},
     "renders": {"first_stage": "renders"},
 }
-DEFAULT_TRAIN = Path(__file__).resolve().parents[1] / "rewardkit/world/assets/latent-rm/preference_set"
+DEFAULT_TRAIN = Path(__file__).resolve().parents[1] / "rewardkit/world/assets/lrm/preference_set"
 TEACHER = Path(__file__).resolve().parents[1] / "rewardkit/world/assets/teacher"
 
 
@@ -136,7 +136,7 @@ def train_one(train, held, seed: int, steps: int, batch: int, soft: float = 0.0,
     from rewardkit.proxies.lrm import LatentRewardModel
     from rewardkit.proxies.preference_set import proxy_scores
     from rewardkit.proxies.pretrain_losses import pairwise_logistic_loss
-    from rewardkit.world.latent_rm import WORLD_LRM_PARAMS
+    from rewardkit.world.lrm import WORLD_LRM_PARAMS
 
     torch.manual_seed(seed)
     model = LatentRewardModel(latent_channels=train.latents.shape[1], text_dim=train.prompt_embeds.shape[-1],

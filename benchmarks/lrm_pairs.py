@@ -1,7 +1,7 @@
 """Where does a latent proxy RM disagree with the expert? Accuracy per pair kind and judge margin.
 
 For each saved proxy (a ``save_pretrained`` folder: ``proxy/`` of a run, or the shipped
-world ``latent-rm``) and each preference set (the held-out set a run built, and optionally the
+world ``lrm``) and each preference set (the held-out set a run built, and optionally the
 set the proxy was trained on), prints:
 
 - pairwise accuracy overall, on generated-vs-generated and on generated-vs-ground-truth pairs;
@@ -20,9 +20,9 @@ several proxies err on the same pairs?).
 A training-set accuracy far above the held-out one on the same pair kind is a generalisation
 gap, not a capacity limit.
 
-    python benchmarks/lrm_pairs.py --proxy rewardkit/world/assets/latent-rm \\
+    python benchmarks/lrm_pairs.py --proxy rewardkit/world/assets/lrm \\
         --sets runs/lrm_towers/seed-0/unet/heldout_preference_set \\
-               rewardkit/world/assets/latent-rm/preference_set
+               rewardkit/world/assets/lrm/preference_set
 """
 
 from __future__ import annotations

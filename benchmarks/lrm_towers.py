@@ -12,7 +12,7 @@ one student-side reward evaluation (32 latents, forward + backward to the latent
 ==================  ==========================================================================
 conv                proxy ``lrm`` (residual conv tower), preference stage only
 conv + contrastive  proxy ``lrm``, 300 InfoNCE steps first: the paper's latent CLIP, then the
-                    preference stage (what ``rewardkit world build`` ships as ``latent-rm``)
+                    preference stage (what ``rewardkit world build`` ships as ``lrm``)
 unet                proxy ``lrm-unet``: the teacher's encoder (copied), preference stage only
 unet random init    proxy ``lrm-unet`` with ``init_from_teacher`` off: does the teacher's
                     encoder help, or only its architecture?
@@ -70,7 +70,7 @@ def pretrain_config(proxy: str, changes: dict[str, Any], contrastive: bool, seed
     """The ``lrm-pretrain`` config of one row (the world's, as ``rewardkit world build`` uses)."""
     from rewardkit.world.assets import TEACHER, asset_path
     from rewardkit.world.build import PLANS
-    from rewardkit.world.latent_rm import world_lrm_overrides
+    from rewardkit.world.lrm import world_lrm_overrides
 
     plan = PLANS["tiny" if quick else "full"]
     config = world_lrm_overrides(
@@ -88,7 +88,7 @@ def heldout_rows(run: Path) -> list[dict[str, float]]:
     return [r for r in read_metrics(run / "metrics.jsonl") if HELDOUT[0] in r]
 
 
-def update_cost(latent_rm: Path, preference_set: Path, device: str, repeats: int = 10) -> dict:
+def update_cost(lrm_dir: Path, preference_set: Path, device: str, repeats: int = 10) -> dict:
     """Seconds per online update and per student-side reward evaluation, and memory."""
     import torch
 
@@ -99,9 +99,9 @@ def update_cost(latent_rm: Path, preference_set: Path, device: str, repeats: int
     from rewardkit.proxies.rehearsal import Rehearsal
     from rewardkit.world.assets import TEACHER, asset_path
 
-    name = json.loads((latent_rm / "proxy_config.json").read_text())["name"]
+    name = json.loads((lrm_dir / "proxy_config.json").read_text())["name"]
     backbone = StableDiffusionBackbone(str(asset_path(TEACHER)), device=device)
-    proxy = build_proxy(name, {}, backbone, pretrained=str(latent_rm)).to(device)
+    proxy = build_proxy(name, {}, backbone, pretrained=str(lrm_dir)).to(device)
     generator = torch.Generator().manual_seed(0)
     updater = ProxyUpdater(proxy, lr=1e-4, loss_type="cross_entropy",
                            rehearsal=Rehearsal(PreferenceSet.load(preference_set), batch_size=64),
@@ -136,16 +136,16 @@ def update_cost(latent_rm: Path, preference_set: Path, device: str, repeats: int
             "update_memory_mb": (4 * total + 12 * trained) / 2 ** 20}
 
 
-def online_run(name: str, latent_rm: Path, preference_set: Path, seed: int, args) -> dict:
+def online_run(name: str, lrm_dir: Path, preference_set: Path, seed: int, args) -> dict:
     """The default world run started from this proxy; its final held-out and judge reward."""
     import rewardkit as rk
     from rewardkit.world.default_run import default_rg_lcd_overrides
     from rewardkit.world.evaluate import WorldEvaluator
 
-    proxy = json.loads((latent_rm / "proxy_config.json").read_text())["name"]
+    proxy = json.loads((lrm_dir / "proxy_config.json").read_text())["name"]
     out = args.output / f"seed-{seed}" / name.replace(" ", "-") / "online"
     overrides = default_rg_lcd_overrides(None, str(out), 20 if args.quick else 600)
-    overrides.update(proxy=proxy, pretrained_proxy=str(latent_rm), seed=seed,
+    overrides.update(proxy=proxy, pretrained_proxy=str(lrm_dir), seed=seed,
                      proxy_rehearsal_set=str(preference_set), checkpointing_steps=0,
                      proxy_params={"trainable": "all"}, overwrite_output_dir=True)
     overrides["validation_steps"] = overrides["max_train_steps"]

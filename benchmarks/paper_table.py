@@ -7,12 +7,12 @@ process (so the milliseconds are comparable):
 =====================  ========================================================================
 teacher                the shipped teacher, 50 DDIM steps + classifier-free guidance
 lcd                    plain latent consistency distillation (recipe ``lcd``)
-rg-lcd direct proxy    RG-LCD optimising ``world-proxy`` directly (differentiable, exploitable)
-rg-lcd lrm proxy       RG-LCD with the latent proxy RM (LRM) learning from ``world-proxy``
+rg-lcd direct scorer   RG-LCD optimising ``world-scorer`` directly (differentiable, exploitable)
+rg-lcd lrm scorer      RG-LCD with the latent proxy RM (LRM) learning from ``world-scorer``
 rg-lcd lrm judge       RG-LCD with the LRM learning from ``world-judge`` (non-differentiable)
 =====================  ========================================================================
 
-Each student is sampled at 1, 2 and 4 steps. It prints one table (judge reward, proxy reward,
+Each student is sampled at 1, 2 and 4 steps. It prints one table (judge reward, scorer reward,
 Frechet distance, ms/image, speed-up over the teacher), saves it with the image grid and every
 run's report under ``--output``, and checks the issue's four claims, printing PASS or FAIL for
 each with the numbers behind it. Nothing is tuned to make a claim hold.
@@ -40,8 +40,8 @@ from typing import Any
 #: The students of the table: (name, recipe, config changes on top of the default world run).
 VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("lcd", "lcd", {}),
-    ("rg-lcd direct proxy", "rg-lcd", {"reward": "world-proxy", "proxy": "none"}),
-    ("rg-lcd lrm proxy", "rg-lcd", {"reward": "world-proxy", "proxy": "lrm"}),
+    ("rg-lcd direct scorer", "rg-lcd", {"reward": "world-scorer", "proxy": "none"}),
+    ("rg-lcd lrm scorer", "rg-lcd", {"reward": "world-scorer", "proxy": "lrm"}),
     ("rg-lcd lrm judge", "rg-lcd", {"reward": "world-judge", "proxy": "lrm"}),
 )
 
@@ -105,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_config(name: str, recipe: str, changes: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """The full override set of one variant."""
-    from rewardkit.world.assets import PROXY, asset_path
+    from rewardkit.world.assets import SCORER, asset_path
     from rewardkit.world.default_run import default_rg_lcd_overrides, fit_world_defaults
 
     output_dir = args.output / name.replace(" ", "-")
@@ -116,8 +116,8 @@ def run_config(name: str, recipe: str, changes: dict[str, Any], args: argparse.N
         overrides.update(proxy_batch_size=4)
     overrides = fit_world_defaults(overrides, changes)
     overrides.update(changes)
-    if overrides.get("reward") == "world-proxy":
-        overrides["reward_params"] = {"path": str(asset_path(PROXY, args.assets_root))}
+    if overrides.get("reward") == "world-scorer":
+        overrides["reward_params"] = {"path": str(asset_path(SCORER, args.assets_root))}
     if recipe == "lcd":
         for key in rg_only_keys():
             overrides.pop(key, None)
@@ -181,22 +181,22 @@ def check_claims(rows: list[Any], teacher: Any) -> list[Claim]:
         f"{speedup:.1f}x ({main2.unet_evaluations} vs {teacher.unet_evaluations} UNet "
         "evaluations per image)"))
 
-    # 3. direct proxy optimisation: proxy up, judge down or FD up vs LCD; the LRM avoids most
+    # 3. direct optimisation of the scorer: scorer reward up, judge down or FD up vs LCD; the LRM avoids most
     def change(name: str, key: str) -> float:
         return mean_over_steps(rows, name, key) - mean_over_steps(rows, "lcd", key)
 
-    direct, lrm = "rg-lcd direct proxy", "rg-lcd lrm proxy"
-    proxy_up = change(direct, "proxy_reward")
+    direct, lrm = "rg-lcd direct scorer", "rg-lcd lrm scorer"
+    scorer_up = change(direct, "scorer_reward")
     harms = {"judge drop": (-change(direct, "judge_reward"), -change(lrm, "judge_reward")),
              "FD rise": (change(direct, "frechet_distance"), change(lrm, "frechet_distance"))}
     shown = {k: v for k, v in harms.items() if v[0] > 0}
-    over_optimised = proxy_up > 0 and bool(shown)
+    over_optimised = scorer_up > 0 and bool(shown)
     avoided = over_optimised and all(lrm_harm <= 0.5 * direct_harm for direct_harm, lrm_harm in shown.values())
-    evidence = (f"vs LCD, mean over {len(STUDENT_STEPS)} step counts: direct proxy reward "
-                f"{proxy_up:+.3f}; " + "; ".join(
+    evidence = (f"vs LCD, mean over {len(STUDENT_STEPS)} step counts: direct scorer reward "
+                f"{scorer_up:+.3f}; " + "; ".join(
                     f"{k}: direct {d:+.3f}, LRM {lrm_h:+.3f}" for k, (d, lrm_h) in harms.items()))
     claims.append(Claim(
-        "direct optimisation of world-proxy raises the proxy reward while the judge reward or the "
+        "direct optimisation of world-scorer raises the scorer reward while the judge reward or the "
         "Frechet distance gets worse, and the LRM variant avoids most of that (at most half the harm)",
         over_optimised and avoided, evidence))
 

@@ -15,11 +15,11 @@ from rewardkit.backbones.stable_diffusion import (
     TARGET_UNET_DIR,
     W_EMBEDDED_LORA_DIR,
     StableDiffusionBackbone,
-    check_pipeline_location,
     load_student_lora,
 )
 from rewardkit.backbones import Conditioning
 from rewardkit.errors import ConfigError
+from rewardkit.models import check_pipeline_location
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")

@@ -216,7 +216,7 @@ def test_a_built_proxy_with_the_embedded_world_defaults_drops_the_pretrained_one
     from rewardkit.proxies import LatentRewardModel
 
     proxy = LatentRewardModel(latent_channels=4, text_dim=32, **SMALL_LRM)
-    recipe = rk.recipe("rg-lcd", proxy=proxy)  # the world preset would load its latent-rm
+    recipe = rk.recipe("rg-lcd", proxy=proxy)  # the world preset would load its shipped LRM
     assert recipe.config.pretrained_proxy is None and recipe.components["proxy"] is proxy
 
 

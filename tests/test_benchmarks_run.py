@@ -44,7 +44,7 @@ def test_check_compile_finds_eagers_gradients_and_losses(tmp_path):
 
 
 def test_lrm_losses_trains_every_variant(tmp_path):
-    shipped = ROOT / "rewardkit/world/assets/latent-rm/preference_set"
+    shipped = ROOT / "rewardkit/world/assets/lrm/preference_set"
     result = run("lrm_losses.py", "--heldout", str(shipped), "--steps", "3", "--batch", "16",
                  "--renders", "4", "--renders-steps", "2", "--seeds", "0", "1", "--threads", "1",
                  out=tmp_path / "l.json")
@@ -56,7 +56,7 @@ def test_lrm_losses_trains_every_variant(tmp_path):
 
 
 def test_lrm_ceiling_scores_latents_and_decoded_images(tmp_path):
-    shipped = ROOT / "rewardkit/world/assets/latent-rm/preference_set"
+    shipped = ROOT / "rewardkit/world/assets/lrm/preference_set"
     result = run("lrm_ceiling.py", "--heldout", str(shipped), "--prompts", "6", "--steps", "2",
                  "--batch", "8", "--seeds", "0", "--threads", "1", out=tmp_path / "c.json")
     rows = result["runs"]
@@ -72,7 +72,7 @@ def test_lrm_pairs_splits_ground_truth_pairs_by_the_deciding_judge_term(tmp_path
 
     from rewardkit.proxies.preference_set import PreferenceSet
 
-    shipped = ROOT / "rewardkit/world/assets/latent-rm"
+    shipped = ROOT / "rewardkit/world/assets/lrm"
     small = PreferenceSet.load(shipped / "preference_set").subset(range(6)).save(tmp_path / "set")
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks/lrm_pairs.py"), "--proxy", str(shipped),
                            "--sets", str(small), "--judge-terms"], capture_output=True, text=True,

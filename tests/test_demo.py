@@ -87,7 +87,7 @@ def test_demo_page_in_a_headless_browser(student, tmp_path):
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
     server = subprocess.Popen(
         [sys.executable, "-m", "rewardkit", "demo", str(student), "--teacher",
-         str(asset_path(TEACHER)), "--metrics", "world-judge,world-proxy", "--port", str(port),
+         str(asset_path(TEACHER)), "--metrics", "world-judge,world-scorer", "--port", str(port),
          "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -115,7 +115,7 @@ def test_demo_page_in_a_headless_browser(student, tmp_path):
                 timeout=60000)
             student_info = page.locator("#student-info").inner_text()
             teacher_info = page.locator("#teacher-info").inner_text()
-            assert "student: 2 steps" in student_info and "world-proxy" in student_info
+            assert "student: 2 steps" in student_info and "world-scorer" in student_info
             assert "teacher: 50 steps" in teacher_info and "100 UNet evaluations" in teacher_info
             for side in ("student", "teacher"):
                 image = page.locator(f"#{side}-image img")

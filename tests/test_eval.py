@@ -240,7 +240,7 @@ def test_the_world_evaluation_is_the_eval_command(tmp_path):
     assert result.exit_code == 0, result.output
     cli = json.loads((tmp_path / "results.json").read_text())["rows"][0]
     assert cli["world-judge"] == pytest.approx(row.judge_reward, abs=1e-9)
-    assert cli["world-proxy"] == pytest.approx(row.proxy_reward, abs=1e-6)
+    assert cli["world-scorer"] == pytest.approx(row.scorer_reward, abs=1e-6)
     assert cli["world-fd"] == pytest.approx(row.frechet_distance, rel=1e-6)
     assert set(row.judge_terms) >= {"background", "crispness"}
 

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 import rewardkit as rk
 from rewardkit.checks import deferred, nonfinite_count, require
+from rewardkit.cpu_values import cpu_tolist
 from rewardkit.errors import RewardModelError
-from rewardkit.host import host_list
 from rewardkit.recipes.lcd import LCDRecipe
 from rewardkit.testing.host_syncs import count_host_syncs
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
@@ -60,7 +60,7 @@ def test_a_steady_state_step_reads_the_device_back_once(assets, tmp_path, label)
 def test_the_default_world_run_adds_only_its_host_judges_read(tmp_path):
     """The embedded world: its numpy judge, the shipped LRM, replay and several proxy updates.
 
-    A judge that runs on the host (numpy) has to read the images it scores: that read, once
+    A judge that runs on the CPU (numpy) has to read the images it scores: that read, once
     per step, is the only sync besides the step's own readback."""
     recipe = rk.recipe("rg-lcd", output_dir=str(tmp_path), max_train_steps=4,
                        validation_steps=0, checkpointing_steps=0, report_to="none")
@@ -70,16 +70,16 @@ def test_the_default_world_run_adds_only_its_host_judges_read(tmp_path):
     assert {"proxy_accuracy", "expert_reward", "lrm_reward"} <= set(metrics)
 
 
-def test_the_counter_counts_value_reads_and_not_host_draws():
+def test_the_counter_counts_value_reads_and_not_cpu_draws():
     device_value = torch.ones(3)
     with count_host_syncs() as syncs:
         float(device_value.sum())
         bool(device_value.any())
         device_value.tolist()
-        host_list(torch.randperm(4, generator=torch.Generator().manual_seed(0)))
+        cpu_tolist(torch.randperm(4, generator=torch.Generator().manual_seed(0)))
     assert [method for method, _ in syncs.calls] == ["__float__", "__bool__", "tolist"]
-    with pytest.raises(ValueError, match="host tensors only"):
-        host_list(torch.ones(2, device="meta"))
+    with pytest.raises(ValueError, match="CPU tensors only"):
+        cpu_tolist(torch.ones(2, device="meta"))
 
 
 def test_deferred_checks_raise_at_the_read_and_immediate_ones_at_once():

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 import rewardkit as rk
 from rewardkit import cli
+from rewardkit.data.specs import build_training_loader
 from rewardkit.errors import ConfigError
 from rewardkit.hookspecs import hookimpl
 from rewardkit.plugins import load_host, reset_host
@@ -26,7 +27,6 @@ from rewardkit.recipes.lrm_pretrain import (HELDOUT_SET_DIR, PROXY_DIR, PREFEREN
                                             LRMPretrainConfig, LRMPretrainRecipe)
 from rewardkit.rewards.base import RewardModel
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
-from rewardkit.training.data import build_training_loader
 from rewardkit.training.metrics import read_metrics
 from rewardkit.training.safe_state import (load_generator_state, load_optimizer_state,
                                            save_generator_state, save_optimizer_state)

@@ -17,7 +17,7 @@ SOLVER_EXAMPLE = REPO / "examples" / "solver-plugin"
 FROM_THE_WHEEL = r'''
 from pathlib import Path
 import rewardkit as rk
-from rewardkit.world.assets import ASSETS, LATENT_RM, TEACHER
+from rewardkit.world.assets import ASSETS, LRM, TEACHER
 from rewardkit.proxies.factory import build_proxy
 from rewardkit.proxies.preference_set import PreferenceSet
 
@@ -25,8 +25,8 @@ assert ASSETS.resolve().is_relative_to(Path.cwd()), ASSETS  # the installed copy
 assert {"lcd", "rg-lcd", "lrm-pretrain"} <= {spec.name for spec in rk.components("recipe")}
 # the embedded world's models load from the installed assets
 backbone = rk.backbone("stable-diffusion", pretrained_model_name_or_path=str(ASSETS / TEACHER))
-proxy = build_proxy("lrm", {}, backbone, pretrained=str(ASSETS / LATENT_RM))
-pset = PreferenceSet.load(ASSETS / LATENT_RM / "preference_set")
+proxy = build_proxy("lrm", {}, backbone, pretrained=str(ASSETS / LRM))
+pset = PreferenceSet.load(ASSETS / LRM / "preference_set")
 print("ok", type(backbone).__name__, type(proxy).__name__, len(pset))
 '''
 

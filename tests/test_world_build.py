@@ -11,7 +11,7 @@ import torch
 from rewardkit import api, cli
 from rewardkit.errors import ConfigError
 from rewardkit.world import build as world_build
-from rewardkit.world.assets import FEATURES, LATENT_RM, PROXY, TEACHER, load_net
+from rewardkit.world.assets import FEATURES, LRM, SCORER, TEACHER, load_net
 from rewardkit.world.build import BUILD_FILE, PLANS, build_world, load_build_report, make_plan
 from rewardkit.world.grammar import make_splits
 from rewardkit.world.nets import WorldFeatureNet
@@ -31,10 +31,10 @@ def built(tmp_path_factory):
 
 
 def test_build_writes_every_asset_and_a_report(built):
-    assert {p.name for p in built.iterdir()} == {TEACHER, PROXY, FEATURES, LATENT_RM, BUILD_FILE}
+    assert {p.name for p in built.iterdir()} == {TEACHER, SCORER, FEATURES, LRM, BUILD_FILE}
     report = load_build_report(built)
     assert report["size"] == "tiny" and report["seed"] == 3
-    assert set(report["seconds"]) >= {"vae", "unet", "world-proxy", "features", "latent-rm",
+    assert set(report["seconds"]) >= {"vae", "unet", "world-scorer", "features", "lrm",
                                       "quality", "total"}
     assert report["teacher"]["unet"]["steps"] == PLANS["tiny"].teacher.unet_steps
     assert report["teacher"]["vae"]["steps"] == PLANS["tiny"].teacher.vae_steps
@@ -44,7 +44,7 @@ def test_build_writes_every_asset_and_a_report(built):
         assert 0.0 <= teacher[key]["judge_reward"] <= 1.0
         assert set(teacher[key]["terms"]) >= {"colour", "shape", "background"}
     assert teacher["renders_validation"]["judge_reward"] > 0.8  # real renders: the ceiling
-    assert -1.0 <= quality["world-proxy"]["correlation_with_judge"] <= 1.0
+    assert -1.0 <= quality["world-scorer"]["correlation_with_judge"] <= 1.0
     assert set(quality["features"]["attribute_accuracy"]) == {"count", "size", "colour", "shape",
                                                                "background"}
     assert report["teacher"]["megabytes"] > 0
@@ -87,11 +87,11 @@ def test_teacher_loads_with_plain_diffusers_and_samples(built):
     assert image.size == (32, 32)
 
 
-def test_proxy_and_features_load(built):
-    proxy = api.reward_model("world-proxy", path=str(built / PROXY))
+def test_scorer_and_features_load(built):
+    scorer = api.reward_model("world-scorer", path=str(built / SCORER))
     images = torch.rand(3, 3, 32, 32)
     prompts = [scene.caption() for scene in make_splits(0).validation[:3]]
-    scores = proxy.score(images, prompts)
+    scores = scorer.score(images, prompts)
     assert scores.shape == (3,) and torch.isfinite(scores).all()
     features = load_net(WorldFeatureNet, built / FEATURES)
     assert features.features(images).shape[0] == 3
@@ -101,17 +101,17 @@ def test_proxy_and_features_load(built):
 def test_the_pretrained_world_lrm_loads_into_rg_lcd_sized_for_the_teacher(built):
     from rewardkit.proxies import LatentRewardModel
 
-    report = json.loads((built / "build.json").read_text())["latent-rm"]
+    report = json.loads((built / "build.json").read_text())["lrm"]
     assert report["preference_steps"] == PLANS["tiny"].lrm_preference_steps
     assert 0.0 <= report["heldout"]["proxy_heldout_accuracy"] <= 1.0
-    proxy = LatentRewardModel.from_pretrained(built / LATENT_RM)
+    proxy = LatentRewardModel.from_pretrained(built / LRM)
     backbone = api.backbone("stable-diffusion", pretrained_model_name_or_path=str(built / TEACHER))
     assert proxy.config["text_dim"] == backbone.text_embed_dim
     latents = torch.randn(2, backbone.latent_channels, 8, 8)
     assert proxy(latents, backbone.encode_prompts(["a", "b"]).prompt_embeds).shape == (2,)
     from rewardkit.proxies.preference_set import PreferenceSet
 
-    rehearsal = PreferenceSet.load(built / LATENT_RM / "preference_set")  # shipped for rehearsal
+    rehearsal = PreferenceSet.load(built / LRM / "preference_set")  # shipped for rehearsal
     assert rehearsal.num_prompts == PLANS["tiny"].lrm_preference_prompts
     assert rehearsal.prompt_embeds.shape[-1] == backbone.text_embed_dim
 
@@ -124,10 +124,10 @@ def test_a_failed_stage_keeps_the_previous_assets(built, tmp_path, monkeypatch):
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     def broken(**_):
-        raise RuntimeError("proxy training broke")
+        raise RuntimeError("scorer training broke")
 
-    monkeypatch.setattr("rewardkit.world.train_judges.train_proxy", broken)
-    with pytest.raises(RuntimeError, match="proxy training broke"):
+    monkeypatch.setattr("rewardkit.world.train_judges.train_scorer", broken)
+    with pytest.raises(RuntimeError, match="scorer training broke"):
         build_world(out, size="tiny", progress=False)
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before  # untouched, and no temporary folder left behind
@@ -159,4 +159,4 @@ def test_shipped_world_when_built():
     assert teacher["validation"]["judge_reward"] > teacher["untrained_unet_validation"]["judge_reward"] + 0.1
     total = sum(p.stat().st_size for p in ASSETS.rglob("*") if p.is_file())
     assert total < 16 * 2**20
-    assert np.isfinite(report["quality"]["world-proxy"]["correlation_with_judge"])
+    assert np.isfinite(report["quality"]["world-scorer"]["correlation_with_judge"])

@@ -77,7 +77,7 @@ def test_the_world_registers_its_data_source_and_preset_through_hooks():
 
 def test_a_bad_world_spec_in_another_data_key_names_that_key(tmp_path):
     from rewardkit.errors import ConfigError
-    from rewardkit.training.data import check_data_spec
+    from rewardkit.data.specs import check_data_spec
 
     with pytest.raises(ConfigError) as error:
         check_data_spec("proxy_eval_shards_path_or_url", "world:nosuchsplit")

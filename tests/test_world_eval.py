@@ -10,32 +10,33 @@ import torch
 
 from rewardkit.backbones.stable_diffusion import StableDiffusionBackbone
 from rewardkit.errors import ConfigError
+from rewardkit.sampling import pil_to_tensor
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
 from rewardkit.world.assets import save_net
-from rewardkit.world.evaluate import (WorldEvaluator, add_speedups, evaluate, evaluation_prompts,
-                                      pil_to_tensor, real_images)
+from rewardkit.world.eval_sets import evaluation_prompts, real_images
+from rewardkit.world.evaluate import WorldEvaluator, add_speedups, evaluate
 from rewardkit.world.judge import WEIGHTS
-from rewardkit.world.nets import WorldFeatureNet, WorldProxyNet
+from rewardkit.world.nets import WorldFeatureNet, WorldScorerNet
 from rewardkit.world.source import WorldSource
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, Path]:
-    """A tiny (untrained) teacher, its saved student, and tiny random proxy/feature nets."""
+    """A tiny (untrained) teacher, its saved student, and tiny random scorer/feature nets."""
     root = tmp_path_factory.mktemp("world")
     teacher = build_tiny_sd_pipeline(root / "teacher")  # 16 px images
     backbone = StableDiffusionBackbone(str(teacher))
     student = backbone.save_pipeline(backbone.build_student(), root / "student")
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        proxy = save_net(WorldProxyNet(width=8, attribute_dim=4), root / "proxy")
+        scorer = save_net(WorldScorerNet(width=8, attribute_dim=4), root / "scorer")
         features = save_net(WorldFeatureNet(width=8), root / "features")
-    return {"teacher": teacher, "student": student, "proxy": proxy, "features": features}
+    return {"teacher": teacher, "student": student, "scorer": scorer, "features": features}
 
 
 @pytest.fixture(scope="module")
 def evaluator(world) -> WorldEvaluator:
-    return WorldEvaluator(num_images=6, proxy_path=world["proxy"], features_path=world["features"])
+    return WorldEvaluator(num_images=6, scorer_path=world["scorer"], features_path=world["features"])
 
 
 def test_rows_count_unet_evaluations_per_image_and_time_sampling(world, evaluator):
@@ -51,7 +52,7 @@ def test_rows_count_unet_evaluations_per_image_and_time_sampling(world, evaluato
     assert [r.name for r in rows] == ["teacher", "lcd", "lcd"] and teacher.kind == "teacher"
     for row in rows:
         assert row.num_images == 6 and row.ms_per_image > 0
-        assert 0.0 <= row.judge_reward <= 1.0 and np.isfinite(row.proxy_reward)
+        assert 0.0 <= row.judge_reward <= 1.0 and np.isfinite(row.scorer_reward)
         assert row.frechet_distance >= 0.0
         assert set(row.judge_terms) == set(WEIGHTS)
         assert "images" not in row.as_dict()
@@ -59,22 +60,22 @@ def test_rows_count_unet_evaluations_per_image_and_time_sampling(world, evaluato
     assert one.speedup == pytest.approx(teacher.ms_per_image / one.ms_per_image)
 
 
-def test_scores_match_the_judge_and_proxy_on_real_renders(world, evaluator):
-    from rewardkit.world.rewards import WorldJudge, WorldProxy
+def test_scores_match_the_judge_and_scorer_on_real_renders(world, evaluator):
+    from rewardkit.world.rewards import WorldJudge, WorldScorer
 
     reals = real_images(evaluator.prompts, side=16)
     scores = evaluator.score(reals)
     judge = WorldJudge()(reals, evaluator.prompts).mean().item()
-    proxy = WorldProxy(str(world["proxy"]))(reals, evaluator.prompts).mean().item()
+    scored = WorldScorer(str(world["scorer"]))(reals, evaluator.prompts).mean().item()
     assert scores["judge_reward"] == pytest.approx(judge, abs=1e-6)
-    assert scores["proxy_reward"] == pytest.approx(proxy, abs=1e-5)
+    assert scores["scorer_reward"] == pytest.approx(scored, abs=1e-5)
     assert scores["frechet_distance"] == pytest.approx(0.0, abs=1e-6)  # the very same images
     with pytest.raises(ConfigError, match="6 images but 2 prompts"):
         evaluator.score(reals, evaluator.prompts[:2])
 
 
 def test_one_call_evaluate_keeps_its_seeds(world):
-    kwargs = dict(num_images=4, proxy_path=world["proxy"], features_path=world["features"],
+    kwargs = dict(num_images=4, scorer_path=world["scorer"], features_path=world["features"],
                   batch_size=2)
     first = evaluate(world["student"], "student", steps=1, **kwargs)[0]
     again = evaluate(world["student"], "student", steps=1, **kwargs)[0]
@@ -86,7 +87,7 @@ def test_bad_arguments_name_the_culprit(world, evaluator):
     with pytest.raises(ConfigError, match="kind"):
         evaluator.evaluate(world["student"], "pupil")
     with pytest.raises(ConfigError, match="at least 2 prompts"):
-        WorldEvaluator(["a red circle on a white background"], proxy_path=world["proxy"],
+        WorldEvaluator(["a red circle on a white background"], scorer_path=world["scorer"],
                        features_path=world["features"])
     with pytest.raises(ConfigError, match="world build"):
         WorldEvaluator(num_images=2, assets_root=world["teacher"].parent / "nowhere")
@@ -108,7 +109,7 @@ def test_real_images_are_the_test_split_samples():
 def test_frechet_features_separate_renders_from_noise(world):
     from rewardkit.world.eval_sets import WorldFrechet
 
-    evaluator = WorldEvaluator(num_images=96, proxy_path=world["proxy"],
+    evaluator = WorldEvaluator(num_images=96, scorer_path=world["scorer"],
                                features_path=world["features"])
     metric = WorldFrechet(str(world["features"]))
     real = evaluator.real_images(16)

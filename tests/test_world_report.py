@@ -14,13 +14,13 @@ from rewardkit.errors import ConfigError
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
 from rewardkit.proxies import LatentRewardModel
 from rewardkit.proxies.preference_set import GROUND_TRUTH, PreferenceSet
-from rewardkit.world.assets import FEATURES, LATENT_RM, PROXY, TEACHER, save_net
-from rewardkit.world.latent_rm import WORLD_LRM_PARAMS, WORLD_UNET_LRM_PARAMS
+from rewardkit.world.assets import FEATURES, LRM, SCORER, TEACHER, save_net
+from rewardkit.world.lrm import WORLD_LRM_PARAMS, WORLD_UNET_LRM_PARAMS
 from rewardkit.world.default_run import (DEFAULT_MAX_TRAIN_STEPS,
                                          default_rg_lcd_overrides, finalize_world_run,
                                          validation_captions)
 from rewardkit.world.evaluate import EvalRow
-from rewardkit.world.nets import WorldFeatureNet, WorldProxyNet
+from rewardkit.world.nets import WorldFeatureNet, WorldScorerNet
 from rewardkit.plots import (PANEL_COLUMNS, PANEL_SIZE, grid_size, labelled_grid,
                                    moving_average, numeric_series, plot_training_curves)
 from rewardkit.world.report import format_table, write_report
@@ -29,7 +29,7 @@ from rewardkit.world.source import WorldSource, world_source_from_spec
 
 def _row(name: str, steps: int, ms: float, kind: str = "student", speedup: float | None = None) -> EvalRow:
     return EvalRow(name=name, kind=kind, steps=steps, guidance_scale=7.5, judge_reward=0.5,
-                   proxy_reward=0.25, frechet_distance=1.5, ms_per_image=ms,
+                   scorer_reward=0.25, frechet_distance=1.5, ms_per_image=ms,
                    unet_evaluations=2 * steps if kind == "teacher" else steps, unet_calls=steps,
                    num_images=4, speedup=speedup)
 
@@ -45,20 +45,20 @@ def _metrics(path: Path, steps: int = 30) -> Path:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> Path:
-    """A tiny world at 32 px: teacher (3 VAE blocks: 8x8 latents), random proxy and feature nets."""
+    """A tiny world at 32 px: teacher (3 VAE blocks: 8x8 latents), random scorer and feature nets."""
     root = tmp_path_factory.mktemp("assets")
     build_tiny_sd_pipeline(root / TEACHER, vae_block_out_channels=(32, 32, 64))
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        save_net(WorldProxyNet(width=8, attribute_dim=4), root / PROXY)
+        save_net(WorldScorerNet(width=8, attribute_dim=4), root / SCORER)
         save_net(WorldFeatureNet(width=8), root / FEATURES)
         text_dim = json.loads((root / TEACHER / "text_encoder" / "config.json").read_text())["hidden_size"]
         LatentRewardModel(latent_channels=4, text_dim=text_dim,
-                          **WORLD_LRM_PARAMS).save_pretrained(root / LATENT_RM)
+                          **WORLD_LRM_PARAMS).save_pretrained(root / LRM)
         PreferenceSet(latents=torch.randn(4, 4, 8, 8), prompt_embeds=torch.randn(2, 5, text_dim),
                       prompt_index=torch.tensor([0, 0, 1, 1]), captions=["a", "b"],
                       kinds=[GROUND_TRUTH, "x", GROUND_TRUTH, "x"],
-                      expert=torch.tensor([1.0, 0.0, 1.0, 0.0])).save(root / LATENT_RM / "preference_set")
+                      expert=torch.tensor([1.0, 0.0, 1.0, 0.0])).save(root / LRM / "preference_set")
     return root
 
 
@@ -133,9 +133,9 @@ def test_default_overrides_make_a_valid_rg_lcd_config(assets):
     assert config.validation_prompts == validation_captions()
     assert set(config.validation_prompts) <= set(WorldSource("validation").captions())
     assert config.train_shards_path_or_url == "world:train"
-    assert config.pretrained_proxy == str(assets / LATENT_RM)  # the shipped pretrained LRM
+    assert config.pretrained_proxy == str(assets / LRM)  # the shipped pretrained LRM
     assert config.proxy_eval_shards_path_or_url == "world:validation"
-    assert config.proxy_rehearsal_set == str(assets / LATENT_RM / "preference_set")
+    assert config.proxy_rehearsal_set == str(assets / LRM / "preference_set")
     with pytest.raises(ConfigError, match="world build"):
         default_rg_lcd_overrides(assets_root=assets / "nowhere")
     with pytest.raises(ConfigError, match="w_min"):  # the rest of the config is still validated
@@ -188,19 +188,19 @@ def test_rg_lcd_with_no_arguments_and_no_built_world_says_how_to_build_it(tmp_pa
 
 def test_world_defaults_fit_the_users_proxy_and_reward(assets, monkeypatch):
     monkeypatch.setattr("rewardkit.world.assets.ASSETS", assets)
-    direct = rk.recipe("rg-lcd", proxy="none", reward="world-proxy").config
+    direct = rk.recipe("rg-lcd", proxy="none", reward="world-scorer").config
     assert direct.pretrained_proxy is None and direct.proxy_rehearsal_set is None
     # an LRM learning another RM must not start from (or rehearse) the judge's LRM
-    other = rk.recipe("rg-lcd", reward="world-proxy").config
+    other = rk.recipe("rg-lcd", reward="world-scorer").config
     assert other.proxy == "lrm" and other.pretrained_proxy is None
     assert other.proxy_rehearsal_set is None and other.proxy_params == WORLD_LRM_PARAMS
     # ... and it learns on the paper's online schedule, not the one tuned for a pretrained LRM
     # (which collapsed a from-scratch LRM at beta 20); the user's own values still win
     assert (other.proxy_lr, other.proxy_updates_per_step, other.proxy_replay_size,
             other.proxy_loss_type) == (1e-3, 1, 0, "distillation")
-    assert rk.recipe("rg-lcd", reward="world-proxy", proxy_lr=5e-4).config.proxy_lr == 5e-4
+    assert rk.recipe("rg-lcd", reward="world-scorer", proxy_lr=5e-4).config.proxy_lr == 5e-4
     judge = rk.recipe("rg-lcd").config
-    assert judge.pretrained_proxy == str(assets / LATENT_RM)
+    assert judge.pretrained_proxy == str(assets / LRM)
     assert (judge.proxy_lr, judge.proxy_updates_per_step, judge.proxy_replay_size,
             judge.proxy_loss_type) == (1e-4, 2, 256, "cross_entropy")
     # another proxy than lrm: not loaded from the shipped lrm, sized for the world, and it still

@@ -22,8 +22,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import os
-import re
 import shutil
 import uuid
 from pathlib import Path
@@ -34,6 +32,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..files import replace_path
+from ..models import (PIPELINE_PARTS, check_pipeline_location, check_vae_location, resolve_dtype,
+                      transformers_dtype_kwarg, unwrap_model)
 from .base import Backbone
 from .conditioning import Conditioning
 
@@ -44,8 +44,6 @@ DEFAULT_LORA_TARGETS: tuple[str, ...] = (
     "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
     "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
 )
-#: Folders a Stable Diffusion pipeline must have.
-PIPELINE_PARTS: tuple[str, ...] = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 #: File written next to a LoRA when the student has a guidance embedding the LoRA cannot carry.
 GUIDANCE_EMBEDDING_FILE = "guidance_embedding.safetensors"
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
@@ -88,79 +86,6 @@ or, with rewardkit, `rewardkit.backbones.stable_diffusion.load_student_lora(pipe
 The merged student (no LoRA to apply) is `DiffusionPipeline.from_pretrained` of the folder above.
 """
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def resolve_dtype(dtype: str | torch.dtype, key: str = "dtype") -> torch.dtype:
-    """``"float32"``/``"fp16"``/``"bf16"``/... or a ``torch.dtype`` -> ``torch.dtype``."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise ConfigError(f"{key}: unknown dtype {dtype!r}; use one of "
-                          f"{', '.join(sorted(_DTYPES))}") from None
-
-
-def looks_like_hub_id(name: str) -> bool:
-    """True for ``owner/name`` strings that the Hugging Face Hub could resolve."""
-    return bool(_HUB_ID.match(name)) and not name.startswith((".", "~"))
-
-
-def check_pipeline_location(path_or_id: str, key: str = "pretrained_model_name_or_path",
-                            parts: Sequence[str] = PIPELINE_PARTS) -> None:
-    """Fail early (before any loading) on a local pipeline folder that is missing or incomplete.
-
-    Hub ids pass through untouched; ``from_pretrained`` resolves them (and their cache).
-    """
-    path = Path(os.path.expanduser(str(path_or_id)))
-    if path.is_dir():
-        missing = [part for part in parts if not (path / part).is_dir()]
-        if missing:
-            raise ConfigError(f"{key}: '{path_or_id}' is not a complete pipeline folder for this "
-                              f"backbone (missing {', '.join(missing)})")
-        return
-    if path.exists():
-        raise ConfigError(f"{key}: '{path_or_id}' is a file, not a pipeline folder")
-    if not looks_like_hub_id(str(path_or_id)):
-        raise ConfigError(f"{key}: '{path_or_id}' does not exist (and is not a Hugging Face Hub "
-                          "id like 'stabilityai/stable-diffusion-2-1')")
-
-
-def check_vae_location(path_or_id: str, key: str = "pretrained_vae_model_name_or_path") -> None:
-    """Fail early on a local VAE folder that is missing or has no ``config.json``."""
-    path = Path(os.path.expanduser(str(path_or_id)))
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"{key}: '{path_or_id}' has no config.json; pass an AutoencoderKL "
-                              "folder (as save_pretrained writes it) or a hub id")
-        return
-    if path.exists() or not looks_like_hub_id(str(path_or_id)):
-        raise ConfigError(f"{key}: '{path_or_id}' is neither an AutoencoderKL folder nor a "
-                          "Hugging Face Hub id like 'madebyollin/sdxl-vae-fp16-fix'")
-
-
-def _transformers_dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    import transformers
-
-    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
-    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
-
-
-def pipeline_dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """``DiffusionPipeline.from_pretrained``'s dtype keyword for the installed diffusers.
-
-    diffusers renamed it from ``torch_dtype`` to ``dtype`` in 2026 (huggingface/diffusers#14205)
-    and warns on the old name; older releases know only ``torch_dtype``. There is no version
-    number to compare against that we could verify offline, so the new name is used where the
-    helper that resolves it exists.
-    """
-    from diffusers.utils import deprecation_utils
-
-    return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
-
 
 class StableDiffusionBackbone(Backbone):
     """Stable Diffusion 1.x/2.x teacher (epsilon or v-prediction) loaded with diffusers."""
@@ -201,7 +126,7 @@ class StableDiffusionBackbone(Backbone):
         self.noise_scheduler = DDPMScheduler.from_pretrained(subfolder="scheduler", **source)
         self.text_encoder = CLIPTextModel.from_pretrained(
             subfolder="text_encoder", variant=variant, **source,
-            **_transformers_dtype_kwarg(self.dtype))
+            **transformers_dtype_kwarg(self.dtype))
         if pretrained_vae_model_name_or_path:
             self.vae = AutoencoderKL.from_pretrained(pretrained_vae_model_name_or_path,
                                                      torch_dtype=self.dtype)
@@ -655,15 +580,6 @@ class StableDiffusionBackbone(Backbone):
 
 
 # ---------------------------------------------------------------- helpers for saving
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The bare module inside DDP/DataParallel (``.module``) and ``torch.compile`` (``._orig_mod``)."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
 
 
 def merged_unet_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:

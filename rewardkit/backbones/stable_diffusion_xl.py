@@ -30,8 +30,9 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
+from ..models import PIPELINE_PARTS, transformers_dtype_kwarg
 from .conditioning import Conditioning
-from .stable_diffusion import PIPELINE_PARTS, StableDiffusionBackbone, _transformers_dtype_kwarg
+from .stable_diffusion import StableDiffusionBackbone
 
 
 class StableDiffusionXLBackbone(StableDiffusionBackbone):
@@ -57,7 +58,7 @@ class StableDiffusionXLBackbone(StableDiffusionBackbone):
         self.tokenizer_2 = AutoTokenizer.from_pretrained(subfolder="tokenizer_2", **source)
         self.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
             subfolder="text_encoder_2", variant=variant, **source,
-            **_transformers_dtype_kwarg(self.dtype))
+            **transformers_dtype_kwarg(self.dtype))
         self.text_encoder_2.requires_grad_(False).eval().to(self.device)
         self.text_embed_dim = int(self.text_encoder.config.hidden_size
                                   + self.text_encoder_2.config.hidden_size)

@@ -41,7 +41,7 @@ def encode_command(
     variant: Optional[str] = typer.Option(None, help="Weight variant of the teacher (e.g. fp16)."),
 ) -> None:
     """Run the teacher's VAE once over a dataset and write latent shards training reads directly."""
-    from ..api import backbone as build_backbone
+    from ..plugins import get_host
     from .encode import encode_dataset
 
     for name, value in (("resolution", resolution), ("batch-size", batch_size),
@@ -51,8 +51,8 @@ def encode_command(
     if latent_dtype not in LATENT_DTYPES:
         raise ConfigError(f"--latent-dtype must be one of {', '.join(LATENT_DTYPES)}, got {latent_dtype!r}")
     options = {"device": device, "dtype": dtype, "revision": revision, "variant": variant}
-    model = build_backbone(backbone, pretrained_model_name_or_path=teacher,
-                           **{k: v for k, v in options.items() if v is not None})
+    model = get_host().get("backbone", backbone).build(
+        pretrained_model_name_or_path=teacher, **{k: v for k, v in options.items() if v is not None})
     manifest, skips = encode_dataset(
         source, out_dir, model, resolution=resolution, batch_size=batch_size,
         center_crop=center_crop, seed=seed, shard_size=shard_size, limit=limit,

@@ -12,7 +12,7 @@ def demo_command(
                                          "pipeline/) or hub id.")],
     teacher: Annotated[Optional[str], typer.Option(help="A teacher pipeline to show beside it.")] = None,
     metrics: Annotated[str, typer.Option("--metrics", "-m", help="Comma-separated reward models "
-                       "whose scores are shown (e.g. world-judge,world-proxy).")] = "",
+                       "whose scores are shown (e.g. world-judge,world-scorer).")] = "",
     port: Annotated[int, typer.Option(help="Port of the local server.")] = 7860,
     host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",

@@ -71,7 +71,7 @@ def eval_command(
         "coco's FID references (repeatable).")] = [],  # noqa: B006
     metrics: Annotated[str, typer.Option("--metrics", "-m", help="Comma-separated: any registered "
                        "reward model (hpsv2, image-reward, clip-score, pickscore, aesthetic, ...) "
-                       "and distribution metrics (fid, kid, world-fd).")] = "world-judge,world-proxy,world-fd",
+                       "and distribution metrics (fid, kid, world-fd).")] = "world-judge,world-scorer,world-fd",
     steps: Annotated[str, typer.Option(help="Student step counts.")] = "1,2,4",
     teacher: Annotated[Optional[str], typer.Option(help="A teacher pipeline to compare with "
                        "(DDIM + classifier-free guidance); win rates are against it.")] = None,

@@ -123,7 +123,7 @@ def reference_images(spec: str | Path, side: int, count: int) -> torch.Tensor:
                 raise ConfigError(f"--reference-images {folder} holds {len(files)} image; a "
                                   "distribution metric needs at least 2")
             return load_images(files[:count], side)
-    from ..training.data import build_training_loader, check_data_spec
+    from ..data.specs import build_training_loader, check_data_spec
 
     check_data_spec("--reference-images", str(spec))
     loader = build_training_loader(str(spec), resolution=side, batch_size=min(count, 64), seed=0,

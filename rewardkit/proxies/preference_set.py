@@ -235,7 +235,7 @@ def teacher_ddim_latents(backbone: Any, cond: Conditioning, uncond: Conditioning
     (a side or ``(h, w)``; default: the teacher's native ``sample_size``)."""
     from diffusers import DDIMScheduler
 
-    from ..training.validation import latent_shape
+    from ..sampling import latent_shape
 
     scheduler = DDIMScheduler.from_config(backbone.noise_scheduler.config)
     device = cond.prompt_embeds.device
@@ -282,7 +282,7 @@ def build_preference_set(backbone: Any, expert: ExpertFn, latents: torch.Tensor,
     teacher's native one), so all candidates of a prompt are comparable. All sampling uses a
     generator seeded with ``seed`` (not the training stream).
     """
-    from ..training.validation import sample_lcm_latents
+    from ..sampling import sample_lcm_latents
 
     if latents.shape[0] != len(captions) or not captions:
         raise ConfigError(f"preference set needs one caption per latent; got {latents.shape[0]} "

@@ -30,7 +30,7 @@ IDENTITY_KEY = "built_from"
 def first_samples(backbone: Any, spec: Any, count: int, *, resolution: int, seed: int,
                   batch_size: int = 16) -> tuple[torch.Tensor, list[str]]:
     """Scaled latents ``[count, C, h, w]`` (CPU, fp32) and captions of ``spec``'s first samples."""
-    from ..training.data import build_training_loader
+    from ..data.specs import build_training_loader
 
     loader = build_training_loader(spec, resolution=resolution, batch_size=min(batch_size, count),
                                    seed=seed, center_crop=True, random_flip=False,

@@ -4,8 +4,9 @@ In RG-LCD the LRM is frozen while the student steps; after the student step the 
 scores three candidates per prompt (student ``f_theta``, target ``f_theta-``, ground truth
 ``z0``) without gradients, and :meth:`ProxyUpdater.step` trains the LRM on those judgements.
 
-Fixed reference defect: the reference called ``latent_rm.requires_grad_(True)`` before every
-update, unfreezing *all* layers after the first step although only a few were meant to train.
+Fixed reference defect: the reference called ``requires_grad_(True)`` on the whole LRM before
+every update, unfreezing *all* layers after the first step although only a few were meant to
+train.
 Here the optimiser holds only :meth:`ProxyRewardModel.trainable_parameters`, :meth:`step`
 unfreezes exactly that set for the duration of the step and freezes the whole proxy again
 afterwards (also when the step raises).
@@ -19,14 +20,14 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..checks import nonfinite_count, require
+from ..cpu_values import cpu_tolist
 from ..distributed import average_gradients
-from ..host import host_list
 from ..errors import ConfigError, RewardModelError
 from .base import ProxyRewardModel
 from .losses import (CANDIDATES, PROXY_LOSS_TYPES, expert_logits, pairwise_accuracy,
                      pairwise_loss)
 
-DEFAULT_RM_LR = 3.3e-6  # reference code default (--rm_learning_rate)
+DEFAULT_PROXY_LR = 3.3e-6  # the reference code's default learning rate of the LRM
 
 
 class ProxyUpdater:
@@ -34,14 +35,14 @@ class ProxyUpdater:
 
     ``optimizer`` defaults to AdamW over the proxy's trainable set with ``lr`` (3.3e-6, the
     reference default), betas (0.9, 0.999), no weight decay. ``loss_scale`` multiplies the loss
-    before backward (``rm_loss_scale``, 1 in the reference). ``max_grad_norm`` optionally clips
+    before backward (1 in the reference). ``max_grad_norm`` optionally clips
     (the reference does not). Under ``torch.distributed`` the gradients are averaged across
     ranks before the step, so every rank keeps the same proxy without wrapping it in DDP.
     """
 
     def __init__(self, proxy: ProxyRewardModel, optimizer: torch.optim.Optimizer | None = None,
                  loss_type: str = "distillation", smooth_gt_label: bool = False,
-                 lr: float = DEFAULT_RM_LR, betas: tuple[float, float] = (0.9, 0.999),
+                 lr: float = DEFAULT_PROXY_LR, betas: tuple[float, float] = (0.9, 0.999),
                  weight_decay: float = 0.0, loss_scale: float = 1.0,
                  max_grad_norm: float | None = None, rehearsal: Any = None,
                  generator: torch.Generator | None = None) -> None:
@@ -195,7 +196,7 @@ def sample_candidates(student_x0: torch.Tensor, target_x0: torch.Tensor, gt_late
     return ProxyCandidates(
         latents=latents,
         prompt_embeds=prompt_embeds.detach()[indices.to(prompt_embeds.device)],
-        captions=[captions[i] for i in host_list(indices)],
+        captions=[captions[i] for i in cpu_tolist(indices)],
         indices=indices,
     )
 

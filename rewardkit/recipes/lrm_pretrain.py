@@ -64,7 +64,7 @@ from ..proxies.pretrain_sets import ensure_preference_set, expert_on_latents, fi
 from ..rewards.base import RewardModel
 from ..rewards.build import build_expert
 from ..training.config import TrainingConfig, check_component
-from ..training.data import check_data_spec
+from ..data.specs import check_data_spec
 from ..training.loop import TrainingLoop
 from .given import is_given
 

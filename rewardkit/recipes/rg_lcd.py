@@ -244,7 +244,7 @@ class RGLCDConfig(LCDConfig):
             raise ConfigError(f"proxy_replay_size ({self.proxy_replay_size}) must hold at least "
                               f"one update's proxy_batch_size ({self.proxy_batch_size}) triples, or be 0")
         if self.proxy_eval_shards_path_or_url:
-            from ..training.data import check_data_spec
+            from ..data.specs import check_data_spec
 
             check_data_spec("proxy_eval_shards_path_or_url", self.proxy_eval_shards_path_or_url)
         if self.proxy_loss_type not in PROXY_LOSS_TYPES:
@@ -346,7 +346,7 @@ class RGLCDRecipe(LCDRecipe):
         """The held-out preference set: built once (from data the proxy never trains on) and
         saved in ``output_dir/proxy_heldout``, so a resumed run measures on the very same set."""
         from ..data import build_loader
-        from ..training.data import resolve_source
+        from ..data.specs import resolve_source
 
         cfg = self.config
         folder = self.output_dir / HELDOUT_DIR

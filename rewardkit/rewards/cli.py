@@ -72,7 +72,7 @@ def score_files(images: list[Path], prompts: list[str], reward: str,
 
     Images of the same size are scored together in one batch.
     """
-    from ..api import reward_model
+    from ..plugins import get_host
 
     if not images:
         raise ConfigError("give at least one image file to score")
@@ -82,7 +82,7 @@ def score_files(images: list[Path], prompts: list[str], reward: str,
         raise ConfigError(f"got {len(images)} images but {len(prompts)} prompts; give one "
                           "--prompt for all images or one per image")
     tensors = [load_image(path) for path in images]
-    rm = reward_model(reward, **(params or {}))
+    rm = get_host().get("reward", reward).build(**(params or {}))
     if rm.input_space != "pixels":
         raise ConfigError(f"reward model '{reward}' scores {rm.input_space}, not image files")
     scores: list[float] = [0.0] * len(images)

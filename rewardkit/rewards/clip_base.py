@@ -13,8 +13,8 @@ from typing import Any, Sequence
 
 import torch
 
-from ..backbones.stable_diffusion import resolve_dtype as resolve_any_dtype
 from ..errors import ConfigError, RewardModelError
+from ..models import resolve_dtype as resolve_any_dtype
 from .module_reward import ModuleRewardModel
 from .preprocess import ImageTransform
 

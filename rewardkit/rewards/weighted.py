@@ -4,8 +4,8 @@
 ...                             params={"hpsv2": {"version": "v2.1"}})   # doctest: +SKIP
 
 The RG-LCD reference's ``weighted_hpsv2_img_reward`` is ``1.0 * HPSv2.1 + 0.1 * ImageReward``.
-Each component is built through :func:`rewardkit.api.reward_model` (so any plugin's RM works),
-with ``params[key]`` as its parameters. To use one RM twice with different parameters, give keys
+Each component is built through the plugin host (:mod:`rewardkit.plugins`; so any plugin's RM
+works), with ``params[key]`` as its parameters. To use one RM twice with different parameters, give keys
 of the form ``NAME:LABEL`` (``"clip-score:laion"``): the part before ``:`` is the registered name.
 
 Rules:
@@ -38,7 +38,7 @@ class WeightedReward(RewardModel):
                  params: dict[str, dict[str, Any]] | None = None,
                  logit_scale: float | None = None) -> None:
         """Build each component ``NAME[:LABEL]`` with ``params[key]`` and weight it."""
-        from ..api import reward_model
+        from ..plugins import get_host
 
         if not components:
             raise ConfigError("reward model 'weighted' needs at least one component, e.g. "
@@ -51,7 +51,7 @@ class WeightedReward(RewardModel):
         models = []
         for key, weight in components.items():
             name = key.split(":", 1)[0]
-            models.append((key, reward_model(name, **dict(params.get(key) or {})), weight))
+            models.append((key, get_host().get("reward", name).build(**dict(params.get(key) or {})), weight))
         self._init_parts(models, logit_scale)
 
     @classmethod

@@ -44,14 +44,15 @@ class HostSyncs:
 
 
 #: Reads that are not device syncs on any machine: torch's non-capturable optimisers keep their
-#: ``step`` counters on the CPU whatever the parameters' device, and :func:`rewardkit.host.host_list`
-#: reads tensors drawn from a CPU generator (it refuses any other).
-HOST_ONLY = ("torch/optim/", "rewardkit/host.py")
+#: ``step`` counters on the CPU whatever the parameters' device, and
+#: :func:`rewardkit.cpu_values.cpu_tolist` reads tensors drawn from a CPU generator (it refuses
+#: any other).
+CPU_ONLY_READS = ("torch/optim/", "rewardkit/cpu_values.py")
 
 
 def _caller() -> str | None:
     frames = traceback.extract_stack()[:-2]  # drop this function and the patched method
-    if any(marker in frames[-1].filename for marker in HOST_ONLY):
+    if any(marker in frames[-1].filename for marker in CPU_ONLY_READS):
         return None
     for frame in reversed(frames):
         if "/rewardkit/" in frame.filename and "/testing/" not in frame.filename:

@@ -7,9 +7,8 @@
 - :mod:`.runtime`: the ``Accelerator`` (CPU data parallelism, DeepSpeed);
 - :mod:`.optim`: AdamW / AdamW8bit and the LR schedule;
 - :mod:`.checkpoint`: atomic, rotating, resumable checkpoints;
-- :mod:`.validation`: LCMScheduler sample grids;
+- :mod:`.validation`: LCMScheduler sample grids (the sampling itself: :mod:`rewardkit.sampling`);
 - :mod:`.metrics`: ``metrics.jsonl`` and the progress bar;
-- :mod:`.data`: a data spec (shards, folders, ``SCHEME:`` sources of plugins) to a resumable loader;
 - :mod:`.safe_state`: optimiser, generator and loader state as safetensors + JSON.
 """
 

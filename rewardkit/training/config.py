@@ -110,12 +110,12 @@ class TrainingConfig(RecipeConfig):
 
     def validate(self) -> None:
         """Reject bad values of the shared keys, naming the key, before anything is loaded."""
-        from .data import check_data_spec
+        from ..data.specs import check_data_spec
         from .runtime import check_distributed_engine
 
         check_teacher_location(self.pretrained_teacher_model)
         if self.pretrained_vae_model_name_or_path:
-            from ..backbones.stable_diffusion import check_vae_location
+            from ..models import check_vae_location
 
             check_vae_location(self.pretrained_vae_model_name_or_path)
             if "pretrained_vae_model_name_or_path" in self.backbone_params:

@@ -208,7 +208,7 @@ class TrainingLoop(Recipe):
             return self.accelerator.unwrap_model(self.model)
         # accelerate's unwrap_model imports deepspeed whenever it is installed, which prints
         # "Setting accelerator to CPU" in every run that does not use it
-        from ..backbones.stable_diffusion import unwrap_model
+        from ..models import unwrap_model
 
         return unwrap_model(self.model)
 
@@ -238,7 +238,7 @@ class TrainingLoop(Recipe):
         if self.batch_kind != "images":
             raise ConfigError(f"recipe '{self.name}': batch_kind must be one of "
                               f"{', '.join(BATCH_KINDS)}, got {self.batch_kind!r}")
-        from .data import build_training_loader
+        from ..data.specs import build_training_loader
 
         return build_training_loader(cfg.train_shards_path_or_url, resolution=cfg.resolution,
                                      batch_size=cfg.train_batch_size, seed=seed,

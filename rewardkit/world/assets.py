@@ -13,9 +13,9 @@ from ..errors import ConfigError
 #: The folder inside the package that ``rewardkit world build`` fills and the wheel ships.
 ASSETS = Path(__file__).parent / "assets"
 TEACHER = "teacher"
-PROXY = "world-proxy"
+SCORER = "world-scorer"
 FEATURES = "features"
-LATENT_RM = "latent-rm"
+LRM = "lrm"
 
 N = TypeVar("N", bound=nn.Module)
 

@@ -4,16 +4,16 @@ Stages, in order (each with a rich progress bar and its own budget):
 
 1. ``vae``: the teacher's AutoencoderKL (:func:`rewardkit.world.teacher.train_vae`);
 2. ``unet``: the teacher's UNet (:func:`rewardkit.world.teacher.train_unet`);
-3. ``world-proxy``: the learned RM (:func:`rewardkit.world.train_judges.train_proxy`);
+3. ``world-scorer``: the learned RM (:func:`rewardkit.world.train_judges.train_scorer`);
 4. ``features``: the Frechet feature net (:func:`rewardkit.world.train_judges.train_features`);
-5. ``latent-rm``: the pretrained latent proxy RM that the default ``rg-lcd`` run starts from
-   (``lrm-pretrain`` on world data with ``world-judge``: :mod:`rewardkit.world.latent_rm`);
+5. ``lrm``: the pretrained latent proxy RM (LRM) that the default ``rg-lcd`` run starts from
+   (``lrm-pretrain`` on world data with ``world-judge``: :mod:`rewardkit.world.lrm`);
 6. ``quality``: the teacher's judge reward at 50 DDIM steps + CFG on the validation prompts
    (next to the same pipeline with an untrained UNet, and real renders), the feature net's
-   per-attribute accuracy, and the proxy's correlation with the judge on unseen samples.
+   per-attribute accuracy, and the scorer's correlation with the judge on unseen samples.
 
-The output folder gets ``teacher/`` (a diffusers pipeline), ``world-proxy/``, ``features/``,
-``latent-rm/`` and
+The output folder gets ``teacher/`` (a diffusers pipeline), ``world-scorer/``, ``features/``,
+``lrm/`` and
 ``build.json`` (sizes, steps, seconds, seed, quality numbers). Everything is first written to a
 hidden temporary folder inside the output folder and renamed into place at the end, so an
 interrupted build never leaves half-written assets. From Python::
@@ -38,8 +38,8 @@ import torch
 
 from ..errors import ConfigError
 from ..files import replace_path
-from .assets import ASSETS, FEATURES, LATENT_RM, PROXY, TEACHER, save_net
-from .latent_rm import pretrain_world_lrm
+from .assets import ASSETS, FEATURES, LRM, SCORER, TEACHER, save_net
+from .lrm import pretrain_world_lrm
 from .teacher import TeacherPlan, TeacherSize, judge_renders, judge_teacher, train_teacher, validation_prompts
 
 BUILD_FILE = "build.json"
@@ -54,9 +54,9 @@ class BuildPlan:
     """Sizes, steps and budgets of one world build."""
 
     teacher: TeacherPlan = field(default_factory=TeacherPlan)
-    proxy_count: int = 8_000
-    proxy_epochs: int = 10
-    proxy_lr: float = 3e-3
+    scorer_count: int = 8_000
+    scorer_epochs: int = 10
+    scorer_lr: float = 3e-3
     features_count: int = 8_000
     features_epochs: int = 8
     lrm_contrastive_steps: int = 300  # the pretrained world LRM (lrm-pretrain)
@@ -66,7 +66,7 @@ class BuildPlan:
     eval_steps: int = 50  # DDIM steps of the teacher quality check
     eval_prompts: int | None = None  # validation captions sampled (None: all of them)
     eval_images_per_prompt: int = 2
-    quality_count: int = 1_000  # unseen samples for the proxy correlation and feature accuracy
+    quality_count: int = 1_000  # unseen samples for the scorer correlation and feature accuracy
 
 
 PLANS: dict[str, BuildPlan] = {
@@ -79,7 +79,7 @@ PLANS: dict[str, BuildPlan] = {
                              text_intermediate_size=32, norm_num_groups=8),
             pool_images=64, vae_steps=3, vae_batch_size=8, vae_seconds=30, unet_steps=3,
             unet_batch_size=8, unet_seconds=30, warmup_steps=1),
-        proxy_count=64, proxy_epochs=1, features_count=64, features_epochs=1, eval_steps=2,
+        scorer_count=64, scorer_epochs=1, features_count=64, features_epochs=1, eval_steps=2,
         eval_prompts=2, eval_images_per_prompt=1, quality_count=32, lrm_contrastive_steps=2,
         lrm_preference_prompts=4, lrm_preference_steps=2, lrm_eval_prompts=4),
 }
@@ -164,11 +164,11 @@ def _folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def _proxy_quality(net, count: int, seed: int) -> dict[str, float]:
+def _scorer_quality(net, count: int, seed: int) -> dict[str, float]:
     from .scene_codes import encode_captions
-    from .train_judges import proxy_training_set
+    from .train_judges import scorer_training_set
 
-    pixels, captions, scores = proxy_training_set(count, seed=seed)
+    pixels, captions, scores = scorer_training_set(count, seed=seed)
     with torch.no_grad():
         predicted = net(pixels, encode_captions(captions)).numpy()
     return {"correlation_with_judge": _pearson(predicted, scores.numpy()),
@@ -188,7 +188,7 @@ def _features_quality(net, count: int) -> dict[str, Any]:
 
 def build_world(out_dir: str | Path | None = None, size: str = "full", minutes: float | None = None,
                 seed: int = 0, progress: bool = True) -> dict[str, Any]:
-    """Train the world's teacher, proxy RM and feature net; write them and ``build.json`` to ``out_dir``.
+    """Train the world's teacher, scorer RM and feature net; write them and ``build.json`` to ``out_dir``.
 
     Args:
         out_dir: output folder (default: the package's assets folder, what ships).
@@ -231,7 +231,7 @@ def _quiet_libraries() -> Iterator[None]:
 
 def _build(plan: BuildPlan, out: Path, work: Path, bars: _Bars, size: str, minutes: float | None,
            seed: int) -> dict[str, Any]:
-    from .train_judges import train_features, train_proxy
+    from .train_judges import train_features, train_scorer
 
     seconds: dict[str, float] = {}
     began = time.perf_counter()
@@ -243,10 +243,10 @@ def _build(plan: BuildPlan, out: Path, work: Path, bars: _Bars, size: str, minut
             seconds["vae"], seconds["unet"] = teacher.vae.seconds, teacher.unet.seconds
 
             start = time.perf_counter()
-            proxy = train_proxy(count=plan.proxy_count, epochs=plan.proxy_epochs, lr=plan.proxy_lr,
-                                seed=seed, progress=bars.stage("world-proxy"))
-            save_net(proxy, work / PROXY)
-            seconds["world-proxy"] = time.perf_counter() - start
+            scorer = train_scorer(count=plan.scorer_count, epochs=plan.scorer_epochs,
+                                  lr=plan.scorer_lr, seed=seed, progress=bars.stage("world-scorer"))
+            save_net(scorer, work / SCORER)
+            seconds["world-scorer"] = time.perf_counter() - start
 
             start = time.perf_counter()
             features = train_features(count=plan.features_count, epochs=plan.features_epochs,
@@ -257,18 +257,18 @@ def _build(plan: BuildPlan, out: Path, work: Path, bars: _Bars, size: str, minut
             start = time.perf_counter()
             bars.log("pretraining the world LRM (lrm-pretrain: contrastive, then world-judge "
                      "preferences)")
-            latent_rm = pretrain_world_lrm(
-                work / TEACHER, work / LATENT_RM, work / "lrm-pretrain",
+            lrm = pretrain_world_lrm(
+                work / TEACHER, work / LRM, work / "lrm-pretrain",
                 contrastive_steps=plan.lrm_contrastive_steps,
                 preference_prompts=plan.lrm_preference_prompts,
                 preference_steps=plan.lrm_preference_steps, eval_prompts=plan.lrm_eval_prompts,
                 seed=seed)
-            seconds["latent-rm"] = time.perf_counter() - start
+            seconds["lrm"] = time.perf_counter() - start
 
             start = time.perf_counter()
             bars.log(f"measuring quality: teacher at {plan.eval_steps} DDIM steps + CFG "
-                     f"{GUIDANCE_SCALE}, proxy correlation, feature accuracy")
-            quality = _quality(plan, work, proxy, features, seed)
+                     f"{GUIDANCE_SCALE}, scorer correlation, feature accuracy")
+            quality = _quality(plan, work, scorer, features, seed)
             seconds["quality"] = time.perf_counter() - start
         shutil.rmtree(work / "untrained-teacher", ignore_errors=True)
 
@@ -278,23 +278,24 @@ def _build(plan: BuildPlan, out: Path, work: Path, bars: _Bars, size: str, minut
                         "total": round(time.perf_counter() - began, 1)},
             "teacher": {**teacher.summary(), "path": TEACHER,
                         "megabytes": round(_folder_bytes(work / TEACHER) / 2**20, 2)},
-            "world-proxy": {"count": plan.proxy_count, "epochs": plan.proxy_epochs, "lr": plan.proxy_lr,
-                            "megabytes": round(_folder_bytes(work / PROXY) / 2**20, 2)},
+            "world-scorer": {"count": plan.scorer_count, "epochs": plan.scorer_epochs,
+                             "lr": plan.scorer_lr,
+                             "megabytes": round(_folder_bytes(work / SCORER) / 2**20, 2)},
             "features": {"count": plan.features_count, "epochs": plan.features_epochs,
                          "megabytes": round(_folder_bytes(work / FEATURES) / 2**20, 2)},
-            "latent-rm": {**latent_rm, "megabytes": round(_folder_bytes(work / LATENT_RM) / 2**20, 2)},
+            "lrm": {**lrm, "megabytes": round(_folder_bytes(work / LRM) / 2**20, 2)},
             "quality": quality,
             "torch": torch.__version__,
         }
         (work / BUILD_FILE).write_text(json.dumps(report, indent=2))
-        for name in (TEACHER, PROXY, FEATURES, LATENT_RM, BUILD_FILE):
+        for name in (TEACHER, SCORER, FEATURES, LRM, BUILD_FILE):
             replace_path(work / name, out / name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return report
 
 
-def _quality(plan: BuildPlan, work: Path, proxy, features, seed: int) -> dict[str, Any]:
+def _quality(plan: BuildPlan, work: Path, scorer, features, seed: int) -> dict[str, Any]:
     prompts = validation_prompts("validation", plan.eval_prompts) * plan.eval_images_per_prompt
     test_prompts = validation_prompts("test", plan.eval_prompts)
     checks = {"steps": plan.eval_steps, "guidance_scale": GUIDANCE_SCALE}
@@ -307,7 +308,7 @@ def _quality(plan: BuildPlan, work: Path, proxy, features, seed: int) -> dict[st
         **checks,
     }
     return {"teacher": teacher,
-            "world-proxy": _proxy_quality(proxy, plan.quality_count, seed=seed + 1000),
+            "world-scorer": _scorer_quality(scorer, plan.quality_count, seed=seed + 1000),
             "features": _features_quality(features, plan.quality_count)}
 
 

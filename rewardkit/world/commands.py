@@ -1,4 +1,4 @@
-"""``rewardkit world ...``: build the embedded world (teacher, proxy RM, feature net)."""
+"""``rewardkit world ...``: build the embedded world (teacher, scorer RM, feature net)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def build_command(
     seed: int = typer.Option(0, "--seed", help="Seeds weight initialisation and training order."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """Train the world's teacher (VAE, UNet), world-proxy RM and feature net; write them to --out."""
+    """Train the world's teacher (VAE, UNet), world-scorer RM and feature net; write them to --out."""
     from .assets import ASSETS
     from .build import BUILD_FILE, build_world
 
@@ -34,7 +34,7 @@ def build_command(
         f"teacher judge reward {teacher['validation']['judge_reward']:.3f} at {teacher['steps']} "
         f"DDIM steps + CFG {teacher['guidance_scale']} (untrained UNet "
         f"{teacher['untrained_unet_validation']['judge_reward']:.3f}, real renders "
-        f"{teacher['renders_validation']['judge_reward']:.3f}); proxy-judge correlation "
-        f"{quality['world-proxy']['correlation_with_judge']:.2f}", highlight=False)
+        f"{teacher['renders_validation']['judge_reward']:.3f}); scorer-judge correlation "
+        f"{quality['world-scorer']['correlation_with_judge']:.2f}", highlight=False)
     console.print(f"[green]wrote[/] {(out or ASSETS) / BUILD_FILE} "
                   f"({report['seconds']['total'] / 60:.1f} min)", highlight=False)

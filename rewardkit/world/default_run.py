@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError
-from .assets import LATENT_RM, TEACHER, asset_path
+from .assets import LRM, TEACHER, asset_path
 from .evaluate import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_IMAGES, WorldEvaluator, add_speedups
-from .latent_rm import WORLD_LRM_PARAMS, world_proxy_params
+from .lrm import WORLD_LRM_PARAMS, proxy_params_for_world
 from .source import WorldSource
 
 DEFAULT_OUTPUT_DIR = "rg-lcd-world"
@@ -55,8 +55,8 @@ def default_rg_lcd_overrides(assets_root: str | Path | None = None,
         "reward": "world-judge",
         "proxy": "lrm",
         # the LRM starts from the shipped pretrained one (lrm-pretrain on world data, see
-        # rewardkit.world.latent_rm); every layer keeps learning online
-        "pretrained_proxy": str(asset_path(LATENT_RM, root)),
+        # rewardkit.world.lrm); every layer keeps learning online
+        "pretrained_proxy": str(asset_path(LRM, root)),
         "proxy_params": {"trainable": WORLD_LRM_PARAMS["trainable"]},
         "proxy_eval_shards_path_or_url": "world:validation",
         "proxy_eval_num_prompts": 64,
@@ -75,7 +75,7 @@ def default_rg_lcd_overrides(assets_root: str | Path | None = None,
         # the online LRM schedule that keeps it agreeing with the judge (docs/lrm-online.md):
         # rehearse the pretraining pairs, two updates per step (the second from a replay
         # buffer), hard pairwise labels, a learning rate that does not erase the pretraining
-        "proxy_rehearsal_set": str(asset_path(LATENT_RM, root) / "preference_set"),
+        "proxy_rehearsal_set": str(asset_path(LRM, root) / "preference_set"),
         "proxy_updates_per_step": 2,
         "proxy_replay_size": 256,
         "proxy_loss_type": "cross_entropy",
@@ -95,7 +95,7 @@ def default_rg_lcd_overrides(assets_root: str | Path | None = None,
 #: The paper's online schedule, for an LRM that starts from scratch: one update per student step
 #: on the fresh candidates, no replay, the distillation loss, ``proxy_lr`` 1e-3. The default run's
 #: own schedule (``proxy_lr`` 1e-4, replay, two updates per step) is tuned for the pretrained LRM
-#: and its rehearsal pairs; given a from-scratch LRM learning ``world-proxy`` at beta 20 it
+#: and its rehearsal pairs; given a from-scratch LRM learning ``world-scorer`` at beta 20 it
 #: collapsed in every seed (``benchmarks/lrm_evidence.py``), where this one held.
 SCRATCH_LRM_SCHEDULE: dict[str, Any] = {"proxy_lr": 1e-3, "proxy_updates_per_step": 1,
                                         "proxy_replay_size": 0, "proxy_loss_type": "distillation"}
@@ -108,9 +108,9 @@ PROXY_ONLY_KEYS = ("proxy_params", "pretrained_proxy", "proxy_rehearsal_set",
 def fit_world_defaults(defaults: dict[str, Any], chosen: dict[str, Any]) -> dict[str, Any]:
     """The default run's values, fitted to what the user ``chosen``: without a proxy
     (``proxy="none"``) the proxy-only keys are dropped; with another proxy than ``lrm`` the
-    shipped ``latent-rm`` (an ``lrm``) is not loaded and the proxy is sized for the world; with
+    shipped LRM (``lrm/``) is not loaded and the proxy is sized for the world; with
     an expert other than ``world-judge`` the LRM starts from scratch and rehearses nothing (the
-    shipped ``latent-rm`` and its rehearsal pairs were made with the judge, and would leak it
+    shipped LRM and its rehearsal pairs were made with the judge, and would leak it
     into a run meant to learn another RM), so it learns on the paper's online schedule
     (:data:`SCRATCH_LRM_SCHEDULE`); at another ``resolution`` than the world's the shipped
     rehearsal pairs are dropped (their latents have the world resolution's size, and rg-lcd
@@ -125,7 +125,7 @@ def fit_world_defaults(defaults: dict[str, Any], chosen: dict[str, Any]) -> dict
         return fitted
     if proxy != "lrm" or reward != "world-judge":
         fitted.pop("pretrained_proxy", None)
-        fitted["proxy_params"] = world_proxy_params(proxy)
+        fitted["proxy_params"] = proxy_params_for_world(proxy)
     if reward != "world-judge":
         fitted.pop("proxy_rehearsal_set", None)
         fitted.update(SCRATCH_LRM_SCHEDULE)
@@ -141,7 +141,7 @@ def _run_config(output_dir: Path) -> dict[str, Any]:
 
 def finalize_world_run(output_dir: str | Path, *, teacher: str | Path | None = None,
                        student: str | Path | None = None, assets_root: str | Path | None = None,
-                       proxy_path: str | Path | None = None, features_path: str | Path | None = None,
+                       scorer_path: str | Path | None = None, features_path: str | Path | None = None,
                        prompts: Sequence[str] | None = None, num_images: int = DEFAULT_NUM_IMAGES,
                        validation_prompts: Sequence[str] | None = None,
                        student_steps: Sequence[int] = (1, 2, 4), teacher_steps: int = 50,
@@ -168,7 +168,7 @@ def finalize_world_run(output_dir: str | Path, *, teacher: str | Path | None = N
         config.get("validation_guidance_scale", DEFAULT_GUIDANCE_SCALE))
     grid_prompts = list(validation_prompts or config.get("validation_prompts") or validation_captions())
 
-    evaluator = WorldEvaluator(prompts, num_images=num_images, proxy_path=proxy_path,
+    evaluator = WorldEvaluator(prompts, num_images=num_images, scorer_path=scorer_path,
                                features_path=features_path, assets_root=root, device=device)
     rows = evaluator.evaluate(teacher, "teacher", teacher_steps, name="teacher",
                               guidance_scale=scale, batch_size=batch_size)

@@ -1,6 +1,6 @@
 """Evaluating a teacher or a distilled student on the embedded world.
 
-This is ``rewardkit eval --prompts world --metrics world-judge,world-proxy,world-fd``
+This is ``rewardkit eval --prompts world --metrics world-judge,world-scorer,world-fd``
 (:mod:`rewardkit.evaluation`) with the judge's terms added: one row of metrics per (model, step
 count), all measured in this process on the same prompts and seeds::
 
@@ -15,7 +15,7 @@ Metrics of a row (:class:`EvalRow`):
 
 - ``judge_reward``: mean ``world-judge`` score of the images (rule-based, in [0, 1]), its
   standard error ``judge_reward_se``, and the mean of each judge term in ``judge_terms``;
-- ``proxy_reward``: mean ``world-proxy`` score (the learned, differentiable RM);
+- ``scorer_reward``: mean ``world-scorer`` score (the learned, differentiable RM);
 - ``frechet_distance``: Frechet distance between the features (``WorldFeatureNet.features``) of
   the generated images and of real renders of the same prompts (the world's FID, ``world-fd``,
   computed by torchmetrics);
@@ -28,7 +28,7 @@ Metrics of a row (:class:`EvalRow`):
   teacher makes ``steps`` calls of twice the batch). Both are counted with a forward hook, not
   assumed.
 
-The assets (the proxy RM and the feature net) default to the shipped ones
+The assets (the scorer RM and the feature net) default to the shipped ones
 (:mod:`rewardkit.world.assets`) and can be any folders written by
 :func:`rewardkit.world.assets.save_net`, so tests pass tiny ones.
 """
@@ -46,18 +46,14 @@ import torch
 
 from ..errors import ConfigError
 from ..evaluation.prompt_sets import PromptSet
-from ..sampling import pil_to_tensor  # noqa: F401  (part of this module's interface)
-from .assets import FEATURES, PROXY, asset_path
-from .grammar import parse_caption
+from .assets import FEATURES, SCORER, asset_path
+from .eval_sets import DEFAULT_NUM_IMAGES, evaluation_prompts, real_images
 from .judge import WEIGHTS, judge
-from .render import render
-from .source import WorldSource
 
 KINDS = ("student", "teacher")
 #: Guidance scale of evaluation (diffusers' convention: a student embeds ``w = scale - 1``, a
 #: teacher runs CFG with it), the same as the recipes' ``validation_guidance_scale`` default.
 DEFAULT_GUIDANCE_SCALE = 7.5
-DEFAULT_NUM_IMAGES = 64
 DEFAULT_STUDENT_STEPS = (1, 2, 4)
 DEFAULT_TEACHER_STEPS = 50
 
@@ -71,7 +67,7 @@ class EvalRow:
     steps: int
     guidance_scale: float
     judge_reward: float
-    proxy_reward: float
+    scorer_reward: float
     frechet_distance: float
     ms_per_image: float
     unet_evaluations: int
@@ -89,38 +85,12 @@ class EvalRow:
         return data
 
 
-def evaluation_prompts(num_images: int = DEFAULT_NUM_IMAGES, split: str = "test", seed: int = 0) -> list[str]:
-    """The captions of the first ``num_images`` samples of a world split (scenes cycle)."""
-    source = WorldSource(split, size=num_images, seed=seed)
-    return [source.scene(i).caption() for i in range(num_images)]
-
-
-def real_images(prompts: Sequence[str], side: int, split: str = "test", seed: int = 0) -> torch.Tensor:
-    """Real renders of ``prompts`` (``[N, 3, side, side]`` in [0, 1]).
-
-    When ``prompts`` are exactly :func:`evaluation_prompts` of ``split``, these are that split's samples
-    (:class:`~rewardkit.world.source.WorldSource`); other prompts are rendered with seeds 0..N-1.
-    """
-    prompts = list(prompts)
-    source = WorldSource(split, size=len(prompts), side=side, seed=seed)
-    if [source.scene(i).caption() for i in range(len(prompts))] == prompts:
-        return pil_to_tensor([source.load(i).image for i in range(len(prompts))])
-    arrays = []
-    for index, prompt in enumerate(prompts):
-        scene = parse_caption(prompt)
-        if scene is None:
-            raise ConfigError(f"prompt '{prompt}' is not a caption of the world's grammar, so it "
-                              "has no real image for the Frechet distance")
-        arrays.append(render(scene, seed + index, side=side))
-    return pil_to_tensor(arrays)
-
-
-METRICS = ("world-judge", "world-proxy", "world-fd")
+METRICS = ("world-judge", "world-scorer", "world-fd")
 
 
 class WorldEvaluator:
     """The world's evaluation: ``rewardkit eval`` (:class:`rewardkit.evaluation.Evaluation`) on
-    the world's prompts with ``world-judge``, ``world-proxy`` and ``world-fd``, plus the mean
+    the world's prompts with ``world-judge``, ``world-scorer`` and ``world-fd``, plus the mean
     of each judge term, as :class:`EvalRow` rows.
 
     Args:
@@ -129,18 +99,18 @@ class WorldEvaluator:
         split: the world split the default prompts and real images come from.
         seed: the split's seed (fixes the real renders) and the first sampling seed (image ``i``
             is sampled with seed ``seed + i``).
-        proxy_path: a saved ``WorldProxyNet`` folder (default: the shipped ``world-proxy`` asset).
+        scorer_path: a saved ``WorldScorerNet`` folder (default: the shipped ``world-scorer`` asset).
         features_path: a saved ``WorldFeatureNet`` folder (default: the shipped ``features``).
         assets_root: where the default assets live (default: the package's assets folder).
         device: where the judges' networks and the sampling pipelines run.
     """
 
     def __init__(self, prompts: Sequence[str] | None = None, *, num_images: int = DEFAULT_NUM_IMAGES,
-                 split: str = "test", seed: int = 0, proxy_path: str | Path | None = None,
+                 split: str = "test", seed: int = 0, scorer_path: str | Path | None = None,
                  features_path: str | Path | None = None, assets_root: str | Path | None = None,
                  device: str = "cpu") -> None:
         from .eval_sets import WorldFrechet
-        from .rewards import WorldProxy
+        from .rewards import WorldScorer
 
         root = Path(assets_root) if assets_root is not None else None
         self.prompts = list(prompts) if prompts is not None else evaluation_prompts(num_images, split, seed)
@@ -148,10 +118,10 @@ class WorldEvaluator:
             raise ConfigError(f"evaluation needs at least 2 prompts for a Frechet distance, got "
                               f"{len(self.prompts)}")
         self.split, self.seed, self.device = split, seed, device
-        self.proxy_dir = Path(proxy_path) if proxy_path is not None else asset_path(PROXY, root)
+        self.scorer_dir = Path(scorer_path) if scorer_path is not None else asset_path(SCORER, root)
         self.features_dir = (Path(features_path) if features_path is not None
                              else asset_path(FEATURES, root))
-        self.proxy = WorldProxy(str(self.proxy_dir), device=device)
+        self.scorer = WorldScorer(str(self.scorer_dir), device=device)
         self.frechet = WorldFrechet(str(self.features_dir))
         self._reals: dict[int, torch.Tensor] = {}
 
@@ -170,7 +140,7 @@ class WorldEvaluator:
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> dict[str, Any]:
-        """Judge reward, its terms, proxy reward and Frechet distance of ``[N, 3, H, W]`` images.
+        """Judge reward, its terms, scorer reward and Frechet distance of ``[N, 3, H, W]`` images.
 
         ``prompts`` default to the evaluator's; the Frechet distance is always against the real
         renders of the evaluator's prompts at the images' side.
@@ -183,13 +153,13 @@ class WorldEvaluator:
         judged = np.array([v.score for v in verdicts])
         terms = mean_terms(verdicts)
         spread = float(judged.std(ddof=1) / np.sqrt(len(judged))) if len(judged) > 1 else 0.0
-        proxy = self.proxy.score(pixels.to(self.device), prompts).float().cpu()
+        scored = self.scorer.score(pixels.to(self.device), prompts).float().cpu()
         side = int(pixels.shape[-1])
         return {
             "judge_reward": float(judged.mean()),
             "judge_reward_se": spread,
             "judge_terms": terms,
-            "proxy_reward": float(proxy.mean()),
+            "scorer_reward": float(scored.mean()),
             "frechet_distance": self.frechet.compute(pixels, self.real_images(side))["world-fd"],
         }
 
@@ -221,7 +191,7 @@ class WorldEvaluator:
             evaluation = Evaluation(
                 self.prompt_set(), METRICS, folder, seed=self.seed, batch_size=batch_size,
                 device=self.device, resume=resume,
-                metric_params={"world-proxy": {"path": str(self.proxy_dir), "device": self.device},
+                metric_params={"world-scorer": {"path": str(self.scorer_dir), "device": self.device},
                                "world-fd": {"features_path": str(self.features_dir)}})
             results = evaluation.run([model], progress=False)
             rows = []
@@ -229,7 +199,7 @@ class WorldEvaluator:
                 images = load_png_folder(evaluation.folder(model, row["steps"]), len(self.prompts))
                 rows.append(EvalRow(
                     name=model.label, kind=kind, steps=row["steps"], guidance_scale=guidance_scale,
-                    judge_reward=row["world-judge"], proxy_reward=row["world-proxy"],
+                    judge_reward=row["world-judge"], scorer_reward=row["world-scorer"],
                     frechet_distance=row["world-fd"], ms_per_image=row["ms_per_image"],
                     unet_evaluations=row["unet_evaluations"], unet_calls=row["unet_calls"],
                     num_images=row["num_images"], judge_reward_se=row["world-judge_se"],
@@ -272,7 +242,7 @@ def add_speedups(rows: list[EvalRow], reference: EvalRow | None = None) -> list[
 def evaluate(model_dir: str | Path, kind: str = "student", steps: int | Sequence[int] | None = None,
              *, prompts: Sequence[str] | None = None, num_images: int = DEFAULT_NUM_IMAGES,
              seed: int = 0, guidance_scale: float = DEFAULT_GUIDANCE_SCALE, batch_size: int = 16,
-             device: str = "cpu", proxy_path: str | Path | None = None,
+             device: str = "cpu", scorer_path: str | Path | None = None,
              features_path: str | Path | None = None, assets_root: str | Path | None = None,
              name: str | None = None, evaluator: WorldEvaluator | None = None) -> list[EvalRow]:
     """One-call evaluation of a student or teacher folder (see :class:`WorldEvaluator`).
@@ -280,7 +250,7 @@ def evaluate(model_dir: str | Path, kind: str = "student", steps: int | Sequence
     Pass an ``evaluator`` to reuse its prompts, nets and cached real features across models.
     """
     evaluator = evaluator or WorldEvaluator(
-        prompts, num_images=num_images, seed=seed, proxy_path=proxy_path,
+        prompts, num_images=num_images, seed=seed, scorer_path=scorer_path,
         features_path=features_path, assets_root=assets_root, device=device)
     return evaluator.evaluate(model_dir, kind, steps, name=name, guidance_scale=guidance_scale,
                               batch_size=batch_size)

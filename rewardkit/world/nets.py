@@ -1,4 +1,4 @@
-"""Small convolutional networks trained on the world: the learned proxy RM and the feature net.
+"""Small convolutional networks trained on the world: the learned scorer RM and the feature net.
 
 Both see images in [0, 1] (any side that is a multiple of 4) and are tiny enough to train in a
 minute or two on a laptop CPU.
@@ -29,7 +29,7 @@ class ConvTrunk(nn.Module):
         return self.layers(images * 2 - 1).mean(dim=(2, 3))
 
 
-class WorldProxyNet(nn.Module):
+class WorldScorerNet(nn.Module):
     """Regresses the world judge's score from an image and its caption's attributes."""
 
     def __init__(self, width: int = 32, attribute_dim: int = 32) -> None:

@@ -6,14 +6,14 @@ from __future__ import annotations
 from ..hookspecs import hookimpl
 from .eval_sets import WorldFrechet, WorldPrompts
 from .preset import WorldPreset
-from .rewards import WorldJudge, WorldProxy
+from .rewards import WorldJudge, WorldScorer
 from .source import WorldData
 
 
 @hookimpl
 def register_reward_models(register):
     register(WorldJudge)
-    register(WorldProxy)
+    register(WorldScorer)
 
 
 @hookimpl

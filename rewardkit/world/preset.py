@@ -20,10 +20,10 @@ class WorldPreset:
 
             return {**fit_world_defaults(default_rg_lcd_overrides(), chosen), "report": True}
         # lrm-pretrain: a world LRM on the shipped teacher with world-judge (what `rewardkit
-        # world build` ships as latent-rm), into lrm-pretrained-world, sized for the chosen proxy
+        # world build` ships as lrm/), into lrm-pretrained-world, sized for the chosen proxy
         from .assets import TEACHER, asset_path
         from .build import PLANS
-        from .latent_rm import world_lrm_overrides
+        from .lrm import world_lrm_overrides
 
         plan = PLANS["full"]
         return world_lrm_overrides(

@@ -34,8 +34,8 @@ CURVES_PNG = "training_curves.png"
 
 TABLE_NOTE = (
     "Judge reward: mean `world-judge` score in [0, 1] (rule-based, non-differentiable) ± its "
-    "standard error over the images. Proxy "
-    "reward: mean `world-proxy` score (learned, differentiable). Frechet distance: between "
+    "standard error over the images. Scorer "
+    "reward: mean `world-scorer` score (learned, differentiable). Frechet distance: between "
     "`WorldFeatureNet` features of the samples and of real renders of the same prompts (lower is "
     "better). ms/image: sampling wall-clock time per image after a warm-up batch, model loading "
     "excluded, same process for every row. UNet evals/image: UNet evaluations per image with the "
@@ -50,7 +50,7 @@ def _steps_label(steps: int) -> str:
 
 def format_table(rows: Sequence[EvalRow]) -> str:
     """The rows as a markdown table (one line per model and step count)."""
-    header = ("| model | steps | judge reward ↑ | proxy reward ↑ | Frechet distance ↓ | ms/image "
+    header = ("| model | steps | judge reward ↑ | scorer reward ↑ | Frechet distance ↓ | ms/image "
               "| UNet evals/image | speed-up |")
     lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
@@ -58,7 +58,7 @@ def format_table(rows: Sequence[EvalRow]) -> str:
         judged = f"{row.judge_reward:.3f}"
         if row.judge_reward_se:
             judged += f" ± {row.judge_reward_se:.3f}"
-        lines.append(f"| {row.name} | {row.steps} | {judged} | {row.proxy_reward:.3f} "
+        lines.append(f"| {row.name} | {row.steps} | {judged} | {row.scorer_reward:.3f} "
                      f"| {row.frechet_distance:.4g} | {row.ms_per_image:.1f} "
                      f"| {row.unet_evaluations} | {speedup} |")
     return "\n".join(lines)

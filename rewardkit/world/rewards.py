@@ -1,4 +1,4 @@
-"""The world's reward models: the rule-based judge and the learned, differentiable proxy."""
+"""The world's reward models: the rule-based judge and the learned, differentiable scorer."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 from ..rewards.base import RewardModel
-from .assets import PROXY, asset_path, load_net
+from .assets import SCORER, asset_path, load_net
 from .judge import judge
-from .nets import WorldProxyNet
+from .nets import WorldScorerNet
 from .scene_codes import encode_captions
 
 
@@ -27,20 +27,20 @@ class WorldJudge(RewardModel):
         return torch.tensor(scores, dtype=torch.float32, device=images.device)
 
 
-class WorldProxy(RewardModel):
+class WorldScorer(RewardModel):
     """Learned, differentiable RM of the embedded world (a small CNN that imitates the judge)."""
 
-    name = "world-proxy"
+    name = "world-scorer"
     differentiable = True
 
     def __init__(self, path: str | None = None, device: str = "cpu") -> None:
-        self.net = load_net(WorldProxyNet, Path(path) if path else asset_path(PROXY)).to(device)
+        self.net = load_net(WorldScorerNet, Path(path) if path else asset_path(SCORER)).to(device)
 
     @property
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
 
-    def to(self, device=None, dtype=None) -> "WorldProxy":
+    def to(self, device=None, dtype=None) -> "WorldScorer":
         self.net.to(device=device, dtype=dtype)
         return self
 

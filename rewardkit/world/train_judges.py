@@ -1,6 +1,6 @@
-"""Training the world's learned networks: the proxy RM (imitates the judge) and the feature net.
+"""Training the world's learned networks: the scorer RM (imitates the judge) and the feature net.
 
-The proxy learns the judge's score on rendered images and on spoiled versions of them (wrong
+The scorer learns the judge's score on rendered images and on spoiled versions of them (wrong
 captions, noise, blur, smears), so it is good on the data manifold and, like HPSv2 or
 ImageReward, exploitable off it: that is what direct reward optimisation will find.
 """
@@ -16,7 +16,7 @@ from torch import nn
 
 from .grammar import BACKGROUNDS, COLOURS, SHAPES, SIZES, Scene
 from .judge import judge
-from .nets import WorldFeatureNet, WorldProxyNet
+from .nets import WorldFeatureNet, WorldScorerNet
 from .scene_codes import ATTRIBUTES, encode_captions
 from .source import WorldSource
 
@@ -55,7 +55,7 @@ def spoil_image(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
-def proxy_training_set(count: int, side: int = 32, seed: int = 0) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+def scorer_training_set(count: int, side: int = 32, seed: int = 0) -> tuple[torch.Tensor, list[str], torch.Tensor]:
     """``count`` (image, caption, judge score) triples: half clean, half spoiled."""
     source = WorldSource("train", size=count, side=side, seed=seed)
     rng, np_rng = random.Random(seed), np.random.default_rng(seed)
@@ -100,13 +100,13 @@ def _fit(net: N, batch_loss: Callable[[torch.Tensor], torch.Tensor], optimiser: 
     return net.eval().requires_grad_(False)
 
 
-def train_proxy(count: int = 12_000, epochs: int = 8, side: int = 32, seed: int = 0,
-                batch_size: int = 128, lr: float = 2e-3, progress: Progress | None = None) -> WorldProxyNet:
-    """Train :class:`WorldProxyNet` to regress the judge's score (MSE)."""
+def train_scorer(count: int = 12_000, epochs: int = 8, side: int = 32, seed: int = 0,
+                batch_size: int = 128, lr: float = 2e-3, progress: Progress | None = None) -> WorldScorerNet:
+    """Train :class:`WorldScorerNet` to regress the judge's score (MSE)."""
     torch.manual_seed(seed)
-    pixels, captions, scores = proxy_training_set(count, side, seed)
+    pixels, captions, scores = scorer_training_set(count, side, seed)
     codes = encode_captions(captions)
-    net = WorldProxyNet()
+    net = WorldScorerNet()
     optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, max_lr=lr, total_steps=_total_steps(count, epochs, batch_size))

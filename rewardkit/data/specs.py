@@ -1,12 +1,12 @@
-"""The training data of a recipe: one function from a data spec to a resumable loader.
+"""Data specs: one function from a spec to a resumable loader, and the checks a config runs.
 
 A spec is anything :func:`rewardkit.data.build_loader` reads (webdataset shards, brace ranges,
 ``pipe:`` and URL specs, an image+caption folder, a folder of pre-encoded latents) or
 ``SCHEME:...`` of a data source a plugin registered (the embedded world's ``"world:train"``,
 ``"world:validation?size=64"``, rendered on the fly at the training resolution).
 :func:`check_data_spec` rejects a bad spec before any model loads, naming the config key;
-:func:`build_training_loader` builds this rank's loader (the same code path as the ``lcd``
-recipe's).
+:func:`build_training_loader` builds this rank's loader. The training recipes, the evaluation's
+reference images and the LRM's preference sets all read their data through it.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def build_training_loader(spec: Any, *, resolution: int, batch_size: int, seed: 
                           random_flip: bool = False, num_workers: int = 0,
                           vae_scaling_factor: float | None = None) -> Any:
     """This rank's infinite, resumable loader of ``spec`` (see the module docstring)."""
-    from ..data import build_loader
+    from .loader import build_loader
 
     return build_loader(resolve_source(spec, resolution), resolution=resolution,
                         batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
@@ -84,4 +84,4 @@ def build_training_loader(spec: Any, *, resolution: int, batch_size: int, seed: 
                         num_workers=num_workers, vae_scaling_factor=vae_scaling_factor)
 
 
-__all__ = ["build_training_loader", "check_data_spec", "resolve_source"]
+__all__ = ["build_training_loader", "check_data_spec", "registered_source", "resolve_source"]

@@ -1,7 +1,7 @@
 """The world's pretrained latent proxy RM: ``lrm-pretrain`` on world data with ``world-judge``.
 
 ``rewardkit world build`` trains it after the teacher (its latents and prompt embeddings come
-from that teacher's VAE and text encoder) and ships it as the asset ``latent-rm``; the default
+from that teacher's VAE and text encoder) and ships it as the asset ``lrm``; the default
 ``rewardkit run rg-lcd`` starts its LRM from it. Two stages, as ``lrm-pretrain`` runs them:
 contrastive (multi-positive InfoNCE) on ``world:train`` (latent, caption) pairs, then
 Bradley-Terry pairs on a preference set of ``world:train`` prompts scored once by the judge.
@@ -28,14 +28,14 @@ WORLD_UNET_LRM_PARAMS: dict[str, Any] = {
 }
 
 #: World-sized parameters of the built-in proxies (another proxy keeps its own defaults).
-WORLD_PROXY_PARAMS: dict[str, dict[str, Any]] = {
+PROXY_PARAMS_FOR_WORLD: dict[str, dict[str, Any]] = {
     "lrm": WORLD_LRM_PARAMS, "lrm-unet": WORLD_UNET_LRM_PARAMS,
 }
 
 
-def world_proxy_params(proxy: str) -> dict[str, Any]:
+def proxy_params_for_world(proxy: str) -> dict[str, Any]:
     """``proxy_params`` that size ``proxy`` for the world (empty for a third-party proxy)."""
-    return dict(WORLD_PROXY_PARAMS.get(proxy, {}))
+    return dict(PROXY_PARAMS_FOR_WORLD.get(proxy, {}))
 
 
 def world_lrm_overrides(teacher: str | Path, output_dir: str | Path, *, contrastive_steps: int,
@@ -54,7 +54,7 @@ def world_lrm_overrides(teacher: str | Path, output_dir: str | Path, *, contrast
         "output_dir": str(output_dir),
         "resolution": 32,
         "proxy": proxy,
-        "proxy_params": world_proxy_params(proxy),
+        "proxy_params": proxy_params_for_world(proxy),
         "train_batch_size": 64,
         "contrastive_steps": contrastive_steps,
         "learning_rate": 1e-3,
