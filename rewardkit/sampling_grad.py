@@ -105,7 +105,7 @@ def sample_consistency(backbone: Any, unet: nn.Module, cond: Conditioning, *, st
     The chain is ``backbone.lcm_scheduler(original_inference_steps, timestep_scaling)`` with
     ``steps`` timesteps: each step predicts x0 with the consistency boundary scalings and,
     except on the last, re-noises it to the next timestep with fresh noise from ``generator``.
-    It computes exactly what :func:`rewardkit.training.validation.sample_lcm_latents` and a
+    It computes exactly what :func:`rewardkit.sampling.sample_lcm_latents` and a
     diffusers pipeline with ``LCMScheduler`` compute for the same seed (tested bit for bit), with
     or without gradients.
 

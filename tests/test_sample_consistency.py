@@ -16,7 +16,7 @@ from rewardkit.backbones.stable_diffusion import StableDiffusionBackbone
 from rewardkit.errors import ConfigError
 from rewardkit.sampling import resolve_grad_steps, sample_consistency
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
-from rewardkit.training.validation import sample_lcm_latents
+from rewardkit.sampling import sample_lcm_latents
 
 DIM = 32
 PROMPTS = ["a photo of a red circle", "a blue square"]

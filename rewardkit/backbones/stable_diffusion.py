@@ -22,6 +22,8 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
+import re
 import shutil
 import uuid
 from pathlib import Path
