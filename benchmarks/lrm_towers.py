@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     from lrm_evidence import fmt, write_results
 
     import rewardkit as rk
-    from rewardkit.proxies.factory import proxy_folder
+    from rewardkit.proxies.factory import PROXY_DIR
     from rewardkit.recipes.lrm_pretrain import PREFERENCE_SET_DIR
 
     args = parse_args(argv)
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for seed in args.seeds:
             run = args.output / f"seed-{seed}" / name.replace(" ", "-")
-            if args.retrain or not proxy_folder(run).is_dir():
+            if args.retrain or not (run / PROXY_DIR).is_dir():
                 print(f"\n=== lrm-pretrain {name} seed {seed}", flush=True)
                 started = time.perf_counter()
                 rk.recipe("lrm-pretrain", pretrain_config(proxy, changes, contrastive, seed, run,
@@ -184,9 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             rows = heldout_rows(run)
             record: dict[str, Any] = {"seed": seed, "before": rows[0][HELDOUT[0]],
                                       **{key: rows[-1][key] for key in HELDOUT}}
-            record.update(update_cost(proxy_folder(run), run / PREFERENCE_SET_DIR, args.device))
+            record.update(update_cost(run / PROXY_DIR, run / PREFERENCE_SET_DIR, args.device))
             if args.online:
-                record.update(online_run(name, proxy_folder(run), run / PREFERENCE_SET_DIR,
+                record.update(online_run(name, run / PROXY_DIR, run / PREFERENCE_SET_DIR,
                                          seed, args))
             results.setdefault(name, []).append(record)
 

@@ -504,15 +504,6 @@ def test_the_reference_flag_names_are_aliases_of_the_proxy_keys(assets, tmp_path
         rk.recipe("rg-lcd", values, rm_lr=1e-5, proxy_lr=2e-5)
 
 
-def test_a_checkpoint_with_the_older_latent_rm_folder_still_resumes(assets, tmp_path):
-    from rewardkit.proxies.factory import LEGACY_PROXY_DIR, proxy_folder
-
-    (tmp_path / LEGACY_PROXY_DIR).mkdir()
-    assert proxy_folder(tmp_path) == tmp_path / LEGACY_PROXY_DIR
-    (tmp_path / PROXY_DIR).mkdir()
-    assert proxy_folder(tmp_path) == tmp_path / PROXY_DIR
-
-
 # ---------------------------------------------------------------- memory and dtypes on GPUs
 
 

@@ -4,7 +4,6 @@ every recipe that trains a proxy)."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
@@ -12,17 +11,6 @@ from .base import ProxyRewardModel
 
 #: Where a run (and each of its checkpoints) keeps its proxy: ``proxy/``.
 PROXY_DIR = "proxy"
-#: The folder name earlier rewardkit versions used (still read).
-LEGACY_PROXY_DIR = "latent_rm"
-
-
-def proxy_folder(parent: Path) -> Path:
-    """``parent/proxy``, or ``parent/latent_rm`` for a run or checkpoint an earlier rewardkit
-    wrote (when only that exists)."""
-    parent = Path(parent)
-    if not (parent / PROXY_DIR).is_dir() and (parent / LEGACY_PROXY_DIR).is_dir():
-        return parent / LEGACY_PROXY_DIR
-    return parent / PROXY_DIR
 
 
 def build_proxy(name: str, params: dict[str, Any], backbone: Any,

@@ -72,7 +72,7 @@ from ..distributed import broadcast_from_main
 from ..errors import ConfigError
 from ..files import replace_path
 from ..proxies.base import ProxyRewardModel
-from ..proxies.factory import PROXY_DIR, proxy_folder
+from ..proxies.factory import PROXY_DIR
 from ..proxies.losses import GT, PROXY_LOSS_TYPES, STUDENT, TARGET
 from ..proxies.preference_set import (PreferenceSet, build_preference_set, other_latent_size,
                                       preference_accuracy)
@@ -512,7 +512,7 @@ class RGLCDRecipe(LCDRecipe):
         from ..proxies.base import WEIGHTS_NAME
         from ..training.safe_state import load_tensor_file
 
-        weights = proxy_folder(Path(checkpoint_dir)) / WEIGHTS_NAME
+        weights = Path(checkpoint_dir) / PROXY_DIR / WEIGHTS_NAME
         if not weights.is_file():
             raise ConfigError(f"resume_from_checkpoint: '{checkpoint_dir}' has no proxy weights "
                               f"({PROXY_DIR}/{WEIGHTS_NAME}); was it written by rg-lcd with "

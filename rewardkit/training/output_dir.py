@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from .checkpoint import list_checkpoints
 
 #: Entries whose presence means a run was here (a checkpoint, a final model, a metrics log).
-RUN_MARKERS = ("metrics.jsonl", "pipeline", "proxy", "latent_rm")
+RUN_MARKERS = ("metrics.jsonl", "pipeline", "proxy")
 #: Everything a run writes into its output folder (removed by ``overwrite_output_dir``).
 RUN_FILES = RUN_MARKERS + (
     "config.json", "logs", "validation", "proxy_heldout", "proxy_replay.safetensors",
