@@ -118,8 +118,6 @@ def inception_state(weights: str | None, metric: str = "fid") -> dict[str, torch
     """The FID Inception weights as tensors, read without running pickled code: a local
     ``.pth`` / ``.safetensors`` file, or (``None``) torch-fidelity's published file through the
     torch hub cache, both loaded with ``weights_only=True``."""
-    from ..training.safe_state import load_legacy_torch_file
-
     if weights is None:
         from torch.hub import load_state_dict_from_url
         from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
@@ -143,7 +141,13 @@ def inception_state(weights: str | None, metric: str = "fid") -> dict[str, torch
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    state = load_legacy_torch_file(path)  # weights_only: a pickle that runs code is refused
+    try:  # weights_only: a pickle that would run code is refused
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # tampered (refused by the weights-only unpickler), truncated
+        reason = ("it holds objects other than plain tensors, which could run code"
+                  if "Weights only load failed" in str(exc) else type(exc).__name__)
+        raise ConfigError(f"metric '{metric}': FID Inception weights file {path} was not loaded "
+                          f"({reason}); nothing in it was run") from None
     if not isinstance(state, dict):
         raise ConfigError(f"metric '{metric}': FID Inception weights {path} hold no state dict")
     return state

@@ -31,8 +31,7 @@ from typing import Any, Callable, Iterator
 from ..errors import ConfigError
 from ..files import replace_path
 from .errors import TrainingError
-from .safe_state import (describe_load_error, has_state, load_json_state, load_legacy_torch_file,
-                         load_state, save_state)
+from .safe_state import describe_load_error, has_state, load_json_state, load_state, save_state
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
@@ -239,15 +238,11 @@ def save_rank_state(folder: Path, rank: int, state: dict[str, Any]) -> None:
 
 
 def load_rank_state(folder: Path, rank: int) -> dict[str, Any]:
-    """The per-process state saved by :func:`save_rank_state` (or, from a checkpoint of an older
-    rewardkit, its ``rank_state_{rank}.pt``, read with ``weights_only=True``)."""
+    """The per-process state saved by :func:`save_rank_state`."""
     folder = Path(folder)
     name = rank_state_name(rank)
     if has_state(folder, name):
         return load_state(folder, name)
-    legacy = folder / f"{name}.pt"
-    if legacy.is_file():
-        return load_legacy_torch_file(legacy)
     raise ConfigError(f"resume_from_checkpoint: '{folder}' has no state for process {rank} "
                       "(was it written with a different number of processes?)")
 

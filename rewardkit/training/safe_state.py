@@ -6,8 +6,6 @@ these helpers store the same state as plain data:
 - :func:`save_state` / :func:`load_state`: any nested state of dicts, lists, tuples, numbers,
   strings and tensors as ``{name}.safetensors`` + ``{name}.json`` (the per-process state and the
   recipes' extra state of rewardkit checkpoints);
-- :func:`load_legacy_torch_file`: a ``.pt`` file of an older checkpoint, with
-  ``weights_only=True``;
 - :func:`save_optimizer_state` / :func:`load_optimizer_state`: ``optimizer.state_dict()`` as
   ``{name}.safetensors`` (tensors named ``state.{param_idx}.{key}``, e.g. ``state.0.exp_avg``)
   plus ``{name}.json`` (``param_groups`` and every non-tensor value);
@@ -153,18 +151,6 @@ def has_state(folder: str | Path, name: str) -> bool:
     return (Path(folder) / f"{name}.json").is_file()
 
 
-def load_legacy_torch_file(path: str | Path) -> Any:
-    """A ``torch.save`` file of an older rewardkit checkpoint, read with ``weights_only=True``
-    (tensors and plain containers only: a pickle that would run code is refused, naming it)."""
-    path = Path(path)
-    _require(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # tampered (refused by the weights-only unpickler), truncated
-        raise ConfigError(f"state file '{path}' was not loaded ({describe_load_error(error)}); "
-                          "nothing in it was run") from None
-
-
 def save_optimizer_state(optimizer: torch.optim.Optimizer, folder: str | Path,
                          name: str = "optimizer") -> Path:
     """Write ``optimizer.state_dict()`` as ``{name}.safetensors`` and ``{name}.json``."""
@@ -218,5 +204,5 @@ def _unreadable(path: Path, error: Any) -> str:
 
 __all__ = ["flatten_state", "unflatten_state", "save_json_state", "load_json_state",
            "save_tensor_file", "load_tensor_file", "save_state", "load_state", "has_state",
-           "load_legacy_torch_file", "describe_load_error", "save_optimizer_state",
+           "describe_load_error", "save_optimizer_state",
            "load_optimizer_state", "save_generator_state", "load_generator_state"]
