@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -78,10 +77,7 @@ def recipe(name: str, config: str | Path | Mapping[str, Any] | None = None, **ov
     given = take_given(spec.factory, name, overrides)  # built objects out, their names in
     if path is None and not _required_given(config_class, overrides):
         embedded = getattr(spec.factory, "embedded_defaults", None)
-        defaults = {}
-        if embedded is not None:  # older plugins define embedded_defaults() without arguments
-            takes_chosen = bool(inspect.signature(embedded).parameters)
-            defaults = embedded(dict(overrides)) if takes_chosen else embedded()
+        defaults = embedded(dict(overrides)) if embedded is not None else {}
         defaults = without_tied_defaults(defaults, given)
         overrides = {**defaults, **overrides}  # the embedded default world, user values on top
     config = load_config(config_class, path, overrides, validate=False)

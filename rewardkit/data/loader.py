@@ -140,9 +140,9 @@ class ResumableLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a position saved by :meth:`state_dict` on the same source and rank."""
-        if "source" in state and state["source"] != self.opened.describe:  # older states lack it
+        if state.get("source") != self.opened.describe:
             raise DataError(f"cannot resume data position: it was saved reading "
-                            f"{state['source']!r}, this run reads {self.opened.describe!r}; resume "
+                            f"{state.get('source')!r}, this run reads {self.opened.describe!r}; resume "
                             "with the checkpoint's data source, or start a new run")
         for name in ("kind", "seed", "rank", "world_size"):
             if state.get(name) != getattr(self, name):
