@@ -85,7 +85,9 @@ def register_presets(register):
     user gave, which win; the preset may fit its defaults to them) and optionally
     ``after_run(recipe, output_dir)`` (called on the main process when the run's ``report`` key
     is set, e.g. the world's evaluation and report). A recipe uses the first preset, by name,
-    that serves it.
+    that serves it. A preset may also have ``eval_defaults()`` returning ``{"prompts": ...,
+    "metrics": ...}``: what ``rewardkit eval`` uses for an option the user did not give (the
+    first such preset, by name; with none, ``rewardkit eval`` asks for both).
     """
 
 

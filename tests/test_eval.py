@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from rewardkit.cli import build_app
 from rewardkit.errors import ConfigError
 from rewardkit.evaluation import PromptSet, load_prompt_set, read_prompt_set, win_rate
+from rewardkit.plugins import reset_host
 from rewardkit.testing.tiny_clip import build_tiny_clip
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
 from rewardkit.training.testing import write_tiny_image_folder
@@ -243,6 +244,34 @@ def test_the_world_evaluation_is_the_eval_command(tmp_path):
     assert cli["world-scorer"] == pytest.approx(row.scorer_reward, abs=1e-6)
     assert cli["world-fd"] == pytest.approx(row.frechet_distance, rel=1e-6)
     assert set(row.judge_terms) >= {"background", "crispness"}
+
+
+def test_without_the_world_a_bare_eval_says_what_to_pass(fresh_host, monkeypatch, capsys,
+                                                         tmp_path):
+    """The defaults of --prompts/--metrics come from a registered preset (the world's); with the
+    world plugin disabled there is none, and the command names what to pass, in one sentence,
+    before anything loads (the model need not exist)."""
+    from rewardkit import cli
+    from rewardkit.evaluation.cli import preset_eval_defaults
+
+    assert preset_eval_defaults() == {"prompts": "world",
+                                      "metrics": "world-judge,world-scorer,world-fd"}
+    monkeypatch.setenv("REWARDKIT_DISABLE_PLUGINS", "rewardkit.world.plugin")
+    reset_host()
+    assert preset_eval_defaults() == {}
+    model = str(tmp_path / "no-such-model")
+    assert cli.run(["eval", model, "-o", str(tmp_path / "out")]) == 1
+    error = " ".join(capsys.readouterr().err.split())
+    assert error.count(".") <= 2 and "Traceback" not in error, error  # one sentence
+    assert "rewardkit eval needs --prompts (a registered prompt set: " in error
+    assert "hpsv2" in error and "world" not in error
+    assert "and --metrics (comma-separated reward models" in error
+    assert "no registered preset provides them" in error
+    (tmp_path / "p.txt").write_text("a red circle\na blue square\n")
+    assert cli.run(["eval", model, "--prompts", str(tmp_path / "p.txt")]) == 1
+    error = " ".join(capsys.readouterr().err.split())
+    assert "rewardkit eval needs --metrics" in error and "--prompts (" not in error
+    assert not (tmp_path / "out").exists()
 
 
 def test_every_registered_reward_model_is_a_metric_and_prompt_sets_are_listed():

@@ -55,13 +55,47 @@ def model_label(location: str, taken: set[str]) -> str:
     return unique
 
 
+def preset_eval_defaults() -> dict[str, str]:
+    """``--prompts`` / ``--metrics`` of the first registered preset (by name) that has
+    ``eval_defaults()`` (the embedded world's), or ``{}`` when none does."""
+    from ..plugins import get_host
+
+    for spec in get_host().list("preset"):
+        if hasattr(spec.factory, "eval_defaults"):
+            return {key: str(value) for key, value in spec.factory().eval_defaults().items()
+                    if key in ("prompts", "metrics")}
+    return {}
+
+
+def fill_eval_defaults(prompts: str | None, metrics: str | None) -> tuple[str, str]:
+    """The ``--prompts`` and ``--metrics`` to use: the user's, else a preset's; a ConfigError
+    saying what to pass when neither gives one."""
+    if prompts is None or metrics is None:
+        defaults = preset_eval_defaults()
+        prompts = prompts if prompts is not None else defaults.get("prompts")
+        metrics = metrics if metrics is not None else defaults.get("metrics")
+    if not prompts or not metrics:
+        from ..plugins import get_host
+
+        sets = ", ".join(spec.name for spec in get_host().list("prompts")) or "none registered"
+        wanted = {"--prompts": f"--prompts (a registered prompt set: {sets}; or a prompt file)",
+                  "--metrics": "--metrics (comma-separated reward models and distribution "
+                               "metrics, e.g. clip-score,fid)"}
+        missing = [text for option, text in wanted.items()
+                   if not (prompts if option == "--prompts" else metrics)]
+        raise ConfigError(f"rewardkit eval needs {' and '.join(missing)}; no registered preset "
+                          "provides them")
+    return prompts, metrics
+
+
 def eval_command(
     models: Annotated[list[str], typer.Argument(help="Students to evaluate: diffusers pipeline "
                                                "folders (e.g. a run's pipeline/), hub ids, or "
                                                "training checkpoints (run/checkpoint-N).")],
-    prompts: Annotated[str, typer.Option("--prompts", "-p", help="A registered prompt set "
-                       "(hpsv2, partiprompts, drawbench, coco, world; rewardkit list prompts) or "
-                       "a .txt/.jsonl/.json/.csv/.tsv file.")] = "world",
+    prompts: Annotated[Optional[str], typer.Option("--prompts", "-p", help="A registered prompt "
+                       "set (hpsv2, partiprompts, drawbench, coco, ...; rewardkit list prompts) "
+                       "or a .txt/.jsonl/.json/.csv/.tsv file (default: a registered preset's, "
+                       "e.g. the embedded world's).")] = None,
     prompts_source: Annotated[Optional[str], typer.Option(
         "--prompts-source", help="Where a named set's files are: a local file/folder or a hub "
         "dataset id (default: the set's own).")] = None,
@@ -69,9 +103,10 @@ def eval_command(
     prompts_param: Annotated[list[str], typer.Option(
         "--prompts-param", help="KEY=VALUE for a named prompt set, e.g. image_dir=val2014 for "
         "coco's FID references (repeatable).")] = [],  # noqa: B006
-    metrics: Annotated[str, typer.Option("--metrics", "-m", help="Comma-separated: any registered "
-                       "reward model (hpsv2, image-reward, clip-score, pickscore, aesthetic, ...) "
-                       "and distribution metrics (fid, kid, world-fd).")] = "world-judge,world-scorer,world-fd",
+    metrics: Annotated[Optional[str], typer.Option("--metrics", "-m", help="Comma-separated: any "
+                       "registered reward model (hpsv2, image-reward, clip-score, pickscore, "
+                       "aesthetic, ...) and distribution metrics (fid, kid, clip-fid, ...) "
+                       "(default: a registered preset's, e.g. the embedded world's).")] = None,
     steps: Annotated[str, typer.Option(help="Student step counts.")] = "1,2,4",
     teacher: Annotated[Optional[str], typer.Option(help="A teacher pipeline to compare with "
                        "(DDIM + classifier-free guidance); win rates are against it.")] = None,
@@ -103,6 +138,7 @@ def eval_command(
     from .prompt_sets import load_prompt_set
     from .runner import Evaluation, ModelSpec
 
+    prompts, metrics = fill_eval_defaults(prompts, metrics)
     set_params = parse_params([f"prompts.{item}" for item in prompts_param],
                               option="--prompts-param", form="KEY=VALUE").get("prompts", {})
     prompt_set = load_prompt_set(prompts, source=prompts_source, limit=limit, **set_params)

@@ -1,5 +1,6 @@
 """The ``world`` preset: what ``rewardkit run rg-lcd`` and ``rewardkit run lrm-pretrain`` do with
-no arguments (the shipped teacher, world data, ``world-judge``), and the report after rg-lcd."""
+no arguments (the shipped teacher, world data, ``world-judge``), the report after rg-lcd, and
+what ``rewardkit eval`` measures without ``--prompts`` / ``--metrics``."""
 
 from __future__ import annotations
 
@@ -31,6 +32,13 @@ class WorldPreset:
             preference_prompts=plan.lrm_preference_prompts,
             preference_steps=plan.lrm_preference_steps, eval_prompts=plan.lrm_eval_prompts,
             proxy=chosen.get("proxy", "lrm"))
+
+    def eval_defaults(self) -> dict[str, str]:
+        """``rewardkit eval``'s ``--prompts`` and ``--metrics`` when the user gives none: the
+        world's test prompts with the judge, the scorer and the world's Frechet distance."""
+        from .evaluate import METRICS
+
+        return {"prompts": "world", "metrics": ",".join(METRICS)}
 
     def after_run(self, recipe: Any, output_dir: Path) -> Path:
         """Evaluate the teacher and the trained student on the world; write and name the report."""
