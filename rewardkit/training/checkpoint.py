@@ -92,14 +92,11 @@ def read_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
 def save_checkpoint(accelerator: Any, output_dir: str | Path, step: int,
                     write_rank_files: Callable[[Path], None],
                     write_main_files: Callable[[Path], None],
-                    trainer_state: dict[str, Any], total_limit: int | None = None,
-                    accelerate_state: bool = True) -> Path:
+                    trainer_state: dict[str, Any], total_limit: int | None = None) -> Path:
     """Write ``checkpoint-{step}`` atomically; every process must call this.
 
-    ``write_rank_files(tmp)`` runs on every process (its per-rank state);
-    ``write_main_files(tmp)`` runs on the main process only (target weights, extensions).
-    ``accelerate_state=False`` skips ``accelerator.save_state`` (a recipe that writes all of
-    its state itself, without pickles: ``lrm-pretrain``).
+    ``write_rank_files(tmp)`` runs on every process (the trained state, its per-rank state);
+    ``write_main_files(tmp)`` runs on the main process only (a recipe's own state and files).
     """
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
@@ -110,8 +107,6 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, step: int,
                 shutil.rmtree(tmp)  # left over by a crash: never complete
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        if accelerate_state:
-            accelerator.save_state(str(tmp), safe_serialization=True)
         write_rank_files(tmp)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:

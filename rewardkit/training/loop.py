@@ -63,7 +63,7 @@ from .errors import TrainingError, naming_out_of_memory
 from .metrics import TrainingProgress, start_logging, write_run_config
 from .optim import build_lr_scheduler, build_optimizer
 from .output_dir import check_output_dir, clear_for_overwrite
-from .runtime import build_accelerator, step_autocast, weight_dtype
+from .runtime import build_accelerator, step_autocast, uses_deepspeed, weight_dtype
 from .safe_state import has_state, load_state, save_state
 from .train_state import load_train_state, save_train_state
 
@@ -202,9 +202,7 @@ class TrainingLoop(Recipe):
     @property
     def unwrapped_model(self) -> nn.Module:
         """The trained module without DDP/DeepSpeed wrappers."""
-        from accelerate.utils import DistributedType
-
-        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+        if uses_deepspeed(self.accelerator):
             return self.accelerator.unwrap_model(self.model)
         # accelerate's unwrap_model imports deepspeed whenever it is installed, which prints
         # "Setting accelerator to CPU" in every run that does not use it
@@ -294,8 +292,6 @@ class TrainingLoop(Recipe):
             self.model, self.optimizer, self.lr_scheduler = acc.prepare(module, optimizer,
                                                                         lr_scheduler)
         else:
-            from .train_state import uses_deepspeed
-
             if uses_deepspeed(acc):
                 raise ConfigError(f"recipe '{self.name}' trains a module DeepSpeed cannot wrap; "
                                   "launch it without DeepSpeed (plain data parallelism)")
@@ -388,8 +384,7 @@ class TrainingLoop(Recipe):
 
         return save_checkpoint(acc, self.output_dir, self.global_step, rank_files, main_files,
                                {"world_size": acc.num_processes},
-                               total_limit=self.config.checkpoints_total_limit,
-                               accelerate_state=False)
+                               total_limit=self.config.checkpoints_total_limit)
 
     def load_checkpoint(self, checkpoint: Path) -> None:
         """Restore the trained module, optimiser, LR schedule, RNGs, data position and the

@@ -125,7 +125,7 @@ def build_accelerator(*, output_dir: str | Path, mixed_precision: str,
     """An ``Accelerator`` that really runs data parallel on CPU, CUDA and DeepSpeed."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedType, ProjectConfiguration
+    from accelerate.utils import ProjectConfiguration
 
     # AcceleratorState is a process-wide singleton that refuses new settings (e.g. another
     # mixed_precision) once set; a run owns its accelerator, so drop the previous run's settings.
@@ -158,7 +158,7 @@ def build_accelerator(*, output_dir: str | Path, mixed_precision: str,
                                             logging_dir=str(output_dir / "logs")),
     )
     check_launched_processes(accelerator.num_processes)
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+    if uses_deepspeed(accelerator):
         ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
         ds_config["train_micro_batch_size_per_gpu"] = train_batch_size
         # accelerate fills "auto" from the prepared data loader, and we prepare none: DeepSpeed
@@ -212,13 +212,17 @@ def weight_dtype(mixed_precision: str) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
 
 
+def uses_deepspeed(accelerator: Any) -> bool:
+    """True when ``accelerator`` trains through DeepSpeed."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
 def _engine_casts_weights(accelerator: Any) -> bool:
     """True under DeepSpeed with bf16/fp16: the engine holds the prepared model's weights in that
     dtype (its optimiser keeps the fp32 master copies) and accelerate leaves autocast off."""
-    from accelerate.utils import DistributedType
-
-    return (accelerator.distributed_type == DistributedType.DEEPSPEED
-            and accelerator.mixed_precision in ("bf16", "fp16"))
+    return uses_deepspeed(accelerator) and accelerator.mixed_precision in ("bf16", "fp16")
 
 
 def step_autocast(accelerator: Any) -> Callable[[], ContextManager]:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .runtime import uses_deepspeed
 from .safe_state import (has_state, load_json_state, load_optimizer_state, load_state,
                          load_tensor_file, save_json_state, save_optimizer_state, save_state)
 
@@ -38,13 +39,6 @@ SCALER_STATE = "grad_scaler.json"
 def random_states_name(rank: int) -> str:
     """Name (without suffix) of process ``rank``'s RNG states."""
     return f"random_states_{rank}"
-
-
-def uses_deepspeed(accelerator: Any) -> bool:
-    """True when ``accelerator`` trains through DeepSpeed."""
-    from accelerate.utils import DistributedType
-
-    return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
 def rng_states() -> dict[str, Any]:
@@ -115,4 +109,4 @@ def load_train_state(accelerator: Any, folder: Path, model: nn.Module, optimizer
 
 
 __all__ = ["MODEL_WEIGHTS", "load_train_state", "rng_states", "save_train_state",
-           "set_rng_states", "uses_deepspeed"]
+           "set_rng_states"]
