@@ -37,7 +37,7 @@ from ..training.compile import compile_modules
 from ..training.loop import TrainingLoop
 from ..training.metrics import log_validation_images
 from ..training.runtime import fp32_master_weights
-from ..training.safe_state import load_tensor_file
+from ..training.safe_state import load_tensor_file, save_tensor_file
 from ..training.step import LCDHyper, StepOutputs, lcd_forward
 from ..training.validation import validation_grid
 from .lcd_config import LCDConfig
@@ -186,10 +186,7 @@ class LCDRecipe(TrainingLoop):
     def save_files(self, folder: Path) -> None:
         """The EMA target's weights (full fine-tuning)."""
         if self.target is not None:
-            from safetensors.torch import save_file
-
-            save_file({k: v.detach().contiguous().cpu() for k, v in self.target.state_dict().items()},
-                      str(folder / TARGET_WEIGHTS))
+            save_tensor_file(self.target.state_dict(), folder / TARGET_WEIGHTS)
 
     def load_files(self, folder: Path) -> None:
         """Restore the EMA target."""

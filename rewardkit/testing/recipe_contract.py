@@ -155,16 +155,12 @@ def check_two_processes(recipe_class: type, values: dict[str, Any], root: Path) 
                "-m", "rewardkit.testing.recipe_contract", target, config]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"two_processes: the run failed:\n{done.stderr[-3000:]}"
-    ranks = [_weights_file(out / f"contract-rank-{rank}.safetensors") for rank in (0, 1)]
+    from ..training.safe_state import load_tensor_file
+
+    ranks = [load_tensor_file(out / f"contract-rank-{rank}.safetensors") for rank in (0, 1)]
     assert ranks[0].keys() == ranks[1].keys()
     differ = [k for k in ranks[0] if not torch.equal(ranks[0][k], ranks[1][k])]
     assert not differ, f"two_processes: {len(differ)} tensors differ between ranks, e.g. {differ[:3]}"
-
-
-def _weights_file(path: Path) -> dict[str, torch.Tensor]:
-    from ..training.safe_state import load_tensor_file
-
-    return load_tensor_file(path)
 
 
 def check_recipe(recipe_class: type, values: dict[str, Any], root: str | Path, *, steps: int = 4,
@@ -189,7 +185,7 @@ def _worker(target: str, config: str) -> None:
     """One rank of :func:`check_two_processes`: train, then save this rank's weights."""
     import importlib
 
-    from safetensors.torch import save_file
+    from ..training.safe_state import save_tensor_file
 
     torch.set_num_threads(1)
     module, _, name = target.partition(":")
@@ -200,8 +196,8 @@ def _worker(target: str, config: str) -> None:
     recipe = recipe_class(recipe_class.Config(**values))
     recipe.run(progress=False)
     rank = recipe.accelerator.process_index
-    save_file({k: v.detach().contiguous().cpu() for k, v in recipe.unwrapped_model.state_dict().items()},
-              str(Path(values["output_dir"]) / f"contract-rank-{rank}.safetensors"))
+    save_tensor_file(recipe.unwrapped_model.state_dict(),
+                     Path(values["output_dir"]) / f"contract-rank-{rank}.safetensors")
 
 
 if __name__ == "__main__":

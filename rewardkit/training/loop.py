@@ -64,7 +64,7 @@ from .metrics import TrainingProgress, start_logging, write_run_config
 from .optim import build_lr_scheduler, build_optimizer
 from .output_dir import check_output_dir, clear_for_overwrite
 from .runtime import build_accelerator, step_autocast, uses_deepspeed, weight_dtype
-from .safe_state import has_state, load_state, save_state
+from .safe_state import has_state, load_state, save_state, save_tensor_file
 from .train_state import load_train_state, save_train_state
 
 logger = logging.getLogger(__name__)
@@ -178,12 +178,9 @@ class TrainingLoop(Recipe):
     def save_final(self) -> Path:
         """The recipe's output after the last step (the loop calls it on every process; write
         on the main one). Default: the trained module's state as ``output_dir/model.safetensors``."""
-        from safetensors.torch import save_file
-
         path = self.output_dir / "model.safetensors"
         if self.accelerator.is_main_process:
-            save_file({k: v.detach().contiguous().cpu()
-                       for k, v in self.unwrapped_model.state_dict().items()}, str(path))
+            save_tensor_file(self.unwrapped_model.state_dict(), path)
         self.accelerator.wait_for_everyone()
         return path
 

@@ -29,7 +29,8 @@ from torch import nn
 from ..errors import ConfigError
 from .runtime import uses_deepspeed
 from .safe_state import (has_state, load_json_state, load_optimizer_state, load_state,
-                         load_tensor_file, save_json_state, save_optimizer_state, save_state)
+                         load_tensor_file, save_json_state, save_optimizer_state, save_state,
+                         save_tensor_file)
 
 MODEL_WEIGHTS = "model.safetensors"
 SCHEDULER_STATE = "scheduler.json"
@@ -72,10 +73,7 @@ def save_train_state(accelerator: Any, folder: Path, model: nn.Module, optimizer
         accelerator.save_state(str(folder), safe_serialization=True)
         return
     if accelerator.is_main_process:
-        from safetensors.torch import save_file
-
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
-                  str(folder / MODEL_WEIGHTS))
+        save_tensor_file(model.state_dict(), folder / MODEL_WEIGHTS)
         save_optimizer_state(optimizer, folder)
         save_json_state(lr_scheduler.state_dict(), folder / SCHEDULER_STATE)
         if accelerator.scaler is not None:
