@@ -47,7 +47,7 @@ def synchronize(device: torch.device) -> None:
 
 def build_assets(root: Path, latent_size: int, channels: tuple[int, ...]) -> tuple[Path, Path]:
     from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
-    from rewardkit.training.testing import write_tiny_image_folder
+    from rewardkit.testing.tiny_training import write_tiny_image_folder
 
     teacher = build_tiny_sd_pipeline(root / "teacher", sample_size=latent_size,
                                      unet_block_out_channels=channels,
@@ -59,7 +59,7 @@ def build_assets(root: Path, latent_size: int, channels: tuple[int, ...]) -> tup
 
 def bench_training(teacher: Path, data: Path, out: Path, args: argparse.Namespace) -> dict:
     from rewardkit.recipes.lcd import LCDRecipe
-    from rewardkit.training.testing import tiny_lcd_config
+    from rewardkit.testing.tiny_training import tiny_lcd_config
 
     recipe = LCDRecipe(tiny_lcd_config(
         teacher, data, out, resolution=args.latent_size * 2, train_batch_size=args.batch,

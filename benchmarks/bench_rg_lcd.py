@@ -69,7 +69,7 @@ def synchronize(device: torch.device) -> None:
 def build_assets(root: Path, args: argparse.Namespace) -> dict[str, str]:
     from rewardkit.testing.tiny_clip import build_tiny_clip
     from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
-    from rewardkit.training.testing import write_tiny_image_folder
+    from rewardkit.testing.tiny_training import write_tiny_image_folder
 
     channels = tuple(int(c) for c in args.channels.split(","))
     teacher = build_tiny_sd_pipeline(root / "teacher", sample_size=args.latent_size,
@@ -84,7 +84,7 @@ def build_assets(root: Path, args: argparse.Namespace) -> dict[str, str]:
 def build_recipe(mode: str, assets: dict[str, str], out: Path, args: argparse.Namespace):
     from rewardkit.recipes.lcd import LCDRecipe
     from rewardkit.recipes.rg_lcd import RGLCDConfig, RGLCDRecipe
-    from rewardkit.training.testing import tiny_lcd_config
+    from rewardkit.testing.tiny_training import tiny_lcd_config
 
     base = tiny_lcd_config(
         assets["teacher"], assets["data"], out, resolution=args.latent_size * 2,

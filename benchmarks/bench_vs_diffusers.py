@@ -204,7 +204,7 @@ def unet_timer(modules, device):
 
 def build(args, root: Path):
     from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
-    from rewardkit.training.testing import write_tiny_image_folder
+    from rewardkit.testing.tiny_training import write_tiny_image_folder
 
     widths = tuple(int(w) for w in args.widths.split(","))
     heads = [int(h) for h in args.head_dim.split(",")]

@@ -65,7 +65,7 @@ def gradient_check(teacher: Path, backend: str, device: torch.device) -> dict:
 def training_check(teacher: Path, data: Path, root: Path, backend: str, steps: int) -> dict:
     """The recipe runs where accelerate puts it (the GPU when there is one)."""
     from rewardkit.recipes.lcd import LCDRecipe
-    from rewardkit.training.testing import tiny_lcd_config
+    from rewardkit.testing.tiny_training import tiny_lcd_config
 
     result = {}
     for flag in (False, True):
@@ -100,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
-    from rewardkit.training.testing import write_tiny_image_folder
+    from rewardkit.testing.tiny_training import write_tiny_image_folder
 
     device = torch.device(args.device)
     if args.no_workaround:

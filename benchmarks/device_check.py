@@ -202,7 +202,7 @@ class Stage:
         """A rewardkit recipe on architecture ``arch`` fed pre-encoded latents of ``batch``
         images (encoded once, as ``rewardkit data encode`` stores them)."""
         import rewardkit as rk
-        from rewardkit.training.testing import write_tiny_image_folder
+        from rewardkit.testing.tiny_training import write_tiny_image_folder
 
         side = self.side(arch)
         data = write_tiny_image_folder(self.models / f"data-{arch}", count=batch, size=side)

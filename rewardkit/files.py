@@ -7,6 +7,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any, Callable
 
 
 def replace_path(src: Path, dst: Path) -> None:
@@ -26,3 +27,17 @@ def replace_path(src: Path, dst: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink(missing_ok=True)
+
+
+def write_aside(path: Path, write: Callable[[Path], Any]) -> Path:
+    """``write(tmp)`` into a fresh sibling of ``path``, then :func:`replace_path` it onto
+    ``path``: a crash while writing leaves the previous ``path`` (or none), never half of one."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp"
+    if tmp.is_dir():
+        shutil.rmtree(tmp)
+    elif tmp.exists():
+        tmp.unlink()
+    write(tmp)
+    replace_path(tmp, path)
+    return path

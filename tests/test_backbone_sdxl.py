@@ -19,7 +19,7 @@ from rewardkit.rewards.base import RewardModel
 from rewardkit.testing import check_backbone
 from rewardkit.testing.tiny_sdxl import build_tiny_sdxl_pipeline
 from rewardkit.training.metrics import read_metrics
-from rewardkit.training.testing import write_tiny_image_folder
+from rewardkit.testing.tiny_training import write_tiny_image_folder
 
 SMALL_LRM = dict(embed_dim=16, image_widths=[8, 16], text_width=16, text_heads=2)
 PROMPTS = ["a photo of a red circle", "a blue square"]

@@ -169,7 +169,7 @@ if __name__ == "__main__":
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
-    from rewardkit.training.testing import write_tiny_image_folder
+    from rewardkit.testing.tiny_training import write_tiny_image_folder
 
     root = tmp_path_factory.mktemp("ds-bf16")
     return {"teacher": build_tiny_sd_pipeline(root / "teacher"),

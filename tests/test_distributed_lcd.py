@@ -39,7 +39,7 @@ def child_env(**extra: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
-    from rewardkit.training.testing import write_tiny_image_folder
+    from rewardkit.testing.tiny_training import write_tiny_image_folder
 
     root = tmp_path_factory.mktemp("dist")
     return {"teacher": build_tiny_sd_pipeline(root / "teacher"),
@@ -53,7 +53,7 @@ def worker(out: str, teacher: str, data: str, steps: int, extra: dict) -> None:
     """Train ``steps`` steps and record this rank's data keys, world and final weights."""
     torch.set_num_threads(1)
     from rewardkit.recipes.lcd import LCDRecipe
-    from rewardkit.training.testing import tiny_lcd_config
+    from rewardkit.testing.tiny_training import tiny_lcd_config
 
     class Recording(LCDRecipe):
         keys: list[str] = []

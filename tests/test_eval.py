@@ -18,7 +18,7 @@ from rewardkit.evaluation import PromptSet, load_prompt_set, read_prompt_set, wi
 from rewardkit.plugins import reset_host
 from rewardkit.testing.tiny_clip import build_tiny_clip
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
-from rewardkit.training.testing import write_tiny_image_folder
+from rewardkit.testing.tiny_training import write_tiny_image_folder
 
 PROMPTS = ["a red circle", "a green square", "a blue circle", "a red square"]
 
@@ -304,7 +304,7 @@ def test_a_training_checkpoint_is_evaluated_as_the_pipeline_it_holds(models, tmp
     from safetensors.torch import load_file
 
     from rewardkit.recipes.lcd import LCDRecipe
-    from rewardkit.training.testing import tiny_lcd_config
+    from rewardkit.testing.tiny_training import tiny_lcd_config
 
     data = write_tiny_image_folder(tmp_path / "data", count=4, size=16)
     run = tmp_path / "run"

@@ -20,7 +20,7 @@ from rewardkit.testing.host_syncs import count_host_syncs
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
 from rewardkit.training.checkpoint import list_checkpoints
 from rewardkit.training.errors import TrainingError
-from rewardkit.training.testing import tiny_lcd_config, write_tiny_image_folder
+from rewardkit.testing.tiny_training import tiny_lcd_config, write_tiny_image_folder
 
 from test_step_pinned import RUNS, redness
 

@@ -123,7 +123,7 @@ def test_cli_reports_a_bad_value_naming_the_key(teacher_dir, capsys):
 def test_resolution_is_checked_against_the_teacher_before_anything_loads(
         tmp_path_factory, resolution, match):
     from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
-    from rewardkit.training.testing import write_tiny_image_folder
+    from rewardkit.testing.tiny_training import write_tiny_image_folder
 
     root = tmp_path_factory.mktemp("resolution")
     teacher = build_tiny_sd_pipeline(root / "teacher")  # VAE factor 2, two UNet down blocks

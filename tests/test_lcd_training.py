@@ -15,7 +15,7 @@ from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
 from rewardkit.training.checkpoint import list_checkpoints, resolve_resume
 from rewardkit.training.errors import TrainingError
 from rewardkit.training.metrics import read_metrics
-from rewardkit.training.testing import tiny_lcd_config, write_tiny_image_folder
+from rewardkit.testing.tiny_training import tiny_lcd_config, write_tiny_image_folder
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from rewardkit.backbones.stable_diffusion_xl import StableDiffusionXLBackbone
 from rewardkit.errors import ConfigError
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
 from rewardkit.testing.tiny_sdxl import build_tiny_sdxl_pipeline
-from rewardkit.training.testing import tiny_lcd_config, write_tiny_image_folder
+from rewardkit.testing.tiny_training import tiny_lcd_config, write_tiny_image_folder
 
 DIM = 32
 

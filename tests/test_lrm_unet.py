@@ -20,7 +20,7 @@ from rewardkit.proxies.factory import build_proxy
 from rewardkit.proxies.losses import pairwise_accuracy
 from rewardkit.proxies.unet_lrm import UNetLatentRewardModel
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
-from rewardkit.training.testing import tiny_lcd_config, write_tiny_image_folder
+from rewardkit.testing.tiny_training import tiny_lcd_config, write_tiny_image_folder
 
 SMALL = dict(embed_dim=16, text_width=16, text_heads=2)
 TEXT_DIM = 32  # the tiny teacher's cross_attention_dim

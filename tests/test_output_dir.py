@@ -15,7 +15,7 @@ from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
 from rewardkit.recipes.lcd_config import LCDConfig
 from rewardkit.training.metrics import read_metrics
 from rewardkit.training.output_dir import check_output_dir, clear_run, run_entries
-from rewardkit.training.testing import tiny_lcd_config, write_tiny_image_folder
+from rewardkit.testing.tiny_training import tiny_lcd_config, write_tiny_image_folder
 
 
 @pytest.fixture(scope="module")

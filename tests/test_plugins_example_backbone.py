@@ -39,7 +39,7 @@ def test_rewardkit_run_lcd_trains_with_the_plugin_backbone(example_installed, tm
 
     from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
     from rewardkit.training.metrics import read_metrics
-    from rewardkit.training.testing import tiny_lcd_config, write_tiny_image_folder
+    from rewardkit.testing.tiny_training import tiny_lcd_config, write_tiny_image_folder
 
     teacher = build_tiny_sd_pipeline(tmp_path / "teacher")
     AutoencoderTiny(encoder_block_out_channels=(16, 16), decoder_block_out_channels=(16, 16),

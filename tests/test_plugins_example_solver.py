@@ -83,7 +83,7 @@ def test_console_script_sees_the_example(example_installed, rewardkit_command):
 def test_rewardkit_run_lcd_trains_with_the_plugin_solver(example_installed, tmp_path):
     from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
     from rewardkit.training.metrics import read_metrics
-    from rewardkit.training.testing import tiny_lcd_config, write_tiny_image_folder
+    from rewardkit.testing.tiny_training import tiny_lcd_config, write_tiny_image_folder
 
     teacher = build_tiny_sd_pipeline(tmp_path / "teacher")
     data = write_tiny_image_folder(tmp_path / "data", count=4, size=16)

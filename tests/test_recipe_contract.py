@@ -11,7 +11,7 @@ from rewardkit.recipes.lrm_pretrain import LRMPretrainRecipe
 from rewardkit.recipes.rg_lcd import RGLCDRecipe
 from rewardkit.testing.recipe_contract import check_recipe
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
-from rewardkit.training.testing import write_tiny_image_folder
+from rewardkit.testing.tiny_training import write_tiny_image_folder
 
 SMALL_LRM = dict(embed_dim=16, image_widths=[8, 16], text_width=16, text_heads=2)
 

@@ -16,7 +16,7 @@ from rewardkit.rewards.base import RewardModel
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
 from rewardkit.recipes.lcd_config import LCDConfig
 from rewardkit.training.metrics import read_metrics
-from rewardkit.training.testing import tiny_lcd_config, write_tiny_image_folder
+from rewardkit.testing.tiny_training import tiny_lcd_config, write_tiny_image_folder
 
 SMALL_LRM = dict(embed_dim=16, image_widths=[8, 16], text_width=16, text_heads=2)
 

@@ -24,7 +24,7 @@ def worker(out: str, teacher: str, data: str) -> None:
     """Train 2 LRM-mode steps without a seed; save this rank's initial and final LRM."""
     torch.set_num_threads(1)
     from rewardkit.recipes.rg_lcd import RGLCDConfig, RGLCDRecipe
-    from rewardkit.training.testing import tiny_lcd_config
+    from rewardkit.testing.tiny_training import tiny_lcd_config
 
     base = dataclasses.asdict(tiny_lcd_config(teacher, data, out, max_train_steps=2))
     config = RGLCDConfig(**{**base, "seed": None, "reward": "jpeg-compressibility",
@@ -46,7 +46,7 @@ def free_port() -> int:
 
 def test_two_processes_keep_one_identical_lrm(tmp_path):
     from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
-    from rewardkit.training.testing import write_tiny_image_folder
+    from rewardkit.testing.tiny_training import write_tiny_image_folder
 
     teacher = build_tiny_sd_pipeline(tmp_path / "teacher")
     data = write_tiny_image_folder(tmp_path / "data", count=8, size=16)

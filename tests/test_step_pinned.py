@@ -66,7 +66,7 @@ def fingerprints(root: Path) -> dict:
     import rewardkit as rk
     from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
     from rewardkit.training.metrics import read_metrics
-    from rewardkit.training.testing import write_tiny_image_folder
+    from rewardkit.testing.tiny_training import write_tiny_image_folder
 
     torch.set_num_threads(1)
     teacher = build_tiny_sd_pipeline(root / "teacher")

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
 from rewardkit.training.checkpoint import list_checkpoints
 from rewardkit.training.metrics import read_metrics
-from rewardkit.training.testing import write_tiny_image_folder
+from rewardkit.testing.tiny_training import write_tiny_image_folder
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "training.md"
 

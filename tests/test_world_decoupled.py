@@ -19,7 +19,7 @@ from pathlib import Path
 import rewardkit as rk
 from rewardkit.errors import ConfigError
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
-from rewardkit.training.testing import write_tiny_image_folder
+from rewardkit.testing.tiny_training import write_tiny_image_folder
 
 root = Path(tempfile.mkdtemp())
 teacher = build_tiny_sd_pipeline(root / "teacher")

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
 from ..errors import ConfigError
-from ..files import replace_path
+from ..files import write_aside
 from .preference_set import PreferenceSet
 
 logger = logging.getLogger(__name__)
@@ -94,11 +93,7 @@ def ensure_preference_set(folder: str | Path, identity: dict[str, Any],
         return False
     pset = build()
     pset.meta[IDENTITY_KEY] = identity
-    tmp = folder.parent / f".{folder.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    pset.save(tmp)
-    replace_path(tmp, folder)
+    write_aside(folder, pset.save)
     return True
 
 

@@ -32,7 +32,6 @@ from ..backbones.conditioning import Conditioning
 from ..consistency import EMAUpdater
 from ..errors import ConfigError
 from ..solvers.base import ConsistencySolver
-from ..training.checkpoint import TARGET_WEIGHTS
 from ..training.compile import compile_modules
 from ..training.loop import TrainingLoop
 from ..training.metrics import log_validation_images
@@ -41,6 +40,9 @@ from ..training.safe_state import load_tensor_file, save_tensor_file
 from ..training.step import LCDHyper, StepOutputs, lcd_forward
 from ..training.validation import validation_grid
 from .lcd_config import LCDConfig
+
+#: The EMA target's weights in a checkpoint (full fine-tuning).
+TARGET_WEIGHTS = "target.safetensors"
 
 
 class LCDRecipe(TrainingLoop):
@@ -67,15 +69,7 @@ class LCDRecipe(TrainingLoop):
             return get_host().get("solver", cfg.solver).build(
                 alphas_cumprod=backbone.schedule, num_ddim_timesteps=cfg.num_ddim_timesteps,
                 **cfg.solver_params)
-        if solver.num_ddim_timesteps != cfg.num_ddim_timesteps:
-            raise ConfigError(f"solver: the built solver has num_ddim_timesteps "
-                              f"{solver.num_ddim_timesteps}, the config {cfg.num_ddim_timesteps}; "
-                              "build it with the same value or set num_ddim_timesteps")
-        teacher = backbone.alphas_cumprod.detach().double().cpu()
-        own = torch.as_tensor(solver.alphas_cumprod).detach().double().cpu()
-        if own.shape != teacher.shape or not torch.allclose(own, teacher, atol=1e-6):
-            raise ConfigError("solver: the built solver's alphas_cumprod is not the teacher's "
-                              "noise schedule; build it with alphas_cumprod=backbone.alphas_cumprod")
+        solver.check_fits(backbone.alphas_cumprod, cfg.num_ddim_timesteps)
         return solver
 
     def build_student(self, backbone: Any) -> nn.Module:

@@ -20,8 +20,7 @@ from ..config import config_field as _f
 from ..consistency import LOSS_TYPES
 from ..errors import ConfigError
 from ..training.compile import check_compile
-from ..training.config import (DEFAULT_VALIDATION_PROMPTS, TrainingConfig, _choice,
-                               check_component)
+from ..training.config import DEFAULT_VALIDATION_PROMPTS, TrainingConfig, _choice, check_named
 
 
 @dataclass
@@ -100,34 +99,23 @@ class LCDConfig(TrainingConfig):
 
     def validate(self) -> None:
         """The shared checks, then LCD's own, naming the key, before anything is loaded."""
-        from .given import is_given
-
         super().validate()
-        for key in ("num_ddim_timesteps", "unet_time_cond_proj_dim", "lora_rank"):
-            if getattr(self, key) is not None and getattr(self, key) <= 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
-        if not is_given(self, "solver"):
-            check_component("solver", "solver", self.solver, self.solver_params, "solver_params",
-                            reserved={"num_ddim_timesteps": "num_ddim_timesteps",
-                                      "alphas_cumprod": "pretrained_teacher_model"})
+        self.require_positive("num_ddim_timesteps", "unet_time_cond_proj_dim", "lora_rank",
+                              "timestep_scaling_factor", "lora_alpha")
+        self.require_non_negative("w_min", "huber_c")
+        check_named(self, "solver", "solver",
+                    reserved={"num_ddim_timesteps": "num_ddim_timesteps",
+                              "alphas_cumprod": "pretrained_teacher_model"})
         if self.unet_time_cond_proj_dim is not None and self.unet_time_cond_proj_dim % 2:
             raise ConfigError(f"unet_time_cond_proj_dim must be even, got "
                               f"{self.unet_time_cond_proj_dim}")
-        for key in ("w_min", "huber_c"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key} must not be negative, got {getattr(self, key)}")
         if self.w_min > self.w_max:
             raise ConfigError(f"w_min ({self.w_min}) must not exceed w_max ({self.w_max})")
         if not 0.0 <= self.ema_decay <= 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1], got {self.ema_decay}")
-        if self.timestep_scaling_factor <= 0:
-            raise ConfigError("timestep_scaling_factor must be positive, got "
-                              f"{self.timestep_scaling_factor}")
         _choice("loss_type", self.loss_type, LOSS_TYPES)  # the consistency distances
         if self.compile:
             check_compile(self.compile_backend, self.compile_mode)
-        if self.lora_alpha is not None and self.lora_alpha <= 0:
-            raise ConfigError(f"lora_alpha must be positive, got {self.lora_alpha}")
         if any(s <= 0 for s in self.validation_inference_steps):
             raise ConfigError("validation_inference_steps must all be positive, got "
                               f"{self.validation_inference_steps}")

@@ -40,8 +40,6 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -53,7 +51,7 @@ from ..config import OURS
 from ..config import config_field as _f
 from ..distributed import broadcast_from_main
 from ..errors import ConfigError
-from ..files import replace_path
+from ..files import write_aside
 from ..proxies.base import ProxyRewardModel
 from ..proxies.factory import PROXY_DIR
 from ..proxies.preference_set import (DEFAULT_NOISE_LEVELS, DEFAULT_TEACHER_SETTINGS,
@@ -61,12 +59,11 @@ from ..proxies.preference_set import (DEFAULT_NOISE_LEVELS, DEFAULT_TEACHER_SETT
 from ..proxies.pretrain_losses import (caption_groups, multi_positive_info_nce, pairwise_agreement,
                                        pairwise_logistic_loss, retrieval_accuracy)
 from ..proxies.pretrain_sets import ensure_preference_set, expert_on_latents, first_samples
+from ..data.specs import check_data_spec
 from ..rewards.base import RewardModel
 from ..rewards.build import build_expert
-from ..training.config import TrainingConfig, check_component
-from ..data.specs import check_data_spec
+from ..training.config import TrainingConfig, check_named
 from ..training.loop import TrainingLoop
-from .given import is_given
 
 PREFERENCE_SET_DIR = "preference_set"
 HELDOUT_SET_DIR = "heldout_preference_set"
@@ -173,16 +170,10 @@ class LRMPretrainConfig(TrainingConfig):
             if not self.reward:
                 raise ConfigError("eval_shards_path_or_url needs reward (the expert that scores "
                                   "the held-out candidates)")
-        for key in ("preference_num_prompts", "preference_batch_size",
-                    "preference_build_batch_size", "eval_num_prompts"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
-        for key in ("contrastive_steps", "preference_steps"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key} must not be negative, got {getattr(self, key)}")
-        if self.preference_learning_rate <= 0:
-            raise ConfigError("preference_learning_rate must be positive, got "
-                              f"{self.preference_learning_rate}")
+        self.require_positive("preference_num_prompts", "preference_batch_size",
+                              "preference_build_batch_size", "eval_num_prompts",
+                              "preference_learning_rate")
+        self.require_non_negative("contrastive_steps", "preference_steps")
         if self.lr_scheduler != "constant":
             raise ConfigError(f"lr_scheduler: lrm-pretrain warms each stage up over "
                               f"lr_warmup_steps and then holds its rate; it takes 'constant' "
@@ -194,11 +185,10 @@ class LRMPretrainConfig(TrainingConfig):
             raise ConfigError("contrastive_steps is 0 and there is no preference stage (it needs "
                               "reward and preference_steps > 0): nothing to train")
         self._check_candidates()
-        if self.pretrained_proxy and not Path(
-                os.path.expanduser(self.pretrained_proxy)).is_dir():
-            raise ConfigError(f"pretrained_proxy: '{self.pretrained_proxy}' is not a "
-                              "folder")
-        self._check_components()
+        self.require_folder("pretrained_proxy")
+        check_named(self, "proxy", "proxy", loaded_into="pretrained_proxy")
+        if self.reward:
+            check_named(self, "reward", "reward")
 
     def _check_candidates(self) -> None:
         for setting in self.preference_teacher_settings:
@@ -210,18 +200,6 @@ class LRMPretrainConfig(TrainingConfig):
         if any(level <= 0 for level in self.preference_noise_levels):
             raise ConfigError("preference_noise_levels must be positive, got "
                               f"{self.preference_noise_levels}")
-
-    def _check_components(self) -> None:
-        if not is_given(self, "proxy"):
-            check_component("proxy", "proxy", self.proxy, self.proxy_params, "proxy_params")
-        elif self.pretrained_proxy:
-            raise ConfigError("pretrained_proxy: the proxy was passed built, so there is "
-                              "nothing to load it into; load it yourself (from_pretrained) or "
-                              "pass the proxy by name")
-        if self.reward and not is_given(self, "reward"):
-            check_component("reward", "reward", self.reward, self.reward_params, "reward_params")
-
-
 
 
 def warmup_factor(step_in_stage: int, warmup_steps: int) -> float:
@@ -316,32 +294,31 @@ class LRMPretrainRecipe(TrainingLoop):
 
     def preference_sets(self) -> None:
         """Build (main process, once, cached in output_dir) and load the preference sets."""
-        cfg, acc = self.config, self.accelerator
-        wanted = []
-        if cfg.preference_enabled:
-            wanted.append(("preference_set", PREFERENCE_SET_DIR, cfg.train_shards_path_or_url,
-                           cfg.preference_num_prompts))
+        cfg = self.config
+        wanted = {"preference_set": (PREFERENCE_SET_DIR, cfg.train_shards_path_or_url,
+                                     cfg.preference_num_prompts)} if cfg.preference_enabled else {}
         if cfg.eval_shards_path_or_url:
-            wanted.append(("heldout_set", HELDOUT_SET_DIR, cfg.eval_shards_path_or_url,
-                           cfg.eval_num_prompts))
-        if not wanted:
-            return
-        if acc.is_main_process:
+            wanted["heldout_set"] = (HELDOUT_SET_DIR, cfg.eval_shards_path_or_url,
+                                     cfg.eval_num_prompts)
+        experts: list[Any] = []  # built on the first set that is not cached, then shared
+
+        def build(spec: str, count: int) -> PreferenceSet:
+            if not experts:
+                experts.append(expert_on_latents(self.build_reward_model(), self.backbone))
+            return self.build_set(experts[0], spec, count)
+
+        def build_missing() -> None:
             # the RM and the sets use RNGs of their own; the training streams stay untouched
             with torch.random.fork_rng(devices=[]):
-                expert = None
-                for _, folder, spec, count in wanted:
-                    def build(spec: str = spec, count: int = count) -> PreferenceSet:
-                        nonlocal expert
-                        if expert is None:
-                            expert = expert_on_latents(self.build_reward_model(), self.backbone)
-                        return self.build_set(expert, spec, count)
+                for folder, spec, count in wanted.values():
                     if ensure_preference_set(self.output_dir / folder,
-                                             self.set_identity(spec, count), build):
-                        acc.print(f"preference set written to {self.output_dir / folder}")
-                del expert
-        acc.wait_for_everyone()
-        for attribute, folder, _, _ in wanted:
+                                             self.set_identity(spec, count),
+                                             lambda: build(spec, count)):
+                        self.print(f"preference set written to {self.output_dir / folder}")
+
+        if wanted:
+            self.on_main_process(build_missing)
+        for attribute, (folder, _, _) in wanted.items():
             setattr(self, attribute, PreferenceSet.load(self.output_dir / folder))
 
     def set_identity(self, spec: str, count: int) -> dict[str, Any]:
@@ -364,7 +341,7 @@ class LRMPretrainRecipe(TrainingLoop):
             teacher_settings=[(int(s), float(g)) for s, g in cfg.preference_teacher_settings],
             noise_levels=[float(v) for v in cfg.preference_noise_levels], seed=seed,
             batch_size=cfg.preference_build_batch_size,
-            progress=lambda message: self.accelerator.print(f"preference set ({spec}): {message}"))
+            progress=lambda message: self.print(f"preference set ({spec}): {message}"))
 
     # ================================================================ the two stages
 
@@ -477,13 +454,7 @@ class LRMPretrainRecipe(TrainingLoop):
     def save_final(self) -> Path:
         """The proxy as ``output_dir/proxy`` (written aside, renamed into place)."""
         path = self.output_dir / PROXY_DIR
-        if self.accelerator.is_main_process:
-            tmp = self.output_dir / f".{PROXY_DIR}.tmp"
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            self.proxy_model.save_pretrained(tmp)
-            replace_path(tmp, path)
-        self.accelerator.wait_for_everyone()
+        self.on_main_process(lambda: write_aside(path, self.proxy_model.save_pretrained))
         return path
 
 

@@ -70,7 +70,7 @@ import torch
 
 from ..distributed import broadcast_from_main
 from ..errors import ConfigError
-from ..files import replace_path
+from ..files import write_aside
 from ..proxies.base import ProxyRewardModel
 from ..proxies.factory import PROXY_DIR
 from ..proxies.losses import GT, PROXY_LOSS_TYPES, STUDENT, TARGET
@@ -83,7 +83,7 @@ from ..rewards.base import RewardModel
 from ..rewards.build import build_expert
 from ..config import OURS
 from ..config import config_field as _f
-from ..training.config import check_component
+from ..training.config import check_component, check_named
 from ..training.step import StepOutputs
 from .given import is_given
 from .presets import after_run
@@ -198,12 +198,7 @@ class RGLCDConfig(LCDConfig):
             differentiable = getattr(get_host().get("reward", self.reward).factory,
                                      "differentiable", True)
         if self.proxy != NO_PROXY:
-            if not is_given(self, "proxy"):
-                check_component("proxy", "proxy", self.proxy, self.proxy_params, "proxy_params")
-            elif self.pretrained_proxy:
-                raise ConfigError("pretrained_proxy: the proxy was passed built, so there is "
-                                  "nothing to load it into; load it yourself "
-                                  "(from_pretrained) or pass the proxy by name")
+            check_named(self, "proxy", "proxy", loaded_into="pretrained_proxy")
         elif differentiable is False:
             raise ConfigError(_not_differentiable(self.reward))
         if self.proxy == NO_PROXY and self.pretrained_proxy:
@@ -216,12 +211,11 @@ class RGLCDConfig(LCDConfig):
                 raise ConfigError("report: no registered preset writes a report after rg-lcd "
                                   "(the embedded world's does; is rewardkit.world.plugin "
                                   "disabled?); drop report")
-        if self.reward_scale < 0:
-            raise ConfigError(f"reward_scale must not be negative, got {self.reward_scale}")
-        for key in ("proxy_batch_size", "vae_decode_batch_size", "proxy_lr", "proxy_updates_per_step",
-                    "proxy_update_every"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
+        self.require_non_negative("reward_scale", "proxy_warmup_steps", "proxy_replay_size",
+                                  "proxy_eval_num_prompts")
+        self.require_positive("proxy_batch_size", "vae_decode_batch_size", "proxy_lr",
+                              "proxy_updates_per_step", "proxy_update_every",
+                              "proxy_rehearsal_batch_size", "proxy_rehearsal_weight")
         if self.proxy_rehearsal_set is not None:
             if self.proxy == NO_PROXY:
                 raise ConfigError("proxy_rehearsal_set is only used with a proxy; set proxy=lrm "
@@ -231,15 +225,7 @@ class RGLCDConfig(LCDConfig):
                 raise ConfigError(f"proxy_rehearsal_set: '{self.proxy_rehearsal_set}' holds no "
                                   "saved preference set (preference_set.json); pass the "
                                   "preference_set/ folder lrm-pretrain wrote")
-        for key in ("proxy_rehearsal_batch_size", "proxy_rehearsal_weight"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
-        for key in ("proxy_warmup_steps", "proxy_replay_size", "proxy_eval_num_prompts"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key} must not be negative, got {getattr(self, key)}")
-        if self.expert_logit_scale is not None and self.expert_logit_scale <= 0:
-            raise ConfigError(f"expert_logit_scale must be positive (or None), got "
-                              f"{self.expert_logit_scale}")
+        self.require_positive("expert_logit_scale")
         if self.proxy_replay_size and self.proxy_replay_size < self.proxy_batch_size:
             raise ConfigError(f"proxy_replay_size ({self.proxy_replay_size}) must hold at least "
                               f"one update's proxy_batch_size ({self.proxy_batch_size}) triples, or be 0")
@@ -250,11 +236,7 @@ class RGLCDConfig(LCDConfig):
         if self.proxy_loss_type not in PROXY_LOSS_TYPES:
             raise ConfigError(f"proxy_loss_type must be one of {', '.join(PROXY_LOSS_TYPES)}, got "
                               f"{self.proxy_loss_type!r}")
-        if self.pretrained_proxy:
-            path = Path(os.path.expanduser(self.pretrained_proxy))
-            if not path.is_dir():
-                raise ConfigError(f"pretrained_proxy: '{self.pretrained_proxy}' is not "
-                                  "a folder")
+        self.require_folder("pretrained_proxy")
 
 
 def _not_differentiable(name: str) -> str:
@@ -325,22 +307,18 @@ class RGLCDRecipe(LCDRecipe):
                 raise ConfigError(f"proxy_rehearsal_set: its prompt embeddings are "
                                   f"{pset.prompt_embeds.shape[-1]}-wide but the teacher's are "
                                   f"{self.backbone.text_embed_dim}; build it with this teacher")
-            found = other_latent_size(pset.latents, self.latent_side)
-            if found:
-                raise ConfigError(f"proxy_rehearsal_set: '{cfg.proxy_rehearsal_set}' holds "
-                                  f"{found} latents but resolution {cfg.resolution} trains on "
-                                  f"{self.latent_side}x{self.latent_side} ones; rehearse a set "
-                                  f"built at resolution {cfg.resolution} (lrm-pretrain "
-                                  "--resolution writes one in output_dir/preference_set) or drop "
-                                  "proxy_rehearsal_set")
+            self.check_latent_side(pset.latents, f"proxy_rehearsal_set: "
+                                   f"'{cfg.proxy_rehearsal_set}'",
+                                   f"rehearse a set built at resolution {cfg.resolution} "
+                                   "(lrm-pretrain --resolution writes one in "
+                                   "output_dir/preference_set) or drop proxy_rehearsal_set")
             rehearsal = Rehearsal(pset, cfg.proxy_rehearsal_batch_size, cfg.proxy_rehearsal_weight)
         self.proxy_updater = ProxyUpdater(proxy, loss_type=cfg.proxy_loss_type,
                                           smooth_gt_label=cfg.smooth_gt_label, lr=cfg.proxy_lr,
                                           rehearsal=rehearsal)
         self.replay = CandidateReplay(cfg.proxy_replay_size) if cfg.proxy_replay_size else None
-        if cfg.proxy_eval_num_prompts and accelerator.is_main_process:
-            self.heldout = self.heldout_preference_set()
-        accelerator.wait_for_everyone()
+        if cfg.proxy_eval_num_prompts:
+            self.heldout = self.on_main_process(self.heldout_preference_set)
 
     def heldout_preference_set(self) -> PreferenceSet:
         """The held-out preference set: built once (from data the proxy never trains on) and
@@ -352,14 +330,9 @@ class RGLCDRecipe(LCDRecipe):
         folder = self.output_dir / HELDOUT_DIR
         if (folder / "preference_set.json").is_file():
             pset = PreferenceSet.load(folder)
-            found = other_latent_size(pset.latents, self.latent_side)
-            if found:
-                raise ConfigError(f"resolution: the held-out preference set of this run "
-                                  f"('{folder}') holds {found} latents but resolution "
-                                  f"{cfg.resolution} trains on {self.latent_side}x"
-                                  f"{self.latent_side} ones; resume at the resolution the run "
-                                  "started with, or delete that folder to build a new held-out "
-                                  "set")
+            self.check_latent_side(pset.latents, f"resolution: the held-out preference set of "
+                                   f"this run ('{folder}')", "resume at the resolution the run "
+                                   "started with, or delete that folder to build a new one")
             return pset
         spec = cfg.proxy_eval_shards_path_or_url or cfg.train_shards_path_or_url
         source = resolve_source(spec, cfg.resolution)
@@ -380,7 +353,7 @@ class RGLCDRecipe(LCDRecipe):
             student=self.unwrapped_student, time_cond_proj_dim=cfg.unet_time_cond_proj_dim,
             student_guidance_scale=cfg.validation_guidance_scale, seed=cfg.proxy_eval_seed,
             batch_size=cfg.vae_decode_batch_size)
-        replace_path(pset.save(folder.with_name(folder.name + ".tmp")), folder)
+        write_aside(folder, pset.save)
         return pset
 
     @property
@@ -388,6 +361,14 @@ class RGLCDRecipe(LCDRecipe):
         """The side of the training latents (``resolution`` through the backbone's VAE): every
         set or buffer of latents the proxy is measured or trained on has it."""
         return self.backbone.latent_side(self.config.resolution)
+
+    def check_latent_side(self, latents: torch.Tensor, what: str, fix: str) -> None:
+        """Refuse ``latents`` (of ``what``) of another size than :attr:`latent_side`."""
+        found = other_latent_size(latents, self.latent_side)
+        if found:
+            side = self.latent_side
+            raise ConfigError(f"{what} holds {found} latents but resolution "
+                              f"{self.config.resolution} trains on {side}x{side} ones; {fix}")
 
     def validation_metrics(self) -> dict[str, float]:
         """``proxy_heldout_accuracy`` (overall and per pair type) on the held-out set."""
@@ -522,21 +503,19 @@ class RGLCDRecipe(LCDRecipe):
         replay = Path(checkpoint_dir) / REPLAY_WEIGHTS
         if self.replay is not None and replay.is_file():
             state = load_tensor_file(replay)
-            found = other_latent_size(state["latents"], self.latent_side) if state else None
-            if found:
-                raise ConfigError(f"resume_from_checkpoint: the proxy replay buffer in "
-                                  f"'{checkpoint_dir}' holds {found} latents but resolution "
-                                  f"{self.config.resolution} trains on {self.latent_side}x"
-                                  f"{self.latent_side} ones; resume at the resolution it was "
-                                  f"saved at, or delete its {REPLAY_WEIGHTS} to start the buffer "
-                                  "empty")
+            if state:
+                self.check_latent_side(state["latents"], f"resume_from_checkpoint: the proxy "
+                                       f"replay buffer in '{checkpoint_dir}'", "resume at the "
+                                       f"resolution it was saved at, or delete its "
+                                       f"{REPLAY_WEIGHTS} to start the buffer empty")
             self.replay.load_state_tensors(state, device=device)
 
     def save_final(self) -> Path:
         """The student pipeline, plus the trained proxy in ``output_dir/proxy``."""
         path = super().save_final()
-        if self.proxy_model is not None and self.accelerator.is_main_process:
-            self.proxy_model.save_pretrained(self.output_dir / PROXY_DIR)
+        if self.proxy_model is not None:
+            self.on_main_process(lambda: write_aside(self.output_dir / PROXY_DIR,
+                                                     self.proxy_model.save_pretrained))
         return path
 
 

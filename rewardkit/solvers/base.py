@@ -62,6 +62,20 @@ class ConsistencySolver(ABC):
         """``t_n = max(t_{n+k} - k, 0)``."""
         return (self.start_timesteps(index) - self.skip).clamp(min=0)
 
+    def check_fits(self, alphas_cumprod: torch.Tensor, num_ddim_timesteps: int) -> None:
+        """Refuse a built solver made for another grid size or noise schedule than a run's."""
+        from ..errors import ConfigError
+
+        if self.num_ddim_timesteps != num_ddim_timesteps:
+            raise ConfigError(f"solver: the built solver has num_ddim_timesteps "
+                              f"{self.num_ddim_timesteps}, the config {num_ddim_timesteps}; "
+                              "build it with the same value or set num_ddim_timesteps")
+        teacher = alphas_cumprod.detach().double().cpu()
+        own = torch.as_tensor(self.alphas_cumprod).detach().double().cpu()
+        if own.shape != teacher.shape or not torch.allclose(own, teacher, atol=1e-6):
+            raise ConfigError("solver: the built solver's alphas_cumprod is not the teacher's "
+                              "noise schedule; build it with alphas_cumprod=backbone.alphas_cumprod")
+
     def alpha_sigma(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``sqrt(abar_t)`` and ``sqrt(1 - abar_t)`` broadcast to ``like`` (the schedule's:
         square roots in float64, then rounded to ``like``'s compute dtype)."""

@@ -9,6 +9,7 @@
           check_reward_model(MyRewardModel(...))
 
 - ``rewardkit.testing.tiny_clip``: tiny CLIP models, tokenizers and aesthetic heads built offline.
+- ``rewardkit.testing.tiny_training``: a tiny image folder and LCD config for training tests.
 - ``build_tiny_sd_pipeline`` (from ``rewardkit.testing.tiny_sd``), ``check_solver`` (from
   ``rewardkit.testing.solver_contract``) and ``check_backbone`` (from
   ``rewardkit.testing.backbone_contract``) are re-exported lazily, so a missing optional module

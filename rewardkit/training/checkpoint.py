@@ -35,7 +35,6 @@ from .safe_state import describe_load_error, has_state, load_json_state, load_st
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
-TARGET_WEIGHTS = "target.safetensors"
 
 
 def rank_state_name(rank: int) -> str:

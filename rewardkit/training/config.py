@@ -108,6 +108,26 @@ class TrainingConfig(RecipeConfig):
         "Validation and logging": ("validation_steps", "report_to", "tracker_project_name"),
     }
 
+    def require_positive(self, *keys: str) -> None:
+        """Refuse a value of ``keys`` that is zero or negative (``None`` passes: "not set")."""
+        for key in keys:
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{key} must be positive, got {value}")
+
+    def require_non_negative(self, *keys: str) -> None:
+        """Refuse a negative value of ``keys`` (``None`` passes: "not set")."""
+        for key in keys:
+            value = getattr(self, key)
+            if value is not None and value < 0:
+                raise ConfigError(f"{key} must not be negative, got {value}")
+
+    def require_folder(self, key: str) -> None:
+        """Refuse a set ``key`` that is not an existing folder."""
+        value = getattr(self, key)
+        if value and not Path(os.path.expanduser(value)).is_dir():
+            raise ConfigError(f"{key}: '{value}' is not a folder")
+
     def validate(self) -> None:
         """Reject bad values of the shared keys, naming the key, before anything is loaded."""
         from ..data.specs import check_data_spec
@@ -129,20 +149,14 @@ class TrainingConfig(RecipeConfig):
                                   "takes no separate VAE; drop the key or use a backbone that "
                                   "does (stable-diffusion, stable-diffusion-xl)")
         check_data_spec("train_shards_path_or_url", self.train_shards_path_or_url)
-        for key in ("resolution", "train_batch_size", "max_train_steps",
-                    "gradient_accumulation_steps"):
-            if getattr(self, key) is not None and getattr(self, key) <= 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
+        self.require_positive("resolution", "train_batch_size", "max_train_steps",
+                              "gradient_accumulation_steps")
         check_resolution(self.pretrained_teacher_model, self.resolution)
         check_distributed_engine()
-        for key in ("lr_warmup_steps", "checkpointing_steps", "dataloader_num_workers",
-                    "validation_steps", "adam_weight_decay", "adam_epsilon"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key} must not be negative, got {getattr(self, key)}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
-        if self.max_grad_norm <= 0:
-            raise ConfigError(f"max_grad_norm must be positive, got {self.max_grad_norm}")
+        self.require_non_negative("lr_warmup_steps", "checkpointing_steps",
+                                  "dataloader_num_workers", "validation_steps",
+                                  "adam_weight_decay", "adam_epsilon")
+        self.require_positive("learning_rate", "max_grad_norm")
         for key in ("adam_beta1", "adam_beta2"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)}")
@@ -211,6 +225,22 @@ def check_component(key: str, kind: str, name: str, params: dict[str, Any] | Non
                               f"{', '.join(repr(u) for u in unknown)}; "
                               + (f"it takes {', '.join(takes)}" if takes else
                                  "it takes no extra parameters"))
+
+
+def check_named(config: Any, key: str, kind: str, *, loaded_into: str | None = None,
+                **reserved: Any) -> None:
+    """Validate the component config key ``key`` names (a registered ``kind``, and its
+    ``{key}_params``), unless it was passed built; then a set ``loaded_into`` key (weights to
+    load into it) is refused, as there is nothing to load them into."""
+    from ..recipes.given import is_given
+
+    if not is_given(config, key):
+        check_component(key, kind, getattr(config, key), getattr(config, f"{key}_params"),
+                        f"{key}_params", **reserved)
+    elif loaded_into and getattr(config, loaded_into):
+        raise ConfigError(f"{loaded_into}: the {key} was passed built, so there is nothing to "
+                          f"load it into; load it yourself (from_pretrained) or pass the {key} "
+                          "by name")
 
 
 def read_model_config(path: Path) -> dict[str, Any]:

@@ -21,20 +21,8 @@ its LR schedule, wrapping the trained module, the data (a recipe says what a bat
 gradient accumulation with backward, clipping and the optimiser step, the deferred non-finite
 checks (one host read per step, :mod:`rewardkit.checks`), ``metrics.jsonl`` and the trackers, a
 progress line showing :attr:`TrainingLoop.progress_keys`, validation, atomic checkpoints and the
-final export. Hooks a recipe may override, with when they run:
-
-=================================  =============================================================
-``build_models()``                 set-up, after the backbone: build models, return the trained one
-``optimizer_parameters(module)``   what the optimiser and the clip see (default: all parameters)
-``after_prepare()``                set-up, once the trained module is wrapped: EMA copies, RMs...
-``losses(batch)``                  every micro-batch: ``{"name": scalar tensor}``, summed, logged
-``after_step()``                   after the optimiser step: more updates; ``{"metric": value}``
-``checkpoint_state()`` / ``restore_checkpoint_state(state)``  tensors/numbers saved per checkpoint
-``save_files(folder)`` / ``load_files(folder)``  files of the recipe's own in a checkpoint
-``validation_metrics()``           before step 1 and every ``validation_steps``: numbers to log
-``validate()``                     every ``validation_steps``: images (main process)
-``save_final()``                   after the last step: the recipe's output (main process)
-=================================  =============================================================
+final export. The hooks a recipe may override are the methods of the first section below,
+each saying when it runs; ``docs/training.md`` ("Writing a recipe") walks through them.
 
 Why a base class and not a loop object the recipe is handed: the recipe's state (its models, the
 last step's outputs) then lives on ``self``, as in trl's trainers, and an algorithm is a few short
@@ -47,7 +35,7 @@ import logging
 import time
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Iterator
+from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -190,6 +178,17 @@ class TrainingLoop(Recipe):
     def device(self) -> torch.device:
         """This process's device."""
         return self.accelerator.device
+
+    def print(self, message: str) -> None:
+        """Print ``message`` once (on the main process)."""
+        self.accelerator.print(message)
+
+    def on_main_process(self, work: Callable[[], Any]) -> Any:
+        """Run ``work`` on the main process alone while the others wait (building a set once
+        and saving it, for every process to read after); ``work``'s result there, else None."""
+        result = work() if self.accelerator.is_main_process else None
+        self.accelerator.wait_for_everyone()
+        return result
 
     @property
     def weight_dtype(self) -> torch.dtype:

@@ -9,8 +9,6 @@ these helpers store the same state as plain data:
 - :func:`save_optimizer_state` / :func:`load_optimizer_state`: ``optimizer.state_dict()`` as
   ``{name}.safetensors`` (tensors named ``state.{param_idx}.{key}``, e.g. ``state.0.exp_avg``)
   plus ``{name}.json`` (``param_groups`` and every non-tensor value);
-- :func:`save_generator_state` / :func:`load_generator_state`: a ``torch.Generator``'s state (a
-  ``uint8`` tensor) in a safetensors file;
 - :func:`save_json_state` / :func:`load_json_state`: JSON-able state such as a data loader's
   ``state_dict()``.
 
@@ -120,7 +118,7 @@ def load_tensor_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise ConfigError(_unreadable(path, error)) from None
 
 
-# ---------------------------------------------------------------- nested state, optimisers, generators
+# ---------------------------------------------------------------- nested state, optimisers
 
 
 def save_state(state: Any, folder: str | Path, name: str) -> Path:
@@ -169,21 +167,6 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, folder: str | Path,
                           "for a different model?") from None
 
 
-def save_generator_state(generator: torch.Generator, path: str | Path) -> Path:
-    """Write a generator's state (a ``uint8`` tensor) as a safetensors file."""
-    return save_tensor_file({"state": generator.get_state()}, path)
-
-
-def load_generator_state(generator: torch.Generator, path: str | Path) -> None:
-    """Restore :func:`save_generator_state` output into ``generator``."""
-    path = Path(path)
-    tensors = load_tensor_file(path)
-    try:
-        generator.set_state(tensors["state"])
-    except (KeyError, RuntimeError) as error:
-        raise ConfigError(_unreadable(path, error)) from None
-
-
 def describe_load_error(error: BaseException) -> str:
     """A one-line reason for a failed ``torch.load`` / safetensors read."""
     text = str(error)
@@ -204,5 +187,4 @@ def _unreadable(path: Path, error: Any) -> str:
 
 __all__ = ["flatten_state", "unflatten_state", "save_json_state", "load_json_state",
            "save_tensor_file", "load_tensor_file", "save_state", "load_state", "has_state",
-           "describe_load_error", "save_optimizer_state",
-           "load_optimizer_state", "save_generator_state", "load_generator_state"]
+           "describe_load_error", "save_optimizer_state", "load_optimizer_state"]

@@ -16,7 +16,7 @@ from rewardkit.errors import ConfigError
 from rewardkit.testing.recipe_contract import check_recipe
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
 from rewardkit.training.metrics import read_metrics
-from rewardkit.training.testing import write_tiny_image_folder
+from rewardkit.testing.tiny_training import write_tiny_image_folder
 from rewardkit_example_recipe import RWRConfig, RWRRecipe
 from rewardkit_example_recipe.rwr import reward_weights
 
