@@ -262,7 +262,7 @@ def test_bad_plugin_commands_are_reported_and_the_rest_works(fresh_host, capsys,
     reset_host(load_host(extra_plugins=[("cli-plugin", CliPlugin()), ("bad", BadCommands()),
                                         ("unbuildable", UnbuildableCommand())]))
     assert cli.run(["list", "recipe", "--json"]) == 0  # the core verb, not the plugin's
-    assert json.loads(capsys.readouterr().out)[0]["name"] == "echo"
+    assert "echo" in [row["name"] for row in json.loads(capsys.readouterr().out)]
     assert cli.run(["shout", "ok"]) == 0
     capsys.readouterr()
     assert cli.run(["plugins", "--json"]) == 0

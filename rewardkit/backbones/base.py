@@ -147,3 +147,16 @@ class Backbone(ABC):
         for module in (self.unet, self.vae, self.text_encoder):
             module.to(device=device, dtype=dtype)
         return self
+
+
+def save_student_pipeline(backbone: Backbone, student: nn.Module, path: str | Path,
+                          **kwargs: Any) -> Path:
+    """``backbone.save_pipeline(student, path, **kwargs)`` with only the keyword arguments the
+    backbone's method takes (a third-party backbone may take none of them)."""
+    import inspect
+
+    takes = inspect.signature(backbone.save_pipeline).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in takes.values()):
+        kwargs = {key: value for key, value in kwargs.items() if key in takes}
+    return backbone.save_pipeline(student, path, **kwargs)
+

@@ -11,6 +11,8 @@ from .base import ProxyRewardModel
 
 #: Where a run (and each of its checkpoints) keeps its proxy: ``proxy/``.
 PROXY_DIR = "proxy"
+#: The ``proxy`` value of recipes that then follow the reward model's own gradient.
+NO_PROXY = "none"
 
 
 def build_proxy(name: str, params: dict[str, Any], backbone: Any,

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..backbones.base import save_student_pipeline
 from ..backbones.conditioning import Conditioning
 from ..consistency import EMAUpdater
 from ..errors import ConfigError
@@ -214,16 +215,10 @@ class LCDRecipe(TrainingLoop):
 
     def _save_pipeline(self, backbone: Any, student: nn.Module, target: nn.Module | None,
                        path: Path) -> Path:
-        """``backbone.save_pipeline`` of ``student``, with the EMA ``target`` for a backbone
-        that takes one (a third-party backbone may not)."""
-        import inspect
-
-        takes = inspect.signature(backbone.save_pipeline).parameters
-        extra = ({"target": target} if "target" in takes or any(
-            p.kind is p.VAR_KEYWORD for p in takes.values()) else {})
-        return backbone.save_pipeline(student, path,
-                                      original_inference_steps=self.config.num_ddim_timesteps,
-                                      timestep_scaling=self.config.timestep_scaling_factor, **extra)
+        """The student (and the EMA ``target``, for a backbone that keeps one) as a pipeline."""
+        return save_student_pipeline(backbone, student, path, target=target,
+                                     original_inference_steps=self.config.num_ddim_timesteps,
+                                     timestep_scaling=self.config.timestep_scaling_factor)
 
     def export_pipeline(self, checkpoint: str | Path, output: str | Path,
                         device: str = "cpu") -> Path:

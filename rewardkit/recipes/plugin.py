@@ -8,7 +8,9 @@ from ..hookspecs import hookimpl
 @hookimpl
 def register_recipes(register):
     """``lcd``: plain latent consistency distillation; ``rg-lcd``: reward guided LCD;
-    ``lrm-pretrain``: pretraining of rg-lcd's latent proxy RM."""
+    ``lrm-pretrain``: pretraining of rg-lcd's latent proxy RM; ``draft``: reward
+    back-propagation through a few-step student's sampling chain."""
+    from .draft import DraftRecipe
     from .lcd import LCDRecipe
     from .lrm_pretrain import LRMPretrainRecipe
     from .rg_lcd import RGLCDRecipe
@@ -16,3 +18,4 @@ def register_recipes(register):
     register(LCDRecipe)
     register(RGLCDRecipe)
     register(LRMPretrainRecipe)
+    register(DraftRecipe)

@@ -72,7 +72,7 @@ from ..distributed import broadcast_from_main
 from ..errors import ConfigError
 from ..files import write_aside
 from ..proxies.base import ProxyRewardModel
-from ..proxies.factory import PROXY_DIR
+from ..proxies.factory import NO_PROXY, PROXY_DIR
 from ..proxies.losses import GT, PROXY_LOSS_TYPES, STUDENT, TARGET
 from ..proxies.preference_set import (PreferenceSet, build_preference_set, other_latent_size,
                                       preference_accuracy)
@@ -80,17 +80,15 @@ from ..proxies.rehearsal import Rehearsal
 from ..proxies.replay import CandidateReplay
 from ..proxies.update import ProxyUpdater, sample_candidates, score_candidates
 from ..rewards.base import RewardModel
-from ..rewards.build import build_expert
+from ..rewards.build import build_expert, follow_directly
 from ..config import OURS
 from ..config import config_field as _f
-from ..training.config import check_component, check_named
+from ..training.config import check_reward_and_proxy
 from ..training.step import StepOutputs
-from .given import is_given
 from .presets import after_run
 from .lcd import LCDRecipe
 from .lcd_config import LCDConfig
 
-NO_PROXY = "none"
 HELDOUT_DIR = "proxy_heldout"
 REPLAY_WEIGHTS = "proxy_replay.safetensors"
 
@@ -186,24 +184,7 @@ class RGLCDConfig(LCDConfig):
     def validate(self) -> None:
         """LCD checks plus the reward and proxy settings (registered names, values, paths)."""
         super().validate()
-        from ..plugins import get_host
-
-        if not self.reward:
-            raise ConfigError(
-                "reward: no reward model given; pass --reward NAME (see `rewardkit list reward`)")
-        if is_given(self, "reward"):
-            differentiable = True  # the built RM's own attribute is checked when it is used
-        else:
-            check_component("reward", "reward", self.reward, self.reward_params, "reward_params")
-            differentiable = getattr(get_host().get("reward", self.reward).factory,
-                                     "differentiable", True)
-        if self.proxy != NO_PROXY:
-            check_named(self, "proxy", "proxy", loaded_into="pretrained_proxy")
-        elif differentiable is False:
-            raise ConfigError(_not_differentiable(self.reward))
-        if self.proxy == NO_PROXY and self.pretrained_proxy:
-            raise ConfigError("pretrained_proxy is only used with a proxy; set proxy=lrm or "
-                              "drop pretrained_proxy")
+        check_reward_and_proxy(self)
         if self.report:
             from .presets import preset_for
 
@@ -237,11 +218,6 @@ class RGLCDConfig(LCDConfig):
             raise ConfigError(f"proxy_loss_type must be one of {', '.join(PROXY_LOSS_TYPES)}, got "
                               f"{self.proxy_loss_type!r}")
         self.require_folder("pretrained_proxy")
-
-
-def _not_differentiable(name: str) -> str:
-    return (f"reward model '{name}' is not differentiable, so it cannot be optimised directly "
-            f"(proxy=none); use proxy=lrm to learn from it through the latent proxy RM")
 
 
 class RGLCDRecipe(LCDRecipe):
@@ -290,10 +266,8 @@ class RGLCDRecipe(LCDRecipe):
         cfg, accelerator = self.config, self.accelerator
         self.reward_model = self.build_reward_model(accelerator.device)
         if self.direct:
-            if not getattr(self.reward_model, "differentiable", False):
-                raise ConfigError(_not_differentiable(cfg.reward))
-            if cfg.vae_gradient_checkpointing:
-                self.backbone.vae.enable_gradient_checkpointing()
+            follow_directly(self.reward_model, cfg.reward, self.backbone,
+                            vae_gradient_checkpointing=cfg.vae_gradient_checkpointing)
             return
         proxy = self.build_proxy().to(accelerator.device)
         proxy.freeze().eval()

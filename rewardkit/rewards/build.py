@@ -37,4 +37,21 @@ def build_expert(name: str, params: Mapping[str, Any], *, device: torch.device,
     return rm
 
 
-__all__ = ["REWARD_DTYPES", "build_expert"]
+def not_differentiable(name: str) -> str:
+    """The refusal of a non-differentiable reward model optimised directly."""
+    return (f"reward model '{name}' is not differentiable, so it cannot be optimised directly "
+            f"(proxy=none); use proxy=lrm to learn from it through the latent proxy RM")
+
+
+def follow_directly(rm: RewardModel, name: str, backbone: Any, *,
+                    vae_gradient_checkpointing: bool = False) -> None:
+    """Ready ``rm`` to be optimised directly (its own gradient, through the VAE decode): refuse
+    one that is not differentiable; with ``vae_gradient_checkpointing`` the backbone's VAE
+    recomputes its decoder activations in backward (same loss and gradient, less memory)."""
+    if not getattr(rm, "differentiable", False):
+        raise ConfigError(not_differentiable(name))
+    if vae_gradient_checkpointing:
+        backbone.vae.enable_gradient_checkpointing()
+
+
+__all__ = ["REWARD_DTYPES", "build_expert", "follow_directly", "not_differentiable"]

@@ -243,6 +243,31 @@ def check_named(config: Any, key: str, kind: str, *, loaded_into: str | None = N
                           "by name")
 
 
+def check_reward_and_proxy(config: Any) -> None:
+    """The keys of a recipe maximising a reward directly or through a proxy: ``reward`` is
+    given and registered; ``proxy="none"`` takes a differentiable RM and no ``pretrained_proxy``;
+    another ``proxy`` is registered (a built RM's or proxy's own attributes are checked when it
+    is used)."""
+    from ..plugins import get_host
+    from ..proxies.factory import NO_PROXY
+    from ..rewards.build import not_differentiable
+    from ..recipes.given import is_given
+
+    if not config.reward:
+        raise ConfigError("reward: no reward model given; pass --reward NAME (see `rewardkit "
+                          "list reward`)")
+    check_named(config, "reward", "reward")
+    if config.proxy != NO_PROXY:
+        check_named(config, "proxy", "proxy", loaded_into="pretrained_proxy")
+        return
+    if config.pretrained_proxy:
+        raise ConfigError("pretrained_proxy is only used with a proxy; set proxy=lrm or drop "
+                          "pretrained_proxy")
+    if not is_given(config, "reward") and getattr(
+            get_host().get("reward", config.reward).factory, "differentiable", True) is False:
+        raise ConfigError(not_differentiable(config.reward))
+
+
 def read_model_config(path: Path) -> dict[str, Any]:
     """A ``config.json`` of a local model folder; ConfigError names a missing or damaged one."""
     if not path.is_file():

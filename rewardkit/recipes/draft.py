@@ -1,0 +1,203 @@
+"""The ``draft`` recipe: reward fine-tuning of a few-step student by back-propagating the reward
+through the last K steps of its own sampling chain (DRaFT-K, Clark et al. 2024; K = 1 with
+the chain's last step is DRaFT-1).
+
+One optimiser step (the loop, :mod:`rewardkit.training.loop`, runs it; this file is the
+algorithm)::
+
+    c = E(prompts); z_T ~ N(0, I)                                   # losses()
+    x0 = sample_consistency(student, c, steps=S, grad_steps="last K")   # graph through K steps
+    r  = R(decode(x0), prompts)          direct (proxy="none": a differentiable RM)
+       | P(x0, c)                        through the proxy (any RM: the latent proxy's score)
+    L  = -beta * mean(r) + lambda * ||theta - theta_0||^2
+    backward; clip; optimiser + LR step                             # the loop
+    proxy: the RM judges 3 samples per prompt, the proxy takes one  # after_step()
+           pairwise step on its preferences (as in rg-lcd)
+
+The proxy bridge is rg-lcd's latent proxy RM used the same way: frozen while the student
+steps, trained online afterwards on the expert's preferences, so a non-differentiable RM
+drives a gradient method. Its three candidates per prompt are the trained sample and two
+more samples of the current student from fresh noise (a prompt-only recipe has no ground
+truth and no EMA target). The output is a diffusers pipeline folder (``output_dir/pipeline``,
+``LCMScheduler``) and, with a proxy, ``output_dir/proxy``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..backbones.base import save_student_pipeline
+from ..distributed import broadcast_from_main
+from ..files import write_aside
+from ..proxies.base import ProxyRewardModel
+from ..proxies.factory import PROXY_DIR, build_proxy
+from ..proxies.pretrain_sets import expert_on_latents
+from ..proxies.update import ProxyUpdater
+from ..rewards.base import RewardModel
+from ..rewards.build import build_expert, follow_directly
+from ..sampling_grad import sample_consistency
+from ..training.loop import TrainingLoop
+from ..training.metrics import log_validation_images
+from ..training.validation import validation_grid
+from .draft_config import DraftConfig
+
+#: Candidates the expert judges per prompt in a proxy update.
+CANDIDATES = 3
+
+
+class DraftRecipe(TrainingLoop):
+    """DRaFT-K: the reward's gradient through the last K steps of a few-step student's chain."""
+
+    name = "draft"
+    Config = DraftConfig
+    batch_kind = "prompts"
+    progress_keys = ("reward", "lr", "step_time")
+    component_keys = {"reward": ("reward", RewardModel), "proxy": ("proxy", ProxyRewardModel)}
+
+    def __init__(self, config: DraftConfig, components: dict[str, Any] | None = None) -> None:
+        super().__init__(config, components)
+        self.config: DraftConfig = config
+        self.proxy_model: Any = None
+        self.proxy_updater: ProxyUpdater | None = None
+
+    # ================================================================ models
+
+    def build_models(self) -> nn.Module:
+        """The student, loaded from ``pretrained_student`` (LoRA added with ``use_lora``), and
+        the frozen copy of its trained weights that ``init_l2`` pulls towards."""
+        cfg, backbone = self.config, self.backbone
+        student = backbone.load_student(cfg.pretrained_student)
+        if cfg.use_lora and not getattr(student, "peft_config", None):
+            student = backbone.add_lora(student, rank=cfg.lora_rank, alpha=cfg.lora_alpha)
+        self.time_cond_proj_dim = getattr(student.config, "time_cond_proj_dim", None)
+        self.initial = ([p.detach().clone() for p in self.optimizer_parameters(student)]
+                        if cfg.init_l2 else [])
+        return student
+
+    def optimizer_parameters(self, module: nn.Module) -> list[nn.Parameter]:
+        """The student's trainable parameters (the adapters, for a LoRA student)."""
+        return [p for p in module.parameters() if p.requires_grad]
+
+    def after_prepare(self) -> None:
+        """The expert RM and, through a proxy, the proxy and its online updater."""
+        cfg = self.config
+        self.expert = build_expert(cfg.reward, cfg.reward_params, device=self.device,
+                                   mixed_precision=cfg.mixed_precision,
+                                   given=self.components.get("reward"))
+        if cfg.direct:
+            follow_directly(self.expert, cfg.reward, self.backbone,
+                            vae_gradient_checkpointing=cfg.vae_gradient_checkpointing)
+            return
+        proxy = self.components.get("proxy") or build_proxy(cfg.proxy, cfg.proxy_params,
+                                                            self.backbone, cfg.pretrained_proxy)
+        self.proxy_model = proxy.to(self.device).freeze().eval()
+        if self.accelerator.num_processes > 1:
+            broadcast_from_main(proxy)  # a new proxy's initialisation, identical on every rank
+        # the soft (distillation) loss: the hard-label one makes candidate 2 a ground truth
+        # that always wins, and here it is one more sample
+        self.proxy_updater = ProxyUpdater(proxy, loss_type="distillation", lr=cfg.proxy_lr)
+        self.judge = expert_on_latents(self.expert, self.backbone)
+
+    # ================================================================ the algorithm
+
+    def sample(self, cond: Any, grad_steps: str | None) -> torch.Tensor:
+        """x0 latents of the student's ``sample_steps``-step chain from fresh noise (drawn from
+        the run's generator), with the graph kept through ``grad_steps``."""
+        cfg = self.config
+        with self.autocast():
+            return sample_consistency(
+                self.backbone, self.model, cond, steps=cfg.sample_steps,
+                guidance_scale=cfg.guidance_scale, grad_steps=grad_steps,
+                generator=self.generator, time_cond_proj_dim=self.time_cond_proj_dim,
+                original_inference_steps=cfg.num_ddim_timesteps,
+                timestep_scaling=cfg.timestep_scaling_factor,
+                latent_size=self.backbone.latent_side(cfg.resolution),
+                gradient_checkpointing=cfg.sampler_checkpointing).float()
+
+    def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``-beta * mean(r(x0))`` (and ``lambda * ||theta - theta_0||^2``) on one batch."""
+        cfg = self.config
+        self.captions = batch["captions"]
+        self.cond = self.backbone.encode_prompts(self.captions).float()
+        self.x0 = self.sample(self.cond, cfg.grad_steps)
+        if cfg.direct:
+            reward = self.expert(self.backbone.decode_latents(self.x0).float(), self.captions)
+        else:
+            reward = self.proxy_model.score(self.x0, self.backbone.proxy_text(self.cond))
+        self.mean_reward = reward.detach().float().mean()
+        terms = {"reward_loss": -cfg.reward_scale * reward.float().mean()}
+        if cfg.init_l2:
+            drift = sum((p.float() - p0.float()).pow(2).sum() for p, p0 in
+                        zip(self.optimizer_parameters(self.unwrapped_model), self.initial))
+            terms["init_l2_loss"] = cfg.init_l2 * drift
+        return terms
+
+    def after_step(self) -> dict[str, torch.Tensor]:
+        """The step's reward (the RM's, or the proxy's); through a proxy, its online update."""
+        metrics = {"reward": self.mean_reward}
+        if self.proxy_updater is not None and self.global_step % self.config.proxy_update_every == 0:
+            metrics.update(self.update_proxy())
+        return metrics
+
+    def update_proxy(self) -> dict[str, torch.Tensor]:
+        """The expert judges three samples per prompt (the trained one and two more from fresh
+        noise, no gradient); the proxy takes one pairwise step on its preferences."""
+        cfg = self.config
+        with torch.no_grad():
+            others = [self.sample(self.cond, None) for _ in range(CANDIDATES - 1)]
+            latents = torch.stack([self.x0.detach(), *others])
+            expert = torch.stack([self.judge(x, self.captions).float() for x in latents])
+        scale = getattr(self.expert, "logit_scale", None) or cfg.expert_logit_scale
+        metrics = self.proxy_updater.step(latents, self.backbone.proxy_text(self.cond), expert,
+                                          scale)
+        return {**metrics, "expert_reward": expert[0].mean()}
+
+    # ================================================================ state and output
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The proxy's weights and optimiser (through a proxy)."""
+        if self.proxy_updater is None:
+            return {}
+        return {"proxy": self.proxy_model.state_dict(),
+                "proxy_updater": self.proxy_updater.state_dict()}
+
+    def restore_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`checkpoint_state`."""
+        self.proxy_model.load_state_dict(state["proxy"])
+        self.proxy_updater.load_state_dict(state["proxy_updater"])
+
+    def validate(self) -> Path | None:
+        """The validation grid of the current student (main process)."""
+        cfg = self.config
+        if not cfg.validation_prompts:
+            return None
+        path = validation_grid(
+            self.backbone, self.unwrapped_model, cfg.validation_prompts, cfg.validation_seeds,
+            cfg.validation_inference_steps,
+            self.output_dir / "validation" / f"step-{self.global_step}.png",
+            guidance_scale=cfg.guidance_scale, time_cond_proj_dim=self.time_cond_proj_dim,
+            original_inference_steps=cfg.num_ddim_timesteps,
+            timestep_scaling=cfg.timestep_scaling_factor)
+        log_validation_images(self.accelerator, path, self.global_step)
+        return path
+
+    def save_final(self) -> Path:
+        """The student as a pipeline folder (``output_dir/pipeline``), and the proxy."""
+        cfg, path = self.config, self.output_dir / "pipeline"
+
+        def save() -> None:
+            save_student_pipeline(self.backbone, self.unwrapped_model, path,
+                                  original_inference_steps=cfg.num_ddim_timesteps,
+                                  timestep_scaling=cfg.timestep_scaling_factor)
+            if self.proxy_model is not None:
+                write_aside(self.output_dir / PROXY_DIR, self.proxy_model.save_pretrained)
+
+        self.on_main_process(save)
+        return path
+
+
+__all__ = ["DraftRecipe", "DraftConfig"]
