@@ -24,39 +24,34 @@ truth and no EMA target). The output is a diffusers pipeline folder (``output_di
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..backbones.base import save_student_pipeline
 from ..distributed import broadcast_from_main
 from ..files import write_aside
 from ..proxies.base import ProxyRewardModel
 from ..proxies.factory import PROXY_DIR, build_proxy
 from ..proxies.pretrain_sets import expert_on_latents
 from ..proxies.update import ProxyUpdater
-from ..rewards.base import RewardModel
-from ..rewards.build import build_expert, follow_directly
+from ..rewards.build import follow_directly
 from ..sampling_grad import sample_consistency
-from ..training.loop import TrainingLoop
-from ..training.metrics import log_validation_images
-from ..training.validation import validation_grid
 from .draft_config import DraftConfig
+from .student_tuning import StudentTuningRecipe
 
 #: Candidates the expert judges per prompt in a proxy update.
 CANDIDATES = 3
 
 
-class DraftRecipe(TrainingLoop):
+class DraftRecipe(StudentTuningRecipe):
     """DRaFT-K: the reward's gradient through the last K steps of a few-step student's chain."""
 
     name = "draft"
     Config = DraftConfig
-    batch_kind = "prompts"
     progress_keys = ("reward", "lr", "step_time")
-    component_keys = {"reward": ("reward", RewardModel), "proxy": ("proxy", ProxyRewardModel)}
+    component_keys = {**StudentTuningRecipe.component_keys,
+                      "proxy": ("proxy", ProxyRewardModel)}
 
     def __init__(self, config: DraftConfig, components: dict[str, Any] | None = None) -> None:
         super().__init__(config, components)
@@ -67,27 +62,16 @@ class DraftRecipe(TrainingLoop):
     # ================================================================ models
 
     def build_models(self) -> nn.Module:
-        """The student, loaded from ``pretrained_student`` (LoRA added with ``use_lora``), and
-        the frozen copy of its trained weights that ``init_l2`` pulls towards."""
-        cfg, backbone = self.config, self.backbone
-        student = backbone.load_student(cfg.pretrained_student)
-        if cfg.use_lora and not getattr(student, "peft_config", None):
-            student = backbone.add_lora(student, rank=cfg.lora_rank, alpha=cfg.lora_alpha)
-        self.time_cond_proj_dim = getattr(student.config, "time_cond_proj_dim", None)
+        """The student, and the frozen copy of its trained weights ``init_l2`` pulls towards."""
+        student = super().build_models()
         self.initial = ([p.detach().clone() for p in self.optimizer_parameters(student)]
-                        if cfg.init_l2 else [])
+                        if self.config.init_l2 else [])
         return student
-
-    def optimizer_parameters(self, module: nn.Module) -> list[nn.Parameter]:
-        """The student's trainable parameters (the adapters, for a LoRA student)."""
-        return [p for p in module.parameters() if p.requires_grad]
 
     def after_prepare(self) -> None:
         """The expert RM and, through a proxy, the proxy and its online updater."""
+        super().after_prepare()
         cfg = self.config
-        self.expert = build_expert(cfg.reward, cfg.reward_params, device=self.device,
-                                   mixed_precision=cfg.mixed_precision,
-                                   given=self.components.get("reward"))
         if cfg.direct:
             follow_directly(self.expert, cfg.reward, self.backbone,
                             vae_gradient_checkpointing=cfg.vae_gradient_checkpointing)
@@ -107,16 +91,11 @@ class DraftRecipe(TrainingLoop):
     def sample(self, cond: Any, grad_steps: str | None) -> torch.Tensor:
         """x0 latents of the student's ``sample_steps``-step chain from fresh noise (drawn from
         the run's generator), with the graph kept through ``grad_steps``."""
-        cfg = self.config
         with self.autocast():
             return sample_consistency(
-                self.backbone, self.model, cond, steps=cfg.sample_steps,
-                guidance_scale=cfg.guidance_scale, grad_steps=grad_steps,
-                generator=self.generator, time_cond_proj_dim=self.time_cond_proj_dim,
-                original_inference_steps=cfg.num_ddim_timesteps,
-                timestep_scaling=cfg.timestep_scaling_factor,
-                latent_size=self.backbone.latent_side(cfg.resolution),
-                gradient_checkpointing=cfg.sampler_checkpointing).float()
+                self.backbone, self.model, cond, grad_steps=grad_steps, generator=self.generator,
+                gradient_checkpointing=self.config.sampler_checkpointing,
+                **self.sampler_settings()).float()
 
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """``-beta * mean(r(x0))`` (and ``lambda * ||theta - theta_0||^2``) on one batch."""
@@ -151,7 +130,8 @@ class DraftRecipe(TrainingLoop):
             others = [self.sample(self.cond, None) for _ in range(CANDIDATES - 1)]
             latents = torch.stack([self.x0.detach(), *others])
             expert = torch.stack([self.judge(x, self.captions).float() for x in latents])
-        scale = getattr(self.expert, "logit_scale", None) or cfg.expert_logit_scale
+        scale = getattr(self.expert, "logit_scale", None)
+        scale = cfg.expert_logit_scale if scale is None else scale
         metrics = self.proxy_updater.step(latents, self.backbone.proxy_text(self.cond), expert,
                                           scale)
         return {**metrics, "expert_reward": expert[0].mean()}
@@ -170,34 +150,10 @@ class DraftRecipe(TrainingLoop):
         self.proxy_model.load_state_dict(state["proxy"])
         self.proxy_updater.load_state_dict(state["proxy_updater"])
 
-    def validate(self) -> Path | None:
-        """The validation grid of the current student (main process)."""
-        cfg = self.config
-        if not cfg.validation_prompts:
-            return None
-        path = validation_grid(
-            self.backbone, self.unwrapped_model, cfg.validation_prompts, cfg.validation_seeds,
-            cfg.validation_inference_steps,
-            self.output_dir / "validation" / f"step-{self.global_step}.png",
-            guidance_scale=cfg.guidance_scale, time_cond_proj_dim=self.time_cond_proj_dim,
-            original_inference_steps=cfg.num_ddim_timesteps,
-            timestep_scaling=cfg.timestep_scaling_factor)
-        log_validation_images(self.accelerator, path, self.global_step)
-        return path
-
-    def save_final(self) -> Path:
-        """The student as a pipeline folder (``output_dir/pipeline``), and the proxy."""
-        cfg, path = self.config, self.output_dir / "pipeline"
-
-        def save() -> None:
-            save_student_pipeline(self.backbone, self.unwrapped_model, path,
-                                  original_inference_steps=cfg.num_ddim_timesteps,
-                                  timestep_scaling=cfg.timestep_scaling_factor)
-            if self.proxy_model is not None:
-                write_aside(self.output_dir / PROXY_DIR, self.proxy_model.save_pretrained)
-
-        self.on_main_process(save)
-        return path
+    def save_extra(self) -> None:
+        """The trained proxy in ``output_dir/proxy`` (through a proxy)."""
+        if self.proxy_model is not None:
+            write_aside(self.output_dir / PROXY_DIR, self.proxy_model.save_pretrained)
 
 
 __all__ = ["DraftRecipe", "DraftConfig"]
