@@ -32,7 +32,7 @@ from .backbones.conditioning import Conditioning
 from .consistency import guidance_scale_embedding
 from .errors import ConfigError
 
-__all__ = ["sample_consistency", "resolve_grad_steps"]
+__all__ = ["sample_consistency", "resolve_grad_steps", "guidance_input"]
 
 _LAST = re.compile(r"^\s*last\s+(\d+)\s*$")
 
@@ -79,6 +79,17 @@ def resolve_grad_steps(grad_steps: int | str | Iterable[int] | None, steps: int)
                           "last ones, so no gradient would reach the output through the earlier "
                           f"of them; use the last steps, e.g. 'last {steps - ordered[0]}'")
     return ordered
+
+
+def guidance_input(guidance_scale: float, time_cond_proj_dim: int | None, batch: int,
+                   device: torch.device | str, dtype: torch.dtype) -> torch.Tensor | None:
+    """The student's guidance input for ``guidance_scale``: the embedding of
+    ``w = guidance_scale - 1`` (as diffusers' pipelines give it), ``[batch, dim]``; ``None``
+    for a UNet without guidance embedding (``time_cond_proj_dim`` unset)."""
+    if not time_cond_proj_dim:
+        return None
+    w = torch.full((batch,), guidance_scale - 1.0)
+    return guidance_scale_embedding(w, int(time_cond_proj_dim)).to(device=device, dtype=dtype)
 
 
 def _unwrapped_config(unet: nn.Module) -> Any:
@@ -165,11 +176,7 @@ def sample_consistency(backbone: Any, unet: nn.Module, cond: Conditioning, *, st
     elif latents.shape[0] != batch:
         raise ConfigError(f"latents have batch {latents.shape[0]}, the conditioning {batch}")
     latents = (latents * scheduler.init_noise_sigma).to(device=device, dtype=dtype)
-    w_embedding = None
-    if time_cond_proj_dim:
-        w = torch.full((batch,), guidance_scale - 1.0)
-        w_embedding = guidance_scale_embedding(w, int(time_cond_proj_dim)).to(device=device,
-                                                                               dtype=dtype)
+    w_embedding = guidance_input(guidance_scale, time_cond_proj_dim, batch, device, dtype)
     cond = cond.to(dtype=dtype)
 
     def predict(sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,10 @@ from ..hookspecs import hookimpl
 def register_recipes(register):
     """``lcd``: plain latent consistency distillation; ``rg-lcd``: reward guided LCD;
     ``lrm-pretrain``: pretraining of rg-lcd's latent proxy RM; ``draft``: reward
-    back-propagation through a few-step student's sampling chain."""
+    back-propagation through a few-step student's sampling chain; ``grpo``: group-relative
+    policy optimisation over its stochastic sampler."""
     from .draft import DraftRecipe
+    from .grpo import GRPORecipe
     from .lcd import LCDRecipe
     from .lrm_pretrain import LRMPretrainRecipe
     from .rg_lcd import RGLCDRecipe
@@ -19,3 +21,4 @@ def register_recipes(register):
     register(RGLCDRecipe)
     register(LRMPretrainRecipe)
     register(DraftRecipe)
+    register(GRPORecipe)

@@ -243,6 +243,14 @@ def check_named(config: Any, key: str, kind: str, *, loaded_into: str | None = N
                           "by name")
 
 
+def check_reward(config: Any) -> None:
+    """``reward`` is given, and registered (unless it was passed built) with its params."""
+    if not config.reward:
+        raise ConfigError("reward: no reward model given; pass --reward NAME (see `rewardkit "
+                          "list reward`)")
+    check_named(config, "reward", "reward")
+
+
 def check_reward_and_proxy(config: Any) -> None:
     """The keys of a recipe maximising a reward directly or through a proxy: ``reward`` is
     given and registered; ``proxy="none"`` takes a differentiable RM and no ``pretrained_proxy``;
@@ -253,10 +261,7 @@ def check_reward_and_proxy(config: Any) -> None:
     from ..rewards.build import not_differentiable
     from ..recipes.given import is_given
 
-    if not config.reward:
-        raise ConfigError("reward: no reward model given; pass --reward NAME (see `rewardkit "
-                          "list reward`)")
-    check_named(config, "reward", "reward")
+    check_reward(config)
     if config.proxy != NO_PROXY:
         check_named(config, "proxy", "proxy", loaded_into="pretrained_proxy")
         return

@@ -1,0 +1,248 @@
+"""The ``grpo`` recipe: group-relative policy optimisation of a few-step consistency student.
+
+The student's stochastic multistep sampler is the policy: every step but the last re-noises
+with a known Gaussian, so every step has a closed-form log-probability
+(:mod:`rewardkit.consistency_policy`; RLCM's MDP). One optimiser step (the loop,
+:mod:`rewardkit.training.loop`, runs it; this file is the algorithm)::
+
+    rollout:  G samples per prompt, no gradient        z_0..z_{S-1}, log pi_old(z_{i+1} | z_i)
+              r = R(decode(x0), prompt)                 any RM: no gradient is taken through it
+              A = (r - mean_group(r)) / (std_group(r) + 1e-8), clipped to +-adv_clip_max
+    loss:     for the policy steps i chosen (timestep_fraction of them, at random):
+              ratio = exp(log pi_theta(z_{i+1} | z_i) - log pi_old(z_{i+1} | z_i))
+              L_i = mean(max(-A ratio, -A clip(ratio, 1 - eps, 1 + eps)))
+                    + kl_coef * mean(||mu_theta - mu_ref||^2 / (2 sigma_i^2))     (optional)
+              L = mean_i L_i
+    backward; clip; optimiser + LR step                 the loop
+
+A rollout serves ``updates_per_rollout`` optimiser steps (the ratio departs from 1 after the
+first, and the clip acts). The KL term is the closed-form KL between the current policy's and
+the starting student's Gaussians of the same step (they share ``sigma_i``); it needs the
+starting weights: a frozen copy of a full student, or the LoRA student with its adapters off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator
+
+import torch
+from torch import nn
+
+from ..config import OURS
+from ..config import config_field as _f
+from ..consistency_policy import ConsistencyChain, rollout, step_log_prob
+from ..errors import ConfigError
+from ..training.config import check_reward
+from .student_tuning import StudentTuningConfig, StudentTuningRecipe
+
+
+@dataclass
+class GRPOConfig(StudentTuningConfig):
+    """GRPO over the student's stochastic consistency sampler: the student-tuning keys plus the
+    group, the clipped objective, the KL term and the rollout schedule."""
+
+    output_dir: str = _f("grpo-model", "Where checkpoints, validation images, metrics and the "
+                         "final pipeline go", OURS)
+    tracker_project_name: str = _f("rewardkit-grpo", "Tracker project name", OURS)
+    sample_steps: int = _f(4, "Consistency sampling steps of each rollout (S - 1 of them are "
+                           "policy steps; at least 2)", OURS)
+    group_size: int = _f(4, "Samples per prompt (G): advantages are relative to the group",
+                         OURS)
+    clip_range: float = _f(1e-4, "eps of the clipped ratio (DDPO's default: log-densities "
+                           "are summed over every latent dimension, so ratios move fast)", OURS)
+    adv_clip_max: float = _f(5.0, "Advantages are clipped to +-this", OURS)
+    kl_coef: float = _f(0.0, "Weight of the KL to the starting student (0: off; on a full "
+                        "student it keeps a copy of it)", OURS)
+    timestep_fraction: float = _f(1.0, "Fraction of the policy steps trained on per rollout, "
+                                  "drawn at random", OURS)
+    updates_per_rollout: int = _f(1, "Optimiser steps each rollout serves", OURS)
+    gradient_checkpointing: bool = _f(False, "Recompute the student's activations in backward",
+                                      OURS)
+
+    KEY_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
+        **StudentTuningConfig.KEY_GROUPS,
+        "Policy optimisation": ("group_size", "clip_range", "adv_clip_max", "kl_coef",
+                                "timestep_fraction", "updates_per_rollout",
+                                "gradient_checkpointing"),
+    }
+
+    def validate(self) -> None:
+        """The shared checks, then the objective's, naming the key."""
+        super().validate()
+        check_reward(self)  # any RM: no gradient is taken through it
+        self.require_positive("clip_range", "adv_clip_max", "updates_per_rollout")
+        self.require_non_negative("kl_coef")
+        if self.sample_steps < 2:
+            raise ConfigError(f"sample_steps must be at least 2 (a {self.sample_steps}-step "
+                              "chain has no stochastic step to optimise), got "
+                              f"{self.sample_steps}")
+        if self.group_size < 2:
+            raise ConfigError(f"group_size must be at least 2 (advantages are relative to the "
+                              f"group), got {self.group_size}")
+        if not 0 < self.timestep_fraction <= 1:
+            raise ConfigError(f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
+        if self.updates_per_rollout > 1 and self.gradient_accumulation_steps > 1:
+            raise ConfigError("updates_per_rollout > 1 takes gradient_accumulation_steps = 1 (a "
+                              "rollout then serves whole optimiser steps); raise "
+                              "train_batch_size or group_size instead")
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, clip: float) -> torch.Tensor:
+    """``(r - mean_group) / (std_group + 1e-8)`` of rewards laid out group after group (``G``
+    consecutive samples share a prompt), clipped to ``+-clip``."""
+    groups = rewards.float().reshape(-1, group_size)
+    normalised = (groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-8)
+    return normalised.reshape(-1).clamp(-clip, clip)
+
+
+def clipped_surrogate(log_prob: torch.Tensor, old_log_prob: torch.Tensor,
+                      advantages: torch.Tensor, clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped objective as a loss, ``mean(max(-A r, -A clip(r, 1 - eps, 1 + eps)))`` with
+    ``r = exp(log_prob - old_log_prob)``; and the fraction of samples where the clip acts."""
+    ratio = torch.exp(log_prob - old_log_prob.detach())
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
+    return torch.maximum(unclipped, clipped).mean(), (clipped > unclipped).float().mean()
+
+
+@contextlib.contextmanager
+def _adapters_off(unet: nn.Module, off: bool) -> Iterator[None]:
+    """``unet`` as it started: its LoRA adapters disabled for the block (when ``off``)."""
+    if not off:
+        yield
+        return
+    unet.disable_adapters()
+    try:
+        yield
+    finally:
+        unet.enable_adapters()
+
+
+class GRPORecipe(StudentTuningRecipe):
+    """GRPO: group-relative policy optimisation over the student's stochastic sampler."""
+
+    name = "grpo"
+    Config = GRPOConfig
+    progress_keys = ("reward", "lr", "step_time")
+
+    def __init__(self, config: GRPOConfig, components: dict[str, Any] | None = None) -> None:
+        super().__init__(config, components)
+        self.config: GRPOConfig = config
+        self.data: dict[str, Any] = {}  # the current rollout and its advantages
+        self.uses_left = 0
+
+    def build_models(self) -> nn.Module:
+        """The student (with gradient checkpointing on request) and, for the KL term of a full
+        student, a frozen copy of it."""
+        student = super().build_models()
+        if self.config.gradient_checkpointing:
+            student.enable_gradient_checkpointing()
+        self.reference = None
+        if self.config.kl_coef and not getattr(student, "peft_config", None):
+            self.reference = copy.deepcopy(student).requires_grad_(False).eval()
+        return student
+
+    def after_prepare(self) -> None:
+        """The expert RM and the sampler's chain."""
+        super().after_prepare()
+        cfg = self.config
+        self.chain = ConsistencyChain(self.backbone, cfg.sample_steps,
+                                      original_inference_steps=cfg.num_ddim_timesteps,
+                                      timestep_scaling=cfg.timestep_scaling_factor,
+                                      device=self.device)
+
+    # ================================================================ the algorithm
+
+    def next_batch(self) -> dict[str, Any]:
+        """Prompts for a new rollout; none while the current rollout still serves."""
+        return {} if self.uses_left else next(self.batches)
+
+    def collect(self, captions: list[str]) -> None:
+        """A rollout of ``group_size`` samples per prompt, their rewards and advantages."""
+        cfg, settings = self.config, self.sampler_settings()
+        captions = [c for c in captions for _ in range(cfg.group_size)]
+        cond = self.backbone.encode_prompts(captions).float()
+        with self.autocast():
+            samples = rollout(self.backbone, self.model, cond, self.chain,
+                              guidance_scale=settings["guidance_scale"], generator=self.generator,
+                              time_cond_proj_dim=self.time_cond_proj_dim,
+                              latent_size=settings["latent_size"])
+        with torch.no_grad():
+            rewards = self.expert(self.backbone.decode_latents(samples.x0).float(), captions)
+        policy_steps = self.chain.steps - 1
+        count = max(1, math.ceil(cfg.timestep_fraction * policy_steps))
+        chosen = torch.randperm(policy_steps, generator=self.generator)[:count].sort().values
+        self.data = {"latents": samples.latents, "next_latents": samples.next_latents,
+                     "log_probs": samples.log_probs, "rewards": rewards.detach().float(),
+                     "advantages": group_advantages(rewards, cfg.group_size, cfg.adv_clip_max),
+                     "steps": chosen, "captions": captions}
+        self.uses_left = cfg.updates_per_rollout
+
+    def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The clipped policy loss (and the KL term) over the rollout's chosen policy steps."""
+        cfg = self.config
+        if batch:
+            self.collect(batch["captions"])
+        data = self.data
+        cond = self.backbone.encode_prompts(data["captions"]).float()
+        policy, kl, clipped = [], [], []
+        for index in data["steps"].tolist():
+            with self.autocast():
+                log_prob, mean = step_log_prob(
+                    self.backbone, self.model, cond, self.chain, index, data["latents"][index],
+                    data["next_latents"][index], guidance_scale=cfg.guidance_scale,
+                    time_cond_proj_dim=self.time_cond_proj_dim)
+            loss, fraction = clipped_surrogate(log_prob, data["log_probs"][index],
+                                               data["advantages"], cfg.clip_range)
+            policy.append(loss)
+            clipped.append(fraction)
+            if cfg.kl_coef:
+                kl.append(self.kl_to_reference(cond, index, mean))
+        self.clip_fraction = torch.stack(clipped).mean()
+        terms = {"policy_loss": torch.stack(policy).mean()}
+        if kl:
+            terms["kl_loss"] = cfg.kl_coef * torch.stack(kl).mean()
+        return terms
+
+    def kl_to_reference(self, cond: Any, index: int, mean: torch.Tensor) -> torch.Tensor:
+        """``KL(pi_theta || pi_ref)`` of policy step ``index``: the two Gaussians share sigma,
+        so it is ``||mu_theta - mu_ref||^2 / (2 sigma^2)`` per sample, averaged."""
+        data, unwrapped = self.data, self.unwrapped_model
+        reference = self.reference if self.reference is not None else unwrapped
+        with torch.no_grad(), _adapters_off(unwrapped, self.reference is None), self.autocast():
+            _, ref_mean = step_log_prob(
+                self.backbone, reference, cond, self.chain, index, data["latents"][index],
+                data["next_latents"][index], guidance_scale=self.config.guidance_scale,
+                time_cond_proj_dim=self.time_cond_proj_dim)
+        _, std = self.chain.policy(mean, index)
+        return ((mean - ref_mean).pow(2).flatten(1).sum(1) / (2 * std ** 2)).mean()
+
+    def after_step(self) -> dict[str, torch.Tensor]:
+        """The rollout's reward (mean and spread) and how often the clip acted."""
+        self.uses_left -= 1
+        rewards = self.data["rewards"]
+        return {"reward": rewards.mean(), "reward_std": rewards.std(),
+                "clip_fraction": self.clip_fraction}
+
+    # ================================================================ state
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """A rollout that still serves steps (so a resumed run continues on it)."""
+        data = {k: v for k, v in self.data.items() if k != "captions"} if self.uses_left else {}
+        return {"uses_left": self.uses_left, "rollout": data,
+                "captions": self.data.get("captions", []) if self.uses_left else []}
+
+    def restore_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`checkpoint_state`."""
+        self.uses_left = int(state["uses_left"])
+        if self.uses_left:
+            self.data = {**state["rollout"], "captions": list(state["captions"])}
+            self.data = {k: v.to(self.device) if torch.is_tensor(v) else v
+                         for k, v in self.data.items()}
+
+
+__all__ = ["GRPOConfig", "GRPORecipe", "clipped_surrogate", "group_advantages"]

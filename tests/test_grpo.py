@@ -1,0 +1,147 @@
+"""The ``grpo`` recipe and the consistency sampler as a policy, on a tiny teacher and a tiny
+distilled student, offline: the rollout is the sampler's chain bit for bit, each step's
+log-probability is the closed-form Gaussian density around diffusers' own ``denoised``, the
+clipped objective's gradient matches a hand-computed case, group advantages, LoRA with the KL
+term, a non-differentiable RM trains the student, and the recipe contract holds."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import rewardkit as rk
+from rewardkit.consistency_policy import ConsistencyChain, rollout, step_log_prob
+from rewardkit.errors import ConfigError
+from rewardkit.plugins import get_host
+from rewardkit.recipes.grpo import GRPORecipe, clipped_surrogate, group_advantages
+from rewardkit.recipes.lcd import LCDRecipe
+from rewardkit.sampling_grad import guidance_input, sample_consistency
+from rewardkit.testing.recipe_contract import check_recipe
+from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
+from rewardkit.testing.tiny_training import tiny_lcd_config, write_tiny_image_folder
+from rewardkit.training.metrics import read_metrics
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grpo")
+    teacher = build_tiny_sd_pipeline(root / "teacher")
+    data = write_tiny_image_folder(root / "data", count=4, size=16)
+    LCDRecipe(tiny_lcd_config(teacher, data, root / "lcd", max_train_steps=1)).run(progress=False)
+    prompts = root / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\na green triangle\na photo of a dog\n")
+    return {"teacher": str(teacher), "student": str(root / "lcd" / "pipeline"),
+            "prompts": str(prompts)}
+
+
+@pytest.fixture(scope="module")
+def policy(assets):
+    backbone = get_host().get("backbone", "stable-diffusion").build(
+        pretrained_model_name_or_path=assets["teacher"], dtype="float32", device="cpu")
+    student = backbone.load_student(assets["student"])
+    cond = backbone.encode_prompts(["a red circle", "a photo of a dog"]).float()
+    return backbone, student, cond
+
+
+def values(assets, **extra) -> dict:
+    return dict(pretrained_teacher_model=assets["teacher"], pretrained_student=assets["student"],
+                train_shards_path_or_url=assets["prompts"], resolution=16, train_batch_size=2,
+                learning_rate=1e-4, seed=0, report_to="none", validation_steps=0,
+                checkpointing_steps=0, reward="jpeg-compressibility", sample_steps=3,
+                group_size=2, **extra)
+
+
+def test_the_rollout_is_the_samplers_chain_bit_for_bit(policy):
+    backbone, student, cond = policy
+    expected = sample_consistency(backbone, student, cond, steps=3, latent_size=8,
+                                  generator=torch.Generator().manual_seed(5))
+    chain = ConsistencyChain(backbone, 3)
+    samples = rollout(backbone, student, cond, chain, generator=torch.Generator().manual_seed(5),
+                      time_cond_proj_dim=student.config.time_cond_proj_dim, latent_size=8)
+    assert torch.equal(samples.x0, expected)
+    assert samples.latents.shape == samples.next_latents.shape == (2, 2, 4, 8, 8)
+    assert torch.equal(samples.latents[1], samples.next_latents[0])
+
+
+def test_a_steps_log_prob_is_the_closed_form_gaussian_around_diffusers_denoised(policy):
+    backbone, student, cond = policy
+    dim = student.config.time_cond_proj_dim
+    chain = ConsistencyChain(backbone, 3)
+    samples = rollout(backbone, student, cond, chain, generator=torch.Generator().manual_seed(1),
+                      time_cond_proj_dim=dim, latent_size=8)
+    scheduler = backbone.lcm_scheduler()
+    scheduler.set_timesteps(3, original_inference_steps=50)
+    w = guidance_input(7.5, dim, 2, "cpu", torch.float32)
+    for index in range(2):
+        t = scheduler.timesteps[index]
+        z = samples.latents[index]
+        out = backbone.predict(student, z, t.expand(2), cond, w)
+        scheduler._step_index = index  # diffusers' own step, at this index
+        _, denoised = scheduler.step(out, t, z, generator=torch.Generator().manual_seed(9),
+                                     return_dict=False)
+        abar = scheduler.alphas_cumprod[scheduler.timesteps[index + 1]]
+        density = torch.distributions.Normal(abar.sqrt() * denoised, (1 - abar).sqrt())
+        closed_form = density.log_prob(samples.next_latents[index]).flatten(1).sum(1)
+        torch.testing.assert_close(samples.log_probs[index], closed_form, rtol=1e-5, atol=1e-3)
+        again, _ = step_log_prob(backbone, student, cond, chain, index, z,
+                                 samples.next_latents[index], time_cond_proj_dim=dim)
+        torch.testing.assert_close(again, samples.log_probs[index], rtol=0, atol=1e-4)
+        assert again.requires_grad
+
+
+def test_the_clipped_objectives_gradient_matches_a_hand_computed_case():
+    old = torch.zeros(4)
+    # ratios exp(.): 1.5 (A>0: clipped at 1.2), 0.5 (A>0: not clipped), 1.5 (A<0: not
+    # clipped), 0.5 (A<0: clipped at 0.8)
+    log_prob = torch.log(torch.tensor([1.5, 0.5, 1.5, 0.5])).requires_grad_(True)
+    advantages = torch.tensor([1.0, 2.0, -1.0, -2.0])
+    loss, fraction = clipped_surrogate(log_prob, old, advantages, clip_range=0.2)
+    loss.backward()
+    # d/dlogp of -A * ratio is -A * ratio where the unclipped term is the max, 0 where clipped
+    expected = torch.tensor([0.0, -2.0 * 0.5, 1.0 * 1.5, 0.0]) / 4
+    torch.testing.assert_close(log_prob.grad, expected)
+    assert math.isclose(loss.item(), (-1.2 - 1.0 + 1.5 + 1.6) / 4, rel_tol=1e-6)
+    assert fraction.item() == 0.5
+
+
+def test_group_advantages_are_relative_to_each_prompts_group():
+    rewards = torch.tensor([1.0, 3.0, 10.0, 10.0, 0.0, 4.0])
+    advantages = group_advantages(rewards, group_size=2, clip=5.0)
+    torch.testing.assert_close(advantages[:2], torch.tensor([-1.0, 1.0]) / math.sqrt(2),
+                               rtol=1e-4, atol=1e-4)
+    assert torch.equal(advantages[2:4], torch.zeros(2))  # a tie: no signal
+    assert group_advantages(torch.tensor([0.0, 1e6]), 2, clip=0.5).abs().max() == 0.5
+
+
+def test_bad_values_are_refused_naming_the_key(assets, tmp_path):
+    for key, value, message in [("sample_steps", 1, "sample_steps must be at least 2"),
+                                ("group_size", 1, "group_size must be at least 2"),
+                                ("timestep_fraction", 0.0, "timestep_fraction")]:
+        with pytest.raises(ConfigError, match=message):
+            rk.recipe("grpo", {**values(assets, output_dir=str(tmp_path)), key: value})
+
+
+def test_a_non_differentiable_rm_trains_the_student_with_lora_and_the_kl_term(assets, tmp_path):
+    recipe = rk.recipe("grpo", values(assets, output_dir=str(tmp_path), max_train_steps=3,
+                                      use_lora=True, lora_rank=4, kl_coef=0.1,
+                                      updates_per_rollout=2, clip_range=0.2))
+    recipe.run(progress=False)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all({"reward", "reward_std", "policy_loss", "kl_loss", "clip_fraction"} <= set(r)
+               for r in rows)
+    assert rows[0]["kl_loss"] == 0.0 and rows[1]["kl_loss"] > 0.0  # theta moved off theta_ref
+    assert rows[1]["reward"] == rows[0]["reward"]  # step 2 reuses step 1's rollout
+    names = [n for n, p in recipe.unwrapped_model.named_parameters() if p.requires_grad]
+    assert names and all("lora" in n or "cond_proj" in n for n in names)
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(tmp_path / "pipeline"))
+    assert type(pipe.scheduler).__name__ == "LCMScheduler"
+
+
+def test_grpo_keeps_the_recipe_contract(assets, tmp_path):
+    passed = check_recipe(GRPORecipe, values(assets, updates_per_rollout=2), tmp_path)
+    assert passed == ["resume", "no_pickles", "non_finite", "two_processes"]
