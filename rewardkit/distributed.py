@@ -30,6 +30,17 @@ def broadcast_from_main(module: torch.nn.Module) -> None:
             dist.broadcast(tensor, src=0)
 
 
+def broadcast_flag(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """Rank 0's ``flag`` on every rank (a decision only the main process can take)."""
+    import torch.distributed as dist
+
+    if _world() == 1:
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
 def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     """Average the gradients of ``params`` over all ranks, in one all-reduce per dtype and
     device (a missing gradient counts as zeros)."""
@@ -52,4 +63,4 @@ def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
             grad.copy_(reduced)
 
 
-__all__ = ["average_gradients", "broadcast_from_main"]
+__all__ = ["average_gradients", "broadcast_flag", "broadcast_from_main"]

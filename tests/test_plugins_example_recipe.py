@@ -27,7 +27,7 @@ def example_installed(example_recipe_site, on_sys_path, monkeypatch):
 def test_rewardkit_lists_the_recipe_beside_the_builtins(example_installed, capsys):
     assert cli.run(["list", "recipe", "--json"]) == 0
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
-    assert set(rows) == {"lcd", "rg-lcd", "lrm-pretrain", "rwr"}
+    assert set(rows) == {"lcd", "rg-lcd", "lrm-pretrain", "draft", "grpo", "rwr"}
     assert rows["rwr"]["plugin"] == "rewardkit-example-recipe"
     recipe = rk.describe("recipe", "rwr").factory
     assert str(example_installed) in __import__(recipe.__module__).__file__  # the installed copy

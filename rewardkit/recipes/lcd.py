@@ -39,7 +39,7 @@ from ..training.metrics import log_validation_images
 from ..training.runtime import fp32_master_weights
 from ..training.safe_state import load_tensor_file, save_tensor_file
 from ..training.step import LCDHyper, StepOutputs, lcd_forward
-from ..training.validation import validation_grid
+from ..training.validation import guard_samples, validation_grid
 from .lcd_config import LCDConfig
 
 #: The EMA target's weights in a checkpoint (full fine-tuning).
@@ -203,6 +203,20 @@ class LCDRecipe(TrainingLoop):
             timestep_scaling=cfg.timestep_scaling_factor)
         log_validation_images(self.accelerator, path, self.global_step)
         return path
+
+    def guard_images(self, prompts: list[str], seeds: list[int], steps: int) -> torch.Tensor:
+        """The student's fixed samples for the reward-hacking guard, at the training resolution."""
+        cfg = self.config
+        return guard_samples(self.backbone, self.unwrapped_student, prompts, seeds, steps=steps,
+                             guidance_scale=cfg.validation_guidance_scale,
+                             time_cond_proj_dim=cfg.unet_time_cond_proj_dim,
+                             original_inference_steps=cfg.num_ddim_timesteps,
+                             timestep_scaling=cfg.timestep_scaling_factor,
+                             latent_size=self.backbone.latent_side(cfg.resolution))
+
+    def export(self, folder: Path) -> Path:
+        """The student (and EMA target) as it is now, as a pipeline folder."""
+        return self._save_pipeline(self.backbone, self.unwrapped_student, self.target, folder)
 
     def save_final(self) -> Path:
         """The online student as a complete diffusers pipeline folder (``output_dir/pipeline``),

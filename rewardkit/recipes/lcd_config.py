@@ -95,6 +95,7 @@ class LCDConfig(TrainingConfig):
             "validation_steps", "validation_prompts", "validation_seeds",
             "validation_inference_steps", "validation_guidance_scale", "report_to",
             "tracker_project_name"),
+        "Reward-hacking guard": TrainingConfig.KEY_GROUPS["Reward-hacking guard"],
     }
 
     def validate(self) -> None:

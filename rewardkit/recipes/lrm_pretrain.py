@@ -149,6 +149,7 @@ class LRMPretrainConfig(TrainingConfig):
         "Checkpoints": TrainingConfig.KEY_GROUPS["Checkpoints"],
         "Evaluation and logging": ("eval_shards_path_or_url", "eval_num_prompts",
                                    "validation_steps", "report_to", "tracker_project_name"),
+        "Reward-hacking guard": TrainingConfig.KEY_GROUPS["Reward-hacking guard"],
     }
 
     @property

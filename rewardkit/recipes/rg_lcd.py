@@ -357,6 +357,10 @@ class RGLCDRecipe(LCDRecipe):
         return build_expert(cfg.reward, cfg.reward_params, device=device,
                             mixed_precision=cfg.mixed_precision, given=self.components.get("reward"))
 
+    def trained_reward_model(self) -> RewardModel:
+        """The expert RM (directly, or through the proxy that learns it)."""
+        return self.reward_model
+
     def build_proxy(self) -> ProxyRewardModel:
         """The proxy: from ``pretrained_proxy`` if given, else new, sized for the backbone."""
         from ..proxies.factory import build_proxy

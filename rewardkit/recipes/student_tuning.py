@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
+import torch
 from torch import nn
 
 from ..backbones.base import save_student_pipeline
@@ -25,7 +26,7 @@ from ..rewards.build import build_expert
 from ..training.config import DEFAULT_VALIDATION_PROMPTS, TrainingConfig
 from ..training.loop import TrainingLoop
 from ..training.metrics import log_validation_images
-from ..training.validation import validation_grid
+from ..training.validation import guard_samples, validation_grid
 
 
 @dataclass
@@ -134,17 +135,32 @@ class StudentTuningRecipe(TrainingLoop):
         log_validation_images(self.accelerator, path, self.global_step)
         return path
 
+    def guard_images(self, prompts: list[str], seeds: list[int], steps: int) -> torch.Tensor:
+        """The student's fixed samples for the reward-hacking guard."""
+        settings = {k: v for k, v in self.sampler_settings().items() if k != "steps"}
+        return guard_samples(self.backbone, self.unwrapped_model, prompts, seeds, steps=steps,
+                             **settings)
+
+    def trained_reward_model(self) -> RewardModel:
+        """The expert RM the student is trained on (directly or through a proxy)."""
+        return self.expert
+
+    def export(self, folder: Path) -> Path:
+        """The student as it is now, as a pipeline folder."""
+        cfg = self.config
+        return save_student_pipeline(self.backbone, self.unwrapped_model, folder,
+                                     original_inference_steps=cfg.num_ddim_timesteps,
+                                     timestep_scaling=cfg.timestep_scaling_factor)
+
     def save_extra(self) -> None:
         """Write more of the output beside the pipeline (main process; default: nothing)."""
 
     def save_final(self) -> Path:
         """The student as a pipeline folder (``output_dir/pipeline``), then :meth:`save_extra`."""
-        cfg, path = self.config, self.output_dir / "pipeline"
+        path = self.output_dir / "pipeline"
 
         def save() -> None:
-            save_student_pipeline(self.backbone, self.unwrapped_model, path,
-                                  original_inference_steps=cfg.num_ddim_timesteps,
-                                  timestep_scaling=cfg.timestep_scaling_factor)
+            self.export(path)
             self.save_extra()
 
         self.on_main_process(save)

@@ -33,6 +33,12 @@ DEFAULT_VALIDATION_PROMPTS = [
 ]
 
 
+#: The guard's keys (:mod:`rewardkit.training.guard`), one topic of every training recipe.
+GUARD_KEYS = ("gold_panel", "gold_panel_params", "guard_fd_metric", "guard_prompts",
+              "guard_seeds", "guard_inference_steps", "guard_teacher_steps", "hacking_patience",
+              "stop_on_hacking", "keep_best")
+
+
 @dataclass
 class TrainingConfig(RecipeConfig):
     """What every recipe on the training loop (:mod:`rewardkit.training.loop`) is configured
@@ -92,6 +98,26 @@ class TrainingConfig(RecipeConfig):
                         "(skipped with a notice when not installed)")
     tracker_project_name: str = _f("rewardkit", "Tracker project name", OURS)
 
+    # ---------------------------------------------------------------- the reward-hacking guard
+    gold_panel: list[str] = _f([], "Registered RMs the recipe does not train on, scoring fixed "
+                               "samples at every validation (the guard; empty: no panel)", OURS)
+    gold_panel_params: dict = _f({}, "Keyword arguments per panel RM: {name: {...}}", OURS)
+    guard_fd_metric: Optional[str] = _f(None, "Registered distribution metric of the fixed "
+                                        "samples against the teacher's (e.g. fid, world-fd)",
+                                        OURS)
+    guard_prompts: list[str] = _f(list(DEFAULT_VALIDATION_PROMPTS), "Prompts of the guard's "
+                                  "fixed samples", OURS)
+    guard_seeds: list[int] = _f([0, 1, 2, 3], "Seeds of the guard's fixed samples (per prompt)",
+                                OURS)
+    guard_inference_steps: int = _f(2, "Sampling steps of the guard's samples", OURS)
+    guard_teacher_steps: int = _f(25, "DDIM steps of the teacher's reference samples", OURS)
+    hacking_patience: int = _f(3, "Validations in a row with the trained reward up and the gold "
+                               "panel down that count as reward hacking", OURS)
+    stop_on_hacking: bool = _f(False, "Stop the run (saving its output) when the guard sees "
+                               "reward hacking", OURS)
+    keep_best: bool = _f(False, "Export the model at its best gold-panel validation to "
+                         "output_dir/best", OURS)
+
     #: Topics of ``rewardkit run RECIPE --help`` for these keys; a recipe's config adds its own
     #: (every key is in exactly one; a test checks it).
     KEY_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -106,6 +132,7 @@ class TrainingConfig(RecipeConfig):
         "Precision and distribution": ("mixed_precision",),
         "Checkpoints": ("checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint"),
         "Validation and logging": ("validation_steps", "report_to", "tracker_project_name"),
+        "Reward-hacking guard": GUARD_KEYS,
     }
 
     def require_positive(self, *keys: str) -> None:
@@ -167,6 +194,35 @@ class TrainingConfig(RecipeConfig):
             raise ConfigError(f"checkpoints_total_limit must be at least 1, got "
                               f"{self.checkpoints_total_limit}")
         check_resume_keys(self.resume_from_checkpoint, self.output_dir, self.overwrite_output_dir)
+        self.check_guard()
+
+    @property
+    def guard_enabled(self) -> bool:
+        """True when the reward-hacking guard measures anything (a panel or an FD metric)."""
+        return bool(self.gold_panel or self.guard_fd_metric)
+
+    def check_guard(self) -> None:
+        """The guard's keys: registered RMs and metric, sizes, and a validation cadence."""
+        for name in self.gold_panel:
+            check_component("gold_panel", "reward", name, self.gold_panel_params.get(name, {}),
+                            "gold_panel_params")
+        unknown = set(self.gold_panel_params) - set(self.gold_panel)
+        if unknown:
+            raise ConfigError(f"gold_panel_params names {sorted(unknown)}, which are not in "
+                              f"gold_panel {self.gold_panel}; add them or drop their params")
+        if self.guard_fd_metric:
+            check_component("guard_fd_metric", "metric", self.guard_fd_metric)
+        self.require_positive("guard_inference_steps", "guard_teacher_steps",
+                              "hacking_patience")
+        if self.guard_enabled and not (self.guard_prompts and self.guard_seeds):
+            raise ConfigError("guard_prompts and guard_seeds must not be empty when the guard is "
+                              "on (gold_panel or guard_fd_metric)")
+        if (self.stop_on_hacking or self.keep_best) and not self.gold_panel:
+            raise ConfigError("stop_on_hacking and keep_best judge by the gold panel; set "
+                              "gold_panel (registered RMs the recipe does not train on)")
+        if self.guard_enabled and not self.validation_steps:
+            raise ConfigError("the guard measures at validations; set validation_steps > 0 or "
+                              "drop gold_panel and guard_fd_metric")
 
 
 def looks_like_local_path(value: str) -> bool:

@@ -41,13 +41,14 @@ import torch
 from torch import nn
 
 from ..checks import deferred, nonfinite_count, require
-from ..distributed import average_gradients
+from ..distributed import average_gradients, broadcast_flag
 from ..errors import ConfigError
 from ..recipes.base import Recipe
 from .checkpoint import (check_resume_step, load_rank_state, read_trainer_state, resolve_resume,
                          restoring, save_checkpoint, save_rank_state)
 from .config import TrainingConfig
 from .errors import TrainingError, naming_out_of_memory
+from .guard import HackingGuard
 from .metrics import TrainingProgress, start_logging, write_run_config
 from .optim import build_lr_scheduler, build_optimizer
 from .output_dir import check_output_dir, clear_for_overwrite
@@ -60,6 +61,10 @@ logger = logging.getLogger(__name__)
 #: The recipe's own checkpoint state (:meth:`TrainingLoop.checkpoint_state`), as
 #: ``extra_state.safetensors`` + ``extra_state.json`` (:mod:`rewardkit.training.safe_state`).
 RECIPE_STATE = "extra_state"
+#: The guard's measurements so far, saved with each checkpoint (main process).
+GUARD_STATE = "guard_state"
+#: The teacher's samples the guard's Frechet distance compares with, kept in ``output_dir``.
+GUARD_REFERENCE = "guard_reference"
 #: What a batch can hold (:attr:`TrainingLoop.batch_kind`).
 BATCH_KINDS = ("images", "prompts")
 
@@ -70,6 +75,11 @@ def _not_finite(step: int, term: str):
         return (f"step {step}: {term} is not finite ({value}); stopping with the checkpoints "
                 "written so far intact")
     return message
+
+
+def _no_guard_images(recipe: str) -> str:
+    return (f"recipe '{recipe}' does not sample images, so the reward-hacking guard has nothing "
+            "to measure; drop gold_panel and guard_fd_metric")
 
 
 class TrainingLoop(Recipe):
@@ -162,6 +172,23 @@ class TrainingLoop(Recipe):
     def validate(self) -> Path | None:
         """Validation images every ``validation_steps`` (main process); their path."""
         return None
+
+    def guard_images(self, prompts: list[str], seeds: list[int], steps: int) -> torch.Tensor:
+        """The reward-hacking guard's fixed samples of the trained model (main process): every
+        prompt at every seed, prompt-major, ``[P * S, 3, H, W]`` in [0, 1]. A recipe whose
+        model samples images implements it; the guard is refused otherwise."""
+        raise ConfigError(_no_guard_images(self.name))
+
+    def trained_reward_model(self) -> Any:
+        """The RM the recipe trains on (the guard logs its score of the fixed samples as
+        ``guard_reward``); None when there is none."""
+        return None
+
+    def export(self, folder: Path) -> Path:
+        """The trained model as it is now, in ``folder`` (``keep_best``'s copy; main process).
+        Default: its state as ``folder/model.safetensors``."""
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        return save_tensor_file(self.unwrapped_model.state_dict(), folder / "model.safetensors")
 
     def save_final(self) -> Path:
         """The recipe's output after the last step (the loop calls it on every process; write
@@ -294,6 +321,11 @@ class TrainingLoop(Recipe):
             self.model = module
             self.optimizer, self.lr_scheduler = acc.prepare(optimizer, lr_scheduler)
         self.after_prepare()
+        self.guard = None
+        if cfg.guard_enabled and acc.is_main_process:
+            with torch.random.fork_rng(devices=[]):  # the training streams stay untouched
+                self.guard = self.build_guard()
+        self.hacked: str | None = None
 
         self.loader = self.build_loader()
         base_seed = cfg.seed if cfg.seed is not None else torch.initial_seed()
@@ -359,6 +391,77 @@ class TrainingLoop(Recipe):
             return values
         return self.accelerator.reduce(values, reduction="mean")
 
+    # ================================================================ the reward-hacking guard
+
+    def build_guard(self) -> HackingGuard:
+        """The guard of the config's panel, FD metric and fixed prompts (main process); the
+        teacher's reference samples are made once and kept in ``output_dir``."""
+        from ..plugins import get_host
+        from ..rewards.build import build_expert
+
+        cfg = self.config
+        if type(self).guard_images is TrainingLoop.guard_images:
+            raise ConfigError(_no_guard_images(self.name))
+        panel = {name: build_expert(name, cfg.gold_panel_params.get(name, {}), device=self.device,
+                                    mixed_precision=cfg.mixed_precision)
+                 for name in cfg.gold_panel}
+        metric = reference = None
+        if cfg.guard_fd_metric:
+            metric = get_host().get("metric", cfg.guard_fd_metric).build()
+            reference = self.guard_reference()
+        return HackingGuard(cfg.guard_prompts, cfg.guard_seeds, panel,
+                            trained=self.trained_reward_model(), fd_metric=metric,
+                            reference=reference, patience=cfg.hacking_patience)
+
+    def guard_reference(self) -> torch.Tensor:
+        """The teacher's samples of the guard's prompts and seeds (cached in ``output_dir``)."""
+        from .validation import teacher_samples
+
+        cfg = self.config
+        identity = {"teacher": cfg.pretrained_teacher_model, "prompts": list(cfg.guard_prompts),
+                    "seeds": list(cfg.guard_seeds), "steps": cfg.guard_teacher_steps,
+                    "resolution": cfg.resolution}
+        if has_state(self.output_dir, GUARD_REFERENCE):
+            cached = load_state(self.output_dir, GUARD_REFERENCE)
+            if cached.get("identity") == identity:
+                return cached["images"]
+        images = teacher_samples(cfg.pretrained_teacher_model, cfg.guard_prompts,
+                                 cfg.guard_seeds, steps=cfg.guard_teacher_steps,
+                                 resolution=cfg.resolution, device=self.device)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        save_state({"identity": identity, "images": images}, self.output_dir, GUARD_REFERENCE)
+        return images
+
+    def guard_measure(self) -> dict[str, Any]:
+        """The guard's numbers at this validation (main process); ``keep_best`` exports a new
+        best; the first verdict of reward hacking is said (and logged as ``guard_verdict``)
+        and, with ``stop_on_hacking``, ends the run after this step."""
+        if self.guard is None:
+            return {}
+        cfg = self.config
+        with torch.random.fork_rng(devices=[]):
+            images = self.guard_images(list(cfg.guard_prompts), list(cfg.guard_seeds),
+                                       cfg.guard_inference_steps)
+            row: dict[str, Any] = self.guard.measure(self.global_step, images)
+        best = self.guard.best()
+        if cfg.keep_best and best is not None and best["step"] == self.global_step:
+            from ..files import write_aside
+
+            write_aside(self.output_dir / "best", self.export)
+            save_state({"step": self.global_step, "gold_panel": best["gold_panel"]},
+                       self.output_dir / "best", "guard")
+        verdict = self.guard.verdict()
+        if verdict and not self.guard.said:
+            self.guard.said = True
+            row["guard_verdict"] = verdict
+            if cfg.keep_best and best is not None:
+                verdict += (f"; the best by the gold panel is step {best['step']}, in "
+                            f"{self.output_dir / 'best'}")
+            if cfg.stop_on_hacking:
+                self.hacked = verdict + "; stopping (stop_on_hacking), the output is this step's"
+            self.print(self.hacked or verdict)
+        return row
+
     # ================================================================ checkpoints
 
     def save_checkpoint(self) -> Path:
@@ -376,6 +479,8 @@ class TrainingLoop(Recipe):
             state = self.checkpoint_state()
             if state:
                 save_state(state, folder, RECIPE_STATE)
+            if self.guard is not None:
+                save_state(self.guard.state_dict(), folder, GUARD_STATE)
             self.save_files(folder)
 
         return save_checkpoint(acc, self.output_dir, self.global_step, rank_files, main_files,
@@ -403,6 +508,8 @@ class TrainingLoop(Recipe):
                                       "keeps beside the model); resume from a checkpoint this "
                                       "recipe wrote")
                 self.restore_checkpoint_state(load_state(checkpoint, RECIPE_STATE))
+            if self.guard is not None and has_state(checkpoint, GUARD_STATE):
+                self.guard.load_state_dict(load_state(checkpoint, GUARD_STATE))
             self.load_files(checkpoint)
             self.global_step = int(state["global_step"])
             check_resume_step(checkpoint, self.global_step, self.total_steps,
@@ -425,7 +532,7 @@ class TrainingLoop(Recipe):
         cfg, acc = self.config, self.accelerator
         total = self.total_steps
         if self.global_step == 0 and acc.is_main_process:
-            initial = self.initial_metrics()
+            initial = {**self.initial_metrics(), **self.guard_measure()}
             if initial:
                 self.log(initial)
         with TrainingProgress(total, min(self.global_step, total), keys=self.progress_keys,
@@ -437,15 +544,21 @@ class TrainingLoop(Recipe):
                 self.global_step += 1
                 metrics["step_time"] = time.perf_counter() - started
                 bar.update(self.global_step, metrics)
+                stop = False
                 if self.validation_due(self.global_step):
                     if acc.is_main_process:
                         self.validate()
                     acc.wait_for_everyone()
                     if acc.is_main_process:
-                        metrics.update(self.validation_metrics())
+                        metrics.update({**self.validation_metrics(), **self.guard_measure()})
+                    # only the main process measures; every process stops with it
+                    stop = cfg.stop_on_hacking and broadcast_flag(self.hacked is not None,
+                                                                  acc.device)
                 self.log(metrics)  # before the checkpoint: a resumed run keeps this step's row
                 if cfg.checkpointing_steps and self.global_step % cfg.checkpointing_steps == 0:
                     self.save_checkpoint()
+                if stop:
+                    break
         self.save_final()
         if acc.is_main_process:
             skipped = sum(getattr(self.loader, "skipped", {}).values())

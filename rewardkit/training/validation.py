@@ -53,3 +53,39 @@ def validation_grid(backbone: Any, unet: nn.Module, prompts: Sequence[str], seed
     path.parent.mkdir(parents=True, exist_ok=True)
     image_grid(rows).save(path)
     return path
+
+
+def guard_samples(backbone: Any, unet: nn.Module, prompts: Sequence[str], seeds: Sequence[int],
+                  *, steps: int, guidance_scale: float, time_cond_proj_dim: int | None,
+                  original_inference_steps: int = 50, timestep_scaling: float = 10.0,
+                  latent_size: int | None = None) -> torch.Tensor:
+    """The reward-hacking guard's fixed samples of ``unet``: every prompt at every seed,
+    prompt-major, ``[P * S, 3, H, W]`` in [0, 1] (own generators, as validation grids)."""
+    was_training = unet.training
+    unet.eval()
+    try:
+        cond = backbone.encode_prompts(list(prompts))
+        per_seed = [sample_lcm(backbone, unet, cond, steps=steps, seed=seed,
+                               guidance_scale=guidance_scale,
+                               time_cond_proj_dim=time_cond_proj_dim,
+                               original_inference_steps=original_inference_steps,
+                               timestep_scaling=timestep_scaling, latent_size=latent_size)
+                    for seed in seeds]
+    finally:
+        unet.train(was_training)
+    return torch.stack(per_seed, dim=1).flatten(0, 1).float().cpu()
+
+
+def teacher_samples(model: str, prompts: Sequence[str], seeds: Sequence[int], *, steps: int,
+                    resolution: int, guidance_scale: float = 7.5, device: Any = "cpu",
+                    dtype: str = "float32") -> torch.Tensor:
+    """The teacher's samples of the same (prompt, seed) grid as :func:`guard_samples`, with
+    ``DDIMScheduler`` in ``steps`` steps, loaded as a user's pipeline is (``model``: a hub id or
+    a pipeline folder)."""
+    from ..sampling import load_pipeline, pil_to_tensor, run_pipeline
+
+    pipe = load_pipeline(model, "ddim", device=str(device), dtype=dtype)
+    result = run_pipeline(pipe, [p for p in prompts for _ in seeds], steps, guidance_scale,
+                          seeds=[s for _ in prompts for s in seeds], height=resolution,
+                          width=resolution)
+    return pil_to_tensor(result.images)

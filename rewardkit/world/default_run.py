@@ -87,6 +87,12 @@ def default_rg_lcd_overrides(assets_root: str | Path | None = None,
         "validation_prompts": validation_captions(),
         "validation_seeds": [0],
         "validation_guidance_scale": DEFAULT_GUIDANCE_SCALE,
+        # the reward-hacking guard: the run learns world-judge (through the LRM), so the learned
+        # scorer is its gold panel; plus the Frechet distance to the teacher's samples
+        "gold_panel": ["world-scorer"],
+        "guard_fd_metric": "world-fd",
+        "guard_prompts": validation_captions(),
+        "guard_seeds": [0, 1, 2, 3],
         "seed": 0,
         "report_to": "none",
     }
@@ -115,10 +121,13 @@ def fit_world_defaults(defaults: dict[str, Any], chosen: dict[str, Any]) -> dict
     (:data:`SCRATCH_LRM_SCHEDULE`); at another ``resolution`` than the world's the shipped
     rehearsal pairs are dropped (their latents have the world resolution's size, and rg-lcd
     refuses a rehearsal set of other-sized latents), while the shipped LRM, which reads latents
-    of any size, still loads. The user's ``chosen`` values are applied over these."""
+    of any size, still loads. The reward-hacking guard's gold panel is the world RM the run
+    does not train on. The user's ``chosen`` values are applied over these."""
     fitted = dict(defaults)
     proxy = chosen.get("proxy", fitted.get("proxy"))
     reward = chosen.get("reward", fitted.get("reward"))
+    # the guard's gold panel is the world RM the run does not train on
+    fitted["gold_panel"] = [name for name in ("world-judge", "world-scorer") if name != reward]
     if proxy == "none":
         for key in PROXY_ONLY_KEYS:
             fitted.pop(key, None)

@@ -151,11 +151,13 @@ def write_report(run_dir: str | Path, rows: Sequence[EvalRow], *,
         config = json.loads((run_dir / "config.json").read_text())
     command = command or shlex.join(["rewardkit" if Path(sys.argv[0]).name == "rewardkit"
                                      else sys.argv[0], *sys.argv[1:]])
-    proxy = {}
+    proxy, guard = {}, ""
     if (run_dir / "metrics.jsonl").is_file():
+        from ..training.guard import guard_report
         from ..training.metrics import read_metrics
 
-        proxy = proxy_summary(read_metrics(run_dir / "metrics.jsonl"))
+        metrics_rows = read_metrics(run_dir / "metrics.jsonl")
+        proxy, guard = proxy_summary(metrics_rows), guard_report(metrics_rows)
     records = [row.as_dict() for row in rows]
     for record in records:
         if record["kind"] == "student":
@@ -173,6 +175,8 @@ def write_report(run_dir: str | Path, rows: Sequence[EvalRow], *,
     parts = [f"# {title}", "", "## Metrics", "", format_table(rows), "", TABLE_NOTE, ""]
     if format_proxy_summary(proxy):
         parts += [format_proxy_summary(proxy), ""]
+    if guard:
+        parts += [guard, ""]
     if notes:
         parts += [notes, ""]
     for caption, name in figures:
