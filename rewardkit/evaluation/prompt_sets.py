@@ -161,6 +161,35 @@ def fetch_dataset_file(source: str, filename: str) -> Path:
                           "source") from None
 
 
+def split_prompt_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"NAME?key=value&..."`` -> ``("NAME", {key: value})``: a registered set's parameters
+    in one string (for config keys such as a recipe's training prompts); integer values
+    become ints."""
+    name, _, query = spec.partition("?")
+    params: dict[str, Any] = {}
+    for part in filter(None, query.split("&")):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ConfigError(f"prompt set spec {spec!r}: '{part}' is not key=value")
+        params[key] = int(value) if value.lstrip("-").isdigit() else value
+    return name, params
+
+
+def check_prompt_spec(key: str, spec: str) -> None:
+    """Before anything loads: ``spec`` (config key ``key``) names a registered prompt set
+    (optionally ``NAME?key=value&...``) or an existing prompt file."""
+    from ..plugins import get_host
+
+    if not spec:
+        raise ConfigError(f"{key} is required: a registered prompt set or a prompt file")
+    name, _ = split_prompt_spec(spec)
+    if name in {c.name for c in get_host().list("prompts")}:
+        return
+    if not Path(spec).expanduser().is_file():
+        raise ConfigError(f"{key}: {spec!r} is neither a registered prompt set (see `rewardkit "
+                          "list prompts`) nor an existing prompt file")
+
+
 def load_prompt_set(spec: str, source: str | None = None, limit: int | None = None,
                     option: str = "--prompts", **params: Any) -> PromptSet:
     """A registered prompt set by name (``source``, ``limit`` and ``params`` go to its
@@ -169,6 +198,8 @@ def load_prompt_set(spec: str, source: str | None = None, limit: int | None = No
     from ..plugins import get_host
 
     names = [component.name for component in get_host().list("prompts")]
+    spec, query = split_prompt_spec(spec)
+    params = {**query, **params}
     if spec in names:
         given = {k: v for k, v in (("source", source), ("limit", limit)) if v is not None}
         return get_host().get("prompts", spec).build(**given, **params).load()

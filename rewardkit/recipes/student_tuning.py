@@ -73,6 +73,12 @@ class StudentTuningConfig(TrainingConfig):
         "Validation": ("validation_prompts", "validation_seeds", "validation_inference_steps"),
     }
 
+    def check_training_data(self) -> None:
+        """The training prompts: a registered prompt set (``NAME?key=value``) or a file."""
+        from ..evaluation.prompt_sets import check_prompt_spec
+
+        check_prompt_spec("train_shards_path_or_url", self.train_shards_path_or_url)
+
     def validate(self) -> None:
         """The student is given and a folder; then the loop's checks and the shared keys'."""
         if not self.pretrained_student:

@@ -135,6 +135,13 @@ class TrainingConfig(RecipeConfig):
         "Reward-hacking guard": GUARD_KEYS,
     }
 
+    def check_training_data(self) -> None:
+        """``train_shards_path_or_url`` names data the loop can read (a recipe reading prompts
+        only checks a prompt spec instead)."""
+        from ..data.specs import check_data_spec
+
+        check_data_spec("train_shards_path_or_url", self.train_shards_path_or_url)
+
     def require_positive(self, *keys: str) -> None:
         """Refuse a value of ``keys`` that is zero or negative (``None`` passes: "not set")."""
         for key in keys:
@@ -157,7 +164,6 @@ class TrainingConfig(RecipeConfig):
 
     def validate(self) -> None:
         """Reject bad values of the shared keys, naming the key, before anything is loaded."""
-        from ..data.specs import check_data_spec
         from .runtime import check_distributed_engine
 
         check_teacher_location(self.pretrained_teacher_model)
@@ -175,7 +181,7 @@ class TrainingConfig(RecipeConfig):
                 raise ConfigError(f"pretrained_vae_model_name_or_path: backbone '{self.backbone}' "
                                   "takes no separate VAE; drop the key or use a backbone that "
                                   "does (stable-diffusion, stable-diffusion-xl)")
-        check_data_spec("train_shards_path_or_url", self.train_shards_path_or_url)
+        self.check_training_data()
         self.require_positive("resolution", "train_batch_size", "max_train_steps",
                               "gradient_accumulation_steps")
         check_resolution(self.pretrained_teacher_model, self.resolution)

@@ -1,6 +1,6 @@
-"""The ``world`` preset: what ``rewardkit run rg-lcd`` and ``rewardkit run lrm-pretrain`` do with
-no arguments (the shipped teacher, world data, ``world-judge``), the report after rg-lcd, and
-what ``rewardkit eval`` measures without ``--prompts`` / ``--metrics``."""
+"""The ``world`` preset: what ``rewardkit run rg-lcd``, ``lrm-pretrain``, ``draft`` and ``grpo``
+do with no arguments (the shipped teacher, world data, ``world-judge``), the report after
+rg-lcd, and what ``rewardkit eval`` measures without ``--prompts`` / ``--metrics``."""
 
 from __future__ import annotations
 
@@ -9,13 +9,17 @@ from typing import Any
 
 
 class WorldPreset:
-    """The embedded world: RG-LCD (and LRM pretraining) on the shipped teacher, a report after."""
+    """The embedded world: RG-LCD, LRM pretraining, DRaFT and GRPO on the shipped teacher."""
 
     name = "world"
-    recipes = ("rg-lcd", "lrm-pretrain")
+    recipes = ("rg-lcd", "lrm-pretrain", "draft", "grpo")
 
     def defaults(self, recipe: str, chosen: dict[str, Any]) -> dict[str, Any]:
         """Config overrides of ``recipe``, fitted to the user's ``chosen`` values (which win)."""
+        if recipe in ("draft", "grpo"):
+            from .tuning_run import world_tuning_overrides
+
+            return world_tuning_overrides(recipe, chosen)
         if recipe == "rg-lcd":
             from .default_run import default_rg_lcd_overrides, fit_world_defaults
 
