@@ -162,3 +162,17 @@ def test_guard_settings_are_checked_before_anything_loads(host, assets, tmp_path
         rk.recipe("draft", draft_values(assets, tmp_path, gold_panel=[], stop_on_hacking=True))
     with pytest.raises(ConfigError, match="set validation_steps > 0"):
         rk.recipe("draft", draft_values(assets, tmp_path, validation_steps=0))
+
+
+def test_the_world_drops_its_own_guard_when_the_user_turns_validations_off():
+    """The world's default guard measures at validations; with ``validation_steps=0`` it is off
+    rather than a refusal of the user's config, and a user's own panel still wins."""
+    from rewardkit.world.preset import WorldPreset
+
+    preset = WorldPreset()
+    on = preset.defaults("rg-lcd", {})
+    assert on["gold_panel"] and on["guard_fd_metric"]
+    off = preset.defaults("rg-lcd", {"validation_steps": 0})
+    assert off["gold_panel"] == [] and off["guard_fd_metric"] is None
+    config = rk.recipe("rg-lcd", output_dir="unused", validation_steps=0, max_train_steps=1).config
+    assert config.gold_panel == [] and config.guard_fd_metric is None

@@ -8,6 +8,15 @@ from pathlib import Path
 from typing import Any
 
 
+def without_idle_guard(defaults: dict[str, Any], chosen: dict[str, Any]) -> dict[str, Any]:
+    """``defaults`` without the reward-hacking guard when the user turned validations off
+    (``validation_steps=0``): the guard measures at validations, and a guard the user did not ask
+    for must not refuse their config."""
+    if chosen.get("validation_steps", defaults.get("validation_steps")) == 0:
+        return {**defaults, "gold_panel": [], "guard_fd_metric": None}
+    return defaults
+
+
 class WorldPreset:
     """The embedded world: RG-LCD, LRM pretraining, DRaFT and GRPO on the shipped teacher."""
 
@@ -19,11 +28,12 @@ class WorldPreset:
         if recipe in ("draft", "grpo"):
             from .tuning_run import world_tuning_overrides
 
-            return world_tuning_overrides(recipe, chosen)
+            return without_idle_guard(world_tuning_overrides(recipe, chosen), chosen)
         if recipe == "rg-lcd":
             from .default_run import default_rg_lcd_overrides, fit_world_defaults
 
-            return {**fit_world_defaults(default_rg_lcd_overrides(), chosen), "report": True}
+            fitted = fit_world_defaults(default_rg_lcd_overrides(), chosen)
+            return {**without_idle_guard(fitted, chosen), "report": True}
         # lrm-pretrain: a world LRM on the shipped teacher with world-judge (what `rewardkit
         # world build` ships as lrm/), into lrm-pretrained-world, sized for the chosen proxy
         from .assets import TEACHER, asset_path
