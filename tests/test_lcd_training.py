@@ -387,3 +387,41 @@ def test_compile_turns_off_inductors_layout_optimisation_only_where_torch_2_13_b
     assert compile_options("inductor", "reduce-overhead", cuda) == {
         "backend": "inductor", "mode": "reduce-overhead"}
     assert compile_options("aot_eager", None, cpu) == {"backend": "aot_eager", "mode": None}
+
+
+def test_max_train_minutes_stops_with_its_sentence_saves_and_a_resume_keeps_the_budget(
+        assets, tmp_path, capsys):
+    """A budget spent after the first step: the run stops there, says so, and still saves its
+    pipeline; the checkpoint carries the time spent, so a resume does not start a new budget."""
+    out = LCDRecipe(config(assets, tmp_path, max_train_steps=4, checkpointing_steps=1,
+                           max_train_minutes=1e-9)).run(progress=False)
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1]
+    assert "max_train_minutes (1e-09) spent after step 1" in capsys.readouterr().out
+    assert (out / "pipeline" / "model_index.json").is_file()
+    spent = json.loads((out / "checkpoint-1" / "trainer_state.json").read_text())["train_seconds"]
+    assert spent > 0
+    resumed = LCDRecipe(config(assets, tmp_path, max_train_steps=4, checkpointing_steps=1,
+                               max_train_minutes=1e-9, resume_from_checkpoint="latest"))
+    resumed.run(progress=False)
+    assert resumed.global_step == 2  # one more step, then the (already spent) budget stops it
+    assert resumed.train_seconds > spent
+
+
+def test_a_distilled_student_is_where_lcd_starts_when_given(assets, tmp_path):
+    """``pretrained_student``: the student and its EMA target start from a saved student, not
+    the teacher; a student with another guidance embedding is refused by name."""
+    from diffusers import UNet2DConditionModel
+    from rewardkit.errors import ConfigError
+
+    first = LCDRecipe(config(assets, tmp_path / "a", max_train_steps=2)).run(progress=False)
+    saved = UNet2DConditionModel.from_pretrained(first / "pipeline", subfolder="unet").state_dict()
+    recipe = LCDRecipe(config(assets, tmp_path / "b", pretrained_student=str(first / "pipeline")))
+    recipe.setup()
+    for name, value in recipe.unwrapped_student.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+        assert torch.equal(recipe.target.state_dict()[name], saved[name]), name
+    with pytest.raises(ConfigError, match="guidance embedding of size 32.*unet_time_cond_proj_dim"):
+        LCDRecipe(config(assets, tmp_path / "c", pretrained_student=str(first / "pipeline"),
+                         unet_time_cond_proj_dim=16)).setup()
+    with pytest.raises(ConfigError, match="pretrained_student"):
+        config(assets, tmp_path / "d", pretrained_student=str(tmp_path / "missing"))

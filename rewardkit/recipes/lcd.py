@@ -75,9 +75,22 @@ class LCDRecipe(TrainingLoop):
 
     def build_student(self, backbone: Any) -> nn.Module:
         """The student: the teacher UNet with the guidance embedding (``unet_time_cond_proj_dim``),
-        with LoRA adapters in LoRA mode."""
+        or the distilled ``pretrained_student``; with LoRA adapters in LoRA mode."""
         cfg = self.config
-        student = backbone.build_student(time_cond_proj_dim=cfg.unet_time_cond_proj_dim)
+        if cfg.pretrained_student:
+            # a LoRA student goes on as LoRA with use_lora, else merged into a full UNet
+            student = backbone.load_student(cfg.pretrained_student,
+                                            lora=None if cfg.use_lora else False)
+            found = getattr(student.config, "time_cond_proj_dim", None)
+            if found != cfg.unet_time_cond_proj_dim:
+                raise ConfigError(f"pretrained_student '{cfg.pretrained_student}' has a guidance "
+                                  f"embedding of size {found}, the config "
+                                  f"unet_time_cond_proj_dim {cfg.unet_time_cond_proj_dim}; set "
+                                  f"unet_time_cond_proj_dim to {found}")
+            if cfg.use_lora and getattr(student, "peft_config", None):
+                return student
+        else:
+            student = backbone.build_student(time_cond_proj_dim=cfg.unet_time_cond_proj_dim)
         if cfg.use_lora:
             student = backbone.add_lora(student, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
                                         target_modules=cfg.lora_target_modules)

@@ -31,6 +31,10 @@ class LCDConfig(TrainingConfig):
     output_dir: str = _f("lcd-model", "Where checkpoints, validation images, metrics and the final "
                          "pipeline go", OURS)
     tracker_project_name: str = _f("rewardkit-lcd", "Tracker project name", OURS)
+    pretrained_student: Optional[str] = _f(
+        None, "Start the student (and its EMA target) from a distilled student instead of the "
+        "teacher: a pipeline folder (lcd / rg-lcd output_dir/pipeline) or a checkpoint-N "
+        "folder; to go on distilling, or to add reward guidance to an LCD student", OURS)
     solver: str = _f("ddim", "Registered consistency solver (the teacher's ODE step)", REF)
     solver_params: dict = _f({}, "Extra keyword arguments for the solver", OURS)
     gradient_checkpointing: bool = _f(False, "Recompute student activations in backward")
@@ -79,7 +83,7 @@ class LCDConfig(TrainingConfig):
     #: Topics of ``rewardkit run lcd --help``, in the order diffusers' LCD scripts group their
     #: arguments (every key is in exactly one; a test checks it).
     KEY_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "Model": TrainingConfig.KEY_GROUPS["Model"],
+        "Model": TrainingConfig.KEY_GROUPS["Model"] + ("pretrained_student",),
         "Data": TrainingConfig.KEY_GROUPS["Data"],
         "Training and optimiser": (TrainingConfig.KEY_GROUPS["Training and optimiser"]
                                    + ("gradient_checkpointing",)),
@@ -101,6 +105,7 @@ class LCDConfig(TrainingConfig):
     def validate(self) -> None:
         """The shared checks, then LCD's own, naming the key, before anything is loaded."""
         super().validate()
+        self.require_folder("pretrained_student")
         self.require_positive("num_ddim_timesteps", "unet_time_cond_proj_dim", "lora_rank",
                               "timestep_scaling_factor", "lora_alpha")
         self.require_non_negative("w_min", "huber_c")

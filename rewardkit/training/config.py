@@ -71,6 +71,10 @@ class TrainingConfig(RecipeConfig):
 
     # ---------------------------------------------------------------- optimisation
     max_train_steps: int = _f(10000, "Optimiser steps to train")
+    max_train_minutes: Optional[float] = _f(
+        None, "Stop earlier, saving the output as at the last step, once the training steps "
+        "(validations and checkpoints not counted) have taken this many minutes; a resume "
+        "continues the budget. For equal-time comparisons and time-limited jobs", OURS)
     learning_rate: float = _f(1e-6, "AdamW learning rate (full fine-tuning)")
     lr_scheduler: str = _f("constant", f"LR schedule: {', '.join(LR_SCHEDULERS)}")
     lr_warmup_steps: int = _f(500, "LR warm-up steps (ignored by 'constant')")
@@ -126,8 +130,8 @@ class TrainingConfig(RecipeConfig):
         "Data": ("train_shards_path_or_url", "resolution", "center_crop", "random_flip",
                  "train_batch_size", "dataloader_num_workers", "dataloader_seed"),
         "Training and optimiser": (
-            "max_train_steps", "learning_rate", "lr_scheduler", "lr_warmup_steps",
-            "gradient_accumulation_steps", "use_8bit_adam", "adam_beta1", "adam_beta2",
+            "max_train_steps", "max_train_minutes", "learning_rate", "lr_scheduler",
+            "lr_warmup_steps", "gradient_accumulation_steps", "use_8bit_adam", "adam_beta1", "adam_beta2",
             "adam_weight_decay", "adam_epsilon", "max_grad_norm"),
         "Precision and distribution": ("mixed_precision",),
         "Checkpoints": ("checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint"),
@@ -183,7 +187,7 @@ class TrainingConfig(RecipeConfig):
                                   "does (stable-diffusion, stable-diffusion-xl)")
         self.check_training_data()
         self.require_positive("resolution", "train_batch_size", "max_train_steps",
-                              "gradient_accumulation_steps")
+                              "max_train_minutes", "gradient_accumulation_steps")
         check_resolution(self.pretrained_teacher_model, self.resolution)
         check_distributed_engine()
         self.require_non_negative("lr_warmup_steps", "checkpointing_steps",

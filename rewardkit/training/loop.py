@@ -102,6 +102,7 @@ class TrainingLoop(Recipe):
         self.config: TrainingConfig = config
         self.output_dir = Path(config.output_dir)
         self.global_step = 0
+        self.train_seconds = 0.0  # wall time of the training steps so far (max_train_minutes)
         self.accelerator: Any = None
 
     # ================================================================ the algorithm's hooks
@@ -331,7 +332,7 @@ class TrainingLoop(Recipe):
         base_seed = cfg.seed if cfg.seed is not None else torch.initial_seed()
         self.generator = torch.Generator().manual_seed(
             (base_seed * 1_000_003 + acc.process_index) % 2**63)
-        self.global_step = 0
+        self.global_step, self.train_seconds = 0, 0.0
 
         checkpoint = resolve_resume(cfg.resume_from_checkpoint, self.output_dir)
         if checkpoint is not None:
@@ -484,7 +485,8 @@ class TrainingLoop(Recipe):
             self.save_files(folder)
 
         return save_checkpoint(acc, self.output_dir, self.global_step, rank_files, main_files,
-                               {"world_size": acc.num_processes},
+                               {"world_size": acc.num_processes,
+                                "train_seconds": self.train_seconds},
                                total_limit=self.config.checkpoints_total_limit)
 
     def load_checkpoint(self, checkpoint: Path) -> None:
@@ -512,6 +514,7 @@ class TrainingLoop(Recipe):
                 self.guard.load_state_dict(load_state(checkpoint, GUARD_STATE))
             self.load_files(checkpoint)
             self.global_step = int(state["global_step"])
+            self.train_seconds = float(state.get("train_seconds", 0.0))
             check_resume_step(checkpoint, self.global_step, self.total_steps,
                               "max_train_steps")
         acc.print(f"resumed from {checkpoint} at step {self.global_step}")
@@ -524,6 +527,19 @@ class TrainingLoop(Recipe):
             self.metrics_log.append(self.global_step, metrics)
             if self.accelerator.log_with:
                 self.accelerator.log(metrics, step=self.global_step)
+
+    def out_of_time(self) -> bool:
+        """Whether ``max_train_minutes`` of training steps are spent (the main process's clock
+        decides for every process), said once."""
+        budget = self.config.max_train_minutes
+        if budget is None:
+            return False
+        spent = broadcast_flag(self.train_seconds >= 60.0 * budget, self.accelerator.device)
+        if spent:
+            self.print(f"max_train_minutes ({budget:g}) spent after step {self.global_step} "
+                       f"({self.train_seconds / 60:.2f} min of training steps); saving the "
+                       "output as it is now")
+        return spent
 
     def run(self, progress: bool = True) -> Path:
         """Train to ``max_train_steps`` (resuming if asked), then :meth:`save_final`; returns
@@ -543,8 +559,9 @@ class TrainingLoop(Recipe):
                     metrics = self.train_step()
                 self.global_step += 1
                 metrics["step_time"] = time.perf_counter() - started
+                self.train_seconds += metrics["step_time"]
                 bar.update(self.global_step, metrics)
-                stop = False
+                stop = self.out_of_time()
                 if self.validation_due(self.global_step):
                     if acc.is_main_process:
                         self.validate()
@@ -552,8 +569,8 @@ class TrainingLoop(Recipe):
                     if acc.is_main_process:
                         metrics.update({**self.validation_metrics(), **self.guard_measure()})
                     # only the main process measures; every process stops with it
-                    stop = cfg.stop_on_hacking and broadcast_flag(self.hacked is not None,
-                                                                  acc.device)
+                    stop = stop or (cfg.stop_on_hacking
+                                    and broadcast_flag(self.hacked is not None, acc.device))
                 self.log(metrics)  # before the checkpoint: a resumed run keeps this step's row
                 if cfg.checkpointing_steps and self.global_step % cfg.checkpointing_steps == 0:
                     self.save_checkpoint()
