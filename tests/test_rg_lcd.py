@@ -544,3 +544,27 @@ def test_the_expert_runs_in_the_mixed_precision_dtype_unless_reward_params_set_o
                                 reward_params={"model": clip}))
     recipe.setup()
     assert recipe.reward_model.dtype == torch.float32  # no mixed precision: as built
+
+
+def test_expert_images_count_what_the_expert_scored_and_survive_a_resume(assets, tmp_path):
+    """``expert_images``: the expert's cost. Through the LRM with ``proxy_update_every=2`` it
+    judges 3 candidates x 2 images on every second step only (after the held-out set's one-off
+    cost); directly it scores the batch every step. A resumed run goes on counting."""
+    common = dict(max_train_steps=4, checkpointing_steps=2, reward="jpeg-compressibility",
+                  proxy_update_every=2)
+    straight = RGLCDRecipe(config(assets, tmp_path / "a", **common)).run(progress=False)
+    counts = [r["expert_images"] for r in read_metrics(straight / "metrics.jsonl")
+              if "expert_images" in r]
+    heldout = counts[0]
+    assert [c - heldout for c in counts] == [0, 6, 6, 12]
+    with pytest.raises(KeyboardInterrupt):
+        CrashAt(config(assets, tmp_path / "b", **common)).run(progress=False)
+    RGLCDRecipe(config(assets, tmp_path / "b", resume_from_checkpoint="latest",
+                       **common)).run(progress=False)
+    resumed = [r["expert_images"] for r in read_metrics(tmp_path / "b" / "metrics.jsonl")
+               if "expert_images" in r]
+    assert resumed == counts
+    direct = RGLCDRecipe(config(assets, tmp_path / "c", max_train_steps=2, proxy="none",
+                                proxy_eval_num_prompts=0)).run(progress=False)
+    assert [r["expert_images"] for r in read_metrics(direct / "metrics.jsonl")
+            if "expert_images" in r] == [2, 4]

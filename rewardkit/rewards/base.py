@@ -29,12 +29,16 @@ class RewardModel(ABC):
       use ``exp(logit_scale)`` of their model, about 100); ``None`` when the RM has none: the
       LRM's distillation loss then uses the LRM's own learned scale (the reference's choice for
       ImageReward).
+
+    ``images_scored`` counts the images this instance has scored through :meth:`__call__` (the
+    training loop logs it as ``expert_images``: the expert's cost, which a proxy saves).
     """
 
     name: ClassVar[str] = "reward"
     input_space: ClassVar[str] = "pixels"
     differentiable: ClassVar[bool] = True
     logit_scale: float | None = None
+    images_scored: int = 0
 
     @abstractmethod
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
@@ -53,6 +57,7 @@ class RewardModel(ABC):
         """Checked :meth:`score`: validates shapes and values, names this RM on failure."""
         self.check_input(images, prompts)
         scores = self.score(images, prompts)
+        self.images_scored = self.images_scored + int(images.shape[0])
         return self.check_output(scores, images.shape[0])
 
     # -------------------------------------------------------------- checks

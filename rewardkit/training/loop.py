@@ -103,6 +103,7 @@ class TrainingLoop(Recipe):
         self.output_dir = Path(config.output_dir)
         self.global_step = 0
         self.train_seconds = 0.0  # wall time of the training steps so far (max_train_minutes)
+        self.expert_images_before = 0  # images the expert scored before a resume
         self.accelerator: Any = None
 
     # ================================================================ the algorithm's hooks
@@ -332,7 +333,7 @@ class TrainingLoop(Recipe):
         base_seed = cfg.seed if cfg.seed is not None else torch.initial_seed()
         self.generator = torch.Generator().manual_seed(
             (base_seed * 1_000_003 + acc.process_index) % 2**63)
-        self.global_step, self.train_seconds = 0, 0.0
+        self.global_step, self.train_seconds, self.expert_images_before = 0, 0.0, 0
 
         checkpoint = resolve_resume(cfg.resume_from_checkpoint, self.output_dir)
         if checkpoint is not None:
@@ -486,7 +487,8 @@ class TrainingLoop(Recipe):
 
         return save_checkpoint(acc, self.output_dir, self.global_step, rank_files, main_files,
                                {"world_size": acc.num_processes,
-                                "train_seconds": self.train_seconds},
+                                "train_seconds": self.train_seconds,
+                                "expert_images": self.expert_images()},
                                total_limit=self.config.checkpoints_total_limit)
 
     def load_checkpoint(self, checkpoint: Path) -> None:
@@ -515,6 +517,7 @@ class TrainingLoop(Recipe):
             self.load_files(checkpoint)
             self.global_step = int(state["global_step"])
             self.train_seconds = float(state.get("train_seconds", 0.0))
+            self.expert_images_before = int(state.get("expert_images", 0))
             check_resume_step(checkpoint, self.global_step, self.total_steps,
                               "max_train_steps")
         acc.print(f"resumed from {checkpoint} at step {self.global_step}")
@@ -527,6 +530,12 @@ class TrainingLoop(Recipe):
             self.metrics_log.append(self.global_step, metrics)
             if self.accelerator.log_with:
                 self.accelerator.log(metrics, step=self.global_step)
+
+    def expert_images(self) -> int:
+        """Images the trained-on RM (the expert) has scored in this run so far, on this
+        process: training, proxy updates and the held-out set (0 without one)."""
+        scored = getattr(self.trained_reward_model(), "images_scored", 0)
+        return self.expert_images_before + int(scored)
 
     def out_of_time(self) -> bool:
         """Whether ``max_train_minutes`` of training steps are spent (the main process's clock
@@ -560,6 +569,8 @@ class TrainingLoop(Recipe):
                 self.global_step += 1
                 metrics["step_time"] = time.perf_counter() - started
                 self.train_seconds += metrics["step_time"]
+                if self.trained_reward_model() is not None:
+                    metrics["expert_images"] = self.expert_images()
                 bar.update(self.global_step, metrics)
                 stop = self.out_of_time()
                 if self.validation_due(self.global_step):
