@@ -35,3 +35,20 @@ def test_sdxl_config_uses_the_sdxl_backbone_and_the_fp16_fix_vae():
     assert config.pretrained_teacher_model == "stabilityai/stable-diffusion-xl-base-1.0"
     assert config.pretrained_vae_model_name_or_path == "madebyollin/sdxl-vae-fp16-fix"
     assert config.proxy == "lrm" and (config.w_min, config.w_max) == (3.0, 15.0)
+
+
+TUNING = sorted((CONFIGS[0].parent).glob("*/*.toml"))
+
+
+@pytest.mark.parametrize("path", TUNING, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_draft_and_grpo_configs_load_into_their_recipes_config(path):
+    """``examples/configs/draft`` and ``grpo``: every key is one of the recipe's (a typo would
+    be refused), and the values a GPU user relies on are there."""
+    import rewardkit as rk
+
+    config_class = rk.describe("recipe", path.parent.name).factory.Config
+    config = load_config(config_class, path, validate=False)
+    assert config.pretrained_student and config.reward
+    assert config.pretrained_teacher_model.startswith("stabilityai/stable-diffusion-")
+    assert config.mixed_precision == "bf16" and config.train_shards_path_or_url.endswith(".txt")
+    assert {p.parent.name for p in TUNING} == {"draft", "grpo"}
