@@ -405,6 +405,14 @@ def test_max_train_minutes_stops_with_its_sentence_saves_and_a_resume_keeps_the_
     resumed.run(progress=False)
     assert resumed.global_step == 2  # one more step, then the (already spent) budget stops it
     assert resumed.train_seconds > spent
+    cpu = LCDRecipe(config(assets, tmp_path / "cpu", max_train_steps=4, max_train_minutes=1e-9,
+                           train_time_clock="process"))
+    cpu.run(progress=False)
+    assert cpu.global_step == 1 and "process clock" in capsys.readouterr().out
+    from rewardkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train_time_clock"):
+        config(assets, tmp_path / "bad", train_time_clock="sundial")
 
 
 def test_a_distilled_student_is_where_lcd_starts_when_given(assets, tmp_path):

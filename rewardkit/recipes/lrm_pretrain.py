@@ -138,7 +138,7 @@ class LRMPretrainConfig(TrainingConfig):
         "Data": TrainingConfig.KEY_GROUPS["Data"],
         "Proxy": ("proxy", "proxy_params", "pretrained_proxy"),
         "Contrastive stage": ("contrastive_steps", "max_train_steps", "max_train_minutes",
-                              "learning_rate",
+                              "train_time_clock", "learning_rate",
                               "lr_scheduler", "lr_warmup_steps", "gradient_accumulation_steps",
                               "use_8bit_adam", "adam_beta1", "adam_beta2", "adam_epsilon",
                               "adam_weight_decay", "max_grad_norm"),

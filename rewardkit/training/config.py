@@ -34,6 +34,9 @@ DEFAULT_VALIDATION_PROMPTS = [
 
 
 #: The guard's keys (:mod:`rewardkit.training.guard`), one topic of every training recipe.
+#: The clocks ``max_train_minutes`` can be measured with (see :mod:`rewardkit.training.loop`).
+TRAIN_TIME_CLOCKS = ("wall", "process")
+
 GUARD_KEYS = ("gold_panel", "gold_panel_params", "guard_fd_metric", "guard_prompts",
               "guard_seeds", "guard_inference_steps", "guard_teacher_steps", "hacking_patience",
               "stop_on_hacking", "keep_best")
@@ -75,6 +78,9 @@ class TrainingConfig(RecipeConfig):
         None, "Stop earlier, saving the output as at the last step, once the training steps "
         "(validations and checkpoints not counted) have taken this many minutes; a resume "
         "continues the budget. For equal-time comparisons and time-limited jobs", OURS)
+    train_time_clock: str = _f("wall", "The clock of max_train_minutes: wall (elapsed time) or "
+                               "process (this process's CPU time, all its threads: fair between "
+                               "runs on a machine shared with other work)", OURS)
     learning_rate: float = _f(1e-6, "AdamW learning rate (full fine-tuning)")
     lr_scheduler: str = _f("constant", f"LR schedule: {', '.join(LR_SCHEDULERS)}")
     lr_warmup_steps: int = _f(500, "LR warm-up steps (ignored by 'constant')")
@@ -130,7 +136,8 @@ class TrainingConfig(RecipeConfig):
         "Data": ("train_shards_path_or_url", "resolution", "center_crop", "random_flip",
                  "train_batch_size", "dataloader_num_workers", "dataloader_seed"),
         "Training and optimiser": (
-            "max_train_steps", "max_train_minutes", "learning_rate", "lr_scheduler",
+            "max_train_steps", "max_train_minutes", "train_time_clock", "learning_rate",
+            "lr_scheduler",
             "lr_warmup_steps", "gradient_accumulation_steps", "use_8bit_adam", "adam_beta1", "adam_beta2",
             "adam_weight_decay", "adam_epsilon", "max_grad_norm"),
         "Precision and distribution": ("mixed_precision",),
@@ -188,6 +195,7 @@ class TrainingConfig(RecipeConfig):
         self.check_training_data()
         self.require_positive("resolution", "train_batch_size", "max_train_steps",
                               "max_train_minutes", "gradient_accumulation_steps")
+        _choice("train_time_clock", self.train_time_clock, TRAIN_TIME_CLOCKS)
         check_resolution(self.pretrained_teacher_model, self.resolution)
         check_distributed_engine()
         self.require_non_negative("lr_warmup_steps", "checkpointing_steps",

@@ -102,7 +102,7 @@ class TrainingLoop(Recipe):
         self.config: TrainingConfig = config
         self.output_dir = Path(config.output_dir)
         self.global_step = 0
-        self.train_seconds = 0.0  # wall time of the training steps so far (max_train_minutes)
+        self.train_seconds = 0.0  # time of the training steps so far, on train_time_clock
         self.expert_images_before = 0  # images the expert scored before a resume
         self.accelerator: Any = None
 
@@ -546,8 +546,8 @@ class TrainingLoop(Recipe):
         spent = broadcast_flag(self.train_seconds >= 60.0 * budget, self.accelerator.device)
         if spent:
             self.print(f"max_train_minutes ({budget:g}) spent after step {self.global_step} "
-                       f"({self.train_seconds / 60:.2f} min of training steps); saving the "
-                       "output as it is now")
+                       f"({self.train_seconds / 60:.2f} min of training steps, "
+                       f"{self.config.train_time_clock} clock); saving the output as it is now")
         return spent
 
     def run(self, progress: bool = True) -> Path:
@@ -563,12 +563,13 @@ class TrainingLoop(Recipe):
         with TrainingProgress(total, min(self.global_step, total), keys=self.progress_keys,
                               enabled=progress and acc.is_main_process) as bar:
             while self.global_step < total:
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.process_time()
                 with naming_out_of_memory(self.global_step + 1, cfg):
                     metrics = self.train_step()
                 self.global_step += 1
                 metrics["step_time"] = time.perf_counter() - started
-                self.train_seconds += metrics["step_time"]
+                self.train_seconds += (metrics["step_time"] if cfg.train_time_clock == "wall"
+                                       else time.process_time() - cpu_started)
                 if self.trained_reward_model() is not None:
                     metrics["expert_images"] = self.expert_images()
                 bar.update(self.global_step, metrics)
