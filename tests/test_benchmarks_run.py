@@ -86,3 +86,26 @@ def test_lrm_pairs_splits_ground_truth_pairs_by_the_deciding_judge_term(tmp_path
     assert {term for term, _, _ in decided} <= set(WEIGHTS)
     assert sum(int(n) for _, n, _ in decided) == sum(int(n) for n in vs_gt)  # every pair, once
     assert all(0.0 <= float(acc) <= 1.0 for _, _, acc in decided)
+
+
+def test_alignment_table_trains_each_row_on_its_budget_and_counts_expert_calls(tmp_path):
+    """Two rows of the table (a frozen LRM: no expert call; DRaFT through a from-scratch LRM on
+    the scorer) from a student distilled for 2 steps, on a budget of 3 CPU seconds."""
+    student = subprocess.run(
+        [sys.executable, "-c", "from rewardkit.world.tuning_run import world_student; "
+         f"print(world_student({str(tmp_path / 'student')!r}, steps=2))"],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert student.returncode == 0, student.stderr[-2000:]
+    result = run("alignment_table.py", "--quick", "--seeds", "0", "--num-images", "4",
+                 "--student", str(tmp_path / "student" / "pipeline"),
+                 "--output", str(tmp_path / "out"), "--only", "rg-lcd lrm frozen",
+                 "draft lrm b20", out=tmp_path / "a.json")
+    rows = {r["row"]: r for r in result["runs"]}
+    assert set(rows) == {"student", "rg-lcd lrm frozen", "draft lrm b20"}
+    assert rows["rg-lcd lrm frozen"]["expert_images"] == 0  # never updated: never judged
+    assert rows["draft lrm b20"]["expert_images"] > 0
+    for row in rows.values():
+        assert all(0.0 <= row[f"judge@{s}"] <= 1.0 for s in (1, 2, 4)) and row["diversity"] > 0
+    trained = [rows["rg-lcd lrm frozen"], rows["draft lrm b20"]]
+    assert all(r["steps"] >= 1 and 0.04 < r["train_minutes"] for r in trained)
+    assert (tmp_path / "out" / "table.md").read_text().count("\n| ") == 3  # a line per row
