@@ -109,7 +109,8 @@ def sample_consistency(backbone: Any, unet: nn.Module, cond: Conditioning, *, st
                        original_inference_steps: int = 50, timestep_scaling: float = 10.0,
                        latents: torch.Tensor | None = None,
                        latent_size: int | Sequence[int] | None = None,
-                       gradient_checkpointing: bool = False) -> torch.Tensor:
+                       gradient_checkpointing: bool = False,
+                       stop_after: int | None = None) -> torch.Tensor:
     """Sample ``unet`` for ``steps`` LCM steps and return the final x0 latents (scaled, as
     ``backbone.decode_latents`` takes them), with the graph kept through ``grad_steps``.
 
@@ -146,12 +147,18 @@ def sample_consistency(backbone: Any, unet: nn.Module, cond: Conditioning, *, st
             teacher's native ``backbone.sample_size``.
         gradient_checkpointing: recompute each gradient step's UNet call during backward
             instead of keeping its activations (same values and gradients, less memory).
+        stop_after: run only the first ``stop_after`` steps of the ``steps``-step chain and
+            return that step's x0 prediction (ReFL's truncated chain); ``grad_steps`` then
+            counts within the truncated chain. ``None``: the whole chain.
 
     Returns:
         ``[B, C, h, w]`` x0 latents in the UNet's dtype on ``cond``'s device; differentiable
         with respect to the UNet's trainable parameters through ``grad_steps``.
     """
-    chosen = set(resolve_grad_steps(grad_steps, steps))
+    if stop_after is not None and not (isinstance(stop_after, int) and 1 <= stop_after <= steps):
+        raise ConfigError(f"stop_after must be a step count in 1..{steps}, got {stop_after!r}")
+    run = steps if stop_after is None else stop_after
+    chosen = set(resolve_grad_steps(grad_steps, run))
     batch = len(cond)
     device = cond.prompt_embeds.device
     dtype = next(unet.parameters()).dtype
@@ -183,7 +190,7 @@ def sample_consistency(backbone: Any, unet: nn.Module, cond: Conditioning, *, st
         return backbone.predict(unet, sample, timesteps, cond, w_embedding)
 
     denoised = latents
-    for index, t in enumerate(scheduler.timesteps):
+    for index, t in enumerate(scheduler.timesteps[:run]):
         keep = index in chosen
         with (torch.enable_grad() if keep else torch.no_grad()):
             timesteps = t.expand(batch).to(device)

@@ -151,3 +151,20 @@ def test_the_example_configs_load(name):
     assert config.pretrained_student.endswith("/pipeline")
     assert config.grad_steps == "last 1" and config.sample_steps == 2
     assert (config.proxy == "none") == (config.reward == "hpsv2")
+
+
+def test_random_stop_is_refl_a_random_step_with_the_gradient_through_it_only(assets, tmp_path):
+    """``random_stop``: each step's chain stops at k ~ U{1..S} (logged as ``stop_step``, drawn
+    from the run's generator); only the UNet call of step k keeps its graph."""
+    recipe = rk.recipe("draft", values(assets, output_dir=str(tmp_path), max_train_steps=1,
+                                       sample_steps=4, random_stop=True), reward=Redness())
+    recipe.setup()
+    stops = []
+    for _ in range(12):
+        calls = unet_calls_with_grad(recipe)
+        stops.append(recipe.stop)
+        assert len(calls) == recipe.stop and calls == [False] * (recipe.stop - 1) + [True]
+    assert set(stops) == {1, 2, 3, 4}
+    with pytest.raises(ConfigError, match="random_stop takes grad_steps 'last 1'"):
+        rk.recipe("draft", values(assets, output_dir=str(tmp_path / "b"), sample_steps=4,
+                                  random_stop=True, grad_steps="last 2"))

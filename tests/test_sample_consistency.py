@@ -182,3 +182,27 @@ def test_sdxl_conditioning_samples_the_same(tmp_path):
                              grad_steps="last 1", generator=4)
     assert torch.equal(got.detach(), expected)
     assert _reward_grads(backbone, student, cond, steps=2, grad_steps="last 1")
+
+
+def test_a_chain_stopped_early_returns_that_steps_x0_prediction(backbone, student, cond):
+    """``stop_after=k``: the first k steps of the S-step chain. Its first step is the 1-step
+    chain's (same first timestep, same noise); stopping at S is the whole chain; the gradient
+    goes through the step it stops at."""
+    one = sample_consistency(backbone, student, cond, steps=1, generator=5)
+    assert torch.equal(sample_consistency(backbone, student, cond, steps=4, generator=5,
+                                          stop_after=1), one)
+    whole = sample_consistency(backbone, student, cond, steps=4, generator=5)
+    assert torch.equal(sample_consistency(backbone, student, cond, steps=4, generator=5,
+                                          stop_after=4), whole)
+    calls: list[bool] = []
+    handle = student.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
+    try:
+        two = sample_consistency(backbone, student, cond, steps=4, generator=5, stop_after=2,
+                                 grad_steps="last 1")
+    finally:
+        handle.remove()
+    assert calls == [False, True] and two.requires_grad
+    assert not torch.equal(two.detach(), whole)
+    for bad in (0, 5):
+        with pytest.raises(ConfigError, match="stop_after"):
+            sample_consistency(backbone, student, cond, steps=4, generator=5, stop_after=bad)

@@ -1,12 +1,16 @@
 """The ``draft`` recipe: reward fine-tuning of a few-step student by back-propagating the reward
 through the last K steps of its own sampling chain (DRaFT-K, Clark et al. 2024; K = 1 with
-the chain's last step is DRaFT-1).
+the chain's last step is DRaFT-1; with ``random_stop`` the chain stops at a random step k and
+that step's x0 prediction is scored, the gradient through step k only: ReFL, Xu et al. 2023,
+which AlignProp's truncation also is).
 
 One optimiser step (the loop, :mod:`rewardkit.training.loop`, runs it; this file is the
 algorithm)::
 
     c = E(prompts); z_T ~ N(0, I)                                   # losses()
-    x0 = sample_consistency(student, c, steps=S, grad_steps="last K")   # graph through K steps
+    k  = S, or k ~ U{1..S} with random_stop (ReFL)
+    x0 = sample_consistency(student, c, steps=S, stop_after=k, grad_steps="last K")
+                                                      # graph through the K steps ending at k
     r  = R(decode(x0), prompts)          direct (proxy="none": a differentiable RM)
        | P(x0, c)                        through the proxy (any RM: the latent proxy's score)
     L  = -beta * mean(r) + lambda * ||theta - theta_0||^2
@@ -58,6 +62,7 @@ class DraftRecipe(StudentTuningRecipe):
         self.config: DraftConfig = config
         self.proxy_model: Any = None
         self.proxy_updater: ProxyUpdater | None = None
+        self.stop: int | None = None  # the step this batch's chain stops at (random_stop)
 
     # ================================================================ models
 
@@ -90,19 +95,29 @@ class DraftRecipe(StudentTuningRecipe):
 
     def sample(self, cond: Any, grad_steps: str | None) -> torch.Tensor:
         """x0 latents of the student's ``sample_steps``-step chain from fresh noise (drawn from
-        the run's generator), with the graph kept through ``grad_steps``."""
+        the run's generator), stopped after :attr:`stop` steps, with the graph kept through
+        ``grad_steps``."""
         with self.autocast():
             return sample_consistency(
                 self.backbone, self.model, cond, grad_steps=grad_steps, generator=self.generator,
-                gradient_checkpointing=self.config.sampler_checkpointing,
+                gradient_checkpointing=self.config.sampler_checkpointing, stop_after=self.stop,
                 **self.sampler_settings()).float()
+
+    def draw_stop(self) -> int | None:
+        """The step the chain stops at: k ~ U{1..S} with ``random_stop`` (from the run's
+        generator, so a resume draws the same), else None (the whole chain)."""
+        cfg = self.config
+        if not cfg.random_stop:
+            return None
+        return int(torch.randint(1, cfg.sample_steps + 1, (1,), generator=self.generator))
 
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """``-beta * mean(r(x0))`` (and ``lambda * ||theta - theta_0||^2``) on one batch."""
         cfg = self.config
         self.captions = batch["captions"]
         self.cond = self.backbone.encode_prompts(self.captions).float()
-        self.x0 = self.sample(self.cond, cfg.grad_steps)
+        self.stop = self.draw_stop()
+        self.x0 = self.sample(self.cond, "last 1" if cfg.random_stop else cfg.grad_steps)
         if cfg.direct:
             reward = self.expert(self.backbone.decode_latents(self.x0).float(), self.captions)
         else:
@@ -118,6 +133,8 @@ class DraftRecipe(StudentTuningRecipe):
     def after_step(self) -> dict[str, torch.Tensor]:
         """The step's reward (the RM's, or the proxy's); through a proxy, its online update."""
         metrics = {"reward": self.mean_reward}
+        if self.stop is not None:
+            metrics["stop_step"] = float(self.stop)
         if self.proxy_updater is not None and self.global_step % self.config.proxy_update_every == 0:
             metrics.update(self.update_proxy())
         return metrics

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Optional
 
 from ..config import OURS
+from ..errors import ConfigError
 from ..config import config_field as _f
 from ..proxies.factory import NO_PROXY
 from ..sampling_grad import resolve_grad_steps
@@ -23,6 +24,10 @@ class DraftConfig(StudentTuningConfig):
     tracker_project_name: str = _f("rewardkit-draft", "Tracker project name", OURS)
     grad_steps: str = _f("last 1", "Steps the reward's gradient flows through: 'last K' "
                          "(DRaFT-K; K = 1 is DRaFT-1) or 'all'", OURS)
+    random_stop: bool = _f(False, "ReFL / truncated AlignProp: stop each sample's chain at a "
+                           "step drawn uniformly from 1..sample_steps and score that step's x0 "
+                           "prediction, the gradient through that step only (grad_steps "
+                           "'last 1')", OURS)
     sampler_checkpointing: bool = _f(False, "Recompute each gradient step's UNet activations "
                                      "in backward (K > 1 at full size; same gradient)", OURS)
     reward_scale: float = _f(1.0, "beta: L = -beta * mean(reward) (+ init_l2 term)", OURS)
@@ -45,7 +50,7 @@ class DraftConfig(StudentTuningConfig):
 
     KEY_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
         **StudentTuningConfig.KEY_GROUPS,
-        "Sampler": StudentTuningConfig.KEY_GROUPS["Sampler"] + ("grad_steps",
+        "Sampler": StudentTuningConfig.KEY_GROUPS["Sampler"] + ("grad_steps", "random_stop",
                                                                 "sampler_checkpointing"),
         "Reward": StudentTuningConfig.KEY_GROUPS["Reward"] + ("reward_scale",
                                                               "vae_gradient_checkpointing"),
@@ -65,6 +70,10 @@ class DraftConfig(StudentTuningConfig):
         self.require_positive("proxy_lr", "proxy_update_every", "expert_logit_scale")
         self.require_non_negative("reward_scale", "init_l2")
         resolve_grad_steps(self.grad_steps, self.sample_steps)  # names a bad value
+        if self.random_stop and resolve_grad_steps(self.grad_steps, self.sample_steps) != (
+                self.sample_steps - 1,):
+            raise ConfigError(f"random_stop takes grad_steps 'last 1' (the gradient through the "
+                              f"step the chain stops at), got {self.grad_steps!r}")
         check_reward_and_proxy(self)
         self.require_folder("pretrained_proxy")
 
