@@ -168,3 +168,30 @@ def test_random_stop_is_refl_a_random_step_with_the_gradient_through_it_only(ass
     with pytest.raises(ConfigError, match="random_stop takes grad_steps 'last 1'"):
         rk.recipe("draft", values(assets, output_dir=str(tmp_path / "b"), sample_steps=4,
                                   random_stop=True, grad_steps="last 2"))
+
+
+def test_the_lcd_regulariser_runs_the_teacher_on_the_students_own_samples(assets, tmp_path):
+    """``lcd_weight``: an ``lcd_loss`` term (weight x L_LCD, z0 = the batch's samples detached)
+    that calls the teacher and sends a gradient to the student; off, the teacher never runs."""
+    def teacher_calls(recipe) -> int:
+        calls: list[int] = []
+        handle = recipe.backbone.unet.register_forward_hook(lambda *_: calls.append(1))
+        try:
+            terms = recipe.losses(next(recipe.batches))
+        finally:
+            handle.remove()
+        return len(calls), terms
+
+    on = rk.recipe("draft", values(assets, output_dir=str(tmp_path / "on"), max_train_steps=1,
+                                   lcd_weight=2.0), reward=Redness())
+    on.setup()
+    calls, terms = teacher_calls(on)
+    assert calls == 1 and terms["lcd_loss"] > 0  # one batched [c; empty] teacher call
+    terms["lcd_loss"].backward()
+    grads = [p.grad for p in on.optimizer_parameters(on.unwrapped_model)]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    off = rk.recipe("draft", values(assets, output_dir=str(tmp_path / "off"), max_train_steps=1),
+                    reward=Redness())
+    off.setup()
+    calls, terms = teacher_calls(off)
+    assert calls == 0 and "lcd_loss" not in terms

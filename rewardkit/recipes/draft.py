@@ -14,6 +14,7 @@ algorithm)::
     r  = R(decode(x0), prompts)          direct (proxy="none": a differentiable RM)
        | P(x0, c)                        through the proxy (any RM: the latent proxy's score)
     L  = -beta * mean(r) + lambda * ||theta - theta_0||^2
+         + lambda_LCD * L_LCD(stop_grad(x0))     # optional: the teacher's ODE on own samples
     backward; clip; optimiser + LR step                             # the loop
     proxy: the RM judges 3 samples per prompt, the proxy takes one  # after_step()
            pairwise step on its preferences (as in rg-lcd)
@@ -41,6 +42,7 @@ from ..proxies.pretrain_sets import expert_on_latents
 from ..proxies.update import ProxyUpdater
 from ..rewards.build import follow_directly
 from ..sampling_grad import sample_consistency
+from ..training.step import LCDHyper, lcd_forward
 from .draft_config import DraftConfig
 from .student_tuning import StudentTuningRecipe
 
@@ -77,6 +79,8 @@ class DraftRecipe(StudentTuningRecipe):
         """The expert RM and, through a proxy, the proxy and its online updater."""
         super().after_prepare()
         cfg = self.config
+        if cfg.lcd_weight:
+            self.build_lcd_regulariser()
         if cfg.direct:
             follow_directly(self.expert, cfg.reward, self.backbone,
                             vae_gradient_checkpointing=cfg.vae_gradient_checkpointing)
@@ -90,6 +94,18 @@ class DraftRecipe(StudentTuningRecipe):
         # that always wins, and here it is one more sample
         self.proxy_updater = ProxyUpdater(proxy, loss_type="distillation", lr=cfg.proxy_lr)
         self.judge = expert_on_latents(self.expert, self.backbone)
+
+    def build_lcd_regulariser(self) -> None:
+        """The LCD term's solver (DDIM on the teacher's schedule) and numbers: the guidance
+        ``w = guidance_scale - 1`` the student samples with, LCD's pseudo-Huber distance."""
+        from ..plugins import get_host
+
+        cfg = self.config
+        self.solver = get_host().get("solver", "ddim").build(
+            alphas_cumprod=self.backbone.schedule, num_ddim_timesteps=cfg.num_ddim_timesteps)
+        self.lcd_hyper = LCDHyper(w_min=cfg.guidance_scale - 1, w_max=cfg.guidance_scale - 1,
+                                  time_cond_proj_dim=self.time_cond_proj_dim,
+                                  timestep_scaling=cfg.timestep_scaling_factor)
 
     # ================================================================ the algorithm
 
@@ -128,7 +144,20 @@ class DraftRecipe(StudentTuningRecipe):
             drift = sum((p.float() - p0.float()).pow(2).sum() for p, p0 in
                         zip(self.optimizer_parameters(self.unwrapped_model), self.initial))
             terms["init_l2_loss"] = cfg.init_l2 * drift
+        if cfg.lcd_weight:
+            terms["lcd_loss"] = cfg.lcd_weight * self.lcd_term()
         return terms
+
+    def lcd_term(self) -> torch.Tensor:
+        """``L_LCD`` with this batch's samples as the data: the student at a noised sample
+        against its own (no_grad) output one teacher ODE step earlier."""
+        latents = self.x0.detach()
+        return lcd_forward(
+            backbone=self.backbone, solver=self.solver, student=self.model,
+            target=self.unwrapped_model, latents=latents, cond=self.cond,
+            uncond=self.backbone.empty_conditioning(latents.shape[0]).float(),
+            captions=self.captions, hyper=self.lcd_hyper, generator=self.generator,
+            autocast=self.autocast, global_step=self.global_step).lcd_loss
 
     def after_step(self) -> dict[str, torch.Tensor]:
         """The step's reward (the RM's, or the proxy's); through a proxy, its online update."""

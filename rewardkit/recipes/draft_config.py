@@ -45,6 +45,9 @@ class DraftConfig(StudentTuningConfig):
                                  OURS)
     expert_logit_scale: Optional[float] = _f(None, "Score-to-logit multiplier of an RM without "
                                              "its own (None: the proxy's)", OURS)
+    lcd_weight: float = _f(0.0, "Weight of an LCD term against the teacher on the student's "
+                           "own samples (data-free: z0 is the batch's sample, detached; the "
+                           "target is the student under no_grad; 0: off)", OURS)
     init_l2: float = _f(0.0, "Weight of ||theta - theta_0||^2 over the trained parameters "
                         "(0: off; on a full student it keeps a copy of its weights)", OURS)
 
@@ -56,7 +59,7 @@ class DraftConfig(StudentTuningConfig):
                                                               "vae_gradient_checkpointing"),
         "Proxy": ("proxy", "proxy_params", "pretrained_proxy", "proxy_lr", "proxy_update_every",
                   "expert_logit_scale"),
-        "LoRA": StudentTuningConfig.KEY_GROUPS["LoRA"] + ("init_l2",),
+        "Regularisers": ("init_l2", "lcd_weight"),
     }
 
     @property
@@ -68,7 +71,7 @@ class DraftConfig(StudentTuningConfig):
         """The shared checks, then the gradient steps', the reward's and the proxy's."""
         super().validate()
         self.require_positive("proxy_lr", "proxy_update_every", "expert_logit_scale")
-        self.require_non_negative("reward_scale", "init_l2")
+        self.require_non_negative("reward_scale", "init_l2", "lcd_weight")
         resolve_grad_steps(self.grad_steps, self.sample_steps)  # names a bad value
         if self.random_stop and resolve_grad_steps(self.grad_steps, self.sample_steps) != (
                 self.sample_steps - 1,):
