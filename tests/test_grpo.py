@@ -7,6 +7,8 @@ term, a non-differentiable RM trains the student, and the recipe contract holds.
 from __future__ import annotations
 
 import math
+import threading
+import time
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from rewardkit.errors import ConfigError
 from rewardkit.plugins import get_host
 from rewardkit.recipes.grpo import GRPORecipe, clipped_surrogate, group_advantages
 from rewardkit.recipes.lcd import LCDRecipe
+from rewardkit.rewards.base import RewardModel
 from rewardkit.sampling_grad import guidance_input, sample_consistency
 from rewardkit.testing.recipe_contract import check_recipe
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
@@ -46,11 +49,11 @@ def policy(assets):
 
 
 def values(assets, **extra) -> dict:
-    return dict(pretrained_teacher_model=assets["teacher"], pretrained_student=assets["student"],
-                train_shards_path_or_url=assets["prompts"], resolution=16, train_batch_size=2,
-                learning_rate=1e-4, seed=0, report_to="none", validation_steps=0,
-                checkpointing_steps=0, reward="jpeg-compressibility", sample_steps=3,
-                group_size=2, **extra)
+    return {**dict(pretrained_teacher_model=assets["teacher"], pretrained_student=assets["student"],
+                   train_shards_path_or_url=assets["prompts"], resolution=16, train_batch_size=2,
+                   learning_rate=1e-4, seed=0, report_to="none", validation_steps=0,
+                   checkpointing_steps=0, reward="jpeg-compressibility", sample_steps=3,
+                   group_size=2), **extra}
 
 
 def test_the_rollout_is_the_samplers_chain_bit_for_bit(policy):
@@ -145,3 +148,51 @@ def test_a_non_differentiable_rm_trains_the_student_with_lora_and_the_kl_term(as
 def test_grpo_keeps_the_recipe_contract(assets, tmp_path):
     passed = check_recipe(GRPORecipe, values(assets, updates_per_rollout=2), tmp_path)
     assert passed == ["resume", "no_pickles", "non_finite", "two_processes"]
+
+
+class SlowHostJudge(RewardModel):
+    """A host-side RM that takes a while per call and records when and in which thread it ran."""
+
+    name = "test-slow-host-judge"
+    differentiable = False
+
+    def __init__(self, nan: bool = False) -> None:
+        self.calls: list[tuple[float, float, str]] = []
+        self.nan = nan
+
+    def score(self, images, prompts):
+        started = time.perf_counter()
+        time.sleep(0.3)
+        self.calls.append((started, time.perf_counter(), threading.current_thread().name))
+        scores = images.mean((1, 2, 3))
+        return scores * float("nan") if self.nan else scores
+
+
+def test_rollout_chunks_score_one_chunk_while_the_next_samples(assets, tmp_path):
+    """``rollout_chunks=2``: the RM scores the first chunk in a background thread while the
+    student samples the second; the rollout has every row, in order."""
+    judge = SlowHostJudge()
+    recipe = rk.recipe("grpo", values(assets, output_dir=str(tmp_path), max_train_steps=1,
+                                      train_batch_size=4, rollout_chunks=2), reward=judge)
+    recipe.setup()
+    unet_calls: list[float] = []
+    handle = recipe.unwrapped_model.register_forward_hook(
+        lambda *_: unet_calls.append(time.perf_counter()))
+    try:
+        recipe.collect(["a red circle", "a blue square", "a green triangle", "a dog"])
+    finally:
+        handle.remove()
+    assert len(judge.calls) == 2 and all(t != "MainThread" for _, _, t in judge.calls)
+    first_started, first_ended, _ = judge.calls[0]
+    assert any(first_started < t < first_ended for t in unet_calls)  # overlapped
+    data = recipe.data
+    assert data["latents"].shape[:2] == (2, 8) and data["rewards"].shape == (8,)
+    assert data["captions"][:2] == ["a red circle"] * 2
+
+
+def test_a_nan_from_a_chunk_scored_in_the_background_stops_the_run_naming_the_rm(assets, tmp_path):
+    recipe = rk.recipe("grpo", values(assets, output_dir=str(tmp_path), max_train_steps=2,
+                                      train_batch_size=4, rollout_chunks=2),
+                       reward=SlowHostJudge(nan=True))
+    with pytest.raises(Exception, match="test-slow-host-judge"):
+        recipe.run(progress=False)

@@ -15,6 +15,10 @@ with a known Gaussian, so every step has a closed-form log-probability
               L = mean_i L_i
     backward; clip; optimiser + LR step                 the loop
 
+With ``rollout_chunks`` > 1 the rollout is sampled in chunks of whole groups and the RM scores
+each chunk in a background thread while the next one samples, so an RM that runs on the host
+(a numpy judge) or in another process (``remote``) overlaps the student's sampling.
+
 A rollout serves ``updates_per_rollout`` optimiser steps (the ratio departs from 1 after the
 first, and the clip acts). The KL term is the closed-form KL between the current policy's and
 the starting student's Gaussians of the same step (they share ``sigma_i``); it needs the
@@ -24,9 +28,11 @@ starting weights: a frozen copy of a full student, or the LoRA student with its 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import math
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Iterator
 
 import torch
@@ -34,7 +40,7 @@ from torch import nn
 
 from ..config import OURS
 from ..config import config_field as _f
-from ..consistency_policy import ConsistencyChain, rollout, step_log_prob
+from ..consistency_policy import ConsistencyChain, Rollout, rollout, step_log_prob
 from ..errors import ConfigError
 from ..training.config import check_reward
 from .student_tuning import StudentTuningConfig, StudentTuningRecipe
@@ -60,13 +66,17 @@ class GRPOConfig(StudentTuningConfig):
     timestep_fraction: float = _f(1.0, "Fraction of the policy steps trained on per rollout, "
                                   "drawn at random", OURS)
     updates_per_rollout: int = _f(1, "Optimiser steps each rollout serves", OURS)
+    rollout_chunks: int = _f(1, "Sample each rollout in this many chunks of whole groups, the "
+                             "RM scoring one chunk in a background thread while the next is "
+                             "sampled (an RM on the host or behind a server then overlaps the "
+                             "sampling)", OURS)
     gradient_checkpointing: bool = _f(False, "Recompute the student's activations in backward",
                                       OURS)
 
     KEY_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
         **StudentTuningConfig.KEY_GROUPS,
         "Policy optimisation": ("group_size", "clip_range", "adv_clip_max", "kl_coef",
-                                "timestep_fraction", "updates_per_rollout",
+                                "timestep_fraction", "updates_per_rollout", "rollout_chunks",
                                 "gradient_checkpointing"),
     }
 
@@ -74,7 +84,8 @@ class GRPOConfig(StudentTuningConfig):
         """The shared checks, then the objective's, naming the key."""
         super().validate()
         check_reward(self)  # any RM: no gradient is taken through it
-        self.require_positive("clip_range", "adv_clip_max", "updates_per_rollout")
+        self.require_positive("clip_range", "adv_clip_max", "updates_per_rollout",
+                              "rollout_chunks")
         self.require_non_negative("kl_coef")
         if self.sample_steps < 2:
             raise ConfigError(f"sample_steps must be at least 2 (a {self.sample_steps}-step "
@@ -122,6 +133,15 @@ def _adapters_off(unet: nn.Module, off: bool) -> Iterator[None]:
         unet.enable_adapters()
 
 
+def join_rollouts(parts: list[Rollout]) -> Rollout:
+    """One rollout of the rows of ``parts`` (chunks of one rollout), in order."""
+    if len(parts) == 1:
+        return parts[0]
+    # x0 is [N, ...]; the per-step tensors are [S-1, N, ...]
+    return Rollout(*(torch.cat([getattr(p, f.name) for p in parts], dim=0 if f.name == "x0" else 1)
+                     for f in fields(Rollout)))
+
+
 class GRPORecipe(StudentTuningRecipe):
     """GRPO: group-relative policy optimisation over the student's stochastic sampler."""
 
@@ -166,13 +186,26 @@ class GRPORecipe(StudentTuningRecipe):
         cfg, settings = self.config, self.sampler_settings()
         captions = [c for c in captions for _ in range(cfg.group_size)]
         cond = self.backbone.encode_prompts(captions).float()
-        with self.autocast():
-            samples = rollout(self.backbone, self.model, cond, self.chain,
-                              guidance_scale=settings["guidance_scale"], generator=self.generator,
-                              time_cond_proj_dim=self.time_cond_proj_dim,
-                              latent_size=settings["latent_size"])
-        with torch.no_grad():
-            rewards = self.expert(self.backbone.decode_latents(samples.x0).float(), captions)
+        prompts = len(captions) // cfg.group_size
+        size = cfg.group_size * math.ceil(prompts / min(cfg.rollout_chunks, prompts))
+        parts, scored = [], []
+        with ThreadPoolExecutor(max_workers=1) as scorer:  # r(chunk i) while chunk i+1 samples
+            for start in range(0, len(captions), size):
+                rows = slice(start, start + size)
+                with self.autocast():
+                    part = rollout(self.backbone, self.model, cond.index(rows), self.chain,
+                                   guidance_scale=settings["guidance_scale"],
+                                   generator=self.generator,
+                                   time_cond_proj_dim=self.time_cond_proj_dim,
+                                   latent_size=settings["latent_size"])
+                with torch.no_grad():
+                    images = self.backbone.decode_latents(part.x0).float()
+                # in this step's context: the RM's NaN checks stay deferred to its one readback
+                scored.append(scorer.submit(contextvars.copy_context().run, self.score, images,
+                                            captions[rows]))
+                parts.append(part)
+            rewards = torch.cat([future.result() for future in scored])
+        samples = join_rollouts(parts)
         policy_steps = self.chain.steps - 1
         count = max(1, math.ceil(cfg.timestep_fraction * policy_steps))
         chosen = torch.randperm(policy_steps, generator=self.generator)[:count].sort().values
@@ -181,6 +214,11 @@ class GRPORecipe(StudentTuningRecipe):
                      "advantages": group_advantages(rewards, cfg.group_size, cfg.adv_clip_max),
                      "steps": chosen, "captions": captions}
         self.uses_left = cfg.updates_per_rollout
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """The expert's rewards of decoded samples (no gradient: any RM works)."""
+        return self.expert(images, captions)
 
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The clipped policy loss (and the KL term) over the rollout's chosen policy steps."""
