@@ -1,7 +1,7 @@
 """Built-in rewards plugin: registers rewardkit's own rewards through the public hooks.
 
 Reward models: ``clip-score``, ``pickscore``, ``aesthetic``, ``weighted``,
-``jpeg-compressibility`` and ``rule-judge``.
+``jpeg-compressibility``, ``rule-judge`` and ``remote`` (an RM served by another process).
 Commands: ``rewardkit rewards`` (``score``) and ``rewardkit serve-reward``. Heavy imports
 (transformers; the server's starlette and uvicorn) happen only when a model is built or a
 server starts.
@@ -14,11 +14,12 @@ from .aesthetic import AestheticScore
 from .clip_score import CLIPScore
 from .jpeg_compressibility import JpegCompressibility
 from .pickscore import PickScore
+from .remote import RemoteReward
 from .rule_judge import RuleJudge
 from .weighted import WeightedReward
 
 REWARD_MODELS = (CLIPScore, PickScore, AestheticScore, WeightedReward, JpegCompressibility,
-                 RuleJudge)
+                 RuleJudge, RemoteReward)
 
 
 @hookimpl

@@ -40,7 +40,7 @@ def _error(status: int, message: str, **headers: str) -> Any:
 
 
 def build_app(service: RewardService) -> Any:
-    """The Starlette app serving ``service``: ``GET /health``, ``GET /describe``, ``POST /score``."""
+    """The Starlette app of ``service``: ``GET /health``, ``GET /describe``, ``POST /score``."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import ClientDisconnect, Request

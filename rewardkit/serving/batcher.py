@@ -57,7 +57,8 @@ class Batcher:
                  wait_s: float = 0.002) -> None:
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be at least 1")
-        self.score, self.max_batch, self.max_queue, self.wait_s = score, max_batch, max_queue, wait_s
+        self.score, self.max_batch, self.max_queue = score, max_batch, max_queue
+        self.wait_s = wait_s
         self.jobs: deque[_Job] = deque()
         self.queued_images = 0
         self.stats = {"calls": 0, "images": 0, "largest_batch": 0}
@@ -78,7 +79,8 @@ class Batcher:
             return result
         jobs = []
         for start in range(0, count, self.max_batch):
-            meta = metadata[start:start + self.max_batch] if isinstance(metadata, list) else metadata
+            meta = (metadata[start:start + self.max_batch] if isinstance(metadata, list)
+                    else metadata)
             jobs.append(_Job(images[start:start + self.max_batch],
                              prompts[start:start + self.max_batch], meta))
         with self.condition:

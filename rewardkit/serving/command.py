@@ -47,7 +47,7 @@ def require_server_libraries() -> None:
 
 
 def serve_reward_command(
-    name: str = typer.Argument(..., help="A registered reward model (see `rewardkit list reward`)."),
+    name: str = typer.Argument(..., help="A registered reward model (`rewardkit list reward`)."),
     reward_params: str = typer.Option("{}", "--reward_params", "--reward-params",
                                       help="The RM's parameters as a JSON object."),
     host: str = typer.Option("127.0.0.1", "--host",
