@@ -86,3 +86,15 @@ def test_lrm_pairs_splits_ground_truth_pairs_by_the_deciding_judge_term(tmp_path
     assert {term for term, _, _ in decided} <= set(WEIGHTS)
     assert sum(int(n) for _, n, _ in decided) == sum(int(n) for n in vs_gt)  # every pair, once
     assert all(0.0 <= float(acc) <= 1.0 for _, _, acc in decided)
+
+
+def test_remote_reward_benchmark_times_both_paths(tmp_path):
+    result = run("remote_reward.py", "--rewards", "rule-judge", "--rounds", "1", "--batch", "2",
+                 "--side", "16", "--clients", "1,2", "--encodings", "float32",
+                 out=tmp_path / "r.json")
+    rows = result["rewards"]["rule-judge"]
+    assert {(r["where"], r["clients"]) for r in rows} == {
+        (w, c) for w in ("in process", "remote") for c in (1, 2)}
+    assert all(r["images_per_s"] > 0 and r["ms_per_call_median"] > 0 for r in rows)
+    assert "added_ms_per_step" in next(r for r in rows if r["where"] == "remote"
+                                       and r["clients"] == 1)

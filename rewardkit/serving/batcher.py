@@ -3,7 +3,8 @@ one worker thread.
 
 Each request is split into jobs of at most ``max_batch`` images. The worker takes the oldest
 job, then, while the batch has room, the next waiting jobs of the same image shape and
-metadata (up to ``wait_s`` for more to arrive when the batch is not full), scores them in one
+metadata (waiting up to ``wait_s`` for more when the batch is not full; with 0, the requests
+that arrived while the RM ran its last call make the next one), scores them in one
 call, and hands each job its slice. The RM is only ever called from the worker thread, one call
 at a time (torch modules and numpy judges need no locking then).
 
@@ -54,7 +55,7 @@ class Batcher:
     """
 
     def __init__(self, score: ScoreFunction, max_batch: int = 32, max_queue: int = 512,
-                 wait_s: float = 0.002) -> None:
+                 wait_s: float = 0.0) -> None:
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be at least 1")
         self.score, self.max_batch, self.max_queue = score, max_batch, max_queue

@@ -107,8 +107,7 @@ class RewardClient:
             connections = self._local.connections = {}
         if url not in connections:
             parts = urllib.parse.urlsplit(url)
-            kind = (http.client.HTTPSConnection if parts.scheme == "https"
-                    else http.client.HTTPConnection)
+            kind = _HTTPSConnection if parts.scheme == "https" else _HTTPConnection
             connections[url] = kind(parts.hostname, parts.port, timeout=self.timeout)
         return connections[url]
 
@@ -240,6 +239,24 @@ class RewardClient:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    """With ``TCP_NODELAY``: ``http.client`` sends a request's headers and body in two
+    writes, and Nagle's algorithm would hold the body back until the server's delayed
+    acknowledgement (about 40 ms per request)."""
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    """:class:`_HTTPConnection` over TLS."""
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 _NOT_A_SERVER = "is it a rewardkit serve-reward server? (GET /describe says)"

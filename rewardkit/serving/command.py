@@ -62,8 +62,10 @@ def serve_reward_command(
                                          help="Largest request body in MiB (413 beyond)."),
     max_request_images: int = typer.Option(512, "--max-request-images",
                                            help="Most images in one request (413 beyond)."),
-    batch_wait_ms: float = typer.Option(2.0, "--batch-wait-ms",
-                                        help="How long a batch that is not full waits for more."),
+    batch_wait_ms: float = typer.Option(0.0, "--batch-wait-ms",
+                                        help="How long a batch that is not full waits for more "
+                                        "(0: requests that arrive while the RM runs join the "
+                                        "next call)."),
     token_env: str = typer.Option(TOKEN_ENV, "--token-env",
                                   help="Environment variable holding the token clients must send."),
     ready_file: Optional[Path] = typer.Option(None, "--ready-file",

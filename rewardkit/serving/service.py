@@ -31,7 +31,7 @@ class ServerLimits:
     max_queue: int = 512
     max_request_bytes: int = 64 * 2**20
     max_request_images: int = 512
-    batch_wait_s: float = 0.002
+    batch_wait_s: float = 0.0
 
 
 @dataclass
