@@ -15,6 +15,7 @@ import torch
 import rewardkit as rk
 from rewardkit.cli import run as cli_run
 from rewardkit.errors import RemoteRewardError
+from rewardkit.serving.client import RewardClient
 from rewardkit.testing import check_reward_model
 from rewardkit.testing.reward_server import RewardServer
 from rewardkit.world.rewards import WorldJudge
@@ -173,6 +174,10 @@ def test_requests_over_the_limits_get_a_clear_413(small_server):
     noisy = rk.reward_model("remote", url=server.url, encoding="png", max_batch=3)
     with pytest.raises(RemoteRewardError, match=r"refused a request as too large \(413"):
         noisy(torch.rand(3, 3, 48, 48), PROMPTS[:3])
+    # a body far larger than the socket buffers, refused from its Content-Length: the client
+    # still gets the answer, not a broken connection
+    with pytest.raises(RemoteRewardError, match=r"refused a request as too large \(413"):
+        RewardClient([server.url], retries=0).request("POST", "/score", b"RKS1" + bytes(2**25))
     # within the limits the same server answers, 3 images at a time
     small = rk.reward_model("remote", url=server.url, encoding="uint8")
     images = world_images(4, side=16)

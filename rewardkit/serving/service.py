@@ -90,7 +90,9 @@ class RewardService:
                metadata: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         extra = {"metadata": metadata} if self.takes_metadata else {}
         with torch.no_grad():
-            return self.rm.call_with_terms(images.to(self.rm.device), prompts, **extra)
+            scores, terms = self.rm.call_with_terms(images.to(self.rm.device), prompts, **extra)
+        # read back here, on the worker, not on the event loop answering the clients
+        return scores.float().cpu(), {name: t.float().cpu() for name, t in terms.items()}
 
 
 def expected_image_size(rm: RewardModel) -> list[int] | None:
