@@ -43,5 +43,6 @@ $(PLUGINS_VENV)/.installed: pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS
 	$(PLUGINS_PY) -m pip install -q "setuptools>=70.1"
 	touch $@
 
+# test_hpsv2_remote.py trains in the main venv ($(PY)) against hpsv2 served from this one
 test-plugins: $(PLUGINS_VENV)/.installed
-	OMP_NUM_THREADS=1 $(PLUGINS_PY) -m pytest -q -p no:cacheprovider $(addsuffix /tests,$(PLUGINS)) tests/test_fid_inception.py
+	REWARDKIT_MAIN_PYTHON=$(abspath $(PY)) OMP_NUM_THREADS=1 $(PLUGINS_PY) -m pytest -q -p no:cacheprovider $(addsuffix /tests,$(PLUGINS)) tests/test_fid_inception.py

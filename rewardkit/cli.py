@@ -225,6 +225,9 @@ def interrupted_message(command: list[str], config: Any) -> str:
                 f"{f' (checkpointing_steps={every})' if every is not None else ''}; running the "
                 "same command again with --overwrite_output_dir starts over")
     step, newest = found[-1]
+    from .secrets import redact_command
+
+    command = redact_command(command)  # printed: a reward server's token stays out of the log
     kept, i = list(command[:2]), 2  # "run", recipe; then options as parse_cli_overrides reads them
     while i < len(command):
         arg = command[i]

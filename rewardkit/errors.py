@@ -28,3 +28,25 @@ class RewardModelError(RewardkitError):
 
 class DataError(RewardkitError):
     """A dataset cannot be read at all (a single corrupt sample is skipped, not raised)."""
+
+
+class RemoteRewardError(RewardModelError):
+    """A reward server (``rewardkit serve-reward``) could not be reached, refused the request or
+    answered something unusable; the message names the server's URL.
+
+    ``url``, ``problem`` and ``hint`` are kept apart so that the training loop can say the step
+    in the same sentence (:meth:`at_step`).
+    """
+
+    def __init__(self, url: str | list[str], problem: str, hint: str = "") -> None:
+        self.url, self.problem, self.hint = url, problem, hint
+        urls = [url] if isinstance(url, str) else list(url)
+        subject = f"reward server{'s' if len(urls) > 1 else ''} {', '.join(urls)}"
+        super().__init__(f"{subject} {problem}" + (f"; {hint}" if hint else ""))
+
+    def at_step(self, step: int, after: str = "") -> "RemoteRewardError":
+        """The same error saying it happened at optimiser step ``step`` (``after``: what to do
+        then, e.g. the checkpoint to resume from, replacing the hint)."""
+        error = RemoteRewardError(self.url, f"{self.problem} at step {step}", after or self.hint)
+        error.step = step
+        return error

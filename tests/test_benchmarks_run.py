@@ -109,3 +109,15 @@ def test_alignment_table_trains_each_row_on_its_budget_and_counts_expert_calls(t
     trained = [rows["rg-lcd lrm frozen"], rows["draft lrm b20"]]
     assert all(r["steps"] >= 1 and 0.04 < r["train_minutes"] for r in trained)
     assert (tmp_path / "out" / "table.md").read_text().count("\n| ") == 3  # a line per row
+
+
+def test_remote_reward_benchmark_times_both_paths(tmp_path):
+    result = run("remote_reward.py", "--rewards", "rule-judge", "--rounds", "1", "--batch", "2",
+                 "--side", "16", "--clients", "1,2", "--encodings", "float32",
+                 out=tmp_path / "r.json")
+    rows = result["rewards"]["rule-judge"]
+    assert {(r["where"], r["clients"]) for r in rows} == {
+        (w, c) for w in ("in process", "remote") for c in (1, 2)}
+    assert all(r["images_per_s"] > 0 and r["ms_per_call_median"] > 0 for r in rows)
+    assert "added_ms_per_step" in next(r for r in rows if r["where"] == "remote"
+                                       and r["clients"] == 1)

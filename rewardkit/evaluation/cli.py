@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..errors import ConfigError
+from ..secrets import redact_command
 
 
 def parse_steps(text: str, option: str) -> list[int]:
@@ -161,7 +162,8 @@ def eval_command(
         images_per_prompt=images_per_prompt, seed=seed, batch_size=batch_size, device=device,
         dtype=dtype, resume=resume, reference_images=reference_images,
         metric_params=parse_params(metric_param),
-        command=" ".join(["rewardkit", "eval", *map(shlex.quote, sys.argv[2:])]))
+        command=" ".join(["rewardkit", "eval",
+                          *map(shlex.quote, redact_command(sys.argv[2:]))]))
     results = evaluation.run(specs)
     if results:
         Console(stderr=True).print(f"[green]wrote[/] {output / 'report.md'} and "

@@ -324,10 +324,13 @@ class LRMPretrainRecipe(TrainingLoop):
             setattr(self, attribute, PreferenceSet.load(self.output_dir / folder))
 
     def set_identity(self, spec: str, count: int) -> dict[str, Any]:
-        """What a cached preference set must have been built from to be reused."""
+        """What a cached preference set must have been built from to be reused (written
+        beside it, so a reward server's token is redacted)."""
+        from ..secrets import redact
+
         cfg = self.config
         return {"data": spec, "num_prompts": count, "reward": cfg.reward,
-                "reward_params": cfg.reward_params, "teacher": cfg.pretrained_teacher_model,
+                "reward_params": redact(cfg.reward_params), "teacher": cfg.pretrained_teacher_model,
                 "backbone": cfg.backbone, "resolution": cfg.resolution, "seed": cfg.seed or 0,
                 "teacher_settings": cfg.preference_teacher_settings,
                 "noise_levels": cfg.preference_noise_levels}

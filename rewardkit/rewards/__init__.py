@@ -2,7 +2,8 @@
 
 Built in: ``clip-score`` (:class:`CLIPScore`), ``pickscore`` (:class:`PickScore`), ``aesthetic``
 (:class:`AestheticScore`), ``weighted`` (:class:`WeightedReward`), and the non-differentiable
-``jpeg-compressibility`` (:class:`JpegCompressibility`) and ``rule-judge`` (:class:`RuleJudge`).
+``jpeg-compressibility`` (:class:`JpegCompressibility`) and ``rule-judge`` (:class:`RuleJudge`),
+and ``remote`` (:class:`RemoteReward`, an RM served by ``rewardkit serve-reward``).
 Build them by name with ``rewardkit.reward_model(name, **params)``.
 """
 
@@ -13,8 +14,9 @@ from .clip_score import CLIPScore
 from .jpeg_compressibility import JpegCompressibility
 from .module_reward import ModuleRewardModel
 from .pickscore import PickScore
+from .remote import RemoteReward
 from .rule_judge import RuleJudge
 from .weighted import WeightedReward
 
 __all__ = ["RewardModel", "build_expert", "ModuleRewardModel", "CLIPScore", "PickScore", "AestheticScore", "WeightedReward",
-           "JpegCompressibility", "RuleJudge"]
+           "JpegCompressibility", "RuleJudge", "RemoteReward"]

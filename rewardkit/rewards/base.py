@@ -8,7 +8,7 @@ output and names the RM in any error.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 
@@ -44,6 +44,13 @@ class RewardModel(ABC):
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Return a float tensor of shape ``[B]`` for ``B`` images and ``B`` prompts."""
 
+    def score_terms(self, images: torch.Tensor,
+                    prompts: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The scores and the terms they are made of, ``{term: Tensor[B]}`` (a judge's
+        sub-scores, say; what ``rewardkit serve-reward`` answers beside the scores). An RM
+        with terms overrides this and computes both at once; the default has none."""
+        return self.score(images, prompts), {}
+
     def to(self, device: torch.device | str | None = None,
            dtype: torch.dtype | None = None) -> "RewardModel":
         """Move the RM's weights once (never on every call). The base has no weights."""
@@ -59,6 +66,22 @@ class RewardModel(ABC):
         scores = self.score(images, prompts)
         self.images_scored = self.images_scored + int(images.shape[0])
         return self.check_output(scores, images.shape[0])
+
+    def call_with_terms(self, images: torch.Tensor, prompts: Sequence[str],
+                        **kwargs: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Checked :meth:`score_terms` (``kwargs`` passed on, e.g. the ``metadata`` a served RM
+        takes): the scores are checked as by a call; each term must be a tensor of shape
+        ``[B]`` (its values may be anything, NaN included)."""
+        self.check_input(images, prompts)
+        scores, terms = self.score_terms(images, prompts, **kwargs)
+        batch = images.shape[0]
+        for term, values in terms.items():
+            if not isinstance(values, torch.Tensor) or tuple(values.shape) != (batch,):
+                shape = (tuple(values.shape) if isinstance(values, torch.Tensor)
+                         else type(values).__name__)
+                raise RewardModelError(f"reward model '{self.name}' returned term '{term}' of "
+                                       f"shape {shape}, expected ({batch},)")
+        return self.check_output(scores, batch), dict(terms)
 
     # -------------------------------------------------------------- checks
 

@@ -52,6 +52,7 @@ from .guard import HackingGuard
 from .metrics import TrainingProgress, start_logging, write_run_config
 from .optim import build_lr_scheduler, build_optimizer
 from .output_dir import check_output_dir, clear_for_overwrite
+from .remote_failures import naming_the_step_of_remote_failures
 from .runtime import build_accelerator, step_autocast, uses_deepspeed, weight_dtype
 from .safe_state import has_state, load_state, save_state, save_tensor_file
 from .train_state import load_train_state, save_train_state
@@ -564,7 +565,8 @@ class TrainingLoop(Recipe):
                               enabled=progress and acc.is_main_process) as bar:
             while self.global_step < total:
                 started, cpu_started = time.perf_counter(), time.process_time()
-                with naming_out_of_memory(self.global_step + 1, cfg):
+                with naming_out_of_memory(self.global_step + 1, cfg), \
+                        naming_the_step_of_remote_failures(self.global_step + 1, self.output_dir):
                     metrics = self.train_step()
                 self.global_step += 1
                 metrics["step_time"] = time.perf_counter() - started

@@ -41,28 +41,31 @@ class MetricsLog:
 
 def write_run_config(accelerator: Any, config: Any, output_dir: str | Path) -> None:
     """Write the run's ``config.json`` (main process), once every check of the set-up passed:
-    a run that fails before training leaves an old run's config untouched."""
+    a run that fails before training leaves an old run's config untouched. Secrets (a reward
+    server's ``token`` in ``reward_params``) are written as ``<redacted>``."""
     import json
 
     from ..config import config_to_dict
+    from ..secrets import redact
 
     if accelerator.is_main_process:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.json").write_text(
-            json.dumps(config_to_dict(config), indent=2, default=str))
+            json.dumps(redact(config_to_dict(config)), indent=2, default=str))
     accelerator.wait_for_everyone()
 
 
 def start_logging(accelerator: Any, config: Any, output_dir: str | Path, global_step: int) -> MetricsLog:
     """A recipe's logging at the start (or resume) of a run: the accelerate trackers with the
     config's scalar values (main process, when trackers are on) and ``metrics.jsonl``, cut back
-    to ``global_step`` so it describes this run's history only."""
+    to ``global_step`` so it describes this run's history only (secrets redacted)."""
     from ..config import config_to_dict
+    from ..secrets import redact
 
     if accelerator.is_main_process and accelerator.log_with:
         accelerator.init_trackers(config.tracker_project_name, config={
-            k: v for k, v in config_to_dict(config).items()
+            k: v for k, v in redact(config_to_dict(config)).items()
             if isinstance(v, (int, float, str, bool))})
     log = MetricsLog(Path(output_dir) / "metrics.jsonl")
     if accelerator.is_main_process:

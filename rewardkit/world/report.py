@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from .evaluate import DEFAULT_GUIDANCE_SCALE, EvalRow
 from ..plots import labelled_grid, plot_training_curves
+from ..secrets import redact_command
 
 HELDOUT = "proxy_heldout_accuracy"
 #: Steps at the end of a run over which the in-batch proxy accuracy is averaged in the report.
@@ -150,7 +151,7 @@ def write_report(run_dir: str | Path, rows: Sequence[EvalRow], *,
     if config is None and (run_dir / "config.json").is_file():
         config = json.loads((run_dir / "config.json").read_text())
     command = command or shlex.join(["rewardkit" if Path(sys.argv[0]).name == "rewardkit"
-                                     else sys.argv[0], *sys.argv[1:]])
+                                     else sys.argv[0], *redact_command(sys.argv[1:])])
     proxy, guard = {}, ""
     if (run_dir / "metrics.jsonl").is_file():
         from ..training.guard import guard_report

@@ -10,7 +10,7 @@ import torch
 
 from ..rewards.base import RewardModel
 from .assets import SCORER, asset_path, load_net
-from .judge import judge
+from .judge import WEIGHTS, judge
 from .nets import WorldScorerNet
 from .scene_codes import encode_captions
 
@@ -22,9 +22,19 @@ class WorldJudge(RewardModel):
     differentiable = False
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        return self.score_terms(images, prompts)[0]
+
+    def score_terms(self, images: torch.Tensor,
+                    prompts: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The scores and the judge's terms (background, colour, count, shape, size,
+        crispness; each in [0, 1], see :mod:`rewardkit.world.judge`)."""
         pixels = images.detach().float().clamp(0, 1).cpu().numpy()
-        scores = [judge(image, prompt).score for image, prompt in zip(pixels, prompts)]
-        return torch.tensor(scores, dtype=torch.float32, device=images.device)
+        verdicts = [judge(image, prompt) for image, prompt in zip(pixels, prompts)]
+        scores = torch.tensor([v.score for v in verdicts], dtype=torch.float32,
+                              device=images.device)
+        terms = {term: torch.tensor([v.terms[term] for v in verdicts], dtype=torch.float32,
+                                    device=images.device) for term in WEIGHTS}
+        return scores, terms
 
 
 class WorldScorer(RewardModel):
