@@ -171,10 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     student = args.student or world_student()
     runs: dict[str, dict[int, Path]] = {}
-    for name, _, recipe, changes in ROWS:
-        if recipe is None:
-            continue
-        for seed in args.seeds:
+    # seed-major: a table cut short has every row at fewer seeds, not some rows at none
+    for seed in args.seeds:
+        for name, _, recipe, changes in ROWS:
+            if recipe is None:
+                continue
             run_dir = args.output / f"seed-{seed}" / name.replace(" ", "-")
             done = (run_dir / "pipeline").is_dir() and not args.retrain
             if (args.only is None or name in args.only) and not done:
