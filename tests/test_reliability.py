@@ -4,6 +4,7 @@ saved data."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -76,3 +77,124 @@ def test_a_binary_config_file_is_named(tmp_path):
         read_config_file(path)
     with pytest.raises(ConfigError, match="is not text"):
         rk.recipe("lcd", path)
+
+
+# ---------------------------------------------------------------- rewardkit eval's output folder
+
+
+@pytest.fixture(scope="module")
+def eval_models(tmp_path_factory):
+    """A tiny teacher and two students with other weights, both named ``student``."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from rewardkit.backbones.stable_diffusion import StableDiffusionBackbone
+    from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
+
+    root = tmp_path_factory.mktemp("eval-models")
+    teacher = build_tiny_sd_pipeline(root / "teacher")
+    backbone = StableDiffusionBackbone(str(teacher))
+    first = backbone.save_pipeline(backbone.build_student(), root / "a" / "student")
+    second = root / "b" / "student"
+    shutil.copytree(first, second)
+    weights = second / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(weights))
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()},
+              str(weights))
+    (root / "prompts.txt").write_text("a red circle\na green square\n")
+    del torch
+    return {"teacher": teacher, "a": first, "b": second, "prompts": root / "prompts.txt"}
+
+
+def run_cli(*args):
+    from typer.testing import CliRunner
+
+    from rewardkit.cli import build_app
+
+    result = CliRunner().invoke(build_app(), [str(a) for a in args])
+    return result.exit_code, result.output + (str(result.exception) if result.exception else "")
+
+
+def evaluate(models, out, *extra, students=("a",)):
+    return run_cli("eval", *(models[s] for s in students), "--prompts", models["prompts"],
+                   "--steps", "1", "--metrics", "jpeg-compressibility", "--device", "cpu",
+                   "-o", out, *extra)
+
+
+def snapshot(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_eval_refuses_a_folder_of_the_users_files_and_changes_nothing(eval_models, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "report.md").write_text("my own report")
+    (out / "notes.txt").write_text("my notes")
+    before = snapshot(out)
+    for extra in ((), ("--overwrite",), ("--resume",)):
+        code, text = evaluate(eval_models, out, *extra)
+        assert code == 1 and "report.md, which no evaluation wrote there" in text, text
+    assert snapshot(out) == before
+    (out / "report.md").unlink()  # only a file the evaluation does not write: beside it, by consent
+    code, text = evaluate(eval_models, out)
+    assert code == 1 and "already holds files (notes.txt)" in text and "--overwrite" in text
+    code, text = evaluate(eval_models, out, "--overwrite")
+    assert code == 0, text
+    assert (out / "notes.txt").read_text() == "my notes" and (out / "results.json").is_file()
+
+
+def test_eval_refuses_to_replace_an_earlier_evaluation_without_resume_or_overwrite(
+        eval_models, tmp_path):
+    out = tmp_path / "eval"
+    assert evaluate(eval_models, out)[0] == 0
+    before = snapshot(out)
+    code, text = evaluate(eval_models, out, "--seed", "5")
+    assert code == 1 and "already holds an evaluation" in text and "--resume" in text, text
+    assert snapshot(out) == before
+    code, text = evaluate(eval_models, out, "--seed", "5", "--overwrite")
+    assert code == 0, text
+    assert json.loads((out / "results.json").read_text())["seed"] == 5
+
+
+@pytest.mark.parametrize("extra,match", [
+    (("--seed", "1"), "sampled with seed 0, this run 1; rerun with the earlier --seed"),
+    (("-g", "3"), "sampled with guidance_scale 7.5, this run asks for 3.0"),
+    (("-k", "2"), "images_per_prompt 1, this run 2"),
+])
+def test_eval_resume_with_other_settings_is_refused(eval_models, tmp_path, extra, match):
+    out = tmp_path / "eval"
+    assert evaluate(eval_models, out)[0] == 0
+    before = snapshot(out)
+    code, text = evaluate(eval_models, out, "--resume", *extra)
+    assert code == 1 and match in text, text
+    assert snapshot(out) == before
+
+
+def test_eval_resume_with_the_models_in_another_order_is_refused(eval_models, tmp_path):
+    out = tmp_path / "eval"
+    assert evaluate(eval_models, out, students=("a", "b"))[0] == 0
+    code, text = evaluate(eval_models, out, "--resume", students=("b", "a"))
+    assert code == 1 and "the images of model 'student'" in text and "same order" in text, text
+    code, text = evaluate(eval_models, out, "--resume", students=("a", "b"))
+    assert code == 0, text
+
+
+def test_eval_resume_with_a_sample_of_another_size_names_it(eval_models, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "eval"
+    assert evaluate(eval_models, out)[0] == 0
+    sample = out / "images" / "student" / "steps-1" / "00001.png"
+    Image.new("RGB", (8, 8)).save(sample)
+    code, text = evaluate(eval_models, out, "--resume")
+    assert code == 1 and "00001.png is 8x8 px but the model samples 16x16" in text, text
+    assert "Traceback" not in text
+
+
+def test_eval_refuses_a_guidance_of_nan(eval_models, tmp_path):
+    code, text = evaluate(eval_models, tmp_path / "eval", "-g", "nan")
+    assert code == 1 and "--guidance) must be a finite number, got nan" in text, text
+    assert not (tmp_path / "eval").exists()

@@ -14,11 +14,55 @@ from ..errors import ConfigError
 EXPORTED_FROM = "exported_from.json"
 
 
+def model_fingerprint(location: str | Path) -> str:
+    """A model's identity by content, cheap enough for a multi-GB pipeline: for a local folder
+    (a pipeline or a training checkpoint) a SHA-256 over every file's relative path and size,
+    the whole of its small files (configs, tokenizer) and the first and last MiB of its large
+    ones (weights); for a hub id, the id. Copies of a model give the same fingerprint, another
+    model (other weights) another one."""
+    import hashlib
+
+    path = Path(location).expanduser()
+    if not path.is_dir():
+        return f"hub:{location}"
+    digest = hashlib.sha256()
+    chunk = 1 << 20
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        relative = file.relative_to(path).as_posix()
+        if relative == EXPORTED_FROM or any(part.startswith(".") for part in file.parts[
+                len(path.parts):]):
+            continue
+        size = file.stat().st_size
+        digest.update(f"{relative}\0{size}\0".encode())
+        with open(file, "rb") as handle:
+            if size <= 2 * chunk:
+                digest.update(handle.read())
+            else:
+                digest.update(handle.read(chunk))
+                handle.seek(size - chunk)
+                digest.update(handle.read(chunk))
+    return digest.hexdigest()
+
+
 def is_checkpoint(location: str | Path) -> bool:
     """A ``checkpoint-N`` folder inside a run folder that has its ``config.json``."""
     path = Path(location)
     return (path.is_dir() and path.name.startswith("checkpoint-")
             and (path.parent / "config.json").is_file())
+
+
+def read_run_config(checkpoint: str | Path) -> dict:
+    """The ``config.json`` of the run ``checkpoint`` belongs to (how its student was built);
+    ConfigError names it when it cannot be read."""
+    path = Path(checkpoint).parent / "config.json"
+    try:
+        run_config = json.loads(path.read_text())
+        if not isinstance(run_config, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} cannot be read ({exc}); it says how the student of "
+                          f"{checkpoint} was built") from None
+    return run_config
 
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path, device: str = "cpu") -> Path:
@@ -37,11 +81,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, device: str = 
     source = str(checkpoint.resolve())
     if marker.is_file() and json.loads(marker.read_text()).get("checkpoint") == source:
         return output  # exported completely from this very checkpoint before
-    try:
-        run_config = json.loads((checkpoint.parent / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{checkpoint.parent / 'config.json'} cannot be read ({exc}); it says "
-                          f"how the student of {checkpoint} was built") from None
+    run_config = read_run_config(checkpoint)
     fields = {f.name for f in dataclasses.fields(LCDConfig) if f.init}
     values = {k: v for k, v in run_config.items() if k in fields}
     values.update(output_dir=str(output.parent), report_to="none")
