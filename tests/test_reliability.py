@@ -198,3 +198,35 @@ def test_eval_refuses_a_guidance_of_nan(eval_models, tmp_path):
     code, text = evaluate(eval_models, tmp_path / "eval", "-g", "nan")
     assert code == 1 and "--guidance) must be a finite number, got nan" in text, text
     assert not (tmp_path / "eval").exists()
+
+
+# ---------------------------------------------------------------- a training run's output folder
+
+
+def test_a_fresh_run_into_a_folder_of_someone_elses_config_json_is_refused(tmp_path):
+    from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
+    from rewardkit.testing.tiny_training import tiny_lcd_config, write_tiny_image_folder
+
+    teacher = build_tiny_sd_pipeline(tmp_path / "teacher")
+    data = write_tiny_image_folder(tmp_path / "data", count=4, size=16)
+    unet = teacher / "unet"
+    before = snapshot(unet)
+    for flags in ({}, {"overwrite_output_dir": True}, {"resume_from_checkpoint": "latest"}):
+        with pytest.raises(ConfigError, match=r"holds config.json, which no rewardkit run wrote"):
+            LCDRecipe(tiny_lcd_config(teacher, data, unet, max_train_steps=1,
+                                      **flags)).run(progress=False)
+    assert snapshot(unet) == before  # the teacher still loads
+
+
+def test_an_interrupted_set_up_s_config_json_is_not_someone_elses(tmp_path):
+    from rewardkit.training.output_dir import check_output_dir, foreign_entries
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"output_dir": str(out),
+                                                 "pretrained_teacher_model": "t"}))
+    assert foreign_entries(out) == []
+    check_output_dir(out, None, False)  # as before: the run starts over it
+    (out / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
+    (out / "report.md").write_text("mine")
+    assert foreign_entries(out) == ["config.json", "report.md"]
