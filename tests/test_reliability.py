@@ -230,3 +230,85 @@ def test_an_interrupted_set_up_s_config_json_is_not_someone_elses(tmp_path):
     (out / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
     (out / "report.md").write_text("mine")
     assert foreign_entries(out) == ["config.json", "report.md"]
+
+
+# ---------------------------------------------------------------- resumes that would lie
+
+
+SMALL_LRM = dict(embed_dim=16, image_widths=[8, 16], text_width=16, text_heads=2)
+
+
+@pytest.fixture(scope="module")
+def train_assets(tmp_path_factory):
+    from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
+    from rewardkit.testing.tiny_training import write_tiny_image_folder
+
+    root = tmp_path_factory.mktemp("train")
+    return {"teacher": build_tiny_sd_pipeline(root / "teacher"),
+            "data": write_tiny_image_folder(root / "data", count=8, size=16)}
+
+
+def rg_config(assets, out, **overrides):
+    import dataclasses
+
+    from rewardkit.recipes.rg_lcd import RGLCDConfig
+    from rewardkit.testing.tiny_training import tiny_lcd_config
+
+    base = dataclasses.asdict(tiny_lcd_config(assets["teacher"], assets["data"], out))
+    built = RGLCDConfig(**{**base, "reward": "jpeg-compressibility", "proxy": "lrm",
+                           "proxy_params": dict(SMALL_LRM), "proxy_batch_size": 2,
+                           "vae_decode_batch_size": 4, "proxy_eval_num_prompts": 0,
+                           **overrides})
+    built.validate()
+    return built
+
+
+@pytest.fixture(scope="module")
+def rg_run(train_assets, tmp_path_factory):
+    """An rg-lcd run (LRM proxy, replay buffer, two proxy updates a step) checkpointed at 1, 2."""
+    from rewardkit.recipes.rg_lcd import RGLCDRecipe
+
+    out = tmp_path_factory.mktemp("rg") / "run"
+    RGLCDRecipe(rg_config(train_assets, out, max_train_steps=2, checkpointing_steps=1,
+                          proxy_updates_per_step=2, proxy_replay_size=4)).run(progress=False)
+    return out
+
+
+def copy_run(run, tmp_path):
+    import shutil
+
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize("override,match", [
+    ({"use_lora": True}, r"was written with use_lora = false, this run has use_lora = true; "
+                         r"resume with --use_lora false"),
+    ({"proxy_params": {**SMALL_LRM, "image_tower": "vit"}}, r"was written with proxy_params = "),
+    ({"proxy_replay_size": 2}, r"was written with proxy_replay_size = 4, this run has proxy_replay_size = 2"),
+])
+def test_a_resume_with_another_model_shape_is_refused_naming_the_key(train_assets, rg_run,
+                                                                     tmp_path, override, match):
+    from rewardkit.recipes.rg_lcd import RGLCDRecipe
+
+    out = copy_run(rg_run, tmp_path)
+    before = snapshot(out)
+    config = rg_config(train_assets, out, **{
+        "max_train_steps": 3, "checkpointing_steps": 1, "proxy_updates_per_step": 2,
+        "proxy_replay_size": 4, "resume_from_checkpoint": "latest", **override})
+    with pytest.raises(ConfigError, match=r"^resume_from_checkpoint: '.*checkpoint-2' " + match):
+        RGLCDRecipe(config).setup()
+    assert snapshot(out) == before
+
+
+def test_a_checkpoint_missing_its_replay_buffer_is_refused(train_assets, rg_run, tmp_path):
+    from rewardkit.recipes.rg_lcd import REPLAY_WEIGHTS, RGLCDRecipe
+
+    out = copy_run(rg_run, tmp_path)
+    (out / "checkpoint-2" / REPLAY_WEIGHTS).unlink()
+    config = rg_config(train_assets, out, max_train_steps=3, checkpointing_steps=1,
+                       proxy_updates_per_step=2, proxy_replay_size=4,
+                       resume_from_checkpoint="latest")
+    with pytest.raises(ConfigError, match=rf"checkpoint-2' has no {REPLAY_WEIGHTS} although its "
+                                          r"proxy replay buffer held 4 triples"):
+        RGLCDRecipe(config).setup()
