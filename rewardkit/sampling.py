@@ -77,9 +77,21 @@ def resolve_device(device: str | None) -> torch.device:
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as exc:
         raise ConfigError(f"--device: {exc}") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ConfigError(f"--device {device}: this machine has no CUDA device (or torch was "
+                              "built without CUDA); use --device cpu or auto")
+        if resolved.index is not None and resolved.index >= count:
+            raise ConfigError(f"--device {device}: this machine has {count} CUDA device(s), "
+                              f"cuda:0 to cuda:{count - 1}")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {device}: MPS is not available here; use --device cpu or "
+                          "auto")
+    return resolved
 
 
 def load_pipeline(model_dir: str | Path, scheduler: str = "lcm", device: str | None = "auto",
@@ -87,16 +99,22 @@ def load_pipeline(model_dir: str | Path, scheduler: str = "lcm", device: str | N
     """Load a diffusers pipeline folder (or hub id) with an ``LCMScheduler`` or ``DDIMScheduler``."""
     from diffusers import DDIMScheduler, DiffusionPipeline, LCMScheduler
 
-    from .models import check_pipeline_location, pipeline_dtype_kwarg, resolve_dtype
+    from .models import (check_pipeline_location, check_student_folder, naming_load_errors,
+                         pipeline_dtype_kwarg, resolve_dtype)
 
     check_pipeline_location(str(model_dir), key="model_dir")
-    pipe = DiffusionPipeline.from_pretrained(str(model_dir), **pipeline_dtype_kwarg(resolve_dtype(dtype)))
+    if scheduler == "lcm":
+        check_student_folder(str(model_dir))
+    target = resolve_device(device)  # before loading: a device that is not there is named
+    with naming_load_errors(f"model_dir '{model_dir}'"):
+        pipe = DiffusionPipeline.from_pretrained(str(model_dir),
+                                                 **pipeline_dtype_kwarg(resolve_dtype(dtype)))
     scheduler_class = {"lcm": LCMScheduler, "ddim": DDIMScheduler}[scheduler]
     pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
     if hasattr(pipe, "safety_checker") and getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None  # a research tool compares raw samples
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(resolve_device(device))
+    return pipe.to(target)
 
 
 def _count_unet_calls(unet: torch.nn.Module) -> tuple[list[int], Any]:
@@ -119,6 +137,9 @@ def run_pipeline(pipe: Any, prompts: Sequence[str], steps: int, guidance_scale: 
     """
     if steps < 1:
         raise ConfigError(f"steps must be at least 1, got {steps}")
+    if not math.isfinite(guidance_scale):
+        raise ConfigError(f"the guidance scale (--guidance) must be a finite number, got "
+                          f"{guidance_scale}")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     prompts = list(prompts)

@@ -312,3 +312,82 @@ def test_a_checkpoint_missing_its_replay_buffer_is_refused(train_assets, rg_run,
     with pytest.raises(ConfigError, match=rf"checkpoint-2' has no {REPLAY_WEIGHTS} although its "
                                           r"proxy replay buffer held 4 triples"):
         RGLCDRecipe(config).setup()
+
+
+# ---------------------------------------------------------------- sampling and loading models
+
+
+def test_sampling_a_teacher_folder_as_a_student_is_refused(eval_models, tmp_path):
+    code, text = run_cli("sample", eval_models["teacher"], "a red circle", "-n", "1",
+                         "--device", "cpu", "-o", tmp_path / "x.png")
+    assert code == 1 and "is a teacher, not a distilled student" in text and "--teacher" in text
+    assert not (tmp_path / "x.png").exists()
+    code, text = run_cli("sample", eval_models["teacher"], "a red circle", "-n", "1",
+                         "--teacher", "--device", "cpu", "-o", tmp_path / "x.png")
+    assert code == 0, text
+
+
+@pytest.mark.parametrize("args,match", [
+    (("-g", "nan"), "the guidance scale (--guidance) must be a finite number, got nan"),
+    (("--device", "cuda:7"), "--device cuda:7: this machine has"),
+])
+def test_sample_refuses_a_bad_guidance_or_a_missing_device(eval_models, tmp_path, args, match):
+    code, text = run_cli("sample", eval_models["a"], "a red circle", "-n", "1",
+                         "-o", tmp_path / "x.png", *(args if "--device" in args else
+                                                     (*args, "--device", "cpu")))
+    assert code == 1 and match in text, text
+    assert "Traceback" not in text and "--debug" not in text
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_pipeline_with_a_pickled_unet_is_refused_without_torchs_advice(eval_models, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(eval_models["teacher"], folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(weights))
+    weights.unlink()
+    state["planted"] = Planted()
+    torch.save(state, folder / "unet" / "diffusion_pytorch_model.bin")
+    code, text = run_cli("sample", folder, "a red circle", "-n", "1", "--teacher",
+                         "--device", "cpu", "-o", tmp_path / "x.png")
+    assert code == 1 and f"model_dir '{folder}' could not be loaded" in text, text
+    assert "pickled weights file" in text and "weights_only" not in text
+    assert not PLANTED_RAN
+
+
+PLANTED_RAN: list[bool] = []
+
+
+def _plant() -> None:  # pragma: no cover - running it is the failure
+    PLANTED_RAN.append(True)
+
+
+class Planted:
+    def __reduce__(self):
+        return (_plant, ())
+
+
+def test_the_sd_backbone_given_an_sdxl_folder_names_the_backbone_to_use(tmp_path):
+    from rewardkit.backbones.stable_diffusion import StableDiffusionBackbone
+    from rewardkit.testing.tiny_sdxl import build_tiny_sdxl_pipeline
+
+    folder = build_tiny_sdxl_pipeline(tmp_path / "sdxl")
+    with pytest.raises(ConfigError, match=r"is an SDXL pipeline \(StableDiffusionXLPipeline\), "
+                                          r".*pass --backbone stable-diffusion-xl"):
+        StableDiffusionBackbone(str(folder))
+
+
+def test_eval_on_a_device_the_machine_lacks_is_named(eval_models, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, text = run_cli("eval", eval_models["a"], "--prompts", eval_models["prompts"],
+                         "--steps", "1", "--metrics", "jpeg-compressibility", "--device", "cuda",
+                         "-o", tmp_path / "eval")
+    assert code == 1 and "--device cuda: this machine has no CUDA device" in text, text
+    assert not (tmp_path / "eval").exists()

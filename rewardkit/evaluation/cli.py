@@ -141,6 +141,9 @@ def eval_command(
     from .prompt_sets import load_prompt_set
     from .runner import Evaluation, ModelSpec
 
+    from ..sampling import resolve_device
+
+    resolve_device(device)  # a device this machine lacks is named before anything loads
     prompts, metrics = fill_eval_defaults(prompts, metrics)
     set_params = parse_params([f"prompts.{item}" for item in prompts_param],
                               option="--prompts-param", form="KEY=VALUE").get("prompts", {})
