@@ -168,6 +168,35 @@ def check_student_folder(path_or_id: str, key: str = "model_dir") -> None:
                           "guidance), or pass a student pipeline (a run's pipeline/)")
 
 
+def model_fingerprint(location: str | Path) -> str:
+    """A model's identity by content, cheap enough for a multi-GB pipeline: for a local folder
+    (a pipeline or a training checkpoint) a SHA-256 over every file's relative path and size,
+    the whole of its small files (configs, tokenizer) and the first and last MiB of its large
+    ones (weights); for a hub id, the id. Copies of a model give the same fingerprint, another
+    model (other weights) another one."""
+    import hashlib
+
+    path = Path(location).expanduser()
+    if not path.is_dir():
+        return f"hub:{location}"
+    digest = hashlib.sha256()
+    chunk = 1 << 20
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        relative = file.relative_to(path).as_posix()
+        if any(part.startswith(".") for part in file.parts[len(path.parts):]):
+            continue  # a half-written file aside, a cache
+        size = file.stat().st_size
+        digest.update(f"{relative}\0{size}\0".encode())
+        with open(file, "rb") as handle:
+            if size <= 2 * chunk:
+                digest.update(handle.read())
+            else:
+                digest.update(handle.read(chunk))
+                handle.seek(size - chunk)
+                digest.update(handle.read(chunk))
+    return digest.hexdigest()
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The bare module inside DDP/DataParallel (``.module``) and ``torch.compile`` (``._orig_mod``)."""
     while True:
@@ -179,4 +208,5 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 __all__ = ["PIPELINE_PARTS", "resolve_dtype", "looks_like_hub_id", "check_pipeline_location",
            "check_vae_location", "transformers_dtype_kwarg", "pipeline_dtype_kwarg", "unwrap_model",
-           "load_error_reason", "naming_load_errors", "pipeline_class_name", "check_student_folder"]
+           "load_error_reason", "model_fingerprint", "naming_load_errors", "pipeline_class_name",
+           "check_student_folder"]

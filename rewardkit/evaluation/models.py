@@ -14,36 +14,6 @@ from ..errors import ConfigError
 EXPORTED_FROM = "exported_from.json"
 
 
-def model_fingerprint(location: str | Path) -> str:
-    """A model's identity by content, cheap enough for a multi-GB pipeline: for a local folder
-    (a pipeline or a training checkpoint) a SHA-256 over every file's relative path and size,
-    the whole of its small files (configs, tokenizer) and the first and last MiB of its large
-    ones (weights); for a hub id, the id. Copies of a model give the same fingerprint, another
-    model (other weights) another one."""
-    import hashlib
-
-    path = Path(location).expanduser()
-    if not path.is_dir():
-        return f"hub:{location}"
-    digest = hashlib.sha256()
-    chunk = 1 << 20
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        relative = file.relative_to(path).as_posix()
-        if relative == EXPORTED_FROM or any(part.startswith(".") for part in file.parts[
-                len(path.parts):]):
-            continue
-        size = file.stat().st_size
-        digest.update(f"{relative}\0{size}\0".encode())
-        with open(file, "rb") as handle:
-            if size <= 2 * chunk:
-                digest.update(handle.read())
-            else:
-                digest.update(handle.read(chunk))
-                handle.seek(size - chunk)
-                digest.update(handle.read(chunk))
-    return digest.hexdigest()
-
-
 def is_checkpoint(location: str | Path) -> bool:
     """A ``checkpoint-N`` folder inside a run folder that has its ``config.json``."""
     path = Path(location)

@@ -242,7 +242,7 @@ class Evaluation:
         the prompts, seeds and, per model label, the model's content and how it is sampled."""
         import hashlib
 
-        from .models import model_fingerprint
+        from ..models import model_fingerprint
 
         prompts = json.dumps([self.prompts.prompts, self.prompts.categories])
         return {"seed": self.seed, "images_per_prompt": self.images_per_prompt,
