@@ -391,3 +391,52 @@ def test_eval_on_a_device_the_machine_lacks_is_named(eval_models, tmp_path, monk
                          "-o", tmp_path / "eval")
     assert code == 1 and "--device cuda: this machine has no CUDA device" in text, text
     assert not (tmp_path / "eval").exists()
+
+
+# ---------------------------------------------------------------- checkpoints on disk
+
+
+def test_a_full_disk_in_safetensors_names_it_and_leaves_no_half_checkpoint(train_assets, tmp_path,
+                                                                          monkeypatch):
+    from safetensors import SafetensorError
+
+    import rewardkit.training.safe_state as safe_state
+    from rewardkit.testing.tiny_training import tiny_lcd_config
+    from rewardkit.training.checkpoint import CheckpointWriteError
+
+    real = safe_state.save_tensor_file
+    out = tmp_path / "full"
+
+    def full_at_step_2(tensors, path):
+        if ".checkpoint-2.tmp" in str(path):
+            raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: '
+                                  'StorageFull, message: "No space left on device" })')
+        return real(tensors, path)
+
+    monkeypatch.setattr(safe_state, "save_tensor_file", full_at_step_2)
+    with pytest.raises(CheckpointWriteError) as raised:
+        LCDRecipe(tiny_lcd_config(train_assets["teacher"], train_assets["data"], out,
+                                  max_train_steps=2, checkpointing_steps=1)).run(progress=False)
+    assert str(raised.value).startswith(f"no space left writing checkpoint-2 in {out}; the "
+                                        "previous checkpoint checkpoint-1 is intact")
+    assert not (out / ".checkpoint-2.tmp").exists() and not (out / "checkpoint-2").exists()
+
+
+def test_checkpoints_and_saved_models_follow_the_users_umask(train_assets, tmp_path):
+    import os
+    import stat
+
+    from rewardkit.testing.tiny_training import tiny_lcd_config
+
+    out = tmp_path / "run"
+    old = os.umask(0o022)
+    try:
+        LCDRecipe(tiny_lcd_config(train_assets["teacher"], train_assets["data"], out,
+                                  max_train_steps=1, checkpointing_steps=1)).run(progress=False)
+    finally:
+        os.umask(old)
+    saved = [p for folder in (out / "checkpoint-1", out / "pipeline") for p in folder.rglob("*")
+             if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in saved)
+    modes = {p.relative_to(out).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in saved}
+    assert set(modes.values()) == {"0o644"}, modes
