@@ -440,3 +440,52 @@ def test_checkpoints_and_saved_models_follow_the_users_umask(train_assets, tmp_p
     assert any(p.suffix == ".safetensors" for p in saved)
     modes = {p.relative_to(out).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in saved}
     assert set(modes.values()) == {"0o644"}, modes
+
+
+# ---------------------------------------------------------------- saved proxies
+
+
+@pytest.fixture
+def proxy_folder(tmp_path):
+    from rewardkit.proxies import LatentRewardModel
+
+    folder = tmp_path / "proxy"
+    LatentRewardModel(latent_channels=4, text_dim=16, **SMALL_LRM).save_pretrained(folder)
+    return folder
+
+
+def test_a_proxy_whose_config_and_weights_differ_is_named_in_a_line(proxy_folder, tmp_path):
+    from rewardkit.proxies import LatentRewardModel
+
+    other = tmp_path / "vit"
+    LatentRewardModel(latent_channels=4, text_dim=16, image_tower="vit",
+                      **SMALL_LRM).save_pretrained(other)
+    (proxy_folder / "proxy.safetensors").write_bytes((other / "proxy.safetensors").read_bytes())
+    with pytest.raises(ConfigError) as raised:
+        LatentRewardModel.from_pretrained(proxy_folder)
+    message = str(raised.value)
+    assert "does not fit the proxy its proxy_config.json describes" in message
+    assert "tensors missing, e.g." in message and len(message) < 600 and "\n" not in message
+
+
+@pytest.mark.parametrize("damage,match", [
+    ("truncated config", r"proxy_config.json' is unreadable \(truncated or not JSON"),
+    ("only a bin", r"has no proxy.safetensors, only proxy.bin: pickled weights"),
+    ("pickle named safetensors", r"proxy.safetensors' is not a readable safetensors file"),
+])
+def test_a_damaged_proxy_folder_is_named_and_nothing_is_unpickled(proxy_folder, damage, match):
+    import torch
+
+    from rewardkit.proxies import LatentRewardModel
+
+    config, weights = proxy_folder / "proxy_config.json", proxy_folder / "proxy.safetensors"
+    if damage == "truncated config":
+        config.write_text(config.read_text()[:20])
+    elif damage == "only a bin":
+        weights.unlink()
+        torch.save({"planted": Planted()}, proxy_folder / "proxy.bin")
+    else:
+        torch.save({"planted": Planted()}, weights)
+    with pytest.raises(ConfigError, match=match):
+        LatentRewardModel.from_pretrained(proxy_folder)
+    assert not PLANTED_RAN
