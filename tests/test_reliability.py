@@ -489,3 +489,19 @@ def test_a_damaged_proxy_folder_is_named_and_nothing_is_unpickled(proxy_folder, 
     with pytest.raises(ConfigError, match=match):
         LatentRewardModel.from_pretrained(proxy_folder)
     assert not PLANTED_RAN
+
+
+# ---------------------------------------------------------------- demo
+
+
+def test_demo_on_a_busy_port_is_named_before_anything_loads(tmp_path):
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        code, text = run_cli("demo", tmp_path / "no-model-needed", "--port", port)
+    assert code == 1 and f"--port {port} on 127.0.0.1 is in use; pick another --port" in text, text
+    code, text = run_cli("demo", tmp_path / "x", "--port", "70000")
+    assert code == 1 and "--port must be between 1 and 65535, got 70000" in text, text
