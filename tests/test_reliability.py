@@ -505,3 +505,25 @@ def test_demo_on_a_busy_port_is_named_before_anything_loads(tmp_path):
     assert code == 1 and f"--port {port} on 127.0.0.1 is in use; pick another --port" in text, text
     code, text = run_cli("demo", tmp_path / "x", "--port", "70000")
     assert code == 1 and "--port must be between 1 and 65535, got 70000" in text, text
+
+
+# ---------------------------------------------------------------- rewardkit data encode
+
+
+def test_encode_refuses_a_folder_of_the_users_files_before_the_teacher_loads(tmp_path):
+    out = tmp_path / "latents"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    code, text = run_cli("data", "encode", tmp_path / "images", out, "--teacher",
+                         tmp_path / "no-teacher-needed")
+    assert code == 1 and "holds files an encode did not write (notes.txt)" in text, text
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_an_interrupted_encodes_shards_may_be_written_again(tmp_path):
+    from rewardkit.data.latent_shards import check_encode_output
+
+    (tmp_path / "latents-00000.safetensors").write_bytes(b"")
+    (tmp_path / "latents-00001.safetensors.tmp").write_bytes(b"")
+    check_encode_output(tmp_path)
+    check_encode_output(tmp_path / "new")
