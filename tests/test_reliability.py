@@ -527,3 +527,56 @@ def test_an_interrupted_encodes_shards_may_be_written_again(tmp_path):
     (tmp_path / "latents-00001.safetensors.tmp").write_bytes(b"")
     check_encode_output(tmp_path)
     check_encode_output(tmp_path / "new")
+
+
+# ---------------------------------------------------------------- world build, the sweep
+
+
+def test_world_build_refuses_a_folder_holding_someone_elses_teacher(tmp_path):
+    from rewardkit.world.build import build_world
+
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "model_index.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"holds teacher, which no world build wrote there"):
+        build_world(tmp_path, size="tiny", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher"]
+    with pytest.raises(ConfigError, match="--minutes must be a positive finite number, got nan"):
+        build_world(tmp_path / "new", size="tiny", minutes=math.nan, progress=False)
+
+
+def sweep_module():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bad_inputs.py"
+    spec = importlib.util.spec_from_file_location("bad_inputs", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_sweep_has_over_40_distinct_cases_across_the_verbs():
+    sweep = sweep_module()
+    described = [f"{c.verb}: {c.bad}" for c in sweep.CASES]
+    assert len(described) >= 40 and len(set(described)) == len(described)
+    verbs = {c.verb.split()[0] for c in sweep.CASES}
+    assert {"run", "eval", "sample", "data", "demo", "rewards", "world"} <= verbs
+    assert all(c.expect == "works" or c.culprit for c in sweep.CASES)
+
+
+def test_the_sweep_classifies_outcomes():
+    sweep = sweep_module()
+    error = sweep.Case("run lcd", "x", "error", "learning_rate", lambda env: None)
+    works = sweep.Case("eval", "y", "works", None, lambda env: None)
+    R = sweep.Result
+    assert sweep.classify(error, R(1, "learning_rate must be finite, got nan"), []) == "clear"
+    assert sweep.classify(error, R(1, "something is wrong"), []) == "unclear"
+    assert sweep.classify(error, R(1, "ValueError: x (run with --debug for the traceback)"),
+                          []) == "raw"
+    assert sweep.classify(error, R(1, "", "Traceback ..."), []) == "raw"
+    assert sweep.classify(error, R(0), []) == "silent"
+    assert sweep.classify(error, R(1, "learning_rate must be finite"), ["/x"]) == "data loss"
+    assert sweep.classify(works, R(0, check=True), []) == "handled"
+    assert sweep.classify(works, R(0, check=False), []) == "silent"
