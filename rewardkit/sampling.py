@@ -220,16 +220,60 @@ def read_prompt_file(path: str | Path) -> list[str]:
     return prompts
 
 
-def save_images(images: Sequence[Any], output: Path, grid: bool) -> list[Path]:
-    """One image -> ``output``; several -> a grid at ``output`` or ``output_000.png`` ... files."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if len(images) == 1 or grid:
-        (images[0] if len(images) == 1 else make_grid(images)).save(output)
+#: The PNG text chunk ``rewardkit sample`` marks its images with: it replaces only those.
+SAMPLE_MARK = ("rewardkit", "sample")
+
+
+def output_paths(output: Path, count: int, grid: bool) -> list[Path]:
+    """Where :func:`save_images` writes ``count`` images: ``output``, or with several and no
+    grid ``output_000.png`` ..."""
+    if count == 1 or grid:
         return [output]
     suffix = output.suffix or ".png"
-    paths = [output.with_name(f"{output.stem}_{i:03d}{suffix}") for i in range(len(images))]
-    for image, path in zip(images, paths):
-        image.save(path)
+    return [output.with_name(f"{output.stem}_{i:03d}{suffix}") for i in range(count)]
+
+
+def check_outputs(paths: Sequence[Path], overwrite: bool = False) -> None:
+    """Refuse, before sampling, to replace a file ``rewardkit sample`` did not write (a PNG
+    without its mark, any other file, a folder), unless ``overwrite``."""
+    from PIL import Image
+
+    for path in paths:
+        if path.is_dir():
+            raise ConfigError(f"--output '{path}' is a folder; give a file name like "
+                              f"{path / 'sample.png'}")
+        if not path.exists() or overwrite:
+            continue
+        try:
+            with Image.open(path) as image:
+                ours = image.format == "PNG" and image.info.get(SAMPLE_MARK[0]) == SAMPLE_MARK[1]
+        except (OSError, ValueError):
+            ours = False
+        if not ours:
+            raise ConfigError(f"--output '{path}' exists and is not a PNG rewardkit sample "
+                              "wrote; choose another --output, or pass --overwrite to replace it")
+
+
+def save_images(images: Sequence[Any], output: Path, grid: bool) -> list[Path]:
+    """One image -> ``output``; several -> a grid at ``output`` or ``output_000.png`` ... files
+    (PNGs carry :data:`SAMPLE_MARK`)."""
+    from PIL import PngImagePlugin
+
+    paths = output_paths(output, len(images), grid)
+    if len(paths) == 1 and len(images) > 1:
+        images = [make_grid(images)]
+    mark = PngImagePlugin.PngInfo()
+    mark.add_text(*SAMPLE_MARK)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        for image, path in zip(images, paths):
+            if path.suffix.lower() in ("", ".png"):
+                image.save(path, format="PNG", pnginfo=mark)
+            else:
+                image.save(path)
+    except (OSError, ValueError) as error:  # a folder that is a file, an unknown extension
+        raise ConfigError(f"--output '{output}' cannot be written ({error}); choose another "
+                          "--output (.png, .jpg, ...)") from None
     return paths
 
 
@@ -318,6 +362,8 @@ def sample_command(
     dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
     height: Annotated[Optional[int], typer.Option(help="Image height (default: the model's).")] = None,
     width: Annotated[Optional[int], typer.Option(help="Image width (default: the model's).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUTPUT files that "
+                         "rewardkit sample did not write (its own it replaces anyway).")] = False,
 ) -> None:
     """Sample a saved student (LCMScheduler) or, with --teacher, a teacher (DDIM + CFG)."""
     from rich.console import Console
@@ -326,6 +372,7 @@ def sample_command(
     if (prompt is None) == (prompt_file is None):
         raise ConfigError("give exactly one of PROMPT or --prompt-file")
     prompts = read_prompt_file(prompt_file) if prompt_file is not None else [prompt]
+    check_outputs(output_paths(Path(output), len(prompts), grid), overwrite)
     steps = steps if steps is not None else (50 if teacher else 4)
     sampler = sample_teacher if teacher else sample_student
     console = Console(stderr=True)

@@ -580,3 +580,18 @@ def test_the_sweep_classifies_outcomes():
     assert sweep.classify(error, R(1, "learning_rate must be finite"), ["/x"]) == "data loss"
     assert sweep.classify(works, R(0, check=True), []) == "handled"
     assert sweep.classify(works, R(0, check=False), []) == "silent"
+
+
+def test_sample_replaces_only_its_own_images(eval_models, tmp_path):
+    mine = tmp_path / "cat.png"
+    mine.write_bytes(b"my own picture")
+    args = ("sample", eval_models["a"], "a red circle", "-n", "1", "--device", "cpu", "-o")
+    code, text = run_cli(*args, mine)
+    assert code == 1 and "exists and is not a PNG rewardkit sample wrote" in text, text
+    assert mine.read_bytes() == b"my own picture"
+    ours = tmp_path / "ours.png"
+    assert run_cli(*args, ours)[0] == 0
+    assert run_cli(*args, ours, "--seed", "3")[0] == 0  # its own image: replaced
+    assert run_cli(*args, mine, "--overwrite")[0] == 0
+    code, text = run_cli(*args, tmp_path / "x.unknown")
+    assert code == 1 and "cannot be written" in text, text
