@@ -663,6 +663,107 @@ def _(env: Env) -> Result:
     return result
 
 
+@case("sample", "-o an existing file of the user's", culprit="cat.png")
+def _(env: Env) -> Result:
+    mine = env.folder / "cat.png"
+    mine.write_bytes(b"my own picture")
+    env.protect(mine)
+    return cli("sample", env.assets["student"], "x", "-n", "1", "--device", "cpu", "-o", mine)
+
+
+case("sample", "-o with an unknown extension", culprit="x.unknown")(
+    lambda env: cli("sample", env.assets["student"], "x", "-n", "1", "--device", "cpu",
+                    "-o", env.folder / "x.unknown"))
+case("sample", "--height 17 (not a multiple of 8)", culprit="height")(
+    lambda env: sample(env, env.assets["student"], "--height", "17", "--device", "cpu"))
+case("sample", "--batch-size 0", culprit="batch")(
+    lambda env: sample(env, env.assets["student"], "-b", "0", "--device", "cpu"))
+case("sample", "a --prompt-file that does not exist", culprit="no-prompts.txt")(
+    lambda env: cli("sample", env.assets["student"], "-f", env.folder / "no-prompts.txt",
+                    "--device", "cpu", "-o", env.folder / "x.png"))
+
+
+@case("sample", "an empty --prompt-file", culprit="empty.txt")
+def _(env: Env) -> Result:
+    (env.folder / "empty.txt").write_text("\n\n")
+    return cli("sample", env.assets["student"], "-f", env.folder / "empty.txt", "--device",
+               "cpu", "-o", env.folder / "x.png")
+
+
+# ---- more training and eval inputs
+
+case("run", "a recipe that is not registered", culprit="no-such-recipe")(
+    lambda env: cli("run", "no-such-recipe"))
+case("run lcd", "--seed -1", culprit="seed")(
+    lambda env: train(env, "lcd", "--seed", "-1"))
+case("run lcd", "--dataloader_num_workers -1", culprit="dataloader_num_workers")(
+    lambda env: train(env, "lcd", "--dataloader_num_workers", "-1"))
+case("run lcd", "--checkpoints_total_limit 0", culprit="checkpoints_total_limit")(
+    lambda env: train(env, "lcd", "--checkpoints_total_limit", "0"))
+case("run lcd", "--max_train_steps 0", culprit="max_train_steps")(
+    lambda env: train(env, "lcd", "--max_train_steps", "0"))
+case("run lcd", "--train_shards_path_or_url world:nope", culprit="world:nope")(
+    lambda env: train(env, "lcd", "--train_shards_path_or_url", "world:nope"))
+case("run lcd", "--backbone of no registered backbone", culprit="no-such-backbone")(
+    lambda env: train(env, "lcd", "--backbone", "no-such-backbone"))
+case("run lcd", "--solver_params with an unknown key", culprit="solver_params")(
+    lambda env: train(env, "lcd", "--solver_params", '{"nope": 1}'))
+case("run lcd", "--resume_from_checkpoint latest into an empty folder (starts a new run)",
+     expect="works")(
+    lambda env: _check(train(env, "lcd", "--resume_from_checkpoint", "latest",
+                             "--max_train_steps", "1"),
+                       (env.folder / "out" / "pipeline").is_dir))
+
+
+@case("run lcd", "a corrupt webdataset shard as the only data", culprit="broken.tar")
+def _(env: Env) -> Result:
+    shard = env.folder / "broken.tar"
+    shard.write_bytes(b"this is not a tar archive" * 40)
+    return train(env, "lcd", "--train_shards_path_or_url", shard)
+
+
+@case("run lcd", "a --config JSON with a list where a number goes", culprit="resolution")
+def _(env: Env) -> Result:
+    config = json.loads(env.assets["lcd.json"].read_text())
+    path = env.folder / "c.json"
+    path.write_text(json.dumps({**config, "resolution": [16, 16]}))
+    return cli("run", "lcd", "--config", path, "--output_dir", env.folder / "out")
+
+
+case("eval", "--batch-size 0", culprit="--batch-size")(
+    lambda env: evaluate(env, env.folder / "out", "-b", "0"))
+case("eval", "--limit 0", culprit="limit")(
+    lambda env: evaluate(env, env.folder / "out", "--limit", "0"))
+case("eval", "fid with --reference-images that do not exist", culprit="--reference-images")(
+    lambda env: cli("eval", env.assets["student"], "--prompts", env.assets["prompts"],
+                    "--metrics", "world-fd", "--reference-images", env.folder / "no-reals",
+                    "--steps", "1", "--device", "cpu", "-o", env.folder / "out"))
+case("eval", "a --teacher folder that does not exist", culprit="no-teacher")(
+    lambda env: evaluate(env, env.folder / "out", "--teacher", env.folder / "no-teacher",
+                         "--teacher-steps", "1"))
+case("eval", "--dtype fp8", culprit="fp8")(
+    lambda env: evaluate(env, env.folder / "out", "--dtype", "fp8"))
+case("eval", "--prompts-param without =", culprit="--prompts-param")(
+    lambda env: evaluate(env, env.folder / "out", "--prompts-param", "oops"))
+
+
+@case("eval", "-o is a file", culprit="--output")
+def _(env: Env) -> Result:
+    path = env.folder / "a-file"
+    path.write_text("mine")
+    env.protect(path)
+    return evaluate(env, path)
+
+
+@case("eval", "a training checkpoint with a truncated model.safetensors",
+      culprit="model.safetensors")
+def _(env: Env) -> Result:
+    run = env.copy("run")
+    model = run / "checkpoint-2" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:64])
+    return evaluate(env, env.folder / "out", models=(run / "checkpoint-2",))
+
+
 # ---- data encode, demo, rewards, the host
 
 @case("data encode", "an output folder of the user's files", culprit="notes.txt")
@@ -675,6 +776,22 @@ def _(env: Env) -> Result:
                "--resolution", "16")
 
 
+@case("data encode", "an output folder holding an encoded dataset", culprit="manifest.json")
+def _(env: Env) -> Result:
+    out = env.folder / "latents"
+    out.mkdir()
+    (out / "manifest.json").write_text("{}")
+    env.protect(out)
+    return cli("data", "encode", env.assets["data"], out, "--teacher", env.assets["teacher"],
+               "--resolution", "16")
+
+
+case("data encode", "--latent-dtype int8", culprit="--latent-dtype")(
+    lambda env: cli("data", "encode", env.assets["data"], env.folder / "l", "--teacher",
+                    env.assets["teacher"], "--latent-dtype", "int8"))
+case("data encode", "a teacher that does not exist", culprit="no-teacher")(
+    lambda env: cli("data", "encode", env.assets["data"], env.folder / "l", "--teacher",
+                    env.folder / "no-teacher", "--resolution", "16"))
 case("data encode", "--resolution 0", culprit="--resolution")(
     lambda env: cli("data", "encode", env.assets["data"], env.folder / "l", "--teacher",
                     env.assets["teacher"], "--resolution", "0"))
@@ -691,8 +808,16 @@ def _(env: Env) -> Result:
         return cli("demo", env.assets["student"], "--port", server.getsockname()[1])
 
 
+case("demo", "--port 70000", culprit="--port")(
+    lambda env: cli("demo", env.assets["student"], "--port", "70000"))
+case("rewards score", "--param with an unknown parameter", culprit="nope")(
+    lambda env: cli("rewards", "score", first_image(env), "-p", "x", "-r",
+                    "jpeg-compressibility", "--param", "nope=1"))
+case("rewards score", "two prompts for three images", culprit="prompt")(
+    lambda env: cli("rewards", "score", *sorted(env.assets["data"].glob("*.png"))[:3],
+                    "-p", "a", "-p", "b", "-r", "jpeg-compressibility"))
 case("rewards score", "--reward of no registered RM", culprit="no-such-rm")(
-    lambda env: cli("rewards", "score", env.assets["data"] / "00000.png", "-p", "x", "-r",
+    lambda env: cli("rewards", "score", first_image(env), "-p", "x", "-r",
                     "no-such-rm"))
 case("rewards score", "an image file that does not exist", culprit="missing.png")(
     lambda env: cli("rewards", "score", env.folder / "missing.png", "-p", "x", "-r",
@@ -754,6 +879,15 @@ def _(env: Env) -> Result:
     info = host.plugins.get("broken-example")
     result.check = info is not None and info.status == "broken" and any(
         "some_heavy_dependency" in error for error in info.errors)
+    return result
+
+
+def first_image(env: Env) -> Path:
+    return sorted(env.assets["data"].glob("*.png"))[0]
+
+
+def _check(result: Result, check: Callable[[], bool]) -> Result:
+    result.check = bool(check())
     return result
 
 

@@ -149,6 +149,11 @@ def run_pipeline(pipe: Any, prompts: Sequence[str], steps: int, guidance_scale: 
         seeds = [seed + i for i in range(len(prompts))]
     if len(seeds) != len(prompts):
         raise ConfigError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    factor = int(getattr(pipe, "vae_scale_factor", 1) or 1)
+    for name, side in (("height", height), ("width", width)):
+        if side is not None and (side < factor or side % factor):
+            raise ConfigError(f"--{name} must be a positive multiple of {factor} (the VAE's "
+                              f"downscale factor), got {side}; try {max(factor, side // factor * factor)}")
     device = pipe.device
     counter, handle = _count_unet_calls(pipe.unet)
     result = SampleResult(steps=steps, guidance_scale=guidance_scale)

@@ -595,3 +595,17 @@ def test_sample_replaces_only_its_own_images(eval_models, tmp_path):
     assert run_cli(*args, mine, "--overwrite")[0] == 0
     code, text = run_cli(*args, tmp_path / "x.unknown")
     assert code == 1 and "cannot be written" in text, text
+
+
+def test_a_seed_out_of_numpys_range_is_refused_naming_the_key(teacher_dir):
+    config = LCDRecipe.Config(pretrained_teacher_model=teacher_dir,
+                              train_shards_path_or_url="data-{000..009}.tar", seed=-1)
+    with pytest.raises(ConfigError, match=r"^seed must be in \[0, 2\*\*32 - 1\], got -1$"):
+        config.validate()
+
+
+def test_sample_refuses_a_height_the_vae_cannot_make(eval_models, tmp_path):
+    code, text = run_cli("sample", eval_models["a"], "a red circle", "-n", "1", "--device", "cpu",
+                         "--height", "17", "-o", tmp_path / "x.png")
+    assert code == 1 and "--height must be a positive multiple of 2" in text, text
+    assert not (tmp_path / "x.png").exists()

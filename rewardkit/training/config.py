@@ -205,6 +205,10 @@ class TrainingConfig(RecipeConfig):
                                   "dataloader_num_workers", "validation_steps",
                                   "adam_weight_decay", "adam_epsilon")
         self.require_positive("learning_rate", "max_grad_norm")
+        for key in ("seed", "dataloader_seed"):  # numpy's and accelerate's seeding range
+            value = getattr(self, key)
+            if value is not None and not 0 <= value < 2**32:
+                raise ConfigError(f"{key} must be in [0, 2**32 - 1], got {value}")
         for key in ("adam_beta1", "adam_beta2"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)}")
