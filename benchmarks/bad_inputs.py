@@ -450,10 +450,14 @@ def _(env: Env) -> Result:
 
 def tune(env: Env, recipe: str, *extra: Any) -> Result:
     """``rewardkit run RECIPE`` (draft or grpo) on the tiny student with a prompt file."""
+    proxy = ("--proxy", "lrm") if recipe == "draft" else ()  # its RM is not differentiable
     return cli("run", recipe, "--config", env.assets["tune.json"], "--output_dir",
-               env.folder / "out", *extra)
+               env.folder / "out", *proxy, *extra)
 
 
+for _recipe in ("draft", "grpo"):
+    case(f"run {_recipe}", "nothing bad: the base config (it must train a step)", expect="works")(
+        lambda env, r=_recipe: _check(tune(env, r), (env.folder / "out" / "pipeline").is_dir))
 case("run grpo", "--group_size 1", culprit="group_size")(
     lambda env: tune(env, "grpo", "--group_size", "1"))
 case("run grpo", "--clip_range nan", culprit="clip_range")(
