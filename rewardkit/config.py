@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import sys
 import types
 import typing
@@ -29,8 +30,14 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
-    text = path.read_text()
     suffix = path.suffix.lower()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}' is not text (a binary file?); pass a TOML, "
+                          "YAML or JSON file") from None
+    except OSError as exc:
+        raise ConfigError(f"config file '{path}' cannot be read ({exc.strerror or exc})") from None
     try:
         if suffix == ".toml":
             if sys.version_info >= (3, 11):
@@ -173,9 +180,11 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"'{key}' must be a number, got {value!r}")
         try:
             number = annotation(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"'{key}' must be {'an integer' if annotation is int else 'a number'}, "
                               f"got {value!r}") from None
+        if annotation is float and not math.isfinite(number):
+            raise ConfigError(f"'{key}' must be a finite number, got {value!r}")
         if annotation is int and isinstance(value, float) and value != number:
             raise ConfigError(f"'{key}' must be an integer, got {value!r}")
         return number

@@ -13,15 +13,17 @@ imported inside the functions that need them.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, RewardkitError
 
 #: Folders every Stable Diffusion pipeline folder has (SD 1.x/2.x; SDXL adds its second text
 #: encoder and tokenizer).
@@ -103,6 +105,98 @@ def pipeline_dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
     return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
 
 
+def load_error_reason(error: BaseException) -> str:
+    """Why a library could not read a model's files, in a few words: a refused pickle is said as
+    such (never torch's advice to load it with ``weights_only=False``, which would run any code
+    in it), anything else as the error's type and the first line of its message."""
+    chain = [error]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+        if len(chain) > 8:
+            break
+    text = " ".join(str(e) for e in chain)
+    if "weights_only" in text or "Weights only load failed" in text or "Unpickl" in text:
+        return ("it holds a pickled weights file (.bin/.pt), which rewardkit refuses to load "
+                "because unpickling can run code; convert it to .safetensors with a tool you "
+                "trust, or use the model's safetensors weights")
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {first[:200]}" if first else type(error).__name__
+
+
+@contextlib.contextmanager
+def naming_load_errors(what: str) -> Iterator[None]:
+    """Turn a library's failure to read ``what`` (a model folder or hub id, said as the user
+    gave it: "model_dir '/x'") into one :class:`ConfigError` sentence naming it
+    (:func:`load_error_reason`); rewardkit's own errors pass unchanged."""
+    try:
+        yield
+    except RewardkitError:
+        raise
+    except Exception as error:
+        raise ConfigError(f"{what} could not be loaded ({load_error_reason(error)})") from None
+
+
+def pipeline_class_name(path_or_id: str | Path) -> str | None:
+    """The ``_class_name`` of a local pipeline folder's ``model_index.json`` (``None`` for a
+    hub id or when it cannot be read)."""
+    try:
+        data = json.loads((Path(os.path.expanduser(str(path_or_id))) / "model_index.json")
+                          .read_text())
+    except (OSError, ValueError):
+        return None
+    name = data.get("_class_name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def check_student_folder(path_or_id: str, key: str = "model_dir") -> None:
+    """Refuse a local teacher folder where a distilled student is expected: its UNet has no
+    guidance embedding (``time_cond_proj_dim``) and its scheduler is not ``LCMScheduler``, so
+    sampling it as a few-step LCM student would silently give a teacher's poor few-step images.
+    Hub ids and unreadable configs pass (loading names those)."""
+    folder = Path(os.path.expanduser(str(path_or_id)))
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    except (OSError, ValueError):
+        return
+    if not (isinstance(unet, dict) and isinstance(scheduler, dict)):
+        return
+    if unet.get("time_cond_proj_dim") is None and scheduler.get("_class_name") != "LCMScheduler":
+        raise ConfigError(f"{key} '{path_or_id}' is a teacher, not a distilled student (its UNet "
+                          "has no guidance embedding and its scheduler is "
+                          f"{scheduler.get('_class_name')}); sample it with --teacher (DDIM and "
+                          "guidance), or pass a student pipeline (a run's pipeline/)")
+
+
+def model_fingerprint(location: str | Path) -> str:
+    """A model's identity by content, cheap enough for a multi-GB pipeline: for a local folder
+    (a pipeline or a training checkpoint) a SHA-256 over every file's relative path and size,
+    the whole of its small files (configs, tokenizer) and the first and last MiB of its large
+    ones (weights); for a hub id, the id. Copies of a model give the same fingerprint, another
+    model (other weights) another one."""
+    import hashlib
+
+    path = Path(location).expanduser()
+    if not path.is_dir():
+        return f"hub:{location}"
+    digest = hashlib.sha256()
+    chunk = 1 << 20
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        relative = file.relative_to(path).as_posix()
+        if any(part.startswith(".") for part in file.parts[len(path.parts):]):
+            continue  # a half-written file aside, a cache
+        size = file.stat().st_size
+        digest.update(f"{relative}\0{size}\0".encode())
+        with open(file, "rb") as handle:
+            if size <= 2 * chunk:
+                digest.update(handle.read())
+            else:
+                digest.update(handle.read(chunk))
+                handle.seek(size - chunk)
+                digest.update(handle.read(chunk))
+    return digest.hexdigest()
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The bare module inside DDP/DataParallel (``.module``) and ``torch.compile`` (``._orig_mod``)."""
     while True:
@@ -113,4 +207,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 __all__ = ["PIPELINE_PARTS", "resolve_dtype", "looks_like_hub_id", "check_pipeline_location",
-           "check_vae_location", "transformers_dtype_kwarg", "pipeline_dtype_kwarg", "unwrap_model"]
+           "check_vae_location", "transformers_dtype_kwarg", "pipeline_dtype_kwarg", "unwrap_model",
+           "load_error_reason", "model_fingerprint", "naming_load_errors", "pipeline_class_name",
+           "check_student_folder"]

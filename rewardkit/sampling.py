@@ -77,9 +77,21 @@ def resolve_device(device: str | None) -> torch.device:
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as exc:
         raise ConfigError(f"--device: {exc}") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ConfigError(f"--device {device}: this machine has no CUDA device (or torch was "
+                              "built without CUDA); use --device cpu or auto")
+        if resolved.index is not None and resolved.index >= count:
+            raise ConfigError(f"--device {device}: this machine has {count} CUDA device(s), "
+                              f"cuda:0 to cuda:{count - 1}")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {device}: MPS is not available here; use --device cpu or "
+                          "auto")
+    return resolved
 
 
 def load_pipeline(model_dir: str | Path, scheduler: str = "lcm", device: str | None = "auto",
@@ -87,16 +99,22 @@ def load_pipeline(model_dir: str | Path, scheduler: str = "lcm", device: str | N
     """Load a diffusers pipeline folder (or hub id) with an ``LCMScheduler`` or ``DDIMScheduler``."""
     from diffusers import DDIMScheduler, DiffusionPipeline, LCMScheduler
 
-    from .models import check_pipeline_location, pipeline_dtype_kwarg, resolve_dtype
+    from .models import (check_pipeline_location, check_student_folder, naming_load_errors,
+                         pipeline_dtype_kwarg, resolve_dtype)
 
     check_pipeline_location(str(model_dir), key="model_dir")
-    pipe = DiffusionPipeline.from_pretrained(str(model_dir), **pipeline_dtype_kwarg(resolve_dtype(dtype)))
+    if scheduler == "lcm":
+        check_student_folder(str(model_dir))
+    target = resolve_device(device)  # before loading: a device that is not there is named
+    with naming_load_errors(f"model_dir '{model_dir}'"):
+        pipe = DiffusionPipeline.from_pretrained(str(model_dir),
+                                                 **pipeline_dtype_kwarg(resolve_dtype(dtype)))
     scheduler_class = {"lcm": LCMScheduler, "ddim": DDIMScheduler}[scheduler]
     pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
     if hasattr(pipe, "safety_checker") and getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None  # a research tool compares raw samples
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(resolve_device(device))
+    return pipe.to(target)
 
 
 def _count_unet_calls(unet: torch.nn.Module) -> tuple[list[int], Any]:
@@ -119,6 +137,9 @@ def run_pipeline(pipe: Any, prompts: Sequence[str], steps: int, guidance_scale: 
     """
     if steps < 1:
         raise ConfigError(f"steps must be at least 1, got {steps}")
+    if not math.isfinite(guidance_scale):
+        raise ConfigError(f"the guidance scale (--guidance) must be a finite number, got "
+                          f"{guidance_scale}")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     prompts = list(prompts)
@@ -128,6 +149,11 @@ def run_pipeline(pipe: Any, prompts: Sequence[str], steps: int, guidance_scale: 
         seeds = [seed + i for i in range(len(prompts))]
     if len(seeds) != len(prompts):
         raise ConfigError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    factor = int(getattr(pipe, "vae_scale_factor", 1) or 1)
+    for name, side in (("height", height), ("width", width)):
+        if side is not None and (side < factor or side % factor):
+            raise ConfigError(f"--{name} must be a positive multiple of {factor} (the VAE's "
+                              f"downscale factor), got {side}; try {max(factor, side // factor * factor)}")
     device = pipe.device
     counter, handle = _count_unet_calls(pipe.unet)
     result = SampleResult(steps=steps, guidance_scale=guidance_scale)
@@ -199,16 +225,60 @@ def read_prompt_file(path: str | Path) -> list[str]:
     return prompts
 
 
-def save_images(images: Sequence[Any], output: Path, grid: bool) -> list[Path]:
-    """One image -> ``output``; several -> a grid at ``output`` or ``output_000.png`` ... files."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if len(images) == 1 or grid:
-        (images[0] if len(images) == 1 else make_grid(images)).save(output)
+#: The PNG text chunk ``rewardkit sample`` marks its images with: it replaces only those.
+SAMPLE_MARK = ("rewardkit", "sample")
+
+
+def output_paths(output: Path, count: int, grid: bool) -> list[Path]:
+    """Where :func:`save_images` writes ``count`` images: ``output``, or with several and no
+    grid ``output_000.png`` ..."""
+    if count == 1 or grid:
         return [output]
     suffix = output.suffix or ".png"
-    paths = [output.with_name(f"{output.stem}_{i:03d}{suffix}") for i in range(len(images))]
-    for image, path in zip(images, paths):
-        image.save(path)
+    return [output.with_name(f"{output.stem}_{i:03d}{suffix}") for i in range(count)]
+
+
+def check_outputs(paths: Sequence[Path], overwrite: bool = False) -> None:
+    """Refuse, before sampling, to replace a file ``rewardkit sample`` did not write (a PNG
+    without its mark, any other file, a folder), unless ``overwrite``."""
+    from PIL import Image
+
+    for path in paths:
+        if path.is_dir():
+            raise ConfigError(f"--output '{path}' is a folder; give a file name like "
+                              f"{path / 'sample.png'}")
+        if not path.exists() or overwrite:
+            continue
+        try:
+            with Image.open(path) as image:
+                ours = image.format == "PNG" and image.info.get(SAMPLE_MARK[0]) == SAMPLE_MARK[1]
+        except (OSError, ValueError):
+            ours = False
+        if not ours:
+            raise ConfigError(f"--output '{path}' exists and is not a PNG rewardkit sample "
+                              "wrote; choose another --output, or pass --overwrite to replace it")
+
+
+def save_images(images: Sequence[Any], output: Path, grid: bool) -> list[Path]:
+    """One image -> ``output``; several -> a grid at ``output`` or ``output_000.png`` ... files
+    (PNGs carry :data:`SAMPLE_MARK`)."""
+    from PIL import PngImagePlugin
+
+    paths = output_paths(output, len(images), grid)
+    if len(paths) == 1 and len(images) > 1:
+        images = [make_grid(images)]
+    mark = PngImagePlugin.PngInfo()
+    mark.add_text(*SAMPLE_MARK)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        for image, path in zip(images, paths):
+            if path.suffix.lower() in ("", ".png"):
+                image.save(path, format="PNG", pnginfo=mark)
+            else:
+                image.save(path)
+    except (OSError, ValueError) as error:  # a folder that is a file, an unknown extension
+        raise ConfigError(f"--output '{output}' cannot be written ({error}); choose another "
+                          "--output (.png, .jpg, ...)") from None
     return paths
 
 
@@ -297,6 +367,8 @@ def sample_command(
     dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
     height: Annotated[Optional[int], typer.Option(help="Image height (default: the model's).")] = None,
     width: Annotated[Optional[int], typer.Option(help="Image width (default: the model's).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUTPUT files that "
+                         "rewardkit sample did not write (its own it replaces anyway).")] = False,
 ) -> None:
     """Sample a saved student (LCMScheduler) or, with --teacher, a teacher (DDIM + CFG)."""
     from rich.console import Console
@@ -305,6 +377,7 @@ def sample_command(
     if (prompt is None) == (prompt_file is None):
         raise ConfigError("give exactly one of PROMPT or --prompt-file")
     prompts = read_prompt_file(prompt_file) if prompt_file is not None else [prompt]
+    check_outputs(output_paths(Path(output), len(prompts), grid), overwrite)
     steps = steps if steps is not None else (50 if teacher else 4)
     sampler = sample_teacher if teacher else sample_student
     console = Console(stderr=True)

@@ -34,7 +34,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..files import replace_path
-from ..models import (PIPELINE_PARTS, check_pipeline_location, check_vae_location, resolve_dtype,
+from ..models import (PIPELINE_PARTS, check_pipeline_location, check_vae_location,
+                      naming_load_errors, pipeline_class_name, resolve_dtype,
                       transformers_dtype_kwarg, unwrap_model)
 from .base import Backbone
 from .conditioning import Conditioning
@@ -115,6 +116,11 @@ class StableDiffusionBackbone(Backbone):
         from transformers import AutoTokenizer, CLIPTextModel
 
         check_pipeline_location(pretrained_model_name_or_path, parts=self.pipeline_parts)
+        kind = pipeline_class_name(pretrained_model_name_or_path) or ""
+        if "XL" in kind and "text_encoder_2" not in self.pipeline_parts:
+            raise ConfigError(f"pretrained_teacher_model '{pretrained_model_name_or_path}' is an "
+                              f"SDXL pipeline ({kind}), which backbone '{self.name}' cannot "
+                              "read; pass --backbone stable-diffusion-xl")
         if pretrained_vae_model_name_or_path:
             check_vae_location(pretrained_vae_model_name_or_path)
         self.path = str(pretrained_model_name_or_path)
@@ -124,19 +130,27 @@ class StableDiffusionBackbone(Backbone):
         self.device = torch.device(device)
         source = dict(pretrained_model_name_or_path=self.path, revision=revision)
 
-        self.tokenizer = AutoTokenizer.from_pretrained(subfolder="tokenizer", **source)
-        self.noise_scheduler = DDPMScheduler.from_pretrained(subfolder="scheduler", **source)
-        self.text_encoder = CLIPTextModel.from_pretrained(
-            subfolder="text_encoder", variant=variant, **source,
-            **transformers_dtype_kwarg(self.dtype))
+        teacher = f"pretrained_teacher_model '{self.path}'"
+        with naming_load_errors(f"{teacher} (its tokenizer)"):
+            self.tokenizer = AutoTokenizer.from_pretrained(subfolder="tokenizer", **source)
+        with naming_load_errors(f"{teacher} (its scheduler)"):
+            self.noise_scheduler = DDPMScheduler.from_pretrained(subfolder="scheduler", **source)
+        with naming_load_errors(f"{teacher} (its text_encoder)"):
+            self.text_encoder = CLIPTextModel.from_pretrained(
+                subfolder="text_encoder", variant=variant, **source,
+                **transformers_dtype_kwarg(self.dtype))
         if pretrained_vae_model_name_or_path:
-            self.vae = AutoencoderKL.from_pretrained(pretrained_vae_model_name_or_path,
-                                                     torch_dtype=self.dtype)
+            with naming_load_errors("pretrained_vae_model_name_or_path "
+                                    f"'{pretrained_vae_model_name_or_path}'"):
+                self.vae = AutoencoderKL.from_pretrained(pretrained_vae_model_name_or_path,
+                                                         torch_dtype=self.dtype)
         else:
-            self.vae = AutoencoderKL.from_pretrained(subfolder="vae", variant=variant,
-                                                     torch_dtype=self.dtype, **source)
-        self.unet = UNet2DConditionModel.from_pretrained(subfolder="unet", variant=variant,
+            with naming_load_errors(f"{teacher} (its vae)"):
+                self.vae = AutoencoderKL.from_pretrained(subfolder="vae", variant=variant,
                                                          torch_dtype=self.dtype, **source)
+        with naming_load_errors(f"{teacher} (its unet)"):
+            self.unet = UNet2DConditionModel.from_pretrained(subfolder="unet", variant=variant,
+                                                             torch_dtype=self.dtype, **source)
         for module in (self.unet, self.vae, self.text_encoder):
             module.requires_grad_(False)
             module.eval()

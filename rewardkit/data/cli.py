@@ -43,6 +43,7 @@ def encode_command(
     """Run the teacher's VAE once over a dataset and write latent shards training reads directly."""
     from ..plugins import get_host
     from .encode import encode_dataset
+    from .latent_shards import check_encode_output
 
     for name, value in (("resolution", resolution), ("batch-size", batch_size),
                         ("shard-size", shard_size)):
@@ -50,6 +51,7 @@ def encode_command(
             raise ConfigError(f"--{name} must be a positive integer, got {value}")
     if latent_dtype not in LATENT_DTYPES:
         raise ConfigError(f"--latent-dtype must be one of {', '.join(LATENT_DTYPES)}, got {latent_dtype!r}")
+    check_encode_output(out_dir)  # before the teacher loads
     options = {"device": device, "dtype": dtype, "revision": revision, "variant": variant}
     model = get_host().get("backbone", backbone).build(
         pretrained_model_name_or_path=teacher, **{k: v for k, v in options.items() if v is not None})

@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
+from ..files import follow_umask
 from .sample import CorruptSample, Sample
 
 MANIFEST = "manifest.json"
+#: A shard's file name (or its temporary name while it is written).
+_SHARD_FILE = re.compile(r"^latents-\d{5,}\.safetensors(\.tmp)?$")
 FORMAT = "rewardkit-latents"
 VERSION = 1
 REQUIRED_FIELDS = ("count", "latent_shape", "scaling_factor", "shards")
@@ -134,16 +138,33 @@ class LatentShardSource:
         return Sample(caption=captions[row], latents=latents, key=key)
 
 
+def check_encode_output(root: str | Path) -> None:
+    """Refuse, before anything loads, an output folder an encode would lose data in: one that
+    holds a finished latent dataset (:data:`MANIFEST`), is a file, or holds files an encode does
+    not write (the shards of an interrupted encode, written again, are its own)."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"output folder '{root}' is a file; choose an empty or new folder")
+    if (root / MANIFEST).exists():
+        raise DataError(f"{root} already holds a latent dataset ({MANIFEST}); "
+                        "choose an empty output folder")
+    if root.is_dir():
+        foreign = sorted(p.name for p in root.iterdir()
+                         if not _SHARD_FILE.match(p.name) and p.name != MANIFEST + ".tmp")
+        if foreign:
+            raise ConfigError(f"output folder '{root}' holds files an encode did not write "
+                              f"({', '.join(foreign[:4])}{', ...' if len(foreign) > 4 else ''}); "
+                              "choose an empty or new folder")
+
+
 class LatentShardWriter:
     """Writes latents and captions into shards, then the manifest (atomically, last)."""
 
     def __init__(self, root: str | Path, shard_size: int = 1000, dtype: torch.dtype = torch.float32,
                  **manifest_fields: Any) -> None:
         self.root = Path(root)
+        check_encode_output(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
-        if (self.root / MANIFEST).exists():
-            raise DataError(f"{self.root} already holds a latent dataset ({MANIFEST}); "
-                            "choose an empty output folder")
         self.shard_size = shard_size
         self.dtype = dtype
         self.fields = manifest_fields
@@ -177,6 +198,7 @@ class LatentShardWriter:
         save_file({"latents": torch.stack(self._latents).contiguous()}, str(tmp),
                   metadata={"captions": json.dumps(self._captions),
                             "keys": json.dumps(self._keys)})
+        follow_umask(tmp)  # safetensors writes 0600: a colleague could not read the shard
         os.replace(tmp, self.root / name)
         self.shards.append({"file": name, "count": len(self._captions)})
         self._latents, self._captions, self._keys = [], [], []

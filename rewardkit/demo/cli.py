@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 from typing import Annotated, Optional
 
 import typer
+
+from ..errors import ConfigError
 
 
 def demo_command(
@@ -23,7 +26,31 @@ def demo_command(
     from .page import _gradio, build_page
     from .session import DemoSession
 
-    _gradio()  # a missing extra fails before any model loads
+    check_port(host, port)  # a busy port fails before any model loads, as a missing extra does
+    _gradio()
     session = DemoSession(model, teacher, [m.strip() for m in metrics.split(",") if m.strip()],
                           device=device, dtype=dtype)
-    build_page(session).launch(server_name=host, server_port=port, share=False)
+    try:
+        build_page(session).launch(server_name=host, server_port=port, share=False)
+    except OSError as error:  # taken between the check and the launch
+        raise ConfigError(f"--port {port} on {host} cannot be served ({error}); pick another "
+                          "--port") from None
+
+
+def check_port(host: str, port: int) -> None:
+    """Raise ConfigError naming ``--port`` (or ``--host``) when the server could not listen
+    there: out of range, in use, or an address this machine does not have."""
+    import socket
+
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port must be between 1 and 65535, got {port}")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, port))
+    except socket.gaierror:
+        raise ConfigError(f"--host {host} is not an address of this machine") from None
+    except OSError as error:
+        reason = "is in use" if error.errno in (errno.EADDRINUSE, errno.EACCES) else \
+            f"cannot be used ({error.strerror or error})"
+        raise ConfigError(f"--port {port} on {host} {reason}; pick another --port (or stop "
+                          "what serves it)") from None

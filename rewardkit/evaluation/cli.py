@@ -125,7 +125,10 @@ def eval_command(
         "hpsv2.checkpoint=HPS_v2.1_compressed.pt (repeatable).")] = [],  # noqa: B006
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("eval"),
     resume: Annotated[bool, typer.Option("--resume", help="Keep images already in OUTPUT; "
-                      "sample only the missing ones.")] = False,
+                      "sample only the missing ones (the same models and settings only).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier evaluation "
+                         "in OUTPUT (its own files only). Without --resume or --overwrite an "
+                         "OUTPUT that holds anything is refused.")] = False,
     seed: Annotated[int, typer.Option(help="First seed (image i: seed + i).")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per pipeline call.")] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
@@ -135,35 +138,45 @@ def eval_command(
     teacher (win rates with bootstrap intervals); writes results.json, report.md and grids."""
     from rich.console import Console
 
-    from .models import export_on_main, is_checkpoint
+    from .models import export_on_main, is_checkpoint, read_run_config
     from .prompt_sets import load_prompt_set
     from .runner import Evaluation, ModelSpec
 
+    from ..sampling import resolve_device
+
+    resolve_device(device)  # a device this machine lacks is named before anything loads
     prompts, metrics = fill_eval_defaults(prompts, metrics)
     set_params = parse_params([f"prompts.{item}" for item in prompts_param],
                               option="--prompts-param", form="KEY=VALUE").get("prompts", {})
     prompt_set = load_prompt_set(prompts, source=prompts_source, limit=limit, **set_params)
     taken: set[str] = set()
     specs = []
+    exports = []
     for location in models:
         if is_checkpoint(location):  # a training checkpoint: written out as a pipeline first
             path = Path(location)
+            read_run_config(path)  # before anything else: it says how to rebuild the student
             label = model_label(f"{path.parent.name}-{path.name}", taken)
-            location = str(export_on_main(path, output / "models" / label,
-                                          device="cpu" if device == "auto" else device))
+            spec = ModelSpec(label, str(output / "models" / label), "student",
+                             parse_steps(steps, "--steps"), guidance, source=str(path))
+            exports.append(spec)
         else:
-            label = model_label(location, taken)
-        specs.append(ModelSpec(label, location, "student", parse_steps(steps, "--steps"), guidance))
+            spec = ModelSpec(model_label(location, taken), location, "student",
+                             parse_steps(steps, "--steps"), guidance)
+        specs.append(spec)
     if teacher is not None:
         specs.append(ModelSpec(model_label("teacher", taken), teacher, "teacher",
                                parse_steps(teacher_steps, "--teacher-steps"), guidance))
     evaluation = Evaluation(
         prompt_set, [m.strip() for m in metrics.split(",") if m.strip()], output,
         images_per_prompt=images_per_prompt, seed=seed, batch_size=batch_size, device=device,
-        dtype=dtype, resume=resume, reference_images=reference_images,
+        dtype=dtype, resume=resume, overwrite=overwrite, reference_images=reference_images,
         metric_params=parse_params(metric_param),
         command=" ".join(["rewardkit", "eval",
                           *map(shlex.quote, redact_command(sys.argv[2:]))]))
+    evaluation.prepare_output(specs)  # before anything (an export) is written into OUTPUT
+    for spec in exports:
+        export_on_main(spec.source, spec.location, device="cpu" if device == "auto" else device)
     results = evaluation.run(specs)
     if results:
         Console(stderr=True).print(f"[green]wrote[/] {output / 'report.md'} and "

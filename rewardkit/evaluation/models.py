@@ -21,6 +21,20 @@ def is_checkpoint(location: str | Path) -> bool:
             and (path.parent / "config.json").is_file())
 
 
+def read_run_config(checkpoint: str | Path) -> dict:
+    """The ``config.json`` of the run ``checkpoint`` belongs to (how its student was built);
+    ConfigError names it when it cannot be read."""
+    path = Path(checkpoint).parent / "config.json"
+    try:
+        run_config = json.loads(path.read_text())
+        if not isinstance(run_config, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} cannot be read ({exc}); it says how the student of "
+                          f"{checkpoint} was built") from None
+    return run_config
+
+
 def export_checkpoint(checkpoint: str | Path, output: str | Path, device: str = "cpu") -> Path:
     """The student of ``checkpoint`` as a pipeline folder at ``output`` (kept if it is there).
 
@@ -37,11 +51,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, device: str = 
     source = str(checkpoint.resolve())
     if marker.is_file() and json.loads(marker.read_text()).get("checkpoint") == source:
         return output  # exported completely from this very checkpoint before
-    try:
-        run_config = json.loads((checkpoint.parent / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{checkpoint.parent / 'config.json'} cannot be read ({exc}); it says "
-                          f"how the student of {checkpoint} was built") from None
+    run_config = read_run_config(checkpoint)
     fields = {f.name for f in dataclasses.fields(LCDConfig) if f.init}
     values = {k: v for k, v in run_config.items() if k in fields}
     values.update(output_dir=str(output.parent), report_to="none")

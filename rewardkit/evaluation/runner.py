@@ -38,6 +38,12 @@ from .prompt_sets import PromptSet
 logger = logging.getLogger(__name__)
 
 KINDS = ("student", "teacher")
+#: What an evaluation records first into its output folder: the settings its images are
+#: sampled with (checked by ``--resume``).
+SETTINGS_FILE = "evaluation.json"
+#: Everything an evaluation writes into its output folder (what ``overwrite`` removes).
+EVAL_FILES = (SETTINGS_FILE, "images", "models", "results.json", "report.md", "grid.png",
+              "steps.png")
 
 
 @dataclass
@@ -53,10 +59,16 @@ class ModelSpec:
     kind: str = "student"
     steps: list[int] = field(default_factory=lambda: [1, 2, 4])
     guidance_scale: float = 7.5
+    #: Where the model came from when ``location`` is a copy written by the evaluation (a
+    #: training checkpoint exported to a pipeline); its content is the model's identity.
+    source: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"model '{self.label}': kind must be one of {', '.join(KINDS)}")
+        if not math.isfinite(self.guidance_scale):
+            raise ConfigError(f"model '{self.label}': the guidance scale (--guidance) must be a "
+                              f"finite number, got {self.guidance_scale}")
         if not self.steps or any(int(s) < 1 for s in self.steps):
             raise ConfigError(f"model '{self.label}': steps must be positive, got {self.steps}")
         if not self.label or "/" in self.label or self.label.startswith("."):
@@ -74,8 +86,9 @@ def process_state() -> Any:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def load_png_folder(folder: Path, count: int) -> torch.Tensor:
-    """``[count, 3, H, W]`` in [0, 1] from ``folder/00000.png`` ... (the saved samples)."""
+def load_png_folder(folder: Path, count: int, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """``[count, 3, H, W]`` in [0, 1] from ``folder/00000.png`` ... (the saved samples); a sample
+    of another size than ``size`` (width, height; default: the size most samples have) is named."""
     from PIL import Image
 
     from ..sampling import pil_to_tensor
@@ -89,6 +102,13 @@ def load_png_folder(folder: Path, count: int) -> torch.Tensor:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"sample {path} cannot be read ({exc}); delete it and rerun with "
                               "--resume to sample it again") from None
+    sizes = [image.size for image in images]
+    common = size or (max(set(sizes), key=sizes.count) if sizes else None)
+    for index, found in enumerate(sizes):
+        if found != common:
+            raise ConfigError(f"sample {folder / f'{index:05d}.png'} is {found[0]}x{found[1]} px "
+                              f"but the model samples {common[0]}x{common[1]}; delete it and "
+                              "rerun with --resume to sample it again")
     return pil_to_tensor(images)
 
 
@@ -166,7 +186,11 @@ class Evaluation:
         batch_size: images per pipeline call.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda:1``...
         dtype: pipeline dtype (``float32``, ``float16``, ``bfloat16``).
-        resume: keep images already on disk and sample only missing ones.
+        resume: keep images already on disk and sample only missing ones (refused when they
+            were sampled with other settings: seed, prompts, images per prompt, a model's
+            content, kind, guidance or dtype).
+        overwrite: replace an earlier evaluation in ``output_dir`` (its own files only). Without
+            ``resume`` or ``overwrite`` a folder that holds anything is refused.
         reference_images: a folder of real images for distribution metrics (default: the
             prompt set's references).
         metric_params: per-metric build parameters, ``{"fid": {"weights": "..."}}``.
@@ -178,13 +202,16 @@ class Evaluation:
                  device: str = "auto", dtype: str = "float32", resume: bool = False,
                  reference_images: str | Path | None = None,
                  metric_params: dict[str, dict[str, Any]] | None = None,
-                 command: str = "") -> None:
+                 command: str = "", overwrite: bool = False) -> None:
         from ..plugins import get_host
 
         if images_per_prompt < 1:
             raise ConfigError(f"--images-per-prompt must be at least 1, got {images_per_prompt}")
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+        if resume and overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other (one keeps the "
+                              "earlier evaluation's images, the other removes them); pass one")
         host = get_host()
         rewards = {spec.name for spec in host.list("reward")}
         distributions = {spec.name for spec in host.list("metric")}
@@ -205,7 +232,125 @@ class Evaluation:
                               "--reference-images DIR")
         self.images_per_prompt, self.seed, self.batch_size = images_per_prompt, seed, batch_size
         self.device, self.dtype, self.resume = device, dtype, resume
+        self.overwrite, self.prepared = overwrite, False
         self.reference_images, self.command = reference_images, command
+
+    # ------------------------------------------------------------ the output folder
+
+    def settings(self, models: Sequence[ModelSpec]) -> dict[str, Any]:
+        """What the images in the output folder depend on (recorded in :data:`SETTINGS_FILE`):
+        the prompts, seeds and, per model label, the model's content and how it is sampled."""
+        import hashlib
+
+        from ..models import model_fingerprint
+
+        prompts = json.dumps([self.prompts.prompts, self.prompts.categories])
+        return {"seed": self.seed, "images_per_prompt": self.images_per_prompt,
+                "prompts": hashlib.sha256(prompts.encode()).hexdigest(),
+                "models": {m.label: {"location": m.source or m.location,
+                                     "content": model_fingerprint(m.source or m.location),
+                                     "kind": m.kind, "guidance_scale": m.guidance_scale,
+                                     "dtype": self.dtype} for m in models}}
+
+    def check_output(self, models: Sequence[ModelSpec]) -> dict[str, Any] | None:
+        """Refuse, before anything is written, an output folder this evaluation would lose
+        data in; returns the earlier evaluation's settings a resume continues (else ``None``).
+
+        A folder that holds anything needs ``resume`` (its images must have been sampled with
+        these settings) or ``overwrite`` (removes an earlier evaluation's files, never a
+        user's); a file of the user's with a name the evaluation writes is never replaced.
+        """
+        out = self.output_dir
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--output '{out}' is a file, not a folder; choose another --output")
+        entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+        if not entries:
+            return None
+        record = out / SETTINGS_FILE
+        earlier = (record.is_file() or ((out / "images").is_dir()
+                                        and (out / "results.json").is_file()))
+        clashing = [e for e in entries if e in EVAL_FILES]
+        shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+        if clashing and not earlier:
+            raise ConfigError(f"--output '{out}' holds {', '.join(clashing)}, which no "
+                              "evaluation wrote there and which it would replace; move them or "
+                              "choose another --output")
+        if self.overwrite:
+            return None
+        if not self.resume:
+            if earlier:
+                raise ConfigError(f"--output '{out}' already holds an evaluation ({shown}); "
+                                  "continue it with --resume, replace it with --overwrite, or "
+                                  "choose another --output")
+            raise ConfigError(f"--output '{out}' already holds files ({shown}); choose an empty "
+                              "or new folder, or pass --overwrite to write beside them")
+        if not earlier:
+            return None  # nothing to resume: the user's files stay, the evaluation starts
+        if not record.is_file():
+            raise ConfigError(f"--resume: the evaluation in '{out}' has no {SETTINGS_FILE} (an "
+                              "older rewardkit wrote it), so its images cannot be checked "
+                              "against this run's settings; start over with --overwrite")
+        try:
+            previous = json.loads(record.read_text())
+            if not isinstance(previous.get("models"), dict):
+                raise ValueError("no models")
+        except (ValueError, UnicodeDecodeError, AttributeError) as exc:
+            raise ConfigError(f"--resume: '{record}' is unreadable ({exc}); start over with "
+                              "--overwrite") from None
+        now = self.settings(models)
+        options = {"seed": "--seed", "images_per_prompt": "--images-per-prompt",
+                   "prompts": "--prompts/--limit"}
+        for key, option in options.items():
+            if previous.get(key) != now[key]:
+                said = ("other prompts" if key == "prompts"
+                        else f"{key} {previous.get(key)}, this run {now[key]}")
+                raise ConfigError(f"--resume: the images in '{out}' were sampled with {said}; "
+                                  f"rerun with the earlier {option}, or start over with "
+                                  "--overwrite (or another --output)")
+        for label, mine in now["models"].items():
+            theirs = previous["models"].get(label)
+            if theirs is None:
+                continue
+            if theirs.get("content") != mine["content"]:
+                raise ConfigError(
+                    f"--resume: the images of model '{label}' in '{out}' were sampled from "
+                    f"'{theirs.get('location')}', which is not the model now given as "
+                    f"'{label}' ('{mine['location']}'); pass the models as before (same order), "
+                    "or start over with --overwrite (or another --output)")
+            for key, option in (("kind", "--teacher"), ("guidance_scale", "--guidance"),
+                                ("dtype", "--dtype")):
+                if theirs.get(key) != mine[key]:
+                    raise ConfigError(
+                        f"--resume: the images of model '{label}' in '{out}' were sampled with "
+                        f"{key} {theirs.get(key)}, this run asks for {mine[key]}; rerun with "
+                        f"the earlier {option}, or start over with --overwrite (or another "
+                        "--output)")
+        return previous
+
+    def prepare_output(self, models: Sequence[ModelSpec]) -> None:
+        """:meth:`check_output`, then (main process) remove an earlier evaluation with
+        ``overwrite`` and record this one's settings; every process waits for it."""
+        import shutil
+
+        state = process_state()
+        previous = self.check_output(models)
+        state.wait_for_everyone()  # every process has looked before the main one writes
+        if state.is_main_process:
+            out = self.output_dir
+            if self.overwrite and out.is_dir():
+                for name in EVAL_FILES:
+                    path = out / name
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path)
+                    elif path.exists() or path.is_symlink():
+                        path.unlink()
+            out.mkdir(parents=True, exist_ok=True)
+            settings = self.settings(models)
+            if previous:
+                settings["models"] = {**previous["models"], **settings["models"]}
+            (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+        state.wait_for_everyone()
+        self.prepared = True
 
     # ------------------------------------------------------------ sampling
 
@@ -278,10 +423,20 @@ class Evaluation:
                         min(earlier.get("images", 0), len(mine) - timed)
                         / max(earlier.get("images", 0), 1)),
                     "batch_size": self.batch_size, "unet_calls_per_batch": calls / batches,
-                    "cfg_passes": passes, "device": str(pipe.device), "dtype": self.dtype}))
+                    "cfg_passes": passes, "device": str(pipe.device), "dtype": self.dtype,
+                    "size": list(result.images[0].size)}))
                 if progress is not None:
                     progress(len(chunk))
         del pipe
+
+    def sample_size(self, model: ModelSpec, steps: int) -> tuple[int, int] | None:
+        """(width, height) of the images ``model`` sampled at ``steps`` (as its timing records
+        say; ``None`` when none does)."""
+        for path in sorted(self.folder(model, steps).glob("timing-[0-9]*.json")):
+            size = json.loads(path.read_text()).get("size")
+            if size:
+                return (int(size[0]), int(size[1]))
+        return None
 
     def timing(self, model: ModelSpec, steps: int) -> dict[str, Any]:
         """ms/image and UNet evaluations/image of the images sampled (by any process, any run)."""
@@ -364,7 +519,8 @@ class Evaluation:
         if len(set(labels)) != len(labels):
             raise ConfigError(f"model labels must differ, got {labels}")
         state = process_state()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if not self.prepared:
+            self.prepare_output(models)
         self._reward_models: dict[str, Any] = {}
         self._metrics: dict[str, Any] = {}
         self._references: dict[int, torch.Tensor] = {}
@@ -385,7 +541,8 @@ class Evaluation:
         rows, per_image, columns = [], {}, {}
         for model in models:
             for steps in model.steps:
-                images = load_png_folder(self.folder(model, steps), self.num_images)
+                images = load_png_folder(self.folder(model, steps), self.num_images,
+                                         self.sample_size(model, steps))
                 scores = self.score_rewards(images)
                 distributions = self.score_distributions(images)
                 columns.update(dict.fromkeys(distributions))

@@ -89,7 +89,10 @@ class ProxyRewardModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides) -> "ProxyRewardModel":
-        """Build from ``save_pretrained`` output (``overrides`` change non-shape settings)."""
+        """Build from ``save_pretrained`` output (``overrides`` change non-shape settings).
+
+        Reads JSON and safetensors only; a damaged or mismatched folder (a truncated config,
+        weights of another proxy, only a pickled ``.bin``) raises one ConfigError naming it."""
         from safetensors.torch import load_file
 
         from ..errors import ConfigError
@@ -98,9 +101,60 @@ class ProxyRewardModel(nn.Module):
         config_path = directory / CONFIG_NAME
         if not config_path.is_file():
             raise ConfigError(f"no saved proxy model in '{directory}' (missing {CONFIG_NAME})")
-        config = json.loads(config_path.read_text())
+        try:
+            config = json.loads(config_path.read_text())
+            if not isinstance(config, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"'{config_path}' is unreadable (truncated or not JSON: {error}); "
+                              "restore the proxy folder or train the proxy again") from None
         config.pop("name", None)
         config.update(overrides)
-        model = cls(**config)
-        model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
+        try:
+            model = cls(**config)
+        except TypeError as error:
+            raise ConfigError(f"'{config_path}' does not describe a {cls.name} proxy ({error}); "
+                              "was it saved by another proxy?") from None
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            pickled = sorted(p.name for p in directory.iterdir()
+                             if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+            if pickled:
+                raise ConfigError(f"proxy folder '{directory}' has no {WEIGHTS_NAME}, only "
+                                  f"{', '.join(pickled)}: pickled weights, which rewardkit "
+                                  "refuses to load because unpickling can run code; convert "
+                                  "them to safetensors with a tool you trust")
+            raise ConfigError(f"proxy folder '{directory}' has no {WEIGHTS_NAME}; restore it or "
+                              "train the proxy again")
+        try:
+            state = load_file(str(weights))
+        except Exception as error:  # safetensors' own error: a truncated file, a renamed pickle
+            raise ConfigError(f"'{weights}' is not a readable safetensors file (truncated, or "
+                              f"another format under that name: {type(error).__name__}); "
+                              "restore the proxy folder or train the proxy again") from None
+        mismatch = state_mismatch(model, state)
+        if mismatch:
+            raise ConfigError(f"'{weights}' does not fit the proxy its {CONFIG_NAME} describes "
+                              f"({mismatch}); the config and the weights come from different "
+                              "proxies: restore the folder as save_pretrained wrote it")
+        model.load_state_dict(state)
         return model
+
+
+def state_mismatch(module: nn.Module, state: dict[str, torch.Tensor]) -> str:
+    """How ``state`` fails to fit ``module`` in a few words (missing, unexpected and reshaped
+    tensors, with the first of each), or ``""`` when it fits exactly."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    reshaped = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensors missing, e.g. {missing[0]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+    if reshaped:
+        key = reshaped[0]
+        parts.append(f"{len(reshaped)} of another shape, e.g. {key} "
+                     f"{list(state[key].shape)} instead of {list(own[key].shape)}")
+    return "; ".join(parts)

@@ -443,15 +443,20 @@ class RGLCDRecipe(LCDRecipe):
     # ================================================================ persistence
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """The proxy optimiser's state (its weights go to ``proxy/``)."""
+        """The proxy optimiser's state (its weights go to ``proxy/``) and how many triples the
+        replay buffer holds (the buffer goes to :data:`REPLAY_WEIGHTS`)."""
         if self.proxy_updater is None:
             return {}
-        return {"proxy_updater": self.proxy_updater.state_dict()}
+        return {"proxy_updater": self.proxy_updater.state_dict(),
+                "replay_entries": len(self.replay) if self.replay is not None else 0,
+                "replay_latent_side": int(self.latent_side)}
 
     def restore_checkpoint_state(self, state: dict[str, Any]) -> None:
-        """Restore the proxy optimiser."""
+        """Restore the proxy optimiser (the replay buffer is read by :meth:`load_files`)."""
         if self.proxy_updater is not None and "proxy_updater" in state:
             self.proxy_updater.load_state_dict(state["proxy_updater"])
+        self._replay_entries = int(state.get("replay_entries", 0))
+        self._replay_side = state.get("replay_latent_side")
 
     def save_files(self, checkpoint_dir: Path) -> None:
         """LCD's target; the proxy in ``checkpoint_dir/proxy`` (and the replay buffer, if any)."""
@@ -479,6 +484,13 @@ class RGLCDRecipe(LCDRecipe):
         device = next(self.proxy_model.parameters()).device
         self.proxy_model.load_state_dict(load_tensor_file(weights))
         replay = Path(checkpoint_dir) / REPLAY_WEIGHTS
+        expected = getattr(self, "_replay_entries", 0)
+        resized = getattr(self, "_replay_side", None) not in (None, self.latent_side)
+        if self.replay is not None and expected and not replay.is_file() and not resized:
+            raise ConfigError(f"resume_from_checkpoint: '{checkpoint_dir}' has no {REPLAY_WEIGHTS} "
+                              f"although its proxy replay buffer held {expected} triples, so the "
+                              "run would not continue as it was; resume from another checkpoint "
+                              "(or start a new run)")
         if self.replay is not None and replay.is_file():
             state = load_tensor_file(replay)
             if state:

@@ -138,13 +138,17 @@ class CheckpointWriteError(TrainingError):
 
 
 def _is_write_failure(error: BaseException) -> bool:
-    """OSError (ENOSPC, EROFS, EACCES, ...) or a wrapped one: torch's and safetensors' writers
-    report a full disk as RuntimeError ("unexpected pos ...", "file write failed")."""
+    """OSError (ENOSPC, EROFS, EACCES, ...) or a wrapped one: torch's writer reports a full disk
+    as RuntimeError ("unexpected pos ...", "file write failed"), safetensors' as its own
+    SafetensorError (neither OSError nor RuntimeError: "No space left on device", "I/O
+    error")."""
     if isinstance(error, OSError):
         return True
     text = str(error).lower()
-    return isinstance(error, RuntimeError) and any(
-        marker in text for marker in ("unexpected pos", "write failed", "no space", "file write"))
+    markers = ("unexpected pos", "write failed", "no space", "file write", "i/o error",
+               "read-only file system", "permission denied", "disk quota")
+    wrapped = isinstance(error, RuntimeError) or type(error).__name__ == "SafetensorError"
+    return wrapped and any(marker in text for marker in markers)
 
 
 def load_checkpoint(accelerator: Any, checkpoint: str | Path) -> dict[str, Any]:

@@ -9,7 +9,9 @@ only. Fields are declared with :func:`rewardkit.config.config_field`; every chec
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,18 +156,30 @@ class TrainingConfig(RecipeConfig):
         check_data_spec("train_shards_path_or_url", self.train_shards_path_or_url)
 
     def require_positive(self, *keys: str) -> None:
-        """Refuse a value of ``keys`` that is zero or negative (``None`` passes: "not set")."""
+        """Refuse a value of ``keys`` that is zero, negative, NaN or infinite (``None`` passes:
+        "not set")."""
         for key in keys:
             value = getattr(self, key)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{key} must be positive, got {value}")
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{key} must be positive and finite, got {value}")
 
     def require_non_negative(self, *keys: str) -> None:
-        """Refuse a negative value of ``keys`` (``None`` passes: "not set")."""
+        """Refuse a value of ``keys`` that is negative, NaN or infinite (``None`` passes: "not
+        set")."""
         for key in keys:
             value = getattr(self, key)
-            if value is not None and value < 0:
-                raise ConfigError(f"{key} must not be negative, got {value}")
+            if value is not None and not (value >= 0 and math.isfinite(value)):
+                raise ConfigError(f"{key} must be finite and not negative, got {value}")
+
+    def require_finite(self) -> None:
+        """Refuse NaN or infinity in any number of the config (a float key, or a number in a
+        list key), naming the key: no key means "unbounded" by infinity."""
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            for item in values:
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise ConfigError(f"{spec.name} must be a finite number, got {value}")
 
     def require_folder(self, key: str) -> None:
         """Refuse a set ``key`` that is not an existing folder."""
@@ -177,6 +191,7 @@ class TrainingConfig(RecipeConfig):
         """Reject bad values of the shared keys, naming the key, before anything is loaded."""
         from .runtime import check_distributed_engine
 
+        self.require_finite()
         check_teacher_location(self.pretrained_teacher_model)
         if self.pretrained_vae_model_name_or_path:
             from ..models import check_vae_location
@@ -202,6 +217,10 @@ class TrainingConfig(RecipeConfig):
                                   "dataloader_num_workers", "validation_steps",
                                   "adam_weight_decay", "adam_epsilon")
         self.require_positive("learning_rate", "max_grad_norm")
+        for key in ("seed", "dataloader_seed"):  # numpy's and accelerate's seeding range
+            value = getattr(self, key)
+            if value is not None and not 0 <= value < 2**32:
+                raise ConfigError(f"{key} must be in [0, 2**32 - 1], got {value}")
         for key in ("adam_beta1", "adam_beta2"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)}")

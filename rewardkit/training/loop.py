@@ -97,6 +97,14 @@ class TrainingLoop(Recipe):
     #: module through methods other than ``forward`` (which DDP's gradient sync does not see)
     #: sets False: the loop then averages its gradients across processes itself.
     wrap_model: ClassVar[bool] = True
+    #: Config keys a checkpoint must have been written with to be resumed (they shape what it
+    #: holds: the trained module, the proxy, the replay buffer); each checkpoint records them
+    #: and a resume with another value is refused naming the key. Keys a config lacks, and
+    #: components passed built, are skipped.
+    resume_keys: ClassVar[tuple[str, ...]] = (
+        "backbone", "backbone_params", "pretrained_student", "unet_time_cond_proj_dim",
+        "use_lora", "lora_rank", "lora_alpha", "lora_target_modules", "proxy", "proxy_params",
+        "proxy_replay_size")
 
     def __init__(self, config: TrainingConfig, components: dict[str, Any] | None = None) -> None:
         super().__init__(config, components)
@@ -489,13 +497,39 @@ class TrainingLoop(Recipe):
         return save_checkpoint(acc, self.output_dir, self.global_step, rank_files, main_files,
                                {"world_size": acc.num_processes,
                                 "train_seconds": self.train_seconds,
-                                "expert_images": self.expert_images()},
+                                "expert_images": self.expert_images(),
+                                "settings": self.resume_settings()},
                                total_limit=self.config.checkpoints_total_limit)
+
+    def resume_settings(self) -> dict[str, Any]:
+        """The values of :attr:`resume_keys` (as JSON) a checkpoint records."""
+        import json
+
+        from ..recipes.given import is_given
+
+        cfg = self.config
+        return {key: json.loads(json.dumps(getattr(cfg, key), default=str))
+                for key in self.resume_keys if hasattr(cfg, key) and not is_given(cfg, key)}
+
+    def check_resume_settings(self, checkpoint: Path, state: dict[str, Any]) -> None:
+        """Refuse to resume ``checkpoint`` when it was written with another value of a
+        :attr:`resume_keys` key (a checkpoint without the record passes)."""
+        recorded = state.get("settings")
+        if not isinstance(recorded, dict):
+            return
+        for key, now in self.resume_settings().items():
+            if key in recorded and recorded[key] != now:
+                raise ConfigError(
+                    f"resume_from_checkpoint: '{checkpoint}' was written with {key} = "
+                    f"{json_text(recorded[key])}, this run has {key} = {json_text(now)}; resume "
+                    f"with --{key} {json_text(recorded[key])}, or start a new run (another "
+                    "--output_dir, or --overwrite_output_dir)")
 
     def load_checkpoint(self, checkpoint: Path) -> None:
         """Restore the trained module, optimiser, LR schedule, RNGs, data position and the
         recipe's own state and files."""
         acc = self.accelerator
+        self.check_resume_settings(checkpoint, read_trainer_state(checkpoint))
         with restoring(checkpoint):  # an unreadable file's error names an earlier checkpoint
             load_train_state(acc, checkpoint, self.unwrapped_model, self.optimizer,
                              self.lr_scheduler)
@@ -597,6 +631,15 @@ class TrainingLoop(Recipe):
                 acc.print(self.loader.report())
         acc.end_training()
         return self.output_dir
+
+
+def json_text(value: Any) -> str:
+    """A config value as the command line takes it (JSON for lists and mappings)."""
+    import json
+
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
 
 
 __all__ = ["BATCH_KINDS", "RECIPE_STATE", "TrainingLoop"]

@@ -4,7 +4,9 @@ before it writes anything.
 A folder *holds a run* when it has any of :data:`RUN_MARKERS` or a ``checkpoint-N`` folder. A
 fresh run (no ``resume_from_checkpoint``) into such a folder is refused, naming the folder and
 the ways out; ``overwrite_output_dir`` removes the old run's files first (only the files a run
-writes, :data:`RUN_FILES`, never anything else in the folder).
+writes, :data:`RUN_FILES`, never anything else in the folder). A folder that holds no run but
+files with the names a run writes (a teacher's ``unet/`` with its ``config.json``) is refused
+whatever the flags: those files are someone else's.
 """
 
 from __future__ import annotations
@@ -36,13 +38,50 @@ def run_entries(output_dir: str | Path) -> list[str]:
                   if p.name in RUN_MARKERS or (_CHECKPOINT.match(p.name) and p.is_dir()))
 
 
-def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool) -> None:
-    """Refuse, before anything is written, a run that would replace another one.
+#: Files of :data:`RUN_FILES` a run writes whole (not folders it adds to), which a user's own
+#: file of the same name would be lost to.
+REPLACED_FILES = ("config.json", "report.md", "eval.json", "comparison.png",
+                  "training_curves.png")
 
-    Allowed: an empty or new folder; ``overwrite`` (the old run is removed by
-    :func:`clear_run`); a resume (``latest`` needs a checkpoint when the folder holds a run).
+
+def is_run_config(path: str | Path) -> bool:
+    """Whether ``path`` is a run's ``config.json`` (a JSON object with ``output_dir`` and
+    ``pretrained_teacher_model``), not a model's (diffusers' or transformers')."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"output_dir", "pretrained_teacher_model"} <= set(data)
+
+
+def foreign_entries(output_dir: str | Path) -> list[str]:
+    """Files in ``output_dir`` a run would replace (:data:`REPLACED_FILES`) that no run wrote:
+    the folder holds no run (:func:`run_entries` is empty) and no run's ``config.json`` (an
+    interrupted set-up's). Sorted; empty if none."""
+    folder = Path(output_dir)
+    if not folder.is_dir() or run_entries(folder) or is_run_config(folder / "config.json"):
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.name in REPLACED_FILES)
+
+
+def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse, before anything is written, a run that would replace another one or files it
+    did not write.
+
+    Allowed: an empty or new folder, or one holding only files a run never writes;
+    ``overwrite`` (the old run is removed by :func:`clear_run`); a resume (``latest`` needs a
+    checkpoint when the folder holds a run).
     """
     check_writable(output_dir)
+    foreign = foreign_entries(output_dir)
+    if foreign:
+        raise ConfigError(
+            f"output_dir '{output_dir}' holds {', '.join(foreign[:4])}"
+            f"{', ...' if len(foreign) > 4 else ''}, which no rewardkit run wrote (no "
+            "metrics.jsonl or checkpoint beside it) and which a run would replace; choose "
+            "another --output_dir")
     found = run_entries(output_dir)
     if not found or overwrite:
         return
@@ -103,5 +142,5 @@ def clear_for_overwrite(accelerator, output_dir: str | Path, overwrite: bool) ->
     accelerator.wait_for_everyone()
 
 
-__all__ = ["RUN_FILES", "RUN_MARKERS", "check_output_dir", "check_writable", "clear_for_overwrite",
-           "clear_run", "run_entries"]
+__all__ = ["REPLACED_FILES", "RUN_FILES", "RUN_MARKERS", "check_output_dir", "check_writable", "clear_for_overwrite",
+           "clear_run", "foreign_entries", "is_run_config", "run_entries"]

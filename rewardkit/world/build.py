@@ -96,8 +96,8 @@ def make_plan(size: str = "full", minutes: float | None = None) -> BuildPlan:
     plan = PLANS[size]
     if minutes is None:
         return plan
-    if minutes <= 0:
-        raise ConfigError(f"--minutes must be positive, got {minutes}")
+    if not (minutes > 0 and minutes < float("inf")):  # NaN and inf too
+        raise ConfigError(f"--minutes must be a positive finite number, got {minutes}")
     seconds = 60.0 * minutes
     teacher = replace(plan.teacher, vae_seconds=seconds * VAE_SHARE,
                       unet_seconds=seconds * (1 - VAE_SHARE))
@@ -201,6 +201,14 @@ def build_world(out_dir: str | Path | None = None, size: str = "full", minutes: 
     """
     plan = make_plan(size, minutes)
     out = Path(out_dir) if out_dir is not None else ASSETS
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file; choose a folder")
+    if not (out / BUILD_FILE).is_file():  # not a world built before: its files are someone else's
+        clashing = [name for name in (TEACHER, SCORER, FEATURES, LRM) if (out / name).exists()]
+        if clashing:
+            raise ConfigError(f"--out '{out}' holds {', '.join(clashing)}, which no world build "
+                              f"wrote there (it has no {BUILD_FILE}) and which the build would "
+                              "replace; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     work = out / f".build-{uuid.uuid4().hex[:8]}"
     work.mkdir()
