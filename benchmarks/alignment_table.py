@@ -38,7 +38,8 @@ Nothing here is tuned to make a row win: each recipe runs with its world default
     python benchmarks/alignment_table.py --quick              # smoke run: minutes, not evidence
 
 Runs are kept under ``--output``; a rerun reuses finished ones (``--retrain`` to train again),
-so the table can be built over several sessions. The steps each row reached in its budget are
+so the table can be built over several sessions, or by several processes at once (each with its
+own ``--seeds`` and ``--train-only``, then one run to evaluate). The steps each row reached in its budget are
 in the table: a cheap step (GRPO's reuse of a rollout, a frozen proxy) buys more of them.
 """
 
@@ -97,6 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--retrain", action="store_true", help="train finished runs again")
     parser.add_argument("--eval-batch-size", type=int, default=16)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train the missing runs and stop (another process evaluates; "
+                             "give each process its own --seeds)")
     args = parser.parse_args(argv)
     args.minutes = args.minutes or (0.05 if args.quick else 2.0)
     args.num_images = args.num_images or (8 if args.quick else 128)
@@ -185,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             if (run_dir / "pipeline").is_dir():
                 runs.setdefault(name, {})[seed] = run_dir
 
+    if args.train_only:
+        return 0
     print("\n=== evaluating", flush=True)
     evaluator = WorldEvaluator(num_images=args.num_images, seed=0)
     prompts = evaluation_prompts(DIVERSITY_PROMPTS, "test", 0)
