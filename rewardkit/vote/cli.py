@@ -1,0 +1,145 @@
+"""``rewardkit vote``: a blind A/B study of two models (the page), its report, its export.
+
+``rewardkit vote MODEL_A MODEL_B`` is ``rewardkit vote study MODEL_A MODEL_B``: a group whose
+default subcommand is the study, so ``rewardkit vote report VOTES`` still reads as a verb.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from ..errors import ConfigError
+
+DEFAULT_VOTES = Path("votes.jsonl")
+
+
+class StudyByDefault(TyperGroup):
+    """A command group whose arguments go to ``study`` unless they start with a subcommand."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["study", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(cls=StudyByDefault, no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
+
+
+def images_folder(votes: Path, images: Optional[Path]) -> Path:
+    """Where a study's images go: ``--images``, else ``<votes without suffix>-images`` beside
+    the votes file."""
+    return images if images is not None else votes.with_name(votes.stem + "-images")
+
+
+def _numbers(text: Optional[str], option: str) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"{option} takes two comma-separated integers like 2,50; got "
+                          f"{text!r}") from None
+
+
+def _prompt_spec(prompts: Optional[str]) -> str:
+    from ..evaluation.cli import preset_eval_defaults
+    from ..plugins import get_host
+
+    prompts = prompts or preset_eval_defaults().get("prompts")
+    if not prompts:
+        sets = ", ".join(spec.name for spec in get_host().list("prompts")) or "none registered"
+        raise ConfigError(f"rewardkit vote needs --prompts (a registered prompt set: {sets}; "
+                          "or a prompt file); no registered preset provides one")
+    return prompts
+
+
+@app.command("study", short_help="The study page: both models sampled ahead, raters vote "
+             "(the default: rewardkit vote MODEL_A MODEL_B).")
+def study_command(
+    models: Annotated[list[str], typer.Argument(help="MODEL_A MODEL_B: diffusers pipeline "
+                                               "folders (a run's pipeline/), hub ids or "
+                                               "training checkpoints (run/checkpoint-N).")],
+    prompts: Annotated[Optional[str], typer.Option("--prompts", "-p", help="A registered prompt "
+                       "set or a .txt/.jsonl/.json/.csv/.tsv file (default: a registered "
+                       "preset's, e.g. the embedded world's).")] = None,
+    prompts_source: Annotated[Optional[str], typer.Option(
+        "--prompts-source", help="Where a named set's files are (default: the set's own).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Keep the first N prompts of each "
+                                                 "category.")] = None,
+    prompts_param: Annotated[list[str], typer.Option(
+        "--prompts-param", help="KEY=VALUE for a named prompt set (repeatable).")] = [],  # noqa: B006
+    steps: Annotated[Optional[str], typer.Option(help="Steps of MODEL_A,MODEL_B (default: 2 for "
+                     "a student, 50 for a teacher).")] = None,
+    kinds: Annotated[Optional[str], typer.Option(help="student or teacher, for MODEL_A,MODEL_B "
+                     "(default: read from each pipeline's scheduler; needed for hub ids).")] = None,
+    guidance: Annotated[float, typer.Option("--guidance", "-g", help="Guidance scale of both.")] = 7.5,
+    images_per_prompt: Annotated[int, typer.Option("--images-per-prompt", "-k",
+                                 help="Pairs per prompt (seeds seed + i).")] = 1,
+    seed: Annotated[int, typer.Option(help="First seed (pair i: seed + i, both models).")] = 0,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The votes file (JSONL), shared "
+                      "by every rater and server of the study.")] = DEFAULT_VOTES,
+    images: Annotated[Optional[Path], typer.Option(help="Where the images go (default: "
+                      "VOTES-images beside the votes file).")] = None,
+    criteria: Annotated[str, typer.Option(help="What raters answer, comma-separated: overall, "
+                        "alignment (prompt alignment), quality.")] = "overall",
+    port: Annotated[int, typer.Option(help="Port of the local server.")] = 7860,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: raters on other "
+                    "machines of the network).")] = "127.0.0.1",
+    prepare_only: Annotated[bool, typer.Option("--prepare-only", help="Sample the images and "
+                            "stop (serve them later, e.g. on a machine without a GPU).")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per pipeline "
+                          "call.")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
+) -> None:
+    r"""A blind A/B study: sample both models on the prompts (fixed seeds, resumable), then
+    serve a local page where raters pick the better image of each pair; votes are appended to
+    the votes file as they are cast. Needs pip install 'rewardkit\[demo]'."""
+    from rich.console import Console
+
+    from ..evaluation.cli import parse_params
+    from ..evaluation.prompt_sets import load_prompt_set
+    from .log import VoteLog
+    from .session import VotingSession, parse_criteria
+    from .study import Study, make_arms
+
+    folder = images_folder(output, images)
+    asked = parse_criteria(criteria)
+    if not prepare_only:
+        from ..demo.page import _gradio
+
+        _gradio()  # a missing extra fails before any model samples
+
+    def prepare(location: str, label: str) -> str:
+        from ..evaluation.models import export_checkpoint
+
+        return str(export_checkpoint(location, folder / "models" / label,
+                                     device="cpu" if device == "auto" else device))
+
+    arms = make_arms(models, None if kinds is None else [k.strip() for k in kinds.split(",")],
+                     _numbers(steps, "--steps"), guidance, prepare)
+    set_params = parse_params([f"prompts.{item}" for item in prompts_param],
+                              option="--prompts-param", form="KEY=VALUE").get("prompts", {})
+    prompt_set = load_prompt_set(_prompt_spec(prompts), source=prompts_source, limit=limit,
+                                 **set_params)
+    study = Study(arms, list(prompt_set.prompts), list(prompt_set.categories), folder,
+                  images_per_prompt=images_per_prompt, seed=seed, prompt_set=prompt_set.name)
+    log = VoteLog(output)
+    session = VotingSession(study, log, asked)  # a votes file of another study fails here
+    study.generate(device=device, dtype=dtype, batch_size=batch_size)
+    console = Console(stderr=True)
+    console.print(f"study {study.id}: {study.title()}, {study.num_pairs} pairs; images in "
+                  f"{folder}, votes in {output}", highlight=False)
+    if prepare_only:
+        return
+    from .page import build_page
+
+    build_page(session).launch(server_name=host, server_port=port, share=False)
+
+
+__all__ = ["app", "images_folder", "study_command"]
