@@ -142,4 +142,40 @@ def study_command(
     build_page(session).launch(server_name=host, server_port=port, share=False)
 
 
-__all__ = ["app", "images_folder", "study_command"]
+@app.command("report", short_help="Win rates with 95% intervals per criterion and category, "
+             "raters, agreement; a markdown report.")
+def report_command(
+    votes: Annotated[Path, typer.Argument(help="The votes file (the -o of rewardkit vote).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where the markdown "
+                      "report goes (default: VOTES-report.md beside the votes).")] = None,
+    metrics: Annotated[str, typer.Option("--metrics", "-m", help="Comma-separated reward models "
+                       "to hold against the raters (e.g. world-judge,world-scorer).")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON instead of "
+                       "the markdown.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    device: Annotated[str, typer.Option(help="Where the reward models run.")] = "cpu",
+) -> None:
+    """Win rate of MODEL_A over MODEL_B per criterion (and per prompt category) with a 95%
+    bootstrap interval over pairs (a tie counts half a win for each side, skips are left out),
+    the raters and their votes, agreement between raters, position bias and, with --metrics,
+    each reward model's agreement with the raters. Writes a markdown report."""
+    import json
+
+    from rich.console import Console
+    from rich.markup import escape
+
+    from .report import report
+
+    text, results = report(votes, [m.strip() for m in metrics.split(",") if m.strip()],
+                           device=device, seed=seed)
+    target = output if output is not None else votes.with_name(votes.stem + "-report.md")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    err = Console(stderr=True)
+    if results["skipped_lines"]:
+        err.print(f"[yellow]{escape(results['skipped_lines'])}[/]", highlight=False)
+    typer.echo(json.dumps(results, indent=1) if as_json else text)
+    err.print(f"[green]wrote[/] {target}", highlight=False)
+
+
+__all__ = ["app", "images_folder", "report_command", "study_command"]
