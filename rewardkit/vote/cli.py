@@ -178,4 +178,55 @@ def report_command(
     err.print(f"[green]wrote[/] {target}", highlight=False)
 
 
-__all__ = ["app", "images_folder", "report_command", "study_command"]
+@app.command("export", short_help="The votes as a preference set (safetensors) that "
+             "lrm-pretrain trains on and rg-lcd rehearses.")
+def export_command(
+    votes: Annotated[Path, typer.Argument(help="The votes file (the -o of rewardkit vote).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="The preference set "
+                      "folder (default: VOTES-preference-set beside the votes).")] = None,
+    teacher: Annotated[Optional[str], typer.Option(help="The backbone whose VAE and text encoder "
+                       "the proxy reads (default: the study's teacher).")] = None,
+    backbone: Annotated[str, typer.Option(help="Registered backbone that loads it.")] = "stable-diffusion",
+    criterion: Annotated[str, typer.Option(help="Which criterion's votes.")] = "overall",
+    resolution: Annotated[Optional[int], typer.Option(help="Resize the images to this side "
+                          "before encoding (the training resolution of the run that will use "
+                          "the set; default: as sampled).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the VAE's latent samples.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "cpu",
+) -> None:
+    """Turn the votes into a preference set: per voted pair, the two images as the teacher's
+    latents, scored by the raters' share of votes (a tie half); pairs split evenly are left
+    out. lrm-pretrain trains on it (--preference_set), rg-lcd rehearses it
+    (--proxy_rehearsal_set)."""
+    from rich.console import Console
+
+    from ..files import write_aside
+    from ..plugins import get_host
+    from ..sampling import resolve_device
+    from .export import study_teacher, votes_to_preference_set
+    from .report import read_votes
+
+    read, warning = read_votes(votes)
+    console = Console(stderr=True)
+    if warning:
+        console.print(warning, highlight=False, markup=False, style="yellow")
+    teacher = teacher or study_teacher(votes, read)
+    if not teacher:
+        raise ConfigError(f"the study of {votes} has no teacher to encode the images with (or "
+                          "its study.json is not beside its images); pass --teacher, the "
+                          "pipeline whose VAE and text encoder the proxy reads")
+    if resolution is not None and resolution < 8:
+        raise ConfigError(f"--resolution must be at least 8, got {resolution}")
+    built = get_host().get("backbone", backbone).build(
+        pretrained_model_name_or_path=teacher, device=str(resolve_device(device)))
+    pset = votes_to_preference_set(votes, read, built, criterion, resolution, seed,
+                                   progress=lambda text: console.print(text, highlight=False))
+    target = output if output is not None else votes.with_name(votes.stem + "-preference-set")
+    write_aside(target, pset.save)
+    console.print(f"[green]wrote[/] {pset.num_prompts} voted pairs ({pset.meta['votes']} votes, "
+                  f"latents {tuple(pset.latents.shape[1:])}) to {target}; train a proxy on "
+                  f"them with rewardkit run lrm-pretrain --preference_set {target} (or rehearse "
+                  f"them in rg-lcd with --proxy_rehearsal_set {target})", highlight=False)
+
+
+__all__ = ["app", "export_command", "images_folder", "report_command", "study_command"]
