@@ -229,4 +229,54 @@ def export_command(
                   f"them in rg-lcd with --proxy_rehearsal_set {target})", highlight=False)
 
 
-__all__ = ["app", "export_command", "images_folder", "report_command", "study_command"]
+@app.command("simulate", short_help="Synthetic raters: a reward model answers the study "
+             "through the page's session (to try a study, its report and export).")
+def simulate_command(
+    votes: Annotated[Path, typer.Argument(help="The votes file of a study (its images ready: "
+                                          "rewardkit vote MODEL_A MODEL_B --prepare-only).")],
+    reward: Annotated[str, typer.Option("--reward", "-r", help="The registered reward model "
+                      "that answers (e.g. world-judge).")],
+    raters: Annotated[int, typer.Option(help="Simulated raters (ids sim-1, sim-2, ...).")] = 3,
+    pairs: Annotated[Optional[int], typer.Option(help="Pairs each rater answers (default: "
+                     "all).")] = None,
+    temperature: Annotated[float, typer.Option(help="Bradley-Terry temperature: a rater picks "
+                           "left with probability sigmoid((s_left - s_right) / T).")] = 0.1,
+    tie_margin: Annotated[float, typer.Option(help="A tie when the scores differ by less.")] = 0.0,
+    criteria: Annotated[str, typer.Option(help="Criteria answered (each an independent "
+                        "draw).")] = "overall",
+    images: Annotated[Optional[Path], typer.Option(help="The study's images folder (default: "
+                      "VOTES-images).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sides and the answers.")] = 0,
+    device: Annotated[str, typer.Option(help="Where the reward model runs.")] = "cpu",
+) -> None:
+    """Synthetic raters answer the study: each sees the reward model's scores of the two
+    images shown and picks like a Bradley-Terry rater (see rewardkit.vote.simulate); votes are
+    recorded through the page's own session, sides random, into VOTES."""
+    import random
+
+    from rich.console import Console
+
+    from .. import api
+    from ..plugins import get_host
+    from ..sampling import resolve_device
+    from .log import VoteLog
+    from .session import VotingSession
+    from .simulate import simulate
+    from .study import Study
+
+    study = Study.load(images_folder(votes, images))
+    session = VotingSession(study, VoteLog(votes), criteria, rng=random.Random(seed))
+    missing = study.missing_images()
+    if missing:
+        raise ConfigError(f"the study's image {missing[0]} is missing ({len(missing)} in all); "
+                          "sample them with rewardkit vote MODEL_A MODEL_B --prepare-only")
+    takes = {p.name for p in get_host().get("reward", reward).params}
+    model = api.reward_model(reward, **({"device": str(resolve_device(device))}
+                                        if "device" in takes else {}))
+    written = simulate(session, model, raters, temperature, tie_margin, pairs, seed)
+    Console(stderr=True).print(f"[green]wrote[/] {written} simulated votes ({raters} raters, "
+                               f"{reward}) to {votes}", highlight=False)
+
+
+__all__ = ["app", "export_command", "images_folder", "report_command", "simulate_command",
+           "study_command"]

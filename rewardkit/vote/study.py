@@ -153,6 +153,29 @@ class Study:
         path.write_text(json.dumps({"id": self.id, "title": self.title(),
                                     "prompt_set": self.prompt_set, **self.identity()}, indent=1))
 
+    @classmethod
+    def load(cls, folder: str | Path) -> "Study":
+        """The study whose images are in ``folder`` (its ``study.json``)."""
+        folder = Path(folder)
+        path = folder / STUDY_FILE
+        try:
+            data = json.loads(path.read_text())
+            study = cls(tuple(Arm(**arm) for arm in data["arms"]), list(data["prompts"]),
+                        list(data["categories"]), folder,
+                        images_per_prompt=int(data["images_per_prompt"]), seed=int(data["seed"]),
+                        prompt_set=data.get("prompt_set", ""))
+        except FileNotFoundError:
+            raise ConfigError(f"no study in {folder} (no {STUDY_FILE}); start it with "
+                              "`rewardkit vote MODEL_A MODEL_B -o VOTES` or pass its --images "
+                              "folder") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{path} cannot be read ({type(exc).__name__}: {exc}); start the "
+                              "study again to write it") from None
+        if data.get("id") not in (None, study.id):
+            raise ConfigError(f"{path} was edited: its id {data.get('id')} is not that of its "
+                              f"contents ({study.id}); start the study again to write it")
+        return study
+
     def generate(self, device: str = "auto", dtype: str = "float32", batch_size: int = 8,
                  progress: bool = True) -> None:
         """Sample the missing images of both arms with ``rewardkit eval``'s sampling (fixed
