@@ -135,8 +135,8 @@ def markdown(summaries: Sequence[dict[str, Any]], source: str, warning: str | No
     for summary in summaries:
         a, b = summary["model_a"], summary["model_b"]
         lines += ["", f"## A: {a} vs B: {b}", "",
-                  f"Study `{summary['study']}`: {summary['answers']} answered and "
-                  f"{summary['skips']} skipped pairs from {summary['raters']} rater(s), "
+                  f"Study `{summary['study']}`: {summary['answers']} answers and "
+                  f"{summary['skips']} skips from {summary['raters']} rater(s) on "
                   f"{summary['pairs']} different pairs; criteria: "
                   f"{', '.join(summary['criteria'])}.", "",
                   f"| criterion | win rate of A | {level}% interval | A wins | B wins | ties | "
