@@ -180,7 +180,7 @@ def test_the_command_writes_a_markdown_report(tmp_path, capsys, brightness):
     assert text == out.rstrip("\n") + "\n"
     assert "a tie counts as half a win for each side" in text
     assert "A: student (2 steps) vs B: teacher (50 steps)" in text
-    assert ("9 answers and 1 skips from 2 rater(s) on 5 different pairs; criteria: "
+    assert ("9 answers and 1 skip from 2 raters on 5 different pairs; criteria: "
             "overall, quality.") in " ".join(text.split())
     assert "| ada | 4 | 1 |" in text and "| bob | 5 | 0 |" in text
     # overall: a, b, b, tie + b, b, a, b, b -> 2 + 0.5 of 9

@@ -115,6 +115,10 @@ def rm_agreements(votes_path: str | Path, votes: Sequence[dict[str, Any]],
     return out
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _rate(entry: dict[str, Any], key: str = "win_rate") -> tuple[str, str]:
     if entry[key] is None:
         return "-", "-"
@@ -135,9 +139,9 @@ def markdown(summaries: Sequence[dict[str, Any]], source: str, warning: str | No
     for summary in summaries:
         a, b = summary["model_a"], summary["model_b"]
         lines += ["", f"## A: {a} vs B: {b}", "",
-                  f"Study `{summary['study']}`: {summary['answers']} answers and "
-                  f"{summary['skips']} skips from {summary['raters']} rater(s) on "
-                  f"{summary['pairs']} different pairs; criteria: "
+                  f"Study `{summary['study']}`: {_count(summary['answers'], 'answer')} and "
+                  f"{_count(summary['skips'], 'skip')} from {_count(summary['raters'], 'rater')} "
+                  f"on {_count(summary['pairs'], 'different pair')}; criteria: "
                   f"{', '.join(summary['criteria'])}.", "",
                   f"| criterion | win rate of A | {level}% interval | A wins | B wins | ties | "
                   "votes | pairs | raters |", "|---|---|---|---|---|---|---|---|---|"]
