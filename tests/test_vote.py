@@ -201,11 +201,20 @@ def test_two_tabs_of_one_rater_cannot_vote_twice_on_a_pair(tmp_path):
     assert len(first.record(shown_here, {"overall": "left"})) == 1
     assert second.record(shown_there, {"overall": "right"}) == []
     assert len(log.read().votes) == 1
-    # in one server, a pair on screen in one tab is not shown in another meanwhile
+    # in one server, a pair on screen in one tab is not shown in another meanwhile...
     a, b = first.next_pair("bob"), first.next_pair("bob")
     assert a.pair.index != b.pair.index
-    first.release(a)
-    assert first.next_pair("bob").pair.index in (a.pair.index, *range(5))
+    first.record(b, {"overall": "left"})
+    for _ in range(3):  # bob answers every other pair in his second tab
+        shown = first.next_pair("bob")
+        assert shown.pair.index != a.pair.index
+        first.record(shown, {"overall": "left"})
+    # ...but once the rest are done it comes back (the first tab may have been closed)
+    again = first.next_pair("bob")
+    assert again.pair.index == a.pair.index
+    assert len(first.record(again, {"overall": "tie"})) == 1
+    assert first.record(a, {"overall": "left"}) == []  # the old tab cannot answer it again
+    assert first.next_pair("bob") is None
 
 
 def test_criteria_make_one_line_each_and_every_one_must_be_answered(tmp_path):
@@ -245,6 +254,17 @@ def test_a_folder_of_another_study_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"holds the images of another study .* pass another "
                                           "--images folder or delete it"):
         other.save()
+
+
+def test_servers_that_mount_the_models_elsewhere_share_the_study(tmp_path):
+    study = fake_study(tmp_path / "images")
+    moved = Study(tuple(Arm(arm.label, "/mnt" + arm.location, arm.kind, arm.steps)
+                        for arm in study.arms), study.prompts, study.categories,
+                  tmp_path / "images", seed=study.seed)
+    assert moved.id == study.id
+    note = moved.save()
+    assert "were sampled from /models/student, /models/teacher; kept for /mnt/models/student" in note
+    assert Study.load(tmp_path / "images").arms[0].location == "/models/student"
 
 
 def test_arms_are_labelled_and_their_kinds_read_from_the_pipelines(tmp_path):

@@ -131,8 +131,10 @@ def study_command(
                   images_per_prompt=images_per_prompt, seed=seed, prompt_set=prompt_set.name)
     log = VoteLog(output)
     session = VotingSession(study, log, asked)  # a votes file of another study fails here
-    study.generate(device=device, dtype=dtype, batch_size=batch_size)
+    note = study.generate(device=device, dtype=dtype, batch_size=batch_size)
     console = Console(stderr=True)
+    if note:
+        console.print(note, style="yellow", highlight=False, markup=False)
     console.print(f"study {study.id}: {study.title()}, {study.num_pairs} pairs; images in "
                   f"{folder}, votes in {output}", highlight=False)
     if prepare_only:

@@ -11,7 +11,6 @@ is only ever compared with the image it was shown beside.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -60,16 +59,17 @@ def human_pairs(votes_path: str | Path, votes: Sequence[dict[str, Any]],
 def study_teacher(votes_path: str | Path, votes: Sequence[dict[str, Any]]) -> str | None:
     """The teacher of the votes' study, read from the ``study.json`` beside its images
     (``IMAGES/images/<label>/steps-N/i.png``), or ``None`` when there is none."""
+    from .study import Study
+
     for vote in votes[:1]:
         for folder in vote_image(votes_path, vote, "a").parents:
-            path = folder / STUDY_FILE
-            if path.is_file():
+            if (folder / STUDY_FILE).is_file():
                 try:
-                    arms = json.loads(path.read_text()).get("arms", [])
-                except (OSError, ValueError):
+                    arms = Study.load(folder).arms
+                except ConfigError:
                     return None
-                return next((arm["location"] for arm in arms if arm.get("kind") == "teacher"),
-                            None)
+                return next((arm.location for arm in arms
+                             if arm.kind == "teacher" and arm.location), None)
     return None
 
 

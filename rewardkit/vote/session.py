@@ -117,15 +117,16 @@ class VotingSession:
 
     def next_pair(self, rater: str) -> Shown | None:
         """The next pair for ``rater`` with its sides drawn, or ``None`` when they have seen
-        every pair. A pair shown in another tab of the same rater and not answered yet is
-        not shown again meanwhile."""
+        every pair. A pair on screen in another tab of the same rater (not answered yet) comes
+        only after every other pair, in case that tab was closed; :meth:`record` keeps it from
+        being answered twice."""
         rater = clean_rater(rater)
         with self._lock:
             votes = self._votes()
             seen = {int(v["pair"]) for v in votes if v["rater"] == rater}
             showing = self._showing.setdefault(rater, {})
-            open_pairs = [i for i in range(self.study.num_pairs)
-                          if i not in seen and i not in showing]
+            unseen = [i for i in range(self.study.num_pairs) if i not in seen]
+            open_pairs = [i for i in unseen if i not in showing] or unseen
             if not open_pairs:
                 return None
             counts: dict[int, int] = {}

@@ -94,10 +94,12 @@ class Study:
     # ------------------------------------------------------------ identity
 
     def identity(self) -> dict[str, Any]:
-        """Everything that decides which images the study shows (not where they are)."""
-        return {"arms": [asdict(arm) for arm in self.arms], "prompts": self.prompts,
-                "categories": self.categories, "images_per_prompt": self.images_per_prompt,
-                "seed": self.seed}
+        """What decides which images the study shows: the arms (labels, kinds, steps,
+        guidance), prompts, categories and seeds; not where the models are, so servers on
+        machines that mount them elsewhere share one study."""
+        arms = [{k: v for k, v in asdict(arm).items() if k != "location"} for arm in self.arms]
+        return {"arms": arms, "prompts": self.prompts, "categories": self.categories,
+                "images_per_prompt": self.images_per_prompt, "seed": self.seed}
 
     @property
     def id(self) -> str:
@@ -136,22 +138,32 @@ class Study:
 
     # ------------------------------------------------------------ on disk
 
-    def save(self) -> None:
-        """Write ``folder/study.json``; refuse a folder holding another study's images."""
+    def save(self) -> str | None:
+        """Write ``folder/study.json``; refuse a folder holding another study's images. Returns
+        a note when the folder's images were sampled from models at other locations (kept: the
+        labels, steps, prompts and seeds are the study's)."""
         path = self.folder / STUDY_FILE
         if path.is_file():
             try:
-                other = json.loads(path.read_text()).get("id")
+                data = json.loads(path.read_text())
             except (OSError, ValueError):
-                other = None
-            if other != self.id:
+                data = {}
+            if data.get("id") != self.id:
                 raise ConfigError(f"{self.folder} holds the images of another study (id "
-                                  f"{other}, this one is {self.id}: other models, steps, prompts "
-                                  "or seeds); pass another --images folder or delete it")
-            return
+                                  f"{data.get('id')}, this one is {self.id}: other models, steps, "
+                                  "prompts or seeds); pass another --images folder or delete it")
+            before = [arm.get("location") for arm in data.get("locations", [])]
+            now = [arm.location for arm in self.arms]
+            if before and before != now:
+                return (f"the images in {self.folder} were sampled from {', '.join(before)}; "
+                        f"kept for {', '.join(now)} (delete the folder to sample them again)")
+            return None
         self.folder.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"id": self.id, "title": self.title(),
-                                    "prompt_set": self.prompt_set, **self.identity()}, indent=1))
+                                    "prompt_set": self.prompt_set, **self.identity(),
+                                    "locations": [{"label": arm.label, "location": arm.location}
+                                                  for arm in self.arms]}, indent=1))
+        return None
 
     @classmethod
     def load(cls, folder: str | Path) -> "Study":
@@ -160,7 +172,9 @@ class Study:
         path = folder / STUDY_FILE
         try:
             data = json.loads(path.read_text())
-            study = cls(tuple(Arm(**arm) for arm in data["arms"]), list(data["prompts"]),
+            where = {entry["label"]: entry["location"] for entry in data.get("locations", [])}
+            study = cls(tuple(Arm(**arm, location=where.get(arm["label"], ""))
+                              for arm in data["arms"]), list(data["prompts"]),
                         list(data["categories"]), folder,
                         images_per_prompt=int(data["images_per_prompt"]), seed=int(data["seed"]),
                         prompt_set=data.get("prompt_set", ""))
@@ -177,21 +191,21 @@ class Study:
         return study
 
     def generate(self, device: str = "auto", dtype: str = "float32", batch_size: int = 8,
-                 progress: bool = True) -> None:
+                 progress: bool = True) -> str | None:
         """Sample the missing images of both arms with ``rewardkit eval``'s sampling (fixed
-        seeds, resumable: images already on disk are kept)."""
+        seeds, resumable: images already on disk are kept); returns :meth:`save`'s note."""
         from ..evaluation.prompt_sets import PromptSet
         from ..evaluation.runner import Evaluation, ModelSpec
         from ..training.metrics import TrainingProgress
 
-        self.save()
+        note = self.save()
         prompt_set = PromptSet(self.prompt_set or "study", self.prompts, self.categories)
         evaluation = Evaluation(prompt_set, [], self.folder,
                                 images_per_prompt=self.images_per_prompt, seed=self.seed,
                                 batch_size=batch_size, device=device, dtype=dtype, resume=True)
         missing = len(self.missing_images())
         if not missing:
-            return
+            return note
         done = [0]
         with TrainingProgress(missing, 0, enabled=progress, keys=(), label="sample",
                               unit="image") as bar:
@@ -202,6 +216,7 @@ class Study:
             for arm in self.arms:
                 evaluation.sample(ModelSpec(arm.label, arm.location, arm.kind, [arm.steps],
                                             arm.guidance_scale), advance)
+        return note
 
 
 def make_arms(models: Sequence[str], kinds: Sequence[str] | None, steps: Sequence[int] | None,
