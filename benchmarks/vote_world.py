@@ -1,6 +1,6 @@
 """The whole human-evaluation flow on the embedded world, with synthetic raters.
 
-    python benchmarks/vote_world.py                    # 64 test prompts, 3 raters; ~5 min on 2 cores
+    python benchmarks/vote_world.py                    # 64 test prompts, 3 raters; ~9 min on 2 cores
     python benchmarks/vote_world.py --student rg-lcd-world/pipeline
     python benchmarks/vote_world.py --quick --student PATH   # a smoke run: seconds, not evidence
 
@@ -12,14 +12,15 @@ runs:
 1. ``rewardkit vote STUDENT TEACHER --steps 2,50 --prompts world --limit N --prepare-only``:
    both models sampled ahead, fixed seeds;
 2. ``rewardkit vote simulate --reward world-judge --raters R``: synthetic Bradley-Terry raters
-   who judge with the world's rule-based judge (temperature 0.1) answer every pair through the
-   page's session;
+   who judge with the world's rule-based judge (``--temperature``, 0.05 here: raters who agree
+   with each other about 70% of the time on these pairs) answer every pair through the page's
+   session;
 3. ``rewardkit vote report --metrics world-judge,world-scorer``: the win rate with its
    interval, rater agreement, and each RM's agreement with the raters (the judge's is high by
    construction: the raters use it; ``world-scorer``'s is the real question);
-4. ``rewardkit vote export`` of the first half of the pairs, ``lrm-pretrain`` on it from scratch
-   (``preference_set``), and its accuracy on the second half's export, beside the shipped
-   world LRM's (trained on the judge's preferences, never on these pairs).
+4. ``rewardkit vote export`` of the first half of the pairs, ``lrm-pretrain --preference_set``
+   on it, fine-tuning the shipped world LRM (pretrained on the judge's preferences over other
+   images), and the accuracy on the second half's export of the shipped LRM and the tuned one.
 
 Prints (and with ``--json`` writes) the figures and each step's wall time.
 """
@@ -43,13 +44,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompts", type=int, default=None, help="world test prompts (64)")
     parser.add_argument("--raters", type=int, default=None, help="simulated raters (3)")
     parser.add_argument("--teacher-steps", type=int, default=50)
-    parser.add_argument("--lrm-steps", type=int, default=None, help="lrm-pretrain steps (200)")
+    parser.add_argument("--temperature", type=float, default=0.05,
+                        help="the simulated raters' Bradley-Terry temperature")
+    parser.add_argument("--lrm-steps", type=int, default=None, help="lrm-pretrain steps (100)")
     parser.add_argument("--quick", action="store_true", help="8 prompts, 2 raters, 5 LRM steps")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     args.prompts = args.prompts or (8 if args.quick else 64)
     args.raters = args.raters or (2 if args.quick else 3)
-    args.lrm_steps = args.lrm_steps or (5 if args.quick else 200)
+    args.lrm_steps = args.lrm_steps or (5 if args.quick else 100)
     return args
 
 
@@ -83,7 +86,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from rewardkit.proxies.lrm import LatentRewardModel
     from rewardkit.proxies.preference_set import PreferenceSet, preference_accuracy
     from rewardkit.world.assets import LRM, TEACHER, asset_path
-    from rewardkit.world.lrm import proxy_params_for_world
 
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              "world", "--limit", str(args.prompts), "-o", str(votes), "--prepare-only",
              "--device", "cpu"], timings, "sample")
     command(["vote", "simulate", str(votes), "--reward", "world-judge", "--raters",
-             str(args.raters), "--temperature", "0.1"], timings, "simulate")
+             str(args.raters), "--temperature", str(args.temperature)], timings, "simulate")
     command(["vote", "report", str(votes), "--metrics", "world-judge,world-scorer", "-o",
              str(out / "report.md")], timings, "report")
     from rewardkit.vote.report import report
@@ -119,10 +121,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "pretrained_teacher_model": teacher, "output_dir": str(out / "lrm"),
         "overwrite_output_dir": True, "train_shards_path_or_url": "world:train",
         "resolution": 32, "contrastive_steps": 0, "preference_set": str(out / "first-half-set"),
-        "preference_steps": args.lrm_steps, "preference_batch_size": 32,
-        "preference_learning_rate": 1e-3, "lr_warmup_steps": 0, "validation_steps": 0,
-        "checkpointing_steps": 0, "report_to": "none",
-        "proxy_params": proxy_params_for_world("lrm")}).run(progress=False)
+        "pretrained_proxy": str(asset_path(LRM)), "preference_steps": args.lrm_steps,
+        "preference_batch_size": 32, "preference_learning_rate": 1e-4, "lr_warmup_steps": 0,
+        "validation_steps": 0, "checkpointing_steps": 0, "report_to": "none"}).run(progress=False)
     timings["lrm-pretrain"] = round(time.perf_counter() - began, 1)
     heldout = PreferenceSet.load(out / "second-half-set")
     trained = LatentRewardModel.from_pretrained(str(out / "lrm" / "proxy"))
@@ -138,8 +139,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "lrm_from_votes": {
             "train_pairs": PreferenceSet.load(out / "first-half-set").num_prompts,
             "heldout_pairs": heldout.num_prompts,
-            "heldout_accuracy": preference_accuracy(trained, heldout)["proxy_heldout_accuracy"],
             "shipped_lrm_heldout_accuracy": preference_accuracy(shipped, heldout)[
+                "proxy_heldout_accuracy"],
+            "tuned_lrm_heldout_accuracy": preference_accuracy(trained, heldout)[
                 "proxy_heldout_accuracy"]},
         "seconds": timings,
         "student": str(student),

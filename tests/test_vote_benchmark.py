@@ -30,5 +30,6 @@ def test_the_whole_flow_runs_on_the_world(tmp_path):
     assert set(result["rm_agreement"]) == {"world-judge", "world-scorer"}
     lrm = result["lrm_from_votes"]
     assert lrm["train_pairs"] + lrm["heldout_pairs"] <= 8
+    assert 0.0 <= lrm["tuned_lrm_heldout_accuracy"] <= 1.0
     assert "$ rewardkit vote simulate" in done.stdout
     assert (tmp_path / "out" / "report.md").is_file()

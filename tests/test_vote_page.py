@@ -5,8 +5,8 @@ no pair repeated and no vote lost.
 
 Needs gradio and playwright (dev extras) and Debian's chromium, as ``tests/test_demo.py``; CI
 sets ``REWARDKIT_REQUIRE_BROWSER=1`` so that a missing piece fails instead of skipping. The
-screenshot in docs/images/vote.png is this test's, with the default run's student:
-``REWARDKIT_VOTE_STUDENT=rg-lcd-world/pipeline REWARDKIT_VOTE_SCREENSHOT=docs/images/vote.png
+screenshot in docs/images/vote.png is this test's, with the world's distilled student:
+``REWARDKIT_VOTE_STUDENT=lcd-world/pipeline REWARDKIT_VOTE_SCREENSHOT=docs/images/vote.png
 pytest tests/test_vote_page.py``.
 """
 
@@ -51,7 +51,7 @@ def _free_port() -> int:
 
 def _world_student(folder: Path) -> Path:
     """A w-conditioned student of the shipped world teacher (its weights), or the one
-    ``REWARDKIT_VOTE_STUDENT`` names (the screenshot's: the default run's, rg-lcd-world/pipeline)."""
+    ``REWARDKIT_VOTE_STUDENT`` names (the screenshot's: the world's lcd-world/pipeline)."""
     if os.environ.get("REWARDKIT_VOTE_STUDENT"):
         target = folder / "distilled" / "pipeline"
         shutil.copytree(os.environ["REWARDKIT_VOTE_STUDENT"], target)
