@@ -49,6 +49,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "rewardkit.data.plugin",
     "rewardkit.evaluation.plugin",
     "rewardkit.demo.plugin",
+    "rewardkit.vote.plugin",
     "rewardkit.world.plugin",
 )
 

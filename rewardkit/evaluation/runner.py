@@ -220,8 +220,6 @@ class Evaluation:
             raise ConfigError(f"--metrics: {', '.join(unknown)} is neither a registered reward "
                               f"model ({', '.join(sorted(rewards))}) nor a distribution metric "
                               f"({', '.join(sorted(distributions))})")
-        if not metrics:
-            raise ConfigError("--metrics: name at least one metric")
         self.prompts, self.output_dir = prompts, Path(output_dir)
         self.reward_metrics = [m for m in metrics if m in rewards]
         self.distribution_metrics = [m for m in metrics if m in distributions]
@@ -515,6 +513,8 @@ class Evaluation:
         report (main process); return the results (``results.json``)."""
         from ..training.metrics import TrainingProgress
 
+        if not self.reward_metrics and not self.distribution_metrics:
+            raise ConfigError("--metrics: name at least one metric")  # sample() needs none
         labels = [m.label for m in models]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"model labels must differ, got {labels}")

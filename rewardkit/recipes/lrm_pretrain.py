@@ -11,14 +11,16 @@ recipe does that, and optionally a second stage that is rewardkit's addition:
    sharing a caption are positives of each other, never negatives
    (:func:`~rewardkit.proxies.pretrain_losses.multi_positive_info_nce`). Negatives come from
    this process's batch.
-2. **Preference** (``preference_steps``, only with ``reward``). A
+2. **Preference** (``preference_steps``, with ``reward`` or ``preference_set``). A
    :class:`~rewardkit.proxies.preference_set.PreferenceSet` is built once from
    ``preference_num_prompts`` training samples: per prompt the ground truth, teacher DDIM samples
    at several step counts and guidance scales and noised ground truths, each scored once by the
    expert RM (saved to ``output_dir/preference_set``). Each step trains on
    ``preference_batch_size`` random same-prompt pairs with the Bradley-Terry loss
    ``BCE_with_logits(logit_scale * (s_a - s_b), 1[expert_a > expert_b])``, so the LRM starts
-   rg-lcd already agreeing with the expert.
+   rg-lcd already agreeing with the expert. With ``preference_set`` (a saved set, e.g. human
+   votes from ``rewardkit vote export``) the stage trains on that set instead, and needs no
+   ``reward``.
 
 Every parameter of the proxy trains here, whatever its ``trainable`` setting; ``trainable`` is
 kept in the saved config, because it is what rg-lcd's online update trains. With
@@ -40,6 +42,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -54,7 +57,7 @@ from ..errors import ConfigError
 from ..files import write_aside
 from ..proxies.base import ProxyRewardModel
 from ..proxies.factory import PROXY_DIR
-from ..proxies.preference_set import (DEFAULT_NOISE_LEVELS, DEFAULT_TEACHER_SETTINGS,
+from ..proxies.preference_set import (DEFAULT_NOISE_LEVELS, DEFAULT_TEACHER_SETTINGS, SET_META,
                                       PreferenceSet, build_preference_set, preference_accuracy)
 from ..proxies.pretrain_losses import (caption_groups, multi_positive_info_nce, pairwise_agreement,
                                        pairwise_logistic_loss, retrieval_accuracy)
@@ -112,6 +115,9 @@ class LRMPretrainConfig(TrainingConfig):
     reward: Optional[str] = _f(None, "Expert RM of the preference stage and the held-out "
                                "measurement (none: contrastive only)", OURS)
     reward_params: dict = _f({}, "Keyword arguments for the reward model", OURS)
+    preference_set: Optional[str] = _f(None, "A saved preference set the preference stage trains "
+                                       "on instead of one built with reward (e.g. human votes: "
+                                       "rewardkit vote export)", OURS)
     preference_num_prompts: int = _f(64, "Training prompts that get scored candidates", OURS)
     preference_steps: int = _f(500, "Pairwise (Bradley-Terry) optimiser steps (needs reward)",
                                OURS)
@@ -142,7 +148,7 @@ class LRMPretrainConfig(TrainingConfig):
                               "lr_scheduler", "lr_warmup_steps", "gradient_accumulation_steps",
                               "use_8bit_adam", "adam_beta1", "adam_beta2", "adam_epsilon",
                               "adam_weight_decay", "max_grad_norm"),
-        "Preference stage": ("reward", "reward_params", "preference_num_prompts",
+        "Preference stage": ("reward", "reward_params", "preference_set", "preference_num_prompts",
                              "preference_steps", "preference_batch_size",
                              "preference_learning_rate", "preference_teacher_settings",
                              "preference_noise_levels", "preference_build_batch_size"),
@@ -155,8 +161,9 @@ class LRMPretrainConfig(TrainingConfig):
 
     @property
     def preference_enabled(self) -> bool:
-        """True when the preference stage runs (a reward and preference steps)."""
-        return bool(self.reward) and self.preference_steps > 0
+        """True when the preference stage runs (a reward or a given preference set, and
+        preference steps)."""
+        return bool(self.reward or self.preference_set) and self.preference_steps > 0
 
     @property
     def total_steps(self) -> int:
@@ -185,7 +192,14 @@ class LRMPretrainConfig(TrainingConfig):
                               f"batch of one has no negatives), got {self.train_batch_size}")
         if self.total_steps == 0:
             raise ConfigError("contrastive_steps is 0 and there is no preference stage (it needs "
-                              "reward and preference_steps > 0): nothing to train")
+                              "reward or preference_set, and preference_steps > 0): nothing to "
+                              "train")
+        if self.preference_set is not None:
+            folder = Path(os.path.expanduser(self.preference_set))
+            if not (folder / SET_META).is_file():
+                raise ConfigError(f"preference_set: '{self.preference_set}' holds no saved "
+                                  f"preference set ({SET_META}); pass a folder that `rewardkit "
+                                  "vote export` or lrm-pretrain (output_dir/preference_set) wrote")
         self._check_candidates()
         self.require_folder("pretrained_proxy")
         check_named(self, "proxy", "proxy", loaded_into="pretrained_proxy")
@@ -298,7 +312,8 @@ class LRMPretrainRecipe(TrainingLoop):
         """Build (main process, once, cached in output_dir) and load the preference sets."""
         cfg = self.config
         wanted = {"preference_set": (PREFERENCE_SET_DIR, cfg.train_shards_path_or_url,
-                                     cfg.preference_num_prompts)} if cfg.preference_enabled else {}
+                                     cfg.preference_num_prompts)} \
+            if cfg.preference_enabled and not cfg.preference_set else {}
         if cfg.eval_shards_path_or_url:
             wanted["heldout_set"] = (HELDOUT_SET_DIR, cfg.eval_shards_path_or_url,
                                      cfg.eval_num_prompts)
@@ -322,6 +337,19 @@ class LRMPretrainRecipe(TrainingLoop):
             self.on_main_process(build_missing)
         for attribute, (folder, _, _) in wanted.items():
             setattr(self, attribute, PreferenceSet.load(self.output_dir / folder))
+        if cfg.preference_enabled and cfg.preference_set:
+            self.preference_set = self.given_preference_set()
+
+    def given_preference_set(self) -> PreferenceSet:
+        """The ``preference_set`` the user gave, checked against the teacher's text width."""
+        cfg = self.config
+        pset = PreferenceSet.load(os.path.expanduser(cfg.preference_set))
+        width = self.backbone.text_embed_dim
+        if pset.prompt_embeds.shape[-1] != width:
+            raise ConfigError(f"preference_set: its prompt embeddings are "
+                              f"{pset.prompt_embeds.shape[-1]}-wide but the teacher's are {width}; "
+                              "export it with this teacher (rewardkit vote export --teacher)")
+        return pset
 
     def set_identity(self, spec: str, count: int) -> dict[str, Any]:
         """What a cached preference set must have been built from to be reused (written
