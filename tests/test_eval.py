@@ -216,10 +216,20 @@ def test_bad_eval_input_is_named(models, tmp_path):
 def test_eval_runs_on_a_tiny_sdxl_pipeline(tmp_path):
     from rewardkit.testing.tiny_sdxl import build_tiny_sdxl_pipeline
 
-    teacher = build_tiny_sdxl_pipeline(tmp_path / "sdxl")
+    import shutil
+
+    from diffusers import LCMScheduler
+
+    teacher = build_tiny_sdxl_pipeline(tmp_path / "teacher")
+    # the teacher's weights under an LCMScheduler: a student as an LCM-LoRA merge leaves one
+    student = Path(shutil.copytree(teacher, tmp_path / "sdxl"))
+    LCMScheduler.from_pretrained(teacher, subfolder="scheduler").save_config(student / "scheduler")
+    index = json.loads((student / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "LCMScheduler"]
+    (student / "model_index.json").write_text(json.dumps(index))
     (tmp_path / "p.txt").write_text("a red circle\na blue square\n")
     result = CliRunner().invoke(build_app(), [
-        "eval", str(teacher), "--prompts", str(tmp_path / "p.txt"), "--steps", "1",
+        "eval", str(student), "--prompts", str(tmp_path / "p.txt"), "--steps", "1",
         "--teacher", str(teacher), "--teacher-steps", "2", "--metrics", "jpeg-compressibility",
         "--device", "cpu", "-o", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
