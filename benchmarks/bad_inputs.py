@@ -898,6 +898,59 @@ def _check(result: Result, check: Callable[[], bool]) -> Result:
 PLANTED_PICKLE = b""
 
 
+# ---- keys and verbs of the newer issues: time budgets, regularisers, remote RMs, votes
+
+case("run lcd", "--max_train_minutes nan", culprit="max_train_minutes")(
+    lambda env: train(env, "lcd", "--max_train_minutes", "nan"))
+case("run lcd", "--train_time_clock sundial", culprit="train_time_clock")(
+    lambda env: train(env, "lcd", "--train_time_clock", "sundial"))
+case("run rg-lcd", "--pretrained_student that does not exist", culprit="pretrained_student")(
+    lambda env: train(env, "rg-lcd", *RG, "--pretrained_student", env.folder / "no-student"))
+case("run draft", "--random_stop with --grad_steps 'last 2'", culprit="random_stop")(
+    lambda env: tune(env, "draft", "--sample_steps", "2", "--random_stop", "true",
+                     "--grad_steps", "last 2"))
+case("run draft", "--lcd_weight -1", culprit="lcd_weight")(
+    lambda env: tune(env, "draft", "--lcd_weight", "-1"))
+case("run grpo", "--rollout_chunks 0", culprit="rollout_chunks")(
+    lambda env: tune(env, "grpo", "--rollout_chunks", "0"))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+case("run rg-lcd", "--reward remote at a URL where no server listens", culprit="127.0.0.1")(
+    lambda env: train(env, "rg-lcd", *RG[2:], "--reward", "remote", "--reward_params",
+                      json.dumps({"url": f"http://127.0.0.1:{_free_port()}", "timeout": 2,
+                                  "retries": 0})))
+case("run rg-lcd", "--reward remote without a url", culprit="url")(
+    lambda env: train(env, "rg-lcd", *RG[2:], "--reward", "remote", "--reward_params", "{}"))
+case("serve-reward", "an RM that is not registered", culprit="no-such-rm")(
+    lambda env: cli("serve-reward", "no-such-rm", "--port", "0"))
+case("serve-reward", "--host 0.0.0.0 without a token", culprit="token")(
+    lambda env: cli("serve-reward", "jpeg-compressibility", "--host", "0.0.0.0", "--port", "0"))
+case("serve-reward", "--reward_params that are not JSON", culprit="reward_params")(
+    lambda env: cli("serve-reward", "jpeg-compressibility", "--reward_params", "{oops",
+                    "--port", "0"))
+case("vote", "a model folder that does not exist", culprit="no-model")(
+    lambda env: cli("vote", "study", env.folder / "no-model", env.assets["teacher"],
+                    "--prompts", env.assets["prompts"], "-o", env.folder / "votes.jsonl"))
+case("vote report", "a votes file that does not exist", culprit="votes.jsonl")(
+    lambda env: cli("vote", "report", env.folder / "votes.jsonl"))
+
+
+@case("vote report", "a votes file of garbage lines only", culprit="votes.jsonl")
+def _(env: Env) -> Result:
+    path = env.folder / "votes.jsonl"
+    path.write_text("not json\n{\"half\": \n")
+    env.protect(path)
+    return cli("vote", "report", path)
+
+
 def planted_pickle(marker: Path) -> bytes:
     """A pickle that, if anything unpickled it, would create ``marker``."""
     import pickle
