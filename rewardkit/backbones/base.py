@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
+from ..noise_process import NoiseProcess
 from ..schedule import NoiseSchedule
 from .conditioning import Conditioning
 
@@ -52,10 +53,12 @@ class Backbone(ABC):
         return self.noise_scheduler.alphas_cumprod
 
     @property
-    def schedule(self) -> NoiseSchedule:
-        """The teacher's :class:`~rewardkit.schedule.NoiseSchedule` (``abar`` and
-        ``prediction_type``), built once: the training step, the solver and the guided
-        denoiser all use this one object, cached on each device it is used on."""
+    def schedule(self) -> NoiseProcess:
+        """The teacher's noise process (:class:`~rewardkit.noise_process.NoiseProcess`), built
+        once: the training step, the solver and the guided denoiser all use this one object.
+        By default the DDPM :class:`~rewardkit.schedule.NoiseSchedule` of the scheduler's
+        ``alphas_cumprod`` and :attr:`prediction_type` (cached on each device it is used on); a
+        flow-matching backbone returns a :class:`~rewardkit.flow_matching.FlowMatchProcess`."""
         cached = self.__dict__.get("_schedule")
         if cached is None or cached.prediction_type != self.prediction_type:
             cached = self.__dict__["_schedule"] = NoiseSchedule(self.alphas_cumprod,

@@ -34,7 +34,7 @@ import torch
 
 from ..backbones.base import Backbone
 from ..backbones.conditioning import Conditioning
-from ..schedule import NoiseSchedule
+from ..noise_process import NoiseProcess
 
 __all__ = ["check_backbone"]
 
@@ -63,7 +63,8 @@ def _check_attributes(backbone: Backbone, where: str) -> None:
         value = getattr(backbone, attribute, None)
         assert isinstance(value, kind), f"{where}: {attribute} must be a {kind.__name__}, got {value!r}"
     schedule = backbone.schedule
-    assert isinstance(schedule, NoiseSchedule), f"{where}: schedule is not a NoiseSchedule"
+    assert isinstance(schedule, NoiseProcess), (
+        f"{where}: schedule is not a rewardkit.noise_process.NoiseProcess")
     assert schedule.prediction_type == backbone.prediction_type, (
         f"{where}: schedule.prediction_type {schedule.prediction_type!r} is not the backbone's "
         f"{backbone.prediction_type!r}")
