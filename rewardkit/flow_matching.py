@@ -77,8 +77,10 @@ class FlowMatchProcess(NoiseProcess):
         return self._num_train_timesteps
 
     def sigmas(self) -> torch.Tensor:
-        """The ``T`` training noise levels ``s_j`` (increasing, float64): diffusers' shifted ones."""
-        u = torch.arange(1, self.num_train_timesteps + 1, dtype=torch.float64) / self.num_train_timesteps
+        """The ``T`` training noise levels ``s_j`` (increasing, float64): diffusers' shifted
+        ones."""
+        total = self.num_train_timesteps
+        u = torch.arange(1, total + 1, dtype=torch.float64) / total
         return self.shift * u / (1 + (self.shift - 1) * u)
 
     def noise_level(self, timesteps: torch.Tensor | int | float,

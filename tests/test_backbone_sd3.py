@@ -79,7 +79,8 @@ def test_conditioning_and_prediction_are_diffusers_sd3(backbone, teacher):
     torch.testing.assert_close(cond.added["pooled_projections"], pooled, rtol=1e-4, atol=1e-5)
     empty = backbone.empty_conditioning(2)  # SD3's negative prompt: "" encoded, not zeros
     torch.testing.assert_close(empty.prompt_embeds, negative, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(empty.added["pooled_projections"], negative_pooled, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(empty.added["pooled_projections"], negative_pooled, rtol=1e-4,
+                               atol=1e-5)
     if backbone.text_encoder_3 is None:  # T5 dropped: its tokens are zeros, as diffusers makes them
         assert not cond.prompt_embeds[:, 77:].any()
     else:

@@ -105,7 +105,8 @@ def load_sd3_student(backbone: Any, path: str | Path, lora: bool | None = None) 
     folder = Path(os.path.expanduser(str(path)))
     if (folder / CHECKPOINT_WEIGHTS).is_file():
         student = _from_checkpoint(backbone, folder, lora)
-    elif (folder / "model_index.json").is_file() and (folder / "transformer" / "config.json").is_file():
+    elif ((folder / "model_index.json").is_file()
+          and (folder / "transformer" / "config.json").is_file()):
         student = _from_pipeline(backbone, folder, lora)
     else:
         raise ConfigError(f"load_student: '{path}' is neither an SD3 pipeline folder "

@@ -45,7 +45,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..flow_matching import FLOW_PREDICTION, FlowMatchProcess
-from ..models import check_pipeline_location, check_vae_location, pipeline_dtype_kwarg, resolve_dtype
+from ..models import (check_pipeline_location, check_vae_location, pipeline_dtype_kwarg,
+                      resolve_dtype)
 from .base import Backbone
 from .conditioning import Conditioning
 
@@ -158,7 +159,8 @@ class StableDiffusion3Backbone(Backbone):
         """The teacher's rectified flow (:class:`~rewardkit.flow_matching.FlowMatchProcess`)."""
         return self._schedule
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "StableDiffusion3Backbone":
+    def to(self, device: torch.device | str,
+           dtype: torch.dtype | None = None) -> "StableDiffusion3Backbone":
         """Move (and optionally cast) every frozen part, the three text encoders included."""
         for module in self._frozen():
             module.to(device=device, dtype=dtype)
@@ -189,7 +191,8 @@ class StableDiffusion3Backbone(Backbone):
         return Conditioning(embeds, {POOLED: pooled})
 
     def empty_conditioning(self, batch: int) -> Conditioning:
-        """The empty prompt's conditioning (SD3's negative prompt), encoded once, ``batch`` times."""
+        """The empty prompt's conditioning (SD3's negative prompt), encoded once, ``batch``
+        times."""
         cached = self._empty
         dtype = self.text_encoder.dtype
         if cached is None or cached.prompt_embeds.dtype != dtype:
@@ -207,14 +210,16 @@ class StableDiffusion3Backbone(Backbone):
         return torch.cat([embeds, tokens.view(pooled.shape[0], count, width)], dim=1)
 
     @torch.no_grad()
-    def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode_images(self, pixels: torch.Tensor,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
         """``(latent_dist.sample() - shift_factor) * scaling_factor`` from images in ``[-1, 1]``."""
         pixels = pixels.to(device=self.vae.device, dtype=self.vae.dtype)
         latents = self.vae.encode(pixels).latent_dist.sample(generator)
         return (latents - self.vae_shift_factor) * self.vae_scaling_factor
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images in ``[0, 1]`` from scaled latents (``/ scaling + shift``, decode), differentiable."""
+        """Images in ``[0, 1]`` from scaled latents (``/ scaling + shift``, decode),
+        differentiable."""
         latents = latents.to(device=self.vae.device, dtype=self.vae.dtype)
         images = self.vae.decode(latents / self.vae_scaling_factor + self.vae_shift_factor).sample
         return (images / 2 + 0.5).clamp(0, 1)

@@ -250,7 +250,8 @@ def teacher_ddim_latents(backbone: Any, cond: Conditioning, uncond: Conditioning
     batch = len(cond)
     height, width = latent_shape(backbone, latent_size)
     latents = torch.randn((batch, backbone.latent_channels, height, width), generator=generator)
-    latents = (latents * getattr(scheduler, "init_noise_sigma", 1.0)).to(device=device, dtype=dtype)
+    latents = latents * getattr(scheduler, "init_noise_sigma", 1.0)  # flow schedulers have none
+    latents = latents.to(device=device, dtype=dtype)
     both = (Conditioning.cat([uncond, cond]) if guidance_scale != 1.0 else cond).to(dtype=dtype)
     for t in scheduler.timesteps:
         model_in = torch.cat([latents, latents]) if guidance_scale != 1.0 else latents

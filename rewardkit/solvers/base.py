@@ -1,8 +1,8 @@
 """The consistency-solver contract: the teacher's ODE step on the skipping-step grid.
 
-The grid comes from the teacher's noise process (:meth:`~rewardkit.noise_process.NoiseProcess.
-skipping_grid`): ``N = num_ddim_timesteps`` start points over ``T`` training timesteps, ``k = T // N``
-apart. For a DDPM teacher they are ``t = k, 2k, ..., T`` minus one (``19, 39, ..., 999`` for N=50,
+The grid comes from the teacher's noise process
+(:meth:`~rewardkit.noise_process.NoiseProcess.skipping_grid`): ``N = num_ddim_timesteps`` start
+points over ``T`` training timesteps, ``k = T // N`` apart. For a DDPM teacher they are ``t = k, 2k, ..., T`` minus one (``19, 39, ..., 999`` for N=50,
 T=1000); for a flow teacher the same indices on its shifted noise levels. A training step draws an
 index ``n`` per sample, starts at ``t_{n+k} = grid[n]`` and the solver moves the noisy latent to
 the grid point below, ``t_n`` (``max(t_{n+k} - k, 0)`` for DDPM; the clean end for ``n = 0``),

@@ -176,8 +176,8 @@ def load_saved_pipeline(folder: str | Path) -> Any:
 
 def _check_saving(backbone: Backbone, output_dir: Path, dim: int, where: str) -> None:
     takes_w = getattr(backbone, "guidance_embedding", True)
-    folder = backbone.save_pipeline(backbone.build_student(time_cond_proj_dim=dim if takes_w else None),
-                                    output_dir / "check-backbone-pipeline")
+    student = backbone.build_student(time_cond_proj_dim=dim if takes_w else None)
+    folder = backbone.save_pipeline(student, output_dir / "check-backbone-pipeline")
     pipe = load_saved_pipeline(folder)
     expected = getattr(backbone, "student_scheduler", "LCMScheduler")
     assert type(pipe.scheduler).__name__ == expected, (
