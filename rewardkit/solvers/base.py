@@ -87,8 +87,8 @@ class ConsistencySolver(ABC):
         teacher = (alphas_cumprod if isinstance(alphas_cumprod, NoiseProcess)
                    else NoiseSchedule(alphas_cumprod))
         if not self.schedule.matches(teacher):
-            raise ConfigError(f"solver: the built solver's noise process ({self.schedule!r}) is "
-                              f"not the teacher's ({teacher!r}); build it with "
+            raise ConfigError(f"solver: the built solver's {self.schedule!r} is not the "
+                              f"teacher's noise schedule ({teacher!r}); build it with "
                               "alphas_cumprod=backbone.schedule")
 
     def alpha_sigma(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
