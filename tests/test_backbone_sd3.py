@@ -331,3 +331,29 @@ def test_sd3_training_resumes_bit_exactly_and_reads_the_student_back(teacher, da
     assert all(torch.equal(target[k], own[k]) for k in own)
     with pytest.raises(ConfigError, match="neither an SD3 pipeline folder"):
         backbone.load_student(tmp_path)
+
+
+def test_drop_t5_leaves_t5_out_of_a_folder_that_has_it(tmp_path):
+    teacher = build_tiny_sd3_pipeline(tmp_path / "sd3", t5=True)
+    backbone = StableDiffusion3Backbone(str(teacher), drop_t5=True, max_sequence_length=TOKENS)
+    assert backbone.text_encoder_3 is None and backbone.tokenizer_3 is None
+    cond = backbone.encode_prompts(PROMPTS)
+    assert cond.prompt_embeds.shape == (2, 77 + TOKENS, 32) and not cond.prompt_embeds[:, 77:].any()
+    folder = backbone.save_pipeline(backbone.build_student(), tmp_path / "out")
+    assert not (folder / "text_encoder_3").exists()
+    assert _pipeline(folder).text_encoder_3 is None
+
+
+def test_a_half_precision_teacher_gives_a_full_precision_student(teacher):
+    half = StableDiffusion3Backbone(str(teacher), dtype="bfloat16", max_sequence_length=TOKENS)
+    assert half.transformer.dtype == torch.bfloat16
+    student = half.build_student()
+    full = StableDiffusion3Backbone(str(teacher), max_sequence_length=TOKENS).transformer
+    assert all(p.dtype == torch.float32 for p in student.parameters())
+    own = full.state_dict()
+    assert all(torch.equal(v, own[k]) for k, v in student.state_dict().items())
+
+
+def test_a_resolution_the_transformer_cannot_patch_is_refused(teacher, data, tmp_path):
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        rk.recipe("lcd", _base(teacher, data, tmp_path, resolution=18))
