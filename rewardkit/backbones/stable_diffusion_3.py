@@ -88,7 +88,8 @@ class StableDiffusion3Backbone(Backbone):
 
         Args:
             pretrained_model_name_or_path: hub id or local diffusers SD3 pipeline folder.
-            revision, variant: hub revision and weight variant (e.g. ``"fp16"``).
+            revision: hub revision (branch, tag or commit).
+            variant: weight file variant, e.g. ``"fp16"``.
             dtype: dtype of the frozen parts (``float32``, ``float16``, ``bfloat16``).
             device: where the frozen parts live.
             pretrained_vae_model_name_or_path: a VAE to use instead of the teacher's.
