@@ -39,6 +39,7 @@ import typer
 
 from .consistency import guidance_scale_embedding
 from .errors import ConfigError
+from .sampling_chain import chain_step, initial_noise_sigma, set_chain_timesteps
 from .sampling_grad import resolve_grad_steps, sample_consistency  # noqa: F401 - re-exported
 
 
@@ -323,28 +324,30 @@ def sample_lcm_latents(backbone: Any, unet: torch.nn.Module, cond: Any, *, steps
                        seed: int, guidance_scale: float, time_cond_proj_dim: int | None,
                        original_inference_steps: int = 50, timestep_scaling: float = 10.0,
                        latent_size: int | Sequence[int] | None = None) -> torch.Tensor:
-    """The scaled latents :func:`sample_lcm` decodes (in ``unet``'s dtype, on its device)."""
+    """The scaled latents :func:`sample_lcm` decodes (in ``unet``'s dtype, on its device): the
+    chain of ``backbone.lcm_scheduler()`` (``LCMScheduler``, or a flow teacher's
+    ``FlowMatchEulerDiscreteScheduler``), as the saved student's diffusers pipeline runs it."""
     scheduler = backbone.lcm_scheduler(original_inference_steps, timestep_scaling)
     device = cond.prompt_embeds.device
-    scheduler.set_timesteps(steps, device=device, original_inference_steps=original_inference_steps)
+    set_chain_timesteps(scheduler, steps, device, original_inference_steps)
     batch = len(cond)
     height, width = latent_shape(backbone, latent_size)
     generator = torch.Generator().manual_seed(seed)
     dtype = next(unet.parameters()).dtype
     latents = torch.randn((batch, backbone.latent_channels, height, width), generator=generator)
-    latents = (latents * scheduler.init_noise_sigma).to(device=device, dtype=dtype)
+    latents = (latents * initial_noise_sigma(scheduler)).to(device=device, dtype=dtype)
     w_embedding = None
     if time_cond_proj_dim:
         w = torch.full((batch,), guidance_scale - 1.0)
         w_embedding = guidance_scale_embedding(w, time_cond_proj_dim).to(device=device, dtype=dtype)
-    denoised = latents
     for t in scheduler.timesteps:
         out = backbone.predict(unet, latents, t.expand(batch).to(device), cond.to(dtype=dtype),
                                w_embedding)
-        # LCMScheduler re-noises with torch.randn(generator=...) on the generator's device
-        latents, denoised = scheduler.step(out, t, latents, generator=generator, return_dict=False)
+        # LCMScheduler re-noises with torch.randn(generator=...) on the generator's device; its
+        # last step returns its x0 prediction, a flow scheduler's its last Euler step to s = 0
+        latents, _ = chain_step(scheduler, backbone.schedule, out, t, latents, generator)
         latents = latents.to(dtype)
-    return denoised.to(dtype)
+    return latents
 
 
 def sample_command(

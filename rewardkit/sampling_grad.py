@@ -31,6 +31,7 @@ from torch import nn
 from .backbones.conditioning import Conditioning
 from .consistency import guidance_scale_embedding
 from .errors import ConfigError
+from .sampling_chain import chain_step, initial_noise_sigma, set_chain_timesteps
 
 __all__ = ["sample_consistency", "resolve_grad_steps", "guidance_input"]
 
@@ -169,7 +170,7 @@ def sample_consistency(backbone: Any, unet: nn.Module, cond: Conditioning, *, st
         generator = torch.Generator().manual_seed(generator)
 
     scheduler = backbone.lcm_scheduler(original_inference_steps, timestep_scaling)
-    scheduler.set_timesteps(steps, device=device, original_inference_steps=original_inference_steps)
+    set_chain_timesteps(scheduler, steps, device, original_inference_steps)
     if latents is None:
         if latent_size is None:
             height = width = int(backbone.sample_size)
@@ -182,7 +183,7 @@ def sample_consistency(backbone: Any, unet: nn.Module, cond: Conditioning, *, st
                               generator=generator, device=noise_device)
     elif latents.shape[0] != batch:
         raise ConfigError(f"latents have batch {latents.shape[0]}, the conditioning {batch}")
-    latents = (latents * scheduler.init_noise_sigma).to(device=device, dtype=dtype)
+    latents = (latents * initial_noise_sigma(scheduler)).to(device=device, dtype=dtype)
     w_embedding = guidance_input(guidance_scale, time_cond_proj_dim, batch, device, dtype)
     cond = cond.to(dtype=dtype)
 
@@ -201,8 +202,10 @@ def sample_consistency(backbone: Any, unet: nn.Module, cond: Conditioning, *, st
             else:
                 out = predict(latents, timesteps)
             # LCMScheduler re-noises with torch.randn(generator=...) on the generator's device
-            latents, denoised = scheduler.step(out, t, latents, generator=generator,
-                                               return_dict=False)
+            latents, denoised = chain_step(scheduler, backbone.schedule, out, t, latents,
+                                           generator)
             latents = latents.to(dtype)
-    return denoised.to(dtype)
+    # the whole chain: its last latents (LCMScheduler's last x0 prediction, a flow scheduler's
+    # last Euler step to s = 0); a truncated one: that step's x0 prediction
+    return (latents if run == steps else denoised).to(dtype)
 

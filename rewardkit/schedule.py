@@ -1,4 +1,6 @@
-"""The teacher's noise schedule, as one object the backbone owns and everything else shares.
+"""The variance-preserving (DDPM) noise process of SD 1.x/2.x and SDXL teachers, as one object the
+backbone owns and everything else shares (the :class:`~rewardkit.noise_process.NoiseProcess`
+interface; flow-matching teachers have :class:`~rewardkit.flow_matching.FlowMatchProcess`).
 
 ``z_t = alpha_t x0 + sigma_t eps`` with ``alpha_t = sqrt(abar_t)``, ``sigma_t = sqrt(1 - abar_t)``,
 ``abar`` the teacher scheduler's ``alphas_cumprod`` (length ``T``), and the teacher's output
@@ -12,23 +14,14 @@ from __future__ import annotations
 import torch
 
 from .errors import ConfigError
+from .lcm_boundary import consistency_output
+from .noise_process import NoiseProcess, _compute_dtype, _per_sample
 
 #: The teacher output parametrisations diffusers schedulers know (``prediction_type``).
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Half-precision latents are combined in float32, then cast back (keeps x0 at t=999 sane)."""
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
-
-
-def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape a ``[B]`` (or scalar) tensor to broadcast against ``like`` (``[B, ...]``)."""
-    values = values.reshape(-1)
-    return values.view((values.shape[0],) + (1,) * (like.ndim - 1))
-
-
-class NoiseSchedule:
+class NoiseSchedule(NoiseProcess):
     """``abar`` and ``prediction_type`` of a teacher, with the maths that needs only them.
 
     Args:
@@ -70,12 +63,6 @@ class NoiseSchedule:
         return (_per_sample(abar.sqrt().to(dtype), like),
                 _per_sample((1 - abar).sqrt().to(dtype), like))
 
-    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor,
-                  timesteps: torch.Tensor | int) -> torch.Tensor:
-        """``z_t = alpha_t x0 + sigma_t eps`` (diffusers' ``add_noise``)."""
-        alpha, sigma = self.alpha_sigma(timesteps, x0)
-        return alpha * x0 + sigma * noise
-
     def predicted_origin(self, model_output: torch.Tensor, timesteps: torch.Tensor | int,
                          sample: torch.Tensor) -> torch.Tensor:
         """The x0-estimate ``x0_hat`` from the teacher's raw output.
@@ -111,6 +98,43 @@ class NoiseSchedule:
         else:
             eps = (z - alpha * out) / sigma
         return eps.to(sample.dtype)
+
+    def skipping_grid(self, num_points: int) -> torch.Tensor:
+        """``[0, k - 1, 2k - 1, ..., Nk - 1]`` with ``k = T // N`` (``0, 19, 39, ..., 999`` for
+        N=50, T=1000): integer DDPM timesteps; a step from ``t_{n+1}`` ends at
+        ``t_n = max(t_{n+1} - k, 0)``, the LCD reference's grid."""
+        skip = self.num_train_timesteps // num_points
+        starts = (torch.arange(1, num_points + 1) * skip).round().long() - 1
+        return torch.cat([torch.zeros(1, dtype=torch.long), starts])
+
+    def consistency_output(self, sample: torch.Tensor, x0_pred: torch.Tensor,
+                           timesteps: torch.Tensor | int, sigma_data: float = 0.5,
+                           timestep_scaling: float = 10.0) -> torch.Tensor:
+        """LCM's ``f(z, t) = c_skip(t) z + c_out(t) x0_hat``
+        (:func:`rewardkit.lcm_boundary.consistency_output`): ``f(z, 0) = z`` exactly."""
+        return consistency_output(sample, x0_pred, timesteps, sigma_data, timestep_scaling)
+
+    def ode_derivative(self, x0_pred: torch.Tensor, noise_pred: torch.Tensor,
+                       like: torch.Tensor) -> torch.Tensor:
+        """``eps_hat``: in the variance-exploding coordinates ``x = z / alpha``,
+        ``s = sigma / alpha`` the probability-flow ODE reads ``dx/ds = eps``."""
+        return noise_pred.to(_compute_dtype(like.dtype))
+
+    def heun_coefficient(self, t_start: torch.Tensor, t_end: torch.Tensor,
+                         like: torch.Tensor) -> torch.Tensor:
+        """``(sigma_n - alpha_n sigma / alpha) / 2`` (``alpha_n (s_n - s) / 2`` back in ``z``);
+        zero where ``sigma_n = 0`` (``abar = 1``: the step falls back to Euler there)."""
+        alpha, sigma = self.alpha_sigma(t_start, like)
+        alpha_prev, sigma_prev = self.alpha_sigma(t_end, like)
+        coefficient = (sigma_prev - alpha_prev * sigma / alpha) / 2
+        return torch.where(sigma_prev > 0, coefficient, torch.zeros_like(coefficient))
+
+    def matches(self, other: NoiseProcess) -> bool:
+        """The same ``abar`` (to 1e-6)."""
+        if not isinstance(other, NoiseSchedule):
+            return False
+        own, theirs = self.alphas_cumprod, other.alphas_cumprod
+        return own.shape == theirs.shape and bool(torch.allclose(own, theirs, atol=1e-6))
 
     def __repr__(self) -> str:
         return (f"NoiseSchedule(T={self.num_train_timesteps}, "

@@ -16,8 +16,9 @@ CONFIGS = sorted((Path(__file__).parent.parent / "examples" / "configs").glob("*
 def test_example_config_loads(path):
     # validate=False: the hpsv2 plugin (and hub access) are not part of the core test environment
     config = load_config(RGLCDConfig, path, validate=False)
-    assert config.reward == "hpsv2"
-    assert config.reward_params == {"version": "v2.1"}
+    assert config.reward in ("hpsv2", "pickscore")
+    if config.reward == "hpsv2":
+        assert config.reward_params == {"version": "v2.1"}
     assert config.pretrained_teacher_model.startswith("stabilityai/stable-diffusion-")
     assert config.w_min <= config.w_max
 
@@ -35,6 +36,18 @@ def test_sdxl_config_uses_the_sdxl_backbone_and_the_fp16_fix_vae():
     assert config.pretrained_teacher_model == "stabilityai/stable-diffusion-xl-base-1.0"
     assert config.pretrained_vae_model_name_or_path == "madebyollin/sdxl-vae-fp16-fix"
     assert config.proxy == "lrm" and (config.w_min, config.w_max) == (3.0, 15.0)
+
+
+@pytest.mark.parametrize("name", ["sd35m-hpsv21-lrm.toml", "sd35m-pickscore-lrm-lora.toml"])
+def test_sd35m_configs_distil_the_flow_teacher_with_guidance_baked_in(name):
+    from rewardkit.recipes.lcd_config import check_guidance_input
+
+    config = load_config(RGLCDConfig, Path(CONFIGS[0]).parent / name, validate=False)
+    assert config.backbone == "stable-diffusion-3" and config.resolution == 1024
+    assert config.pretrained_teacher_model == "stabilityai/stable-diffusion-3.5-medium"
+    assert config.unet_time_cond_proj_dim is None and config.w_min == config.w_max == 3.5
+    assert config.validation_guidance_scale == 1.0 and config.proxy == "lrm"
+    check_guidance_input(config.backbone, config.unet_time_cond_proj_dim)  # what validate checks
 
 
 TUNING = sorted((CONFIGS[0].parent).glob("*/*.toml"))

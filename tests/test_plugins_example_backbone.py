@@ -31,7 +31,7 @@ def test_rewardkit_lists_it_beside_the_builtins(example_installed, capsys):
     assert row["components"] == {"backbone": ["sd-taesd"]}
     assert cli.run(["list", "backbone", "--json"]) == 0
     names = {r["name"] for r in json.loads(capsys.readouterr().out)}
-    assert names == {"stable-diffusion", "stable-diffusion-xl", "sd-taesd"}
+    assert names == {"stable-diffusion", "stable-diffusion-xl", "stable-diffusion-3", "sd-taesd"}
 
 
 def test_rewardkit_run_lcd_trains_with_the_plugin_backbone(example_installed, tmp_path):

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
+from ..noise_process import NoiseProcess
 from ..schedule import NoiseSchedule
 from .conditioning import Conditioning
 
@@ -32,6 +33,12 @@ class Backbone(ABC):
     """
 
     name: ClassVar[str] = "backbone"
+    #: Whether the student takes the guidance scale as an input (a ``time_cond_proj_dim``
+    #: embedding, LCM's w-conditioning). ``False``: guidance is baked into the student by
+    #: distillation and ``build_student`` takes ``time_cond_proj_dim=None`` only.
+    guidance_embedding: ClassVar[bool] = True
+    #: The diffusers scheduler class a saved student samples with (:meth:`lcm_scheduler`).
+    student_scheduler: ClassVar[str] = "LCMScheduler"
 
     unet: nn.Module
     vae: nn.Module
@@ -52,10 +59,12 @@ class Backbone(ABC):
         return self.noise_scheduler.alphas_cumprod
 
     @property
-    def schedule(self) -> NoiseSchedule:
-        """The teacher's :class:`~rewardkit.schedule.NoiseSchedule` (``abar`` and
-        ``prediction_type``), built once: the training step, the solver and the guided
-        denoiser all use this one object, cached on each device it is used on."""
+    def schedule(self) -> NoiseProcess:
+        """The teacher's noise process (:class:`~rewardkit.noise_process.NoiseProcess`), built
+        once: the training step, the solver and the guided denoiser all use this one object.
+        By default the DDPM :class:`~rewardkit.schedule.NoiseSchedule` of the scheduler's
+        ``alphas_cumprod`` and :attr:`prediction_type` (cached on each device it is used on); a
+        flow-matching backbone returns a :class:`~rewardkit.flow_matching.FlowMatchProcess`."""
         cached = self.__dict__.get("_schedule")
         if cached is None or cached.prediction_type != self.prediction_type:
             cached = self.__dict__["_schedule"] = NoiseSchedule(self.alphas_cumprod,
@@ -132,8 +141,17 @@ class Backbone(ABC):
     @abstractmethod
     def lcm_scheduler(self, original_inference_steps: int = 50,
                       timestep_scaling: float = 10.0) -> Any:
-        """A diffusers ``LCMScheduler`` on the teacher's schedule (what validation samples with
-        and what :meth:`save_pipeline` writes)."""
+        """The diffusers scheduler that samples the student in a few steps (what validation
+        samples with and what :meth:`save_pipeline` writes): an ``LCMScheduler`` on the
+        teacher's schedule for DDPM teachers, of the class :attr:`student_scheduler` names."""
+
+    def teacher_scheduler(self) -> Any:
+        """A diffusers scheduler that samples the teacher with classifier-free guidance (the
+        LRM's preference sets compare its samples): ``DDIMScheduler`` on the teacher's
+        schedule by default."""
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler.from_config(self.noise_scheduler.config)
 
     @abstractmethod
     def save_pipeline(self, student: nn.Module, output_dir: str | Path, **kwargs: Any) -> Path:

@@ -7,9 +7,12 @@ from ..hookspecs import hookimpl
 
 @hookimpl
 def register_proxy_models(register):
-    """The latent proxy RM (``lrm``) and its diffusion-native variant (``lrm-unet``)."""
+    """The latent proxy RM (``lrm``) and its diffusion-native variants for UNet (``lrm-unet``)
+    and MMDiT (``lrm-dit``) teachers."""
+    from .dit_lrm import DiTLatentRewardModel
     from .lrm import LatentRewardModel
     from .unet_lrm import UNetLatentRewardModel
 
     register(LatentRewardModel)
     register(UNetLatentRewardModel)
+    register(DiTLatentRewardModel)

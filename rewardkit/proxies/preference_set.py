@@ -232,12 +232,17 @@ def teacher_ddim_latents(backbone: Any, cond: Conditioning, uncond: Conditioning
                          latent_size: int | Sequence[int] | None = None) -> torch.Tensor:
     """Scaled latents sampled from the frozen teacher with diffusers' ``DDIMScheduler`` + CFG
     (``cond``/``uncond``: the prompts' and the empty prompt's conditioning) at ``latent_size``
-    (a side or ``(h, w)``; default: the teacher's native ``sample_size``)."""
-    from diffusers import DDIMScheduler
-
+    (a side or ``(h, w)``; default: the teacher's native ``sample_size``). The scheduler is the
+    backbone's ``teacher_scheduler()`` (a flow teacher's: ``FlowMatchEulerDiscreteScheduler``)."""
     from ..sampling import latent_shape
 
-    scheduler = DDIMScheduler.from_config(backbone.noise_scheduler.config)
+    make_scheduler = getattr(backbone, "teacher_scheduler", None)
+    if make_scheduler is None:  # a duck-typed backbone without the method
+        from diffusers import DDIMScheduler
+
+        scheduler = DDIMScheduler.from_config(backbone.noise_scheduler.config)
+    else:
+        scheduler = make_scheduler()
     device = cond.prompt_embeds.device
     scheduler.set_timesteps(steps, device=device)
     unet = backbone.unet
@@ -245,7 +250,8 @@ def teacher_ddim_latents(backbone: Any, cond: Conditioning, uncond: Conditioning
     batch = len(cond)
     height, width = latent_shape(backbone, latent_size)
     latents = torch.randn((batch, backbone.latent_channels, height, width), generator=generator)
-    latents = (latents * scheduler.init_noise_sigma).to(device=device, dtype=dtype)
+    latents = latents * getattr(scheduler, "init_noise_sigma", 1.0)  # flow schedulers have none
+    latents = latents.to(device=device, dtype=dtype)
     both = (Conditioning.cat([uncond, cond]) if guidance_scale != 1.0 else cond).to(dtype=dtype)
     for t in scheduler.timesteps:
         model_in = torch.cat([latents, latents]) if guidance_scale != 1.0 else latents

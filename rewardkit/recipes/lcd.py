@@ -61,7 +61,7 @@ class LCDRecipe(TrainingLoop):
     # ================================================================ models
 
     def build_solver(self, backbone: Any) -> Any:
-        """The consistency solver on the teacher's schedule (a built one must be on it)."""
+        """The consistency solver on the teacher's noise process (a built one must be on it)."""
         from ..plugins import get_host
 
         cfg = self.config
@@ -70,7 +70,7 @@ class LCDRecipe(TrainingLoop):
             return get_host().get("solver", cfg.solver).build(
                 alphas_cumprod=backbone.schedule, num_ddim_timesteps=cfg.num_ddim_timesteps,
                 **cfg.solver_params)
-        solver.check_fits(backbone.alphas_cumprod, cfg.num_ddim_timesteps)
+        solver.check_fits(backbone.schedule, cfg.num_ddim_timesteps)
         return solver
 
     def build_student(self, backbone: Any) -> nn.Module:

@@ -112,6 +112,7 @@ class LCDConfig(TrainingConfig):
         check_named(self, "solver", "solver",
                     reserved={"num_ddim_timesteps": "num_ddim_timesteps",
                               "alphas_cumprod": "pretrained_teacher_model"})
+        check_guidance_input(self.backbone, self.unet_time_cond_proj_dim)
         if self.unet_time_cond_proj_dim is not None and self.unet_time_cond_proj_dim % 2:
             raise ConfigError(f"unet_time_cond_proj_dim must be even, got "
                               f"{self.unet_time_cond_proj_dim}")
@@ -127,4 +128,23 @@ class LCDConfig(TrainingConfig):
                               f"{self.validation_inference_steps}")
 
 
-__all__ = ["LCDConfig"]
+def check_guidance_input(backbone: str, time_cond_proj_dim: int | None) -> None:
+    """Refuse a guidance embedding (``unet_time_cond_proj_dim``) for a backbone whose students
+    take none (``guidance_embedding = False``: guidance baked in by distillation, e.g.
+    ``stable-diffusion-3``), naming the key, before anything loads."""
+    from ..errors import UnknownComponentError
+    from ..plugins import get_host
+
+    if time_cond_proj_dim is None:
+        return
+    try:
+        factory = get_host().get("backbone", backbone).factory
+    except UnknownComponentError:
+        return  # named where the backbone is built
+    if getattr(factory, "guidance_embedding", True) is False:
+        raise ConfigError(f"unet_time_cond_proj_dim: the '{backbone}' backbone's students take no "
+                          "guidance embedding (the guidance is baked in by distillation; "
+                          "w_min = w_max picks it); set unet_time_cond_proj_dim to none")
+
+
+__all__ = ["LCDConfig", "check_guidance_input"]

@@ -9,6 +9,10 @@ On the grid ``19, 39, ..., 999`` (N=50, k=20) one step moves ``z_{t_{n+k}}`` to
 ``abar[t_n]`` is the reference code's ``ddim_alpha_cumprods_prev[n]`` (``abar[grid[n-1]]``, and
 ``abar[0]`` for ``n = 0``). In the variance-exploding coordinates ``x = z / alpha``,
 ``s = sigma / alpha`` this is exactly one Euler step of the probability-flow ODE ``dx/ds = eps``.
+
+The step reads only ``alpha``/``sigma`` of the teacher's noise process, so the same code is the
+Euler step of a flow teacher's ODE ``dz/ds = v``: with ``alpha = 1 - s``, ``sigma = s``,
+``(1 - s_n) x0_hat + s_n eps_hat = z + (s_n - s) v`` (:mod:`rewardkit.flow_matching`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ class DDIMSolver(ConsistencySolver):
 
     def ddim_step(self, x0: torch.Tensor, eps: torch.Tensor, t_end: torch.Tensor,
                   like: torch.Tensor) -> torch.Tensor:
-        """``sqrt(abar[t_end]) x0 + sqrt(1 - abar[t_end]) eps`` in the compute dtype of ``like``."""
+        """``alpha[t_end] x0 + sigma[t_end] eps`` (DDPM: ``sqrt(abar)``, ``sqrt(1 - abar)``) in the
+        compute dtype of ``like``."""
         dtype = compute_dtype(like.dtype)
         alpha_prev, sigma_prev = self.alpha_sigma(t_end, like.to(dtype))
         return alpha_prev * x0.to(dtype) + sigma_prev * eps.to(dtype)

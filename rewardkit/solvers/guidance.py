@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from ..backbones.conditioning import Conditioning
-from ..schedule import NoiseSchedule
+from ..noise_process import NoiseProcess
 from .base import Denoiser
 
 #: ``predict_fn(z, t) -> raw teacher output`` (``z`` and ``t`` have the same batch size).
@@ -45,23 +45,26 @@ def combine_guidance(cond: torch.Tensor, uncond: torch.Tensor,
 
 
 def _estimates(output: torch.Tensor, t: torch.Tensor, z: torch.Tensor,
-               schedule: NoiseSchedule) -> tuple[torch.Tensor, torch.Tensor]:
+               schedule: NoiseProcess) -> tuple[torch.Tensor, torch.Tensor]:
     return schedule.predicted_origin(output, t, z), schedule.predicted_noise(output, t, z)
 
 
-def _timesteps_for(t: torch.Tensor | int, z: torch.Tensor) -> torch.Tensor:
-    t = torch.as_tensor(t, device=z.device).long()
+def _timesteps_for(t: torch.Tensor | int | float, z: torch.Tensor) -> torch.Tensor:
+    """``t`` per sample: integer DDPM timesteps stay int64, a flow's model times stay float."""
+    t = torch.as_tensor(t, device=z.device)
+    if not t.is_floating_point():
+        t = t.long()
     return t.expand(z.shape[0]) if t.ndim == 0 else t
 
 
-def make_guided_denoiser(predict_fn: PredictFn, schedule: NoiseSchedule,
+def make_guided_denoiser(predict_fn: PredictFn, schedule: NoiseProcess,
                          w: torch.Tensor | float) -> Denoiser:
     """A guided denoiser that runs the teacher **once** on the doubled batch.
 
     ``predict_fn(z2, t2)`` receives ``z2 = [z; z]`` and ``t2 = [t; t]`` (batch ``2B``) and must
     return the teacher's raw outputs for ``[cond; uncond]`` (the caller binds the concatenated
-    conditioning). ``schedule`` is the teacher's (its ``abar`` and
-    ``prediction_type``), ``w`` the guidance scale(s), shape ``[B]``.
+    conditioning). ``schedule`` is the teacher's noise process (``backbone.schedule``: it turns
+    raw outputs into estimates), ``w`` the guidance scale(s), shape ``[B]``.
     """
 
     def denoise(z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +79,7 @@ def make_guided_denoiser(predict_fn: PredictFn, schedule: NoiseSchedule,
 
 
 def make_two_call_guided_denoiser(predict_cond: PredictFn, predict_uncond: PredictFn,
-                                  schedule: NoiseSchedule, w: torch.Tensor | float) -> Denoiser:
+                                  schedule: NoiseProcess, w: torch.Tensor | float) -> Denoiser:
     """The same guided denoiser as :func:`make_guided_denoiser`, with two teacher calls of batch B.
 
     ``predict_cond(z, t)`` and ``predict_uncond(z, t)`` run the teacher with the prompt and the
@@ -93,7 +96,7 @@ def make_two_call_guided_denoiser(predict_cond: PredictFn, predict_uncond: Predi
 
 
 def teacher_denoiser(unet_fn: UnetFn, cond: Conditioning, uncond: Conditioning,
-                     schedule: NoiseSchedule, w: torch.Tensor | float,
+                     schedule: NoiseProcess, w: torch.Tensor | float,
                      batched: bool = True) -> Denoiser:
     """A guided denoiser from ``unet_fn(z, t, cond)``, batched (one call on ``[cond; uncond]``)
     or not (two calls).

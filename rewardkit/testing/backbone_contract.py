@@ -17,12 +17,15 @@ Each check raises ``AssertionError`` naming the backbone and what went wrong:
 - ``encode_images`` maps ``[B, 3, H, W]`` pixels in ``[-1, 1]`` to ``[B, latent_channels, h, w]``
   with ``h == latent_side(H)`` (what a run at another resolution relies on), and ``decode_latents`` maps them back to ``[B, 3, H, W]`` in ``[0, 1]``, differentiably (the
   reward gradient of RG-LCD flows through it);
-- ``build_student`` has the teacher's weights: with a zero guidance embedding it predicts what the
-  teacher predicts, and its only trainable parameters are its own; ``predict`` keeps the latents'
-  shape;
-- ``lcm_scheduler`` is a diffusers ``LCMScheduler`` with the teacher's ``prediction_type``, and
-  (when ``output_dir`` is given) ``save_pipeline`` writes a folder that
-  ``diffusers.DiffusionPipeline.from_pretrained`` loads with that scheduler.
+- ``build_student`` has the teacher's weights: with a zero guidance embedding (or none, for a
+  backbone whose students take none: ``guidance_embedding = False``) it predicts what the
+  teacher predicts, and its only trainable parameters are its own; ``predict`` keeps the
+  latents' shape;
+- ``lcm_scheduler`` is the diffusers scheduler the backbone's ``student_scheduler`` names
+  (``LCMScheduler`` with the teacher's ``prediction_type`` for DDPM teachers), and (when
+  ``output_dir`` is given) ``save_pipeline`` writes a folder that
+  ``diffusers.DiffusionPipeline.from_pretrained`` loads with that scheduler (parts the folder
+  saved as ``null``, such as a dropped T5, passed as ``None``, as diffusers requires).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import torch
 
 from ..backbones.base import Backbone
 from ..backbones.conditioning import Conditioning
-from ..schedule import NoiseSchedule
+from ..noise_process import NoiseProcess
 
 __all__ = ["check_backbone"]
 
@@ -63,7 +66,8 @@ def _check_attributes(backbone: Backbone, where: str) -> None:
         value = getattr(backbone, attribute, None)
         assert isinstance(value, kind), f"{where}: {attribute} must be a {kind.__name__}, got {value!r}"
     schedule = backbone.schedule
-    assert isinstance(schedule, NoiseSchedule), f"{where}: schedule is not a NoiseSchedule"
+    assert isinstance(schedule, NoiseProcess), (
+        f"{where}: schedule is not a rewardkit.noise_process.NoiseProcess")
     assert schedule.prediction_type == backbone.prediction_type, (
         f"{where}: schedule.prediction_type {schedule.prediction_type!r} is not the backbone's "
         f"{backbone.prediction_type!r}")
@@ -120,7 +124,8 @@ def _check_student(backbone: Backbone, latents: torch.Tensor, cond: Conditioning
                    dim: int, where: str) -> None:
     from ..consistency import guidance_scale_embedding
 
-    student = backbone.build_student(time_cond_proj_dim=dim)
+    takes_w = getattr(backbone, "guidance_embedding", True)
+    student = backbone.build_student(time_cond_proj_dim=dim if takes_w else None)
     trainable = [n for n, p in student.named_parameters() if p.requires_grad]
     assert trainable, f"{where}: build_student returned a student with nothing to train"
     assert not any(p.requires_grad for p in backbone.unet.parameters()), (
@@ -131,7 +136,8 @@ def _check_student(backbone: Backbone, latents: torch.Tensor, cond: Conditioning
     with torch.no_grad():
         if cond_proj is not None:
             cond_proj.weight.zero_()
-        w = guidance_scale_embedding(torch.full((latents.shape[0],), 7.0), dim).to(device)
+        w = (guidance_scale_embedding(torch.full((latents.shape[0],), 7.0), dim).to(device)
+             if takes_w else None)
         teacher_out = backbone.predict(backbone.unet, latents.to(device, backbone.dtype),
                                        timesteps.to(device), cond.to(dtype=backbone.dtype))
         student_out = backbone.predict(student, latents.to(device), timesteps.to(device),
@@ -146,21 +152,38 @@ def _check_student(backbone: Backbone, latents: torch.Tensor, cond: Conditioning
 
 def _check_scheduler(backbone: Backbone, where: str) -> None:
     scheduler = backbone.lcm_scheduler()
-    assert type(scheduler).__name__ == "LCMScheduler", (
-        f"{where}: lcm_scheduler returned a {type(scheduler).__name__}, not an LCMScheduler")
-    assert scheduler.config.prediction_type == backbone.prediction_type, (
-        f"{where}: lcm_scheduler's prediction_type {scheduler.config.prediction_type!r} is not "
-        f"the teacher's {backbone.prediction_type!r}")
+    expected = getattr(backbone, "student_scheduler", "LCMScheduler")
+    assert type(scheduler).__name__ == expected, (
+        f"{where}: lcm_scheduler returned a {type(scheduler).__name__}, not an {expected}")
+    own = scheduler.config.get("prediction_type")
+    assert own is None or own == backbone.prediction_type, (
+        f"{where}: lcm_scheduler's prediction_type {own!r} is not the teacher's "
+        f"{backbone.prediction_type!r}")
+
+
+def load_saved_pipeline(folder: str | Path) -> Any:
+    """``DiffusionPipeline.from_pretrained(folder)``, passing ``None`` for the parts the folder
+    saved as ``null`` (an SD3 pipeline without T5 loads only so)."""
+    import json
+
+    from diffusers import DiffusionPipeline
+
+    index = json.loads((Path(folder) / "model_index.json").read_text())
+    absent = {name: None for name, value in index.items()
+              if isinstance(value, list) and value and value[0] is None}
+    return DiffusionPipeline.from_pretrained(folder, **absent)
 
 
 def _check_saving(backbone: Backbone, output_dir: Path, dim: int, where: str) -> None:
-    from diffusers import DiffusionPipeline
-
-    folder = backbone.save_pipeline(backbone.build_student(time_cond_proj_dim=dim),
-                                    output_dir / "check-backbone-pipeline")
-    pipe = DiffusionPipeline.from_pretrained(folder)
-    assert type(pipe.scheduler).__name__ == "LCMScheduler", (
-        f"{where}: the saved pipeline samples with {type(pipe.scheduler).__name__}, not LCMScheduler")
-    assert pipe.unet.config.time_cond_proj_dim == dim, (
-        f"{where}: the saved UNet lost its guidance embedding (time_cond_proj_dim "
-        f"{pipe.unet.config.time_cond_proj_dim}, expected {dim})")
+    takes_w = getattr(backbone, "guidance_embedding", True)
+    student = backbone.build_student(time_cond_proj_dim=dim if takes_w else None)
+    folder = backbone.save_pipeline(student, output_dir / "check-backbone-pipeline")
+    pipe = load_saved_pipeline(folder)
+    expected = getattr(backbone, "student_scheduler", "LCMScheduler")
+    assert type(pipe.scheduler).__name__ == expected, (
+        f"{where}: the saved pipeline samples with {type(pipe.scheduler).__name__}, not {expected}")
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer")
+    found = getattr(denoiser.config, "time_cond_proj_dim", None)
+    assert found == (dim if takes_w else None), (
+        f"{where}: the saved denoiser's guidance embedding is time_cond_proj_dim {found}, "
+        f"expected {dim if takes_w else None}")

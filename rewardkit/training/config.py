@@ -384,13 +384,24 @@ def read_model_config(path: Path) -> dict[str, Any]:
 def check_resolution(teacher: str, resolution: int, key: str = "resolution") -> None:
     """For a local teacher folder, before anything loads: ``resolution`` must be a multiple of the
     VAE's downscale factor (else the VAE silently drops the remainder), and large enough that the
-    UNet's down blocks still have a latent pixel to halve. Hub ids are checked when they load."""
+    UNet's down blocks still have a latent pixel to halve; a transformer teacher (SD3's
+    ``transformer/``) needs latents that are a multiple of its patch size. Hub ids are checked
+    when they load."""
     path = Path(os.path.expanduser(teacher))
     if not (path / "model_index.json").is_file():
         return
     vae = read_model_config(path / "vae" / "config.json")
-    unet = read_model_config(path / "unet" / "config.json")
     factor = 2 ** (len(vae.get("block_out_channels") or [0]) - 1)
+    if (path / "transformer" / "config.json").is_file() and not (path / "unet").is_dir():
+        patch = int(read_model_config(path / "transformer" / "config.json").get("patch_size") or 1)
+        step = factor * patch
+        if resolution % step:
+            raise ConfigError(
+                f"{key} {resolution} does not fit the teacher '{teacher}': it must be a multiple "
+                f"of {step} (the VAE's downscale factor {factor} times the transformer's patch "
+                f"size {patch}); try {key} {max(step, round(resolution / step) * step)}")
+        return
+    unet = read_model_config(path / "unet" / "config.json")
     halvings = max(len(unet.get("down_block_types") or [0]) - 1, 0)
     smallest = factor * 2 ** halvings
     if resolution % factor or resolution < smallest:

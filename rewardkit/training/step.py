@@ -2,7 +2,7 @@
 
 ::
 
-    n ~ U{0..N-1},  w ~ U[w_min, w_max]           t_{n+k} = grid[n],  t_n = max(t_{n+k} - k, 0)
+    n ~ U{0..N-1},  w ~ U[w_min, w_max]           t_{n+k} = grid[n+1],  t_n = grid[n]
     z_{t_{n+k}} = alpha z0 + sigma eps
     f_theta  = c_skip z_{t_{n+k}} + c_out x0_theta(z_{t_{n+k}}, w, c)          (student, with grad)
     z_{t_n}  = solver step of the teacher, ONE batched call on [c; empty]      (no grad)
@@ -11,6 +11,13 @@
 
 :func:`lcd_forward` computes all of it and returns a :class:`StepOutputs`; the recipe adds the
 extension losses, runs backward, steps the optimiser and updates the EMA target.
+
+The teacher's noise process (``backbone.schedule``, a
+:class:`~rewardkit.noise_process.NoiseProcess`) supplies ``alpha``, ``sigma``, ``x0_theta`` from
+the raw output, the grid and the consistency function: for a DDPM teacher ``grid[n] =
+max(grid[n+1] - k, 0)`` and LCM's ``c_skip``/``c_out``; for a flow teacher
+(:mod:`rewardkit.flow_matching`) ``alpha = 1 - s``, ``sigma = s``, ``x0_theta = z - s v_theta``
+and ``f = x0_theta`` (``c_skip = 0``, ``c_out = 1``: ``f(z, 0) = z`` already).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import torch
 from torch import nn
 
 from ..backbones.conditioning import Conditioning
-from ..consistency import consistency_distance, consistency_output, guidance_scale_embedding
+from ..consistency import consistency_distance, guidance_scale_embedding
 from ..solvers.guidance import teacher_denoiser
 
 
@@ -113,7 +120,7 @@ def lcd_forward(
     # student: f_theta(z_{t_{n+k}}, w, c), with grad
     with autocast():
         student_out = backbone.predict(student, noisy, t_start, cond, w_embedding)
-    student_x0 = consistency_output(
+    student_x0 = schedule.consistency_output(
         noisy, schedule.predicted_origin(student_out.float(), t_start, noisy),
         t_start, hyper.sigma_data, hyper.timestep_scaling)
 
@@ -134,7 +141,7 @@ def lcd_forward(
         # target: f_theta-(z_{t_n}, w, c), the EMA copy
         with autocast():
             target_out = backbone.predict(target, z_prev, t_end, cond, w_embedding)
-        target_x0 = consistency_output(
+        target_x0 = schedule.consistency_output(
             z_prev, schedule.predicted_origin(target_out.float(), t_end, z_prev),
             t_end, hyper.sigma_data, hyper.timestep_scaling)
 
