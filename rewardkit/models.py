@@ -70,6 +70,23 @@ def check_pipeline_location(path_or_id: str, key: str = "pretrained_model_name_o
                           "id like 'stabilityai/stable-diffusion-2-1')")
 
 
+def saved_parts(path_or_id: str) -> tuple[str, ...]:
+    """The parts a local pipeline folder's ``model_index.json`` says it saved (not those saved
+    as absent, like an SD3 pipeline's dropped T5), or the Stable Diffusion parts when it has no
+    readable index (the check then names what is missing)."""
+    import json
+
+    index = Path(os.path.expanduser(str(path_or_id))) / "model_index.json"
+    try:
+        entries = json.loads(index.read_text())
+    except (OSError, ValueError):
+        return PIPELINE_PARTS
+    if not isinstance(entries, dict):
+        return PIPELINE_PARTS
+    return tuple(name for name, value in entries.items() if not name.startswith("_")
+                 and isinstance(value, list) and len(value) == 2 and None not in value)
+
+
 def check_vae_location(path_or_id: str, key: str = "pretrained_vae_model_name_or_path") -> None:
     """Fail early on a local VAE folder that is missing or has no ``config.json``."""
     path = Path(os.path.expanduser(str(path_or_id)))

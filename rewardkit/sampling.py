@@ -29,6 +29,7 @@ fine-tuning through the sampler), use :func:`sample_consistency` (from
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,23 +96,42 @@ def resolve_device(device: str | None) -> torch.device:
     return resolved
 
 
+def _absent_parts(model_dir: str | Path) -> dict[str, None]:
+    """The parts a local pipeline folder saved as absent (``[null, null]`` in
+    ``model_index.json``, e.g. an SD3 pipeline without T5), which diffusers loads only when told
+    they are None."""
+    import json
+
+    index = Path(os.path.expanduser(str(model_dir))) / "model_index.json"
+    try:
+        parts = json.loads(index.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {name: None for name, value in parts.items()
+            if isinstance(value, list) and value and all(v is None for v in value)}
+
+
 def load_pipeline(model_dir: str | Path, scheduler: str = "lcm", device: str | None = "auto",
                   dtype: str = "float32") -> Any:
-    """Load a diffusers pipeline folder (or hub id) with an ``LCMScheduler`` or ``DDIMScheduler``."""
+    """Load a diffusers pipeline folder (or hub id) with an ``LCMScheduler`` (``"lcm"``, a
+    student) or ``DDIMScheduler`` (``"ddim"``, a teacher). A flow-matching pipeline (SD3) keeps
+    its own ``FlowMatch*`` scheduler either way: it is what its student was distilled for and
+    what its teacher's Euler sampling is."""
     from diffusers import DDIMScheduler, DiffusionPipeline, LCMScheduler
 
     from .models import (check_pipeline_location, check_student_folder, naming_load_errors,
-                         pipeline_dtype_kwarg, resolve_dtype)
+                         pipeline_dtype_kwarg, resolve_dtype, saved_parts)
 
-    check_pipeline_location(str(model_dir), key="model_dir")
+    check_pipeline_location(str(model_dir), key="model_dir", parts=saved_parts(str(model_dir)))
     if scheduler == "lcm":
         check_student_folder(str(model_dir))
     target = resolve_device(device)  # before loading: a device that is not there is named
     with naming_load_errors(f"model_dir '{model_dir}'"):
-        pipe = DiffusionPipeline.from_pretrained(str(model_dir),
+        pipe = DiffusionPipeline.from_pretrained(str(model_dir), **_absent_parts(model_dir),
                                                  **pipeline_dtype_kwarg(resolve_dtype(dtype)))
-    scheduler_class = {"lcm": LCMScheduler, "ddim": DDIMScheduler}[scheduler]
-    pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+    if not type(pipe.scheduler).__name__.startswith("FlowMatch"):
+        scheduler_class = {"lcm": LCMScheduler, "ddim": DDIMScheduler}[scheduler]
+        pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
     if hasattr(pipe, "safety_checker") and getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None  # a research tool compares raw samples
     pipe.set_progress_bar_config(disable=True)
@@ -156,7 +176,8 @@ def run_pipeline(pipe: Any, prompts: Sequence[str], steps: int, guidance_scale: 
             raise ConfigError(f"--{name} must be a positive multiple of {factor} (the VAE's "
                               f"downscale factor), got {side}; try {max(factor, side // factor * factor)}")
     device = pipe.device
-    counter, handle = _count_unet_calls(pipe.unet)
+    # the denoiser: a UNet, or an SD3 pipeline's MMDiT transformer
+    counter, handle = _count_unet_calls(getattr(pipe, "unet", None) or pipe.transformer)
     result = SampleResult(steps=steps, guidance_scale=guidance_scale)
     try:
         for start in range(0, len(prompts), batch_size):

@@ -213,20 +213,26 @@ def test_bad_eval_input_is_named(models, tmp_path):
     assert "--metric-param takes METRIC.KEY=VALUE" in fails("--metric-param", "oops")
 
 
-def test_eval_runs_on_a_tiny_sdxl_pipeline(tmp_path):
-    from rewardkit.testing.tiny_sdxl import build_tiny_sdxl_pipeline
-
+def as_lcm_student(teacher: Path, folder: Path) -> Path:
+    """A copy of ``teacher`` under an ``LCMScheduler``: a student, as an LCM-LoRA merged into its
+    teacher leaves one (sampling refuses a teacher given as a student)."""
     import shutil
 
     from diffusers import LCMScheduler
 
-    teacher = build_tiny_sdxl_pipeline(tmp_path / "teacher")
-    # the teacher's weights under an LCMScheduler: a student as an LCM-LoRA merge leaves one
-    student = Path(shutil.copytree(teacher, tmp_path / "sdxl"))
+    student = Path(shutil.copytree(teacher, folder))
     LCMScheduler.from_pretrained(teacher, subfolder="scheduler").save_config(student / "scheduler")
     index = json.loads((student / "model_index.json").read_text())
     index["scheduler"] = ["diffusers", "LCMScheduler"]
     (student / "model_index.json").write_text(json.dumps(index))
+    return student
+
+
+def test_eval_runs_on_a_tiny_sdxl_pipeline(tmp_path):
+    from rewardkit.testing.tiny_sdxl import build_tiny_sdxl_pipeline
+
+    teacher = build_tiny_sdxl_pipeline(tmp_path / "teacher")
+    student = as_lcm_student(teacher, tmp_path / "sdxl")
     (tmp_path / "p.txt").write_text("a red circle\na blue square\n")
     result = CliRunner().invoke(build_app(), [
         "eval", str(student), "--prompts", str(tmp_path / "p.txt"), "--steps", "1",
@@ -243,13 +249,13 @@ def test_the_world_evaluation_is_the_eval_command(tmp_path):
     from rewardkit.world.assets import TEACHER, asset_path
     from rewardkit.world.evaluate import WorldEvaluator
 
-    teacher = str(asset_path(TEACHER))
+    teacher = str(as_lcm_student(asset_path(TEACHER), tmp_path / "student"))
     row = WorldEvaluator(num_images=4).evaluate(teacher, "student", steps=1, batch_size=4)[0]
     result = CliRunner().invoke(build_app(), ["eval", teacher, "--prompts", "world", "--limit", "4",
                                       "--steps", "1", "--device", "cpu", "-b", "4",
-                                      "-o", str(tmp_path)])
+                                      "-o", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    cli = json.loads((tmp_path / "results.json").read_text())["rows"][0]
+    cli = json.loads((tmp_path / "out" / "results.json").read_text())["rows"][0]
     assert cli["world-judge"] == pytest.approx(row.judge_reward, abs=1e-9)
     assert cli["world-scorer"] == pytest.approx(row.scorer_reward, abs=1e-6)
     assert cli["world-fd"] == pytest.approx(row.frechet_distance, rel=1e-6)
