@@ -529,8 +529,10 @@ class TrainingLoop(Recipe):
         """Restore the trained module, optimiser, LR schedule, RNGs, data position and the
         recipe's own state and files."""
         acc = self.accelerator
-        self.check_resume_settings(checkpoint, read_trainer_state(checkpoint))
         with restoring(checkpoint):  # an unreadable file's error names an earlier checkpoint
+            recorded = read_trainer_state(checkpoint)
+        self.check_resume_settings(checkpoint, recorded)  # another setting: no earlier one helps
+        with restoring(checkpoint):
             load_train_state(acc, checkpoint, self.unwrapped_model, self.optimizer,
                              self.lr_scheduler)
             state = read_trainer_state(checkpoint)
