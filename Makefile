@@ -1,12 +1,13 @@
 # Two commands for a fresh machine (see README):
 #   make run    set up, then run the main job (`rewardkit run rg-lcd`)
-#   make test   set up, then run the test suite
+#   make test   set up, then run the test suite (and build the docs site, as make docs)
+#   make docs   set up, then build the documentation site into site/ (mkdocs build --strict)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-plugins
+.PHONY: setup run test test-plugins docs
 
 $(VENV)/.installed: pyproject.toml examples/reward-plugin/pyproject.toml \
 		examples/solver-plugin/pyproject.toml examples/backbone-plugin/pyproject.toml
@@ -28,6 +29,12 @@ run: setup
 test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -q $(PYTEST_ARGS)
 	$(MAKE) test-plugins
+	$(MAKE) docs
+
+# The documentation site (mkdocs.yml): guides from docs/ and the API reference from the
+# docstrings, into site/. --strict fails on a broken link, anchor or reference. Offline.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 # The reward plugins in plugins/ need torchvision, which does not import beside torch 2.13.0, so
 # they are tested in their own venv with the torch/torchvision pair that lies on local disk.

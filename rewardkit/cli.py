@@ -11,6 +11,7 @@ error (unknown command or option, missing argument); 130 interrupted.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -35,6 +36,16 @@ err_console = Console(stderr=True)
 CORE_COMMANDS: tuple[str, ...] = ("plugins", "list", "describe", "run")
 
 _STATUS_STYLE = {"ok": "green", "conflict": "yellow", "disabled": "yellow", "broken": "red"}
+
+#: Library messages a user can do nothing about, dropped by the command line (not by ``import
+#: rewardkit``, which leaves the libraries' logging alone): (logger name, text of the message).
+#: ``--debug`` shows them.
+KNOWN_LIBRARY_NOISE: tuple[tuple[str, str], ...] = (
+    # transformers >= 5 without torchvision: diffusers' pipeline modules import
+    # CLIPImageProcessor and SiglipImageProcessor, which fall back to their PIL versions with a
+    # warning each. rewardkit's RMs preprocess tensors themselves, so nothing is lost.
+    ("transformers.utils.import_utils", "requires torchvision (not installed); falling back to"),
+)
 
 
 def _click_exceptions() -> tuple[Any, Any, Any]:
@@ -314,6 +325,8 @@ def run(argv: list[str] | None = None) -> int:
         wants_version = any(arg == "--version" for arg in argv[:2])
         if not wants_version:
             _quiet_library_progress_bars(sys.stderr)  # before torch, which imports tqdm
+            if not debug:
+                quiet_known_library_noise()
             from .training.runtime import quiet_deepspeed_autodetect
 
             quiet_deepspeed_autodetect()
@@ -366,6 +379,26 @@ def _quiet_library_progress_bars(stream: Any) -> None:
     if "TQDM_DISABLE" not in os.environ and "tqdm" not in sys.modules \
             and not getattr(stream, "isatty", lambda: False)():
         os.environ["TQDM_DISABLE"] = "1"
+
+
+class _DropMessage(logging.Filter):
+    """Drops the records of one logger whose message contains ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def quiet_known_library_noise() -> None:
+    """Filter :data:`KNOWN_LIBRARY_NOISE` out of the libraries' loggers (idempotent). Only the
+    command line calls it; it needs none of the libraries imported (a logger is a name)."""
+    for name, text in KNOWN_LIBRARY_NOISE:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessage) and f.text == text for f in logger.filters):
+            logger.addFilter(_DropMessage(text))
 
 
 def _print_error(message: str) -> None:

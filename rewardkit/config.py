@@ -227,10 +227,11 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return out
 
 
-#: Provenance of a config default: the RG-LCD reference code / diffusers' script ...
 REF = "reference default"
-#: ... or rewardkit's own choice.
+"""Provenance of a config default (:func:`config_field`): the RG-LCD reference code or
+diffusers' script."""
 OURS = "rewardkit default"
+"""Provenance of a config default (:func:`config_field`): rewardkit's own choice."""
 
 
 def config_field(default: Any, help: str, provenance: str = REF, **kwargs: Any) -> Any:

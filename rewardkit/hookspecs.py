@@ -17,6 +17,8 @@ import pluggy
 
 hookspec = pluggy.HookspecMarker("rewardkit")
 hookimpl = pluggy.HookimplMarker("rewardkit")
+"""Marks a plugin's hook functions (``from rewardkit import hookimpl``): ``@hookimpl def
+register_reward_models(register): ...``."""
 
 
 # ---------------------------------------------------------------- components

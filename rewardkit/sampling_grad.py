@@ -139,8 +139,10 @@ def sample_consistency(backbone: Any, unet: nn.Module, cond: Conditioning, *, st
             gives the same samples on every device.
         time_cond_proj_dim: the guidance embedding's width; ``"auto"`` reads the UNet's
             ``config.time_cond_proj_dim``, ``None`` passes no embedding.
-        original_inference_steps, timestep_scaling: the LCM schedule (the recipes'
-            ``num_ddim_timesteps`` and ``timestep_scaling_factor``).
+        original_inference_steps: the LCM schedule's grid size (the recipes'
+            ``num_ddim_timesteps``).
+        timestep_scaling: the LCM boundary scalings' factor (the recipes'
+            ``timestep_scaling_factor``).
         latents: the initial noise ``[B, C, h, w]`` (multiplied by the scheduler's
             ``init_noise_sigma``, as diffusers does); drawn from ``generator`` when ``None``. If
             it requires grad and the first step keeps gradients, the gradient reaches it too.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import statistics
+
 import numpy as np
 import pytest
 import torch
@@ -14,9 +16,10 @@ from rewardkit.sampling import pil_to_tensor
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
 from rewardkit.world.assets import save_net
 from rewardkit.world.eval_sets import evaluation_prompts, real_images
-from rewardkit.world.evaluate import WorldEvaluator, add_speedups, evaluate
+from rewardkit.world.evaluate import WorldEvaluator, add_speedups, evaluate, model_spec
 from rewardkit.world.judge import WEIGHTS
 from rewardkit.world.nets import WorldFeatureNet, WorldScorerNet
+from rewardkit.world.report import format_table, table_note
 from rewardkit.world.source import WorldSource
 
 
@@ -58,6 +61,33 @@ def test_rows_count_unet_evaluations_per_image_and_time_sampling(world, evaluato
         assert "images" not in row.as_dict()
     assert teacher.speedup == pytest.approx(1.0)
     assert one.speedup == pytest.approx(teacher.ms_per_image / one.ms_per_image)
+
+
+def test_rows_timed_interleaved_keep_their_quality_figures_and_pair_their_rounds(world):
+    """evaluate_models(timing_rounds=N): the speed from N interleaved rounds (median, spread,
+    speed-up as the median of per-round ratios); the quality figures as without it."""
+    evaluator = WorldEvaluator(num_images=4, scorer_path=world["scorer"],
+                               features_path=world["features"])
+    models = [model_spec(world["teacher"], "teacher", 2, "teacher"),
+              model_spec(world["student"], "student", (1, 2))]
+    plain = add_speedups(evaluator.evaluate_models(models, batch_size=4))
+    timed = add_speedups(evaluator.evaluate_models(models, batch_size=4, timing_rounds=3))
+    for before, after in zip(plain, timed):
+        assert (after.judge_reward, after.scorer_reward, after.frechet_distance) == (
+            before.judge_reward, before.scorer_reward, before.frechet_distance)
+        assert not before.ms_per_image_rounds and before.speedup_min is None
+        assert len(after.ms_per_image_rounds) == 3
+        assert after.ms_per_image == pytest.approx(statistics.median(after.ms_per_image_rounds))
+        assert (after.ms_per_image_min, after.ms_per_image_max) == (
+            min(after.ms_per_image_rounds), max(after.ms_per_image_rounds))
+        ratios = [t / r for t, r in zip(timed[0].ms_per_image_rounds, after.ms_per_image_rounds)]
+        assert after.speedup == pytest.approx(statistics.median(ratios))
+        assert after.speedup_min == pytest.approx(min(ratios))
+    assert timed[0].speedup == pytest.approx(1.0)
+    line = format_table(timed).splitlines()[3]
+    assert f"| {timed[1].ms_per_image:.1f} ({timed[1].ms_per_image_min:.1f}-" in line
+    assert f"| {timed[1].speedup:.1f}x ({timed[1].speedup_min:.1f}-{timed[1].speedup_max:.1f}x) |" in line
+    assert "median of 3 rounds" in table_note(timed) and "median" not in table_note(plain)
 
 
 def test_scores_match_the_judge_and_scorer_on_real_renders(world, evaluator):

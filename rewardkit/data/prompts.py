@@ -192,11 +192,12 @@ def build_prompt_loader(prompts: "str | Path | PromptSet | Sequence[str]", *, ba
             :class:`~rewardkit.evaluation.PromptSet`, or a list of prompts.
         batch_size: prompts per batch.
         seed: seeds every epoch's order (use the same on every rank).
-        rank, world_size: this process and the number of processes; ranks read disjoint
-            prompts within an epoch.
-        source, limit, params: what ``rewardkit eval`` takes with a registered set
-            (``--prompts-source``, ``--limit`` and the set's own parameters); ``limit`` also
-            keeps the first ``limit`` prompts of each category of a file.
+        rank: this process's rank; ranks read disjoint prompts within an epoch.
+        world_size: the number of processes.
+        source: a registered set's source (``rewardkit eval --prompts-source``).
+        limit: the first ``limit`` prompts of each category, of a set or a file
+            (``rewardkit eval --limit``).
+        **params: a registered set's own parameters (``rewardkit eval --prompts-param``).
 
     A missing file, an unknown set name or a set without prompts raises
     :class:`~rewardkit.errors.ConfigError` naming it; a set with fewer prompts than ranks raises

@@ -21,11 +21,27 @@ def _number(value: Any) -> str:
     return str(value)
 
 
+def with_spread(row: dict[str, Any], key: str, unit: str = "") -> str:
+    """``row[key]`` with the lowest and highest round in brackets when it was timed in rounds
+    (``12.3 (11.9-13.0)``), else the value alone."""
+    value = row.get(key)
+    if value is None or f"{key}_min" not in row:
+        return _number(value) + (unit if value is not None else "")
+    return (f"{_figure(value)}{unit} ({_figure(row[f'{key}_min'])}-"
+            f"{_figure(row[f'{key}_max'])}{unit})")
+
+
+def _figure(value: float) -> str:
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+
+
 def results_table(results: dict[str, Any]) -> str:
     """The main table: one row per (model, steps), every metric (mean ± standard error)."""
     metrics = [m for m in results["metrics"] if m not in results["distribution_metrics"]]
     distribution = results["distribution_columns"]
-    header = ["model", "steps", *metrics, *distribution, "ms/image", "UNet evals/image", "images"]
+    speedups = any("speedup" in row for row in results["rows"])
+    header = ["model", "steps", *metrics, *distribution, "ms/image", "UNet evals/image", "images",
+              *(["speed-up"] if speedups else [])]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in results["rows"]:
         cells = [row["model"], str(row["steps"])]
@@ -35,10 +51,25 @@ def results_table(results: dict[str, Any]) -> str:
             else:
                 cells.append(_number(row.get(name)))
         cells += [_number(row.get(k)) for k in distribution]
-        cells += [_number(row.get("ms_per_image")), _number(row.get("unet_evaluations")),
+        cells += [with_spread(row, "ms_per_image"), _number(row.get("unet_evaluations")),
                   str(row["num_images"])]
+        if speedups:
+            cells.append(with_spread(row, "speedup", "x"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def timing_note(results: dict[str, Any]) -> str:
+    """How ms/image (and the speed-up) were measured."""
+    timing = results.get("timing")
+    if not timing:
+        return ("ms/image: wall-clock sampling time per image while the images were sampled, "
+                "model by model, after an untimed warm-up call; model loading excluded.")
+    return (f"ms/image: the median of {timing['rounds']} rounds, in brackets the lowest and "
+            f"highest round; each round times every row in turn on the same "
+            f"{timing['images_per_round']} images (order reversed every other round), so load "
+            "on the machine hits every row alike. Speed-up: the median of the per-round ratios "
+            "of the first teacher row's ms/image to the row's.")
 
 
 def category_tables(results: dict[str, Any]) -> str:
@@ -137,6 +168,8 @@ def write_report(evaluation: "Evaluation", models: Sequence["ModelSpec"],
         "",
         "Reward metrics are means over images ± their standard error; win rates compare each "
         "student with the teacher prompt by prompt (same seeds), with a bootstrap 95% interval.",
+        "",
+        timing_note(results),
         "", results_table(results), "", category_tables(results), "",
         "## Win rate against the teacher", "", win_rate_table(results), "",
         "## Samples", "", f"![samples]({grid.name})", "",

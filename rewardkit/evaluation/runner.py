@@ -15,6 +15,12 @@ generates only the missing ones, and the scores are those of the files a reader 
 Under ``accelerate launch`` each process samples every ``num_processes``-th image; the main
 process scores once all are on disk.
 
+The sampling pass times each row while it samples it (rows one after another). With
+``timing_rounds`` the rows' ms/image come instead from :func:`~.timing.time_interleaved` (every
+row timed in turn on one batch, several rounds: median and spread), and each row gets its
+speed-up over the first teacher as the median of per-round ratios, which load on the machine
+cannot invent.
+
 Every registered reward model is a per-image metric by its name (a third-party RM plugin is
 one at once); registered ``metric`` components (``fid``, ``kid``, ``world-fd``) are
 distribution metrics against reference images (``reference_images`` or the prompt set's own).
@@ -195,6 +201,10 @@ class Evaluation:
             prompt set's references).
         metric_params: per-metric build parameters, ``{"fid": {"weights": "..."}}``.
         command: the command line, recorded in ``results.json``.
+        timing_rounds: when positive, time sampling speed in this many interleaved rounds
+            after sampling (:mod:`rewardkit.evaluation.timing`): ms/image is then the median
+            over the rounds, with its lowest and highest round, and rows get a speed-up over
+            the first teacher. 0: the sampling pass's own times, no speed-up.
     """
 
     def __init__(self, prompts: PromptSet, metrics: Sequence[str], output_dir: str | Path, *,
@@ -202,7 +212,7 @@ class Evaluation:
                  device: str = "auto", dtype: str = "float32", resume: bool = False,
                  reference_images: str | Path | None = None,
                  metric_params: dict[str, dict[str, Any]] | None = None,
-                 command: str = "", overwrite: bool = False) -> None:
+                 command: str = "", overwrite: bool = False, timing_rounds: int = 0) -> None:
         from ..plugins import get_host
 
         if images_per_prompt < 1:
@@ -212,6 +222,8 @@ class Evaluation:
         if resume and overwrite:
             raise ConfigError("--resume and --overwrite contradict each other (one keeps the "
                               "earlier evaluation's images, the other removes them); pass one")
+        if timing_rounds < 0:
+            raise ConfigError(f"--timing-rounds must be 0 or more, got {timing_rounds}")
         host = get_host()
         rewards = {spec.name for spec in host.list("reward")}
         distributions = {spec.name for spec in host.list("metric")}
@@ -232,6 +244,7 @@ class Evaluation:
         self.device, self.dtype, self.resume = device, dtype, resume
         self.overwrite, self.prepared = overwrite, False
         self.reference_images, self.command = reference_images, command
+        self.timing_rounds = timing_rounds
 
     # ------------------------------------------------------------ the output folder
 
@@ -449,6 +462,15 @@ class Evaluation:
                 "unet_calls": int(round(calls)) if records else None,
                 "unet_evaluations": int(round(calls)) * passes if records else None}
 
+    def time_rows(self, models: Sequence[ModelSpec]) -> dict[tuple[str, int], list[float]]:
+        """Per-round ms/image of every (model, steps) row, timed interleaved
+        (:func:`~.timing.time_interleaved`) on the first ``batch_size`` images' prompts and seeds."""
+        from .timing import time_interleaved
+
+        return time_interleaved(models, self.image_prompts(), rounds=self.timing_rounds,
+                                seed=self.seed, batch_size=self.batch_size, device=self.device,
+                                dtype=self.dtype)
+
     # ------------------------------------------------------------ scoring
 
     def score_rewards(self, images: torch.Tensor) -> dict[str, list[float]]:
@@ -538,6 +560,7 @@ class Evaluation:
         state.wait_for_everyone()
         if not state.is_main_process:
             return {}
+        timed = self.time_rows(models) if self.timing_rounds else {}
         rows, per_image, columns = [], {}, {}
         for model in models:
             for steps in model.steps:
@@ -547,7 +570,10 @@ class Evaluation:
                 distributions = self.score_distributions(images)
                 columns.update(dict.fromkeys(distributions))
                 per_image[(model.label, steps)] = scores
-                rows.append(self._row(model, steps, scores, distributions))
+                rows.append(self._row(model, steps, scores, distributions,
+                                      timed.get((model.label, steps))))
+        if timed:
+            add_round_speedups(rows, models, timed)
         results = {
             "command": self.command,
             "prompt_set": {"name": self.prompts.name, "source": self.prompts.source,
@@ -561,17 +587,31 @@ class Evaluation:
             "rows": rows,
             "win_rates": self._win_rates(models, per_image),
         }
+        if timed:
+            results["timing"] = {
+                "rounds": self.timing_rounds, "images_per_round": min(self.batch_size, self.num_images),
+                "method": "every row timed in turn on the same batch, order reversed every other "
+                          "round; ms/image: median over the rounds [lowest, highest]; speed-up: "
+                          "median of the per-round ratios to the first teacher row"}
         from .report import write_report
 
         write_report(self, models, results)
         return results
 
     def _row(self, model: ModelSpec, steps: int, scores: dict[str, list[float]],
-             distributions: dict[str, float]) -> dict[str, Any]:
+             distributions: dict[str, float], rounds: list[float] | None = None) -> dict[str, Any]:
         row: dict[str, Any] = {"model": model.label, "location": model.location,
                                "kind": model.kind, "steps": steps,
                                "guidance_scale": model.guidance_scale,
                                "num_images": self.num_images, **self.timing(model, steps)}
+        if rounds:
+            from .timing import summarise
+
+            summary = summarise(rounds)
+            row["sampling_ms_per_image"] = row["ms_per_image"]  # the sampling pass's own time
+            row.update(ms_per_image=summary["median"], ms_per_image_min=summary["min"],
+                       ms_per_image_max=summary["max"], ms_per_image_rounds=list(rounds),
+                       timing_rounds=summary["rounds"])
         categories = np.array([c for c in self.prompts.categories
                                for _ in range(self.images_per_prompt)])
         for name, values in scores.items():
@@ -608,3 +648,20 @@ class Evaluation:
                                 **win_rate(mine, theirs, seed=self.seed)})
         return out
 
+
+
+def add_round_speedups(rows: list[dict[str, Any]], models: Sequence[ModelSpec],
+                       timed: dict[tuple[str, int], list[float]]) -> None:
+    """Set ``speedup`` (median of the per-round ratios) and its ``speedup_min`` /
+    ``speedup_max`` on every row, against the first teacher's first step count (none without
+    a teacher)."""
+    from .timing import round_ratios, summarise
+
+    teacher = next((m for m in models if m.kind == "teacher"), None)
+    if teacher is None:
+        return
+    reference = timed[(teacher.label, int(teacher.steps[0]))]
+    for row in rows:
+        summary = summarise(round_ratios(reference, timed[(row["model"], row["steps"])]))
+        row.update(speedup=summary["median"], speedup_min=summary["min"],
+                   speedup_max=summary["max"])

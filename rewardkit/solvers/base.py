@@ -19,8 +19,8 @@ import torch
 from ..noise_process import NoiseProcess
 from ..schedule import NoiseSchedule
 
-#: ``denoise(z_t, t) -> (x0_hat, eps_hat)``: the teacher with classifier-free guidance applied.
 Denoiser = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
+"""``denoise(z_t, t) -> (x0_hat, eps_hat)``: the teacher with classifier-free guidance applied."""
 
 
 class ConsistencySolver(ABC):

@@ -47,7 +47,8 @@ def check_reward_model(rm: Any, image_size: int = 64, batch: int = 3, *,
         batch: batch size of the test inputs (at least 2, for the batch-independence check).
         prompts: the prompts to use (cycled to ``batch``); a fixed mixed set by default.
         latent_channels: channels of the test inputs when ``rm.input_space == "latents"``.
-        atol, rtol: tolerances of the determinism and batch-independence comparisons.
+        atol: absolute tolerance of the determinism and batch-independence comparisons.
+        rtol: relative tolerance of the same comparisons.
         seed: seed of the random test inputs.
         check_errors: also check that misuse raises ``RewardModelError`` naming the RM.
 

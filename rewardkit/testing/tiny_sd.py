@@ -137,13 +137,14 @@ def build_tiny_sd_pipeline(
         prediction_type: ``"epsilon"`` or ``"v_prediction"`` (written to the scheduler config).
         sample_size: latent side; images are ``sample_size * 2 ** (len(vae_block_out_channels)-1)``.
         seed: seeds the random weights, so the same arguments give the same files.
-        unet_block_out_channels ... norm_num_groups: model sizes (defaults: a few hundred
-            thousand parameters, saved and loaded in well under a second).
         vae_scaling_factor: written to the VAE config (SD: 0.18215).
         model_max_length: tokenizer length and the text encoder's position count.
         words: words that become single tokens (any other text falls back to bytes).
         time_cond_proj_dim: give the UNet a guidance embedding (to fake an already distilled
             student); ``None`` for a teacher.
+
+    The keyword arguments from ``unet_block_out_channels`` to ``norm_num_groups`` are model
+    sizes (defaults: a few hundred thousand parameters, saved and loaded in well under a second).
 
     Returns the folder, loadable with ``diffusers.DiffusionPipeline.from_pretrained(path)`` and
     :class:`rewardkit.backbones.stable_diffusion.StableDiffusionBackbone`.

@@ -23,13 +23,15 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError
 from .assets import LRM, TEACHER, asset_path
-from .evaluate import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_IMAGES, WorldEvaluator, add_speedups
+from ..evaluation.timing import DEFAULT_TIMING_ROUNDS
+from .evaluate import (DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_IMAGES, WorldEvaluator, add_speedups,
+                       model_spec)
 from .lrm import WORLD_LRM_PARAMS, proxy_params_for_world
 from .source import WorldSource
 
 DEFAULT_OUTPUT_DIR = "rg-lcd-world"
-#: Optimiser steps of the default run: about 10 minutes on 2 CPU cores with the shipped teacher
-#: (training plus the final evaluation).
+#: Optimiser steps of the default run: about 7 minutes on 2 CPU cores with the shipped teacher
+#: (training plus the final evaluation; ``/usr/bin/time rewardkit run rg-lcd``).
 DEFAULT_MAX_TRAIN_STEPS = 600
 #: Validation prompts of the default run (the first captions of the world's validation split).
 NUM_VALIDATION_PROMPTS = 6
@@ -155,7 +157,8 @@ def finalize_world_run(output_dir: str | Path, *, teacher: str | Path | None = N
                        validation_prompts: Sequence[str] | None = None,
                        student_steps: Sequence[int] = (1, 2, 4), teacher_steps: int = 50,
                        guidance_scale: float | None = None, batch_size: int = 16,
-                       device: str = "cpu", command: str | None = None) -> Path:
+                       device: str = "cpu", command: str | None = None,
+                       timing_rounds: int = DEFAULT_TIMING_ROUNDS) -> Path:
     """Evaluate the teacher and the run's student, write the run's report; returns ``report.md``.
 
     Defaults come from the run folder: the student is ``output_dir/pipeline``, the teacher is the
@@ -163,6 +166,12 @@ def finalize_world_run(output_dir: str | Path, *, teacher: str | Path | None = N
     the guidance scale its ``validation_guidance_scale``. The table is measured on ``num_images``
     test-split prompts (or ``prompts``); ``report.md``, ``eval.json``, ``comparison.png`` and
     ``training_curves.png`` land in ``output_dir`` (see :mod:`rewardkit.world.report`).
+
+    The images (and so every quality figure) come from one sampling pass per model; sampling
+    speed is then timed in ``timing_rounds`` rounds that time the teacher and the student rows
+    in turn on the same batch (:mod:`rewardkit.evaluation.timing`): ms/image is the median
+    over the rounds and the speed-up the median of the per-round ratios, each with its lowest
+    and highest round, so load on the machine slows both sides of a ratio alike.
     """
     from .report import comparison_columns, write_report
 
@@ -179,10 +188,9 @@ def finalize_world_run(output_dir: str | Path, *, teacher: str | Path | None = N
 
     evaluator = WorldEvaluator(prompts, num_images=num_images, scorer_path=scorer_path,
                                features_path=features_path, assets_root=root, device=device)
-    rows = evaluator.evaluate(teacher, "teacher", teacher_steps, name="teacher",
-                              guidance_scale=scale, batch_size=batch_size)
-    rows += evaluator.evaluate(student, "student", tuple(student_steps), name="student",
-                               guidance_scale=scale, batch_size=batch_size)
+    models = [model_spec(teacher, "teacher", teacher_steps, "teacher", scale),
+              model_spec(student, "student", tuple(student_steps), "student", scale)]
+    rows = evaluator.evaluate_models(models, batch_size=batch_size, timing_rounds=timing_rounds)
     add_speedups(rows)
     columns = comparison_columns(teacher, student, grid_prompts, teacher_steps=teacher_steps,
                                  student_steps=student_steps, guidance_scale=scale, device=device)

@@ -11,6 +11,14 @@ count), all measured in this process on the same prompts and seeds::
     rows += evaluator.evaluate("runs/rg-lcd/pipeline", kind="student", steps=(1, 2, 4))
     add_speedups(rows)                                         # speed-up over the teacher row
 
+or, to compare speeds, both in one call, their sampling timed interleaved in rounds (what the
+default run's report does)::
+
+    rows = evaluator.evaluate_models([ModelSpec("teacher", teacher_dir, "teacher", [50]),
+                                      ModelSpec("student", "runs/rg-lcd/pipeline")],
+                                     timing_rounds=5)
+    add_speedups(rows)                                         # median of per-round ratios
+
 Metrics of a row (:class:`EvalRow`):
 
 - ``judge_reward``: mean ``world-judge`` score of the images (rule-based, in [0, 1]), its
@@ -20,7 +28,9 @@ Metrics of a row (:class:`EvalRow`):
   the generated images and of real renders of the same prompts (the world's FID, ``world-fd``,
   computed by torchmetrics);
 - ``ms_per_image``: wall-clock sampling time per image, after an untimed warm-up image, model
-  loading excluded (:func:`rewardkit.sampling.run_pipeline`);
+  loading excluded (:func:`rewardkit.sampling.run_pipeline`); with ``timing_rounds`` the median
+  over rounds that time every row in turn (:mod:`rewardkit.evaluation.timing`), with the lowest
+  and highest round in ``ms_per_image_min`` / ``ms_per_image_max``;
 - ``unet_evaluations``: UNet evaluations **per image**, the conditional and unconditional passes
   of classifier-free guidance counted separately (the paper's count): ``steps`` for a
   w-conditioned student, ``2 * steps`` for a teacher with CFG. ``unet_calls`` is the number of
@@ -37,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -76,6 +87,14 @@ class EvalRow:
     speedup: float | None = None
     judge_reward_se: float = 0.0  # standard error of the mean judge reward
     judge_terms: dict[str, float] = field(default_factory=dict)
+    # with an interleaved timing (evaluate_models(timing_rounds=N)): ms/image of each round,
+    # its lowest and highest, and the id shared by the rows timed together (their rounds pair)
+    ms_per_image_rounds: list[float] = field(default_factory=list)
+    ms_per_image_min: float | None = None
+    ms_per_image_max: float | None = None
+    timing_group: str = ""
+    speedup_min: float | None = None
+    speedup_max: float | None = None
     images: list = field(default_factory=list, repr=False)  # PIL images, not serialised
 
     def as_dict(self) -> dict[str, Any]:
@@ -177,35 +196,67 @@ class WorldEvaluator:
         samples and ``rewardkit eval``'s report go to ``output_dir`` (default: a temporary
         folder); ``resume`` keeps samples already there.
         """
-        from ..evaluation.runner import Evaluation, ModelSpec, load_png_folder
+        return self.evaluate_models([model_spec(model_dir, kind, steps, name, guidance_scale)],
+                                    batch_size=batch_size, keep_images=keep_images,
+                                    output_dir=output_dir, resume=resume)
 
-        if kind not in KINDS:
-            raise ConfigError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        if steps is None:
-            steps = DEFAULT_STUDENT_STEPS if kind == "student" else DEFAULT_TEACHER_STEPS
-        step_counts = [int(steps)] if isinstance(steps, int) else [int(s) for s in steps]
-        model = ModelSpec(name or kind, str(model_dir), kind, step_counts, guidance_scale)
+    def evaluate_models(self, models: Sequence[Any], *, batch_size: int = 16,
+                        timing_rounds: int = 0, keep_images: bool = False,
+                        output_dir: str | Path | None = None,
+                        resume: bool = False) -> list[EvalRow]:
+        """Sample and score several models (:class:`rewardkit.evaluation.ModelSpec`) in one
+        evaluation: a row per model and step count, in order.
+
+        With ``timing_rounds`` > 0 their sampling speed is then timed interleaved
+        (:mod:`rewardkit.evaluation.timing`): ``ms_per_image`` is the median over the rounds
+        and :func:`add_speedups` pairs the rows' rounds. The quality figures are those of the
+        sampled images either way.
+        """
+        from ..evaluation.runner import Evaluation, load_png_folder
+
+        group = uuid.uuid4().hex[:12] if timing_rounds else ""
         with contextlib.ExitStack() as stack:
             folder = (Path(output_dir) if output_dir is not None
                       else Path(stack.enter_context(tempfile.TemporaryDirectory())))
             evaluation = Evaluation(
                 self.prompt_set(), METRICS, folder, seed=self.seed, batch_size=batch_size,
-                device=self.device, resume=resume,
+                device=self.device, resume=resume, timing_rounds=timing_rounds,
                 metric_params={"world-scorer": {"path": str(self.scorer_dir), "device": self.device},
                                "world-fd": {"features_path": str(self.features_dir)}})
-            results = evaluation.run([model], progress=False)
+            results = evaluation.run(list(models), progress=False)
+            by_label = {model.label: model for model in models}
             rows = []
             for row in results["rows"]:
+                model = by_label[row["model"]]
                 images = load_png_folder(evaluation.folder(model, row["steps"]), len(self.prompts))
                 rows.append(EvalRow(
-                    name=model.label, kind=kind, steps=row["steps"], guidance_scale=guidance_scale,
+                    name=model.label, kind=model.kind, steps=row["steps"],
+                    guidance_scale=model.guidance_scale,
                     judge_reward=row["world-judge"], scorer_reward=row["world-scorer"],
                     frechet_distance=row["world-fd"], ms_per_image=row["ms_per_image"],
                     unet_evaluations=row["unet_evaluations"], unet_calls=row["unet_calls"],
                     num_images=row["num_images"], judge_reward_se=row["world-judge_se"],
                     judge_terms=judge_terms(images, self.prompts),
-                    images=_pil_images(images) if keep_images else []))
+                    images=_pil_images(images) if keep_images else [],
+                    ms_per_image_rounds=row.get("ms_per_image_rounds", []),
+                    ms_per_image_min=row.get("ms_per_image_min"),
+                    ms_per_image_max=row.get("ms_per_image_max"), timing_group=group))
         return rows
+
+
+def model_spec(model_dir: str | Path, kind: str = "student",
+               steps: int | Sequence[int] | None = None, name: str | None = None,
+               guidance_scale: float = DEFAULT_GUIDANCE_SCALE) -> Any:
+    """The :class:`rewardkit.evaluation.ModelSpec` of a world evaluation row set: ``kind``
+    ``"student"`` (default steps 1, 2, 4) or ``"teacher"`` (default 50 steps)."""
+    from ..evaluation.runner import ModelSpec
+
+    if kind not in KINDS:
+        raise ConfigError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if steps is None:
+        steps = DEFAULT_STUDENT_STEPS if kind == "student" else DEFAULT_TEACHER_STEPS
+    step_counts = [int(steps)] if isinstance(steps, int) else [int(s) for s in steps]
+    return ModelSpec(name or kind, str(model_dir), kind, step_counts, guidance_scale)
 
 
 def judge_terms(images: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:
@@ -229,13 +280,27 @@ def _pil_images(images: torch.Tensor) -> list:
 def add_speedups(rows: list[EvalRow], reference: EvalRow | None = None) -> list[EvalRow]:
     """Set each row's ``speedup`` = reference ms/image / its ms/image (in place; returns ``rows``).
 
-    The reference defaults to the first teacher row; without one, speed-ups stay ``None``.
+    The reference defaults to the first teacher row; without one, speed-ups stay ``None``. Rows
+    timed together with the reference (:meth:`WorldEvaluator.evaluate_models` with
+    ``timing_rounds``) get the median of the per-round ratios instead, with the lowest and
+    highest in ``speedup_min`` / ``speedup_max``: each ratio compares two rows timed moments
+    apart, so load on the machine cannot invent a speed-up.
     """
+    from ..evaluation.timing import round_ratios, summarise
+
     reference = reference or next((row for row in rows if row.kind == "teacher"), None)
     if reference is None:
         return rows
     for row in rows:
-        row.speedup = reference.ms_per_image / row.ms_per_image if row.ms_per_image > 0 else None
+        paired = (reference.timing_group and row.timing_group == reference.timing_group
+                  and len(row.ms_per_image_rounds) == len(reference.ms_per_image_rounds) > 0)
+        if paired:
+            summary = summarise(round_ratios(reference.ms_per_image_rounds, row.ms_per_image_rounds))
+            row.speedup, row.speedup_min, row.speedup_max = (summary["median"], summary["min"],
+                                                             summary["max"])
+        else:
+            row.speedup = reference.ms_per_image / row.ms_per_image if row.ms_per_image > 0 else None
+            row.speedup_min = row.speedup_max = None
     return rows
 
 

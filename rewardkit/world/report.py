@@ -43,10 +43,35 @@ TABLE_NOTE = (
     "conditional and unconditional passes of classifier-free guidance counted separately (a "
     "teacher batches both into one call, so it makes half as many forward calls). Speed-up: the "
     "teacher row's ms/image divided by the row's.")
+#: What replaces the ms/image and speed-up sentences when the rows were timed in rounds.
+ROUNDS_NOTE = (
+    "ms/image: the median of {rounds} rounds, in brackets the lowest and highest round; each "
+    "round times every row in turn on the same batch of prompts and seeds (teacher and students "
+    "interleaved, order reversed every other round, after a warm-up call; model loading "
+    "excluded), so load on the machine slows every row alike. Speed-up: the median of the "
+    "per-round ratios of the teacher row's ms/image to the row's, in brackets the lowest and "
+    "highest.")
+
+
+def table_note(rows: Sequence[EvalRow]) -> str:
+    """The table's legend: how each column was measured."""
+    rounds = max((len(row.ms_per_image_rounds) for row in rows), default=0)
+    if not rounds:
+        return TABLE_NOTE
+    quality, rest = TABLE_NOTE.split(" ms/image: ", 1)
+    evals = "UNet evals/image: " + rest.split("UNet evals/image: ", 1)[1].split(" Speed-up: ", 1)[0]
+    return f"{quality} {evals} {ROUNDS_NOTE.format(rounds=rounds)}"
 
 
 def _steps_label(steps: int) -> str:
     return f"{steps} step" + ("" if steps == 1 else "s")
+
+
+def _spread(value: float, low: float | None, high: float | None, unit: str = "") -> str:
+    """``value`` to one decimal, with ``(low-high)`` when the row was timed in rounds."""
+    if low is None or high is None:
+        return f"{value:.1f}{unit}"
+    return f"{value:.1f}{unit} ({low:.1f}-{high:.1f}{unit})"
 
 
 def format_table(rows: Sequence[EvalRow]) -> str:
@@ -55,12 +80,14 @@ def format_table(rows: Sequence[EvalRow]) -> str:
               "| UNet evals/image | speed-up |")
     lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        speedup = f"{row.speedup:.1f}x" if row.speedup is not None else "-"
+        speedup = (_spread(row.speedup, row.speedup_min, row.speedup_max, "x")
+                   if row.speedup is not None else "-")
         judged = f"{row.judge_reward:.3f}"
         if row.judge_reward_se:
             judged += f" ± {row.judge_reward_se:.3f}"
+        ms = _spread(row.ms_per_image, row.ms_per_image_min, row.ms_per_image_max)
         lines.append(f"| {row.name} | {row.steps} | {judged} | {row.scorer_reward:.3f} "
-                     f"| {row.frechet_distance:.4g} | {row.ms_per_image:.1f} "
+                     f"| {row.frechet_distance:.4g} | {ms} "
                      f"| {row.unet_evaluations} | {speedup} |")
     return "\n".join(lines)
 
@@ -173,7 +200,7 @@ def write_report(run_dir: str | Path, rows: Sequence[EvalRow], *,
         figures.append(("Training curves (metrics.jsonl; faint: raw, dark: moving average)",
                         CURVES_PNG))
 
-    parts = [f"# {title}", "", "## Metrics", "", format_table(rows), "", TABLE_NOTE, ""]
+    parts = [f"# {title}", "", "## Metrics", "", format_table(rows), "", table_note(rows), ""]
     if format_proxy_summary(proxy):
         parts += [format_proxy_summary(proxy), ""]
     if guard:

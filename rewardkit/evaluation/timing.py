@@ -1,0 +1,74 @@
+"""Sampling speed measured so that load on the machine cannot invent a speed-up.
+
+Timing every image of the teacher, then every image of each student (what the sampling pass
+does) lets a load spike that hits only the teacher's minutes multiply the speed-up. Here every
+(model, step count) row is timed on the same batch in turn, all pipelines loaded side by side,
+for several rounds (the order reversed every other round, so a slow drift hits both ends
+alike): a row's figure is the median over the rounds, its spread the lowest and highest round,
+and a speed-up is the median of the per-round ratios, each taken between two rows timed
+moments apart::
+
+    times = time_interleaved([teacher_spec, student_spec], prompts, rounds=5)
+    speedups = round_ratios(times[("teacher", 50)], times[("student", 2)])
+    print(summarise(speedups))   # {"median": ..., "min": ..., "max": ..., "rounds": 5}
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import TYPE_CHECKING, Any, Sequence
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from .runner import ModelSpec
+
+#: Rounds of the interleaved timing where a caller asks for it without saying how many.
+DEFAULT_TIMING_ROUNDS = 5
+
+
+def time_interleaved(models: Sequence["ModelSpec"], prompts: Sequence[str], *,
+                     rounds: int = DEFAULT_TIMING_ROUNDS, seed: int = 0, batch_size: int = 8,
+                     device: str = "auto", dtype: str = "float32") -> dict[tuple[str, int], list[float]]:
+    """ms/image of every ``(model.label, steps)`` row in each round: ``{row: [ms, ...]}``.
+
+    Each round samples the first ``batch_size`` prompts (image ``i`` with seed ``seed + i``)
+    once per row, rows in order on even rounds and in reverse on odd ones, after one untimed
+    call per row (allocation and kernel selection). Model loading is not timed.
+    """
+    from ..sampling import load_pipeline, run_pipeline
+
+    if rounds < 1:
+        raise ConfigError(f"timing rounds must be at least 1, got {rounds}")
+    if not prompts:
+        raise ConfigError("no prompts to time sampling on")
+    batch = list(prompts[:batch_size])
+    seeds = [seed + i for i in range(len(batch))]
+    pipes = {model.label: load_pipeline(model.location,
+                                        "lcm" if model.kind == "student" else "ddim", device, dtype)
+             for model in models}
+    rows = [(model, int(steps)) for model in models for steps in model.steps]
+    for model, steps in rows:  # untimed warm-up
+        run_pipeline(pipes[model.label], batch[:1], steps, model.guidance_scale, seeds=seeds[:1])
+    times: dict[tuple[str, int], list[float]] = {(m.label, s): [] for m, s in rows}
+    for index in range(rounds):
+        for model, steps in (rows if index % 2 == 0 else rows[::-1]):
+            result = run_pipeline(pipes[model.label], batch, steps, model.guidance_scale,
+                                  batch_size=len(batch), seeds=seeds)
+            times[(model.label, steps)].append(result.ms_per_image)
+    return times
+
+
+def round_ratios(reference: Sequence[float], row: Sequence[float]) -> list[float]:
+    """Per-round ``reference / row`` (a speed-up when ``reference`` is the teacher's ms/image)."""
+    if len(reference) != len(row):
+        raise ValueError(f"{len(reference)} reference rounds but {len(row)} row rounds")
+    return [r / x if x > 0 else float("nan") for r, x in zip(reference, row)]
+
+
+def summarise(values: Sequence[float]) -> dict[str, Any]:
+    """``{"median", "min", "max", "rounds"}`` of one row's per-round values."""
+    if not values:
+        raise ValueError("no rounds to summarise")
+    return {"median": float(statistics.median(values)), "min": float(min(values)),
+            "max": float(max(values)), "rounds": len(values)}
