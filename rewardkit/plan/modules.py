@@ -142,24 +142,15 @@ def build_with_lora(spec: ModelSpec, lora: tuple, **changes: Any) -> nn.Module:
 
 
 def add_lora(unet: nn.Module, rank: int, alpha: int | None,
-             target_modules: Sequence[str] | None) -> nn.Module:
-    """LoRA adapters as :meth:`rewardkit.backbones.stable_diffusion.StableDiffusionBackbone.
-    add_lora` adds them (only the adapters and the guidance embedding trainable)."""
-    from peft import LoraConfig
+             target_modules: Sequence[str] | None, backbone: str = "stable-diffusion") -> nn.Module:
+    """LoRA adapters exactly as the ``backbone``'s own ``add_lora`` adds them (only the
+    adapters and the guidance embedding trainable). The backbone is looked up through the host;
+    its ``add_lora`` reads nothing of the loaded teacher, so it runs without one."""
+    from ..plugins import get_host
 
-    from ..backbones.stable_diffusion import DEFAULT_LORA_TARGETS
-
-    config = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha,
-                        target_modules=list(target_modules or DEFAULT_LORA_TARGETS),
-                        init_lora_weights=True)
-    unet.requires_grad_(False)
-    unet.add_adapter(config)
-    for name, param in unet.named_parameters():
-        param.requires_grad_("lora_" in name)
-    cond_proj = getattr(unet.time_embedding, "cond_proj", None)
-    if cond_proj is not None:
-        cond_proj.requires_grad_(True)
-    return unet
+    backbone_class = get_host().get("backbone", backbone).factory
+    return backbone_class.add_lora(None, unet, rank=rank, alpha=alpha,
+                                   target_modules=target_modules)
 
 
 __all__ = ["ModelSpec", "add_lora", "build", "build_with_lora", "materialise", "on_meta",

@@ -31,7 +31,8 @@ import torch
 
 from ..errors import ConfigError
 from .modules import ModelSpec, add_lora, on_meta, parameter_count
-from .runs import (Precision, proxy_run, reward_run, unet_run, vae_decode_run, vae_encode_run)
+from .runs import (Precision, proxy_run, reward_run, unet_run, vae_decode_run, vae_encode_run,
+                   vae_factor)
 from .sources import clip_spec, pipeline_specs, vae_spec
 from .table import Profiles
 
@@ -422,7 +423,7 @@ def _phases(plan: MemoryPlan, config: Any, launch: Launch, models: Models,
             profiles: Profiles, direct: bool) -> None:
     unet = models.teacher["unet"]
     batch = config.train_batch_size
-    factor = 2 ** (len(models.vae.config.get("block_out_channels", [0] * 4)) - 1)
+    factor = vae_factor(models.vae)
     side = config.resolution // factor
     student_precision, teacher_precision, target_precision = _precisions(config, launch)
     lora, dim, ckpt = _lora(config), config.unet_time_cond_proj_dim, config.gradient_checkpointing
@@ -469,8 +470,9 @@ def _phases(plan: MemoryPlan, config: Any, launch: Launch, models: Models,
     if models.reward is not None and direct:
         vae_ckpt = config.vae_gradient_checkpointing
         decoder = _decoder(profiles, models.vae, vae_dtype, vae_ckpt)
-        reward = profiles.get(models.reward, f"reward;{_NAMES[models.reward_dtype]};graph=True",
-                              lambda: reward_run(models.reward, models.reward_dtype, graph=True))
+        reward = profiles.get(models.reward, f"reward;{_NAMES[models.reward_dtype]};graph=True;"
+                              f"factor={factor}", lambda: reward_run(
+                                  models.reward, models.reward_dtype, graph=True, factor=factor))
         step.append(Line("VAE decoder with its graph", kept + decoder.peak_bytes(batch, side),
                          "decoder checkpointing" if vae_ckpt else "no decoder checkpointing"))
         step.append(Line("reward model forward + backward",
@@ -511,8 +513,9 @@ def _phases(plan: MemoryPlan, config: Any, launch: Launch, models: Models,
     if models.proxy is not None and not direct and models.reward is not None:
         chunk = min(config.vae_decode_batch_size, 3 * min(config.proxy_batch_size, batch))
         decode = _decoder(profiles, models.vae, vae_dtype, False, graph=False)
-        scoring = profiles.get(models.reward, f"reward;{_NAMES[models.reward_dtype]};graph=False",
-                               lambda: reward_run(models.reward, models.reward_dtype, graph=False))
+        scoring = profiles.get(models.reward, f"reward;{_NAMES[models.reward_dtype]};graph=False;"
+                               f"factor={factor}", lambda: reward_run(
+                                   models.reward, models.reward_dtype, graph=False, factor=factor))
         update = profiles.get(models.proxy, f"proxy;tokens={models.proxy_tokens};update=True",
                               lambda: proxy_run(models.proxy, models.proxy_tokens, update=True))
         candidates = 3 * min(config.proxy_batch_size, batch)
@@ -567,11 +570,10 @@ def load_for_plan(recipe: str, path: str | Path | None, overrides: dict[str, Any
 
 
 def plan_file(path: str | Path, recipe: str | None = None, *, num_processes: int = 1,
-              zero_stage: int | None = None, gpu_memory: float | None = None,
-              profiles: Profiles | None = None, suggest: bool = False,
+              zero_stage: int | None = None, profiles: Profiles | None = None,
               overrides: dict[str, Any] | None = None) -> MemoryPlan:
     """Plan the config file ``path`` (recipe: ``rg-lcd`` when the file names a reward, else
-    ``lcd``); with ``suggest``, also the alternatives (see :mod:`rewardkit.plan.suggest`)."""
+    ``lcd``) on ``num_processes`` GPUs."""
     from ..config import load_config
     from ..recipes.rg_lcd import RGLCDConfig
 
@@ -580,13 +582,7 @@ def plan_file(path: str | Path, recipe: str | None = None, *, num_processes: int
         recipe = "rg-lcd" if probe.reward else "lcd"
     config = load_for_plan(recipe, path, dict(overrides or {}))
     launch = Launch(num_processes=num_processes, zero_stage=zero_stage)
-    profiles = profiles or Profiles()
-    plan = plan_config(config, launch, profiles)
-    if suggest and gpu_memory:
-        from .suggest import suggestions
-
-        suggestions(plan, gpu_memory, profiles)
-    return plan
+    return plan_config(config, launch, profiles or Profiles())
 
 
 __all__ = ["GiB", "KNOWN_REWARDS", "Launch", "Line", "MemoryPlan", "load_for_plan", "plan_config",

@@ -2,7 +2,8 @@
 (:func:`rewardkit.plan.profiles.measure`).
 
 Each ``*_run`` function builds its module (in the active device / tensor mode) and returns
-``run(batch, side, tracker)``: ``side`` is the latent side, so images are ``side * 8`` pixels. The
+``run(batch, side, tracker)``: ``side`` is the latent side, so images are ``side * factor``
+pixels (the VAE's downscale factor, :func:`vae_factor`: 8 for every SD VAE). The
 calls mirror rewardkit's own: the student and teacher through ``Backbone.predict``'s UNet call
 (fp32 inputs, under autocast in the mixed-precision dtype), the VAE through ``decode_latents`` /
 ``encode_images``, a CLIP RM through :class:`rewardkit.rewards.preprocess.ImageTransform` and
@@ -23,8 +24,6 @@ from .modules import ModelSpec, build, build_with_lora
 from .profiles import Run
 from .tracker import LiveBytes, gradients
 
-#: Pixels per latent pixel of every VAE the plan knows (four levels: 2 ** 3).
-VAE_FACTOR = 8
 #: Prompt tokens of the CLIP text encoders (the UNet's cross-attention length).
 PROMPT_TOKENS = 77
 
@@ -58,6 +57,11 @@ def default_dtype(dtype: torch.dtype):
         yield
     finally:
         torch.set_default_dtype(previous)
+
+
+def vae_factor(spec: ModelSpec) -> int:
+    """Pixels per latent pixel of a VAE: 2 ** (levels - 1) (8 for SD's four levels)."""
+    return 2 ** (len(spec.config.get("block_out_channels", [0] * 4)) - 1)
 
 
 def _sdxl_added(unet_config: dict, batch: int) -> dict[str, torch.Tensor] | None:
@@ -137,14 +141,16 @@ def vae_decode_run(spec: ModelSpec, dtype: torch.dtype, *, graph: bool,
 
 
 def vae_encode_run(spec: ModelSpec, dtype: torch.dtype) -> Callable[[], Run]:
-    """``encode_images``: ``side * 8``-pixel images to scaled latents, without gradients."""
+    """``encode_images``: images of ``side`` latent pixels to scaled latents, without
+    gradients."""
     def setup() -> Run:
         with default_dtype(dtype):
             vae = build(spec)
         vae.requires_grad_(False).eval()
+        factor = vae_factor(spec)
 
         def run(batch: int, side: int, tracker: LiveBytes) -> list:
-            pixels = torch.randn(batch, 3, side * VAE_FACTOR, side * VAE_FACTOR)
+            pixels = torch.randn(batch, 3, side * factor, side * factor)
             with torch.no_grad():
                 vae.encode(pixels.to(dtype)).latent_dist.sample()
             tracker.forward_end = tracker.mark()
@@ -153,8 +159,9 @@ def vae_encode_run(spec: ModelSpec, dtype: torch.dtype) -> Callable[[], Run]:
     return setup
 
 
-def reward_run(spec: ModelSpec, dtype: torch.dtype, *, graph: bool) -> Callable[[], Run]:
-    """A reward model scoring ``side * 8``-pixel images in [0, 1]: a CLIP RM (preprocessing,
+def reward_run(spec: ModelSpec, dtype: torch.dtype, *, graph: bool,
+               factor: int = 8) -> Callable[[], Run]:
+    """A reward model scoring ``side * factor``-pixel images in [0, 1]: a CLIP RM (preprocessing,
     image tower, projection, cosine with fixed text embeddings) or ImageReward (its towers);
     with ``graph``, then a backward to the images (direct mode)."""
     from ..rewards.preprocess import ImageTransform
@@ -183,8 +190,7 @@ def reward_run(spec: ModelSpec, dtype: torch.dtype, *, graph: bool) -> Callable[
             return model(pixels, ids, torch.ones_like(ids))
 
         def run(batch: int, side: int, tracker: LiveBytes) -> list:
-            images = torch.rand(batch, 3, side * VAE_FACTOR, side * VAE_FACTOR,
-                                requires_grad=graph)
+            images = torch.rand(batch, 3, side * factor, side * factor, requires_grad=graph)
             with torch.set_grad_enabled(graph):
                 reward = score(images).float()
             tracker.forward_end = tracker.mark()
@@ -232,5 +238,5 @@ def describe(run_name: str, **values: Any) -> str:
     return run_name + "".join(f";{k}={values[k]}" for k in sorted(values))
 
 
-__all__ = ["Precision", "VAE_FACTOR", "proxy_run", "reward_run", "unet_run", "vae_decode_run",
-           "vae_encode_run"]
+__all__ = ["Precision", "proxy_run", "reward_run", "unet_run", "vae_decode_run",
+           "vae_encode_run", "vae_factor"]
