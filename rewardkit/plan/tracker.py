@@ -23,6 +23,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 
+def _has_storage(tensor: torch.Tensor) -> bool:
+    try:
+        tensor.untyped_storage()
+    except (RuntimeError, NotImplementedError):  # sparse and other storage-less tensors
+        return False
+    return True
+
+
 def storage_key(tensor: torch.Tensor) -> int:
     """An id of ``tensor``'s storage, shared by its views (the StorageImpl's address)."""
     return tensor.untyped_storage()._cdata
@@ -72,8 +80,13 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
+        inputs = {storage_key(item) for item in tree_flatten((args, kwargs))[0]
+                  if isinstance(item, torch.Tensor) and _has_storage(item)}
         for item in tree_flatten(out)[0]:
-            if isinstance(item, torch.Tensor):
+            # an output sharing an input's storage is a view or an in-place result: not new
+            # memory (and a view of a tensor made before the mode, a weight's .t(), is none)
+            if (isinstance(item, torch.Tensor) and _has_storage(item)
+                    and storage_key(item) not in inputs):
                 self._track(item)
         return out
 
