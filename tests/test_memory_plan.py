@@ -4,6 +4,7 @@ on tiny models, and its parts against independent figures."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 import rewardkit as rk
 from rewardkit.cli import run as cli_run
 from rewardkit.errors import ConfigError
-from rewardkit.plan import Launch, Profiles, parse_memory, plan_config, plan_file
+from rewardkit.plan import GiB, Launch, Profiles, parse_memory, plan_config, plan_file
 from rewardkit.testing.memory import peak_bytes
 from rewardkit.testing.tiny_clip import build_tiny_clip
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
@@ -109,6 +110,27 @@ def test_parameter_counts_of_the_shipped_configs_are_the_published_ones():
         "k", "stabilityai/stable-diffusion-2-1", xl=False)["unet"]) == 865_910_724
     assert parameter_count(pipeline_specs(
         "k", "stabilityai/stable-diffusion-xl-base-1.0", xl=True)["unet"]) == 2_567_463_684
+
+
+EXAMPLES = sorted((ROOT / "examples" / "configs").glob("*.toml"))
+FIGURE = re.compile(r"--plan --num_processes (\d+) --gpu_memory (\d+)GiB`[^:]*: ([0-9.]+) GiB of "
+                    r"tensors per GPU .*?, ([0-9.]+) GiB with the CUDA context and allocator slack: "
+                    r"(fits|does not fit) (\d+) GiB")
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_configs_carry_the_plans_figures(path):
+    """Each example says its plan in a comment, and the shipped table covers it: the figures
+    come back without measuring anything, in a few seconds."""
+    comment = " ".join(line.lstrip("#").strip() for line in path.read_text().splitlines()
+                       if line.startswith("#"))
+    found = FIGURE.search(comment)
+    assert found, f"{path.name} has no memory plan comment"
+    processes, memory, total, needed, verdict, _ = found.groups()
+    plan = plan_file(path, num_processes=int(processes), profiles=Profiles(measure_missing=False))
+    assert plan.total / GiB == pytest.approx(float(total), abs=0.051)
+    assert plan.needed() / GiB == pytest.approx(float(needed), abs=0.051)
+    assert plan.fits(int(memory) * GiB) == (verdict == "fits")
 
 
 def test_gpu_memory_sizes():
