@@ -23,17 +23,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import ConfigError
-from .modules import ModelSpec, add_lora, on_meta, parameter_count
+from .config_models import (Models, count_parameters, imagereward_count, proxy_counts,
+                            resolve_models, student_counts, weight_dtype)
+from .modules import ModelSpec
 from .runs import (Precision, proxy_run, reward_run, unet_run, vae_decode_run, vae_encode_run,
                    vae_factor)
-from .sources import clip_spec, pipeline_specs, vae_spec
 from .table import Profiles
 
 GiB = 2 ** 30
@@ -42,25 +42,11 @@ GiB = 2 ** 30
 DDP_GRADIENT_AS_BUCKET_VIEW = True
 #: DeepSpeed's default ``reduce_bucket_size`` (elements): ZeRO-2 reduces gradients through it.
 ZERO_REDUCE_BUCKET = 500_000_000
-#: bitsandbytes keeps 32-bit Adam states for tensors smaller than this (``min_8bit_size``).
-BNB_MIN_8BIT_SIZE = 4096
 #: Room the plan leaves beyond the tensors on a CUDA device: the context and library workspaces
 #: (1 GiB) and the caching allocator's fragmentation (5% of the tensors).
 CUDA_RESERVE_BYTES = 1 * GiB
 CUDA_FRAGMENTATION = 0.05
 
-#: Reward models the plan knows, by registered name: the config key of their CLIP model and its
-#: default (hpsv2's OpenCLIP ViT-H/14 is the size of the transformers one), or another kind.
-KNOWN_REWARDS: dict[str, tuple[str, str | None, str | None]] = {
-    "hpsv2": ("clip", None, "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"),
-    "pickscore": ("clip", "model", "yuvalkirstain/PickScore_v1"),
-    "clip-score": ("clip", "model", "openai/clip-vit-large-patch14"),
-    "aesthetic": ("clip", "clip_model", "openai/clip-vit-large-patch14"),
-    "imagereward": ("imagereward", None, None),
-    "jpeg-compressibility": ("none", None, None),
-}
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 _SIZES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
 _NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
@@ -148,140 +134,6 @@ class MemoryPlan:
 # ---------------------------------------------------------------- the models of a config
 
 
-@dataclass
-class Models:
-    """The specs of a config's models, and the counts the plan needs."""
-
-    teacher: dict[str, ModelSpec]
-    vae: ModelSpec
-    reward: ModelSpec | None = None
-    reward_dtype: torch.dtype = torch.float32
-    proxy: ModelSpec | None = None
-    proxy_tokens: int = 77
-
-
-def _weight_dtype(mixed_precision: str) -> torch.dtype:
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
-
-
-def resolve_models(config: Any, notes: list[str]) -> Models:
-    """Read the config's model configs (never weights) into specs."""
-    if config.backbone not in ("stable-diffusion", "stable-diffusion-xl"):
-        raise ConfigError(f"backbone: the memory plan knows stable-diffusion and "
-                          f"stable-diffusion-xl, not '{config.backbone}'")
-    xl = config.backbone == "stable-diffusion-xl"
-    teacher = pipeline_specs("pretrained_teacher_model", config.pretrained_teacher_model, xl)
-    vae_key = config.pretrained_vae_model_name_or_path or config.backbone_params.get(
-        "pretrained_vae_model_name_or_path")
-    vae = (vae_spec("pretrained_vae_model_name_or_path", vae_key) if vae_key
-           else teacher["vae"])
-    models = Models(teacher=teacher, vae=vae)
-    if getattr(config, "reward", None):
-        models.reward, models.reward_dtype = _reward_spec(config, notes)
-    if getattr(config, "proxy", "none") not in (None, "none"):
-        models.proxy, models.proxy_tokens = _proxy_spec(config, teacher, xl, notes)
-    return models
-
-
-def _reward_spec(config: Any, notes: list[str]) -> tuple[ModelSpec | None, torch.dtype]:
-    from ..recipes.given import is_given
-
-    name, params = config.reward, dict(config.reward_params)
-    if is_given(config, "reward"):
-        notes.append("reward: passed built; not counted")
-        return None, torch.float32
-    known = KNOWN_REWARDS.get(name)
-    takes_dtype = known is not None
-    defaults: dict[str, Any] = {}
-    try:
-        from ..plugins import get_host
-
-        spec = get_host().get("reward", name)
-        defaults = {p.name: p.default for p in spec.params}
-        takes_dtype = "dtype" in defaults
-    except Exception:  # noqa: BLE001 - a plugin not installed where the plan runs
-        if known is None:
-            notes.append(f"reward '{name}': not registered here and not known to the plan; "
-                         "not counted")
-            return None, torch.float32
-        notes.append(f"reward '{name}': its plugin is not installed here; planned from its "
-                     "known architecture")
-    dtype = torch.float32
-    if "dtype" in params:
-        dtype = _DTYPES.get(str(params["dtype"]), torch.float32)
-    elif takes_dtype and config.mixed_precision in ("bf16", "fp16"):
-        dtype = _weight_dtype(config.mixed_precision)  # build_expert's rule
-    kind, key, default = known or ("clip", "model" if "model" in defaults else None, None)
-    if kind == "none":
-        return None, dtype
-    if kind == "imagereward":
-        return ModelSpec("imagereward", {"model": "ImageReward-v1.0"}, "imagereward"), dtype
-    model = params.get(key) if key else None
-    model = model or (defaults.get(key) if key else None) or default
-    if not model:
-        notes.append(f"reward '{name}': no CLIP model to read the size of; not counted")
-        return None, dtype
-    return clip_spec(f"reward_params.{key or 'model'}", str(model)), dtype
-
-
-def _proxy_spec(config: Any, teacher: dict[str, ModelSpec], xl: bool,
-                notes: list[str]) -> tuple[ModelSpec | None, int]:
-    import json
-    import os
-
-    from ..recipes.given import is_given
-
-    tokens = 77 + (1 if xl else 0)  # SDXL's proxy_text adds the pooled embedding as a token
-    if is_given(config, "proxy") or config.proxy != "lrm":
-        notes.append(f"proxy '{config.proxy}': the plan knows the 'lrm' proxy only; not counted")
-        return None, tokens
-    text_dim = sum(int(spec.config["hidden_size"]) for part, spec in teacher.items()
-                   if part.startswith("text_encoder"))
-    values: dict[str, Any] = {"latent_channels": int(teacher["unet"].config.get("in_channels", 4)),
-                              "text_dim": text_dim}
-    if config.pretrained_proxy:
-        path = Path(os.path.expanduser(config.pretrained_proxy)) / "proxy_config.json"
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise ConfigError(f"pretrained_proxy: '{path}' cannot be read ({error})") from None
-        saved.pop("name", None)
-        values = saved
-    values.update(config.proxy_params)
-    return ModelSpec("lrm", values, "lrm"), tokens
-
-
-@lru_cache(maxsize=64)
-def _counts(spec: ModelSpec, time_cond_proj_dim: int | None,
-            lora: tuple | None) -> tuple[int, int, int]:
-    """``(all parameters, trainable parameters, trainable bytes of 8-bit Adam states)`` of a
-    UNet student (or any spec, every parameter trainable)."""
-    changes = {"time_cond_proj_dim": time_cond_proj_dim} if spec.kind == "unet" else {}
-    module = on_meta(spec, **changes)
-    if lora is not None:
-        add_lora(module, *lora)
-    params = list(module.parameters())
-    trained = [p.numel() for p in params if p.requires_grad]
-    states_8bit = sum(2 * n if n >= BNB_MIN_8BIT_SIZE else 8 * n for n in trained)
-    return sum(p.numel() for p in params), sum(trained), states_8bit
-
-
-@lru_cache(maxsize=16)
-def _proxy_counts(spec: ModelSpec) -> tuple[int, int]:
-    """``(parameters, trainable parameters)`` of a proxy spec."""
-    module = on_meta(spec)
-    return (sum(p.numel() for p in module.parameters()),
-            sum(p.numel() for p in module.trainable_parameters()))
-
-
-@lru_cache(maxsize=64)
-def _count(spec: ModelSpec) -> int:
-    return parameter_count(spec)
-
-
-# ---------------------------------------------------------------- the plan
-
-
 def plan_config(config: Any, launch: Launch | None = None,
                 profiles: Profiles | None = None) -> MemoryPlan:
     """The memory plan of ``config`` (an ``lcd`` or ``rg-lcd`` config) under ``launch``."""
@@ -311,7 +163,7 @@ def _precisions(config: Any, launch: Launch) -> tuple[Precision, Precision, Prec
     """``(student, teacher, target)`` precisions: the student's fp32 weights under autocast
     (bf16 weights under DeepSpeed with mixed precision), the frozen teacher in the weight dtype,
     the fp32 EMA target under the same autocast."""
-    weight = _weight_dtype(config.mixed_precision)
+    weight = weight_dtype(config.mixed_precision)
     autocast = weight if weight != torch.float32 else None
     student = Precision(torch.float32, autocast)
     if launch.deepspeed and autocast is not None:
@@ -327,7 +179,7 @@ def _lora(config: Any) -> tuple | None:
 
 
 def _vae_dtype(config: Any) -> torch.dtype:
-    weight = _weight_dtype(config.mixed_precision)
+    weight = weight_dtype(config.mixed_precision)
     separate = config.pretrained_vae_model_name_or_path or config.backbone_params.get(
         "pretrained_vae_model_name_or_path")
     if (config.backbone == "stable-diffusion-xl" and weight == torch.float16 and not separate):
@@ -339,9 +191,9 @@ def _resident(plan: MemoryPlan, config: Any, launch: Launch, models: Models) -> 
     n = launch.num_processes
     shard_states = n if launch.deepspeed and launch.zero_stage >= 1 else 1
     shard_grads = n if launch.deepspeed and launch.zero_stage >= 2 else 1
-    weight = _weight_dtype(config.mixed_precision)
+    weight = weight_dtype(config.mixed_precision)
     unet = models.teacher["unet"]
-    total, trained, states_8bit = _counts(unet, config.unet_time_cond_proj_dim, _lora(config))
+    total, trained, states_8bit = student_counts(unet, config.unet_time_cond_proj_dim, _lora(config))
     frozen = total - trained
     engine_half = launch.deepspeed and weight != torch.float32
     width = 2 if engine_half else 4
@@ -387,36 +239,27 @@ def _resident(plan: MemoryPlan, config: Any, launch: Launch, models: Models) -> 
                                                 if shard_states > 1 else "")))
     if not config.use_lora:
         add(Line("EMA target UNet (fp32)", 4 * total, "the consistency target, a full copy"))
-    teacher_count = _count(unet)
+    teacher_count = count_parameters(unet)
     add(Line(f"teacher UNet ({_NAMES[weight]}, frozen)", _SIZES[weight] * teacher_count,
              f"{teacher_count / 1e6:.0f} M"))
     vae_dtype = _vae_dtype(config)
-    vae_count = _count(models.vae)
+    vae_count = count_parameters(models.vae)
     add(Line(f"VAE ({_NAMES[vae_dtype]})", _SIZES[vae_dtype] * vae_count,
              f"{vae_count / 1e6:.0f} M"))
     for part, spec in models.teacher.items():
         if part.startswith("text_encoder"):
-            count = _count(spec)
+            count = count_parameters(spec)
             add(Line(f"{part.replace('_', ' ')} ({_NAMES[weight]})", _SIZES[weight] * count,
                      f"{count / 1e6:.0f} M"))
     if models.reward is not None:
-        count = _count(models.reward) if models.reward.kind != "imagereward" else _imagereward_count()
+        count = (count_parameters(models.reward) if models.reward.kind != "imagereward"
+                 else imagereward_count())
         add(Line(f"reward model '{config.reward}' ({_NAMES[models.reward_dtype]})",
                  _SIZES[models.reward_dtype] * count, f"{count / 1e6:.0f} M"))
     if models.proxy is not None:
-        count, trainable = _proxy_counts(models.proxy)
+        count, trainable = proxy_counts(models.proxy)
         add(Line("proxy (LRM, fp32) and its AdamW", 4 * count + 8 * trainable,
                  f"{count / 1e6:.1f} M, {trainable / 1e6:.2f} M trained"))
-
-
-@lru_cache(maxsize=1)
-def _imagereward_count() -> int:
-    try:
-        return parameter_count(ModelSpec("imagereward", {}))
-    except ImportError:
-        from .sources import known_models
-
-        return int(known_models().get("parameter_counts", {}).get("imagereward", 0))
 
 
 def _phases(plan: MemoryPlan, config: Any, launch: Launch, models: Models,
@@ -429,7 +272,7 @@ def _phases(plan: MemoryPlan, config: Any, launch: Launch, models: Models,
     lora, dim, ckpt = _lora(config), config.unet_time_cond_proj_dim, config.gradient_checkpointing
     vae_dtype = _vae_dtype(config)
     single = launch.num_processes == 1 and not launch.deepspeed
-    total, trained, _ = _counts(unet, dim, lora)
+    total, trained, _ = student_counts(unet, dim, lora)
 
     def unet_profile(precision: Precision, trained_: bool, checkpointing: bool = False,
                      adapters: tuple | None = None, w: int | None = dim):
@@ -470,9 +313,7 @@ def _phases(plan: MemoryPlan, config: Any, launch: Launch, models: Models,
     if models.reward is not None and direct:
         vae_ckpt = config.vae_gradient_checkpointing
         decoder = _decoder(profiles, models.vae, vae_dtype, vae_ckpt)
-        reward = profiles.get(models.reward, f"reward;{_NAMES[models.reward_dtype]};graph=True;"
-                              f"factor={factor}", lambda: reward_run(
-                                  models.reward, models.reward_dtype, graph=True, factor=factor))
+        reward = _reward_profile(plan, profiles, models, factor, graph=True)
         step.append(Line("VAE decoder with its graph", kept + decoder.peak_bytes(batch, side),
                          "decoder checkpointing" if vae_ckpt else "no decoder checkpointing"))
         step.append(Line("reward model forward + backward",
@@ -513,9 +354,7 @@ def _phases(plan: MemoryPlan, config: Any, launch: Launch, models: Models,
     if models.proxy is not None and not direct and models.reward is not None:
         chunk = min(config.vae_decode_batch_size, 3 * min(config.proxy_batch_size, batch))
         decode = _decoder(profiles, models.vae, vae_dtype, False, graph=False)
-        scoring = profiles.get(models.reward, f"reward;{_NAMES[models.reward_dtype]};graph=False;"
-                               f"factor={factor}", lambda: reward_run(
-                                   models.reward, models.reward_dtype, graph=False, factor=factor))
+        scoring = _reward_profile(plan, profiles, models, factor, graph=False)
         update = profiles.get(models.proxy, f"proxy;tokens={models.proxy_tokens};update=True",
                               lambda: proxy_run(models.proxy, models.proxy_tokens, update=True))
         candidates = 3 * min(config.proxy_batch_size, batch)
@@ -527,6 +366,30 @@ def _phases(plan: MemoryPlan, config: Any, launch: Launch, models: Models,
             Line("proxy update", update.peak_bytes(candidates, side, gradients=True),
                  f"{candidates} candidates"),
         ]
+
+
+class _NoProfile:
+    """An activation profile that could not be measured: counted as nothing."""
+
+    def kept_bytes(self, batch: int, side: int) -> float:
+        return 0.0
+
+    def peak_bytes(self, batch: int, side: int, gradients: bool = False) -> float:
+        return 0.0
+
+
+def _reward_profile(plan: MemoryPlan, profiles: Profiles, models: Models, factor: int,
+                    graph: bool) -> Any:
+    """The RM's profile; nothing (with a note) when it is not in the table and its plugin, which
+    the measurement builds it from, is not installed here."""
+    key = f"reward;{_NAMES[models.reward_dtype]};graph={graph};factor={factor}"
+    try:
+        return profiles.get(models.reward, key, lambda: reward_run(
+            models.reward, models.reward_dtype, graph=graph, factor=factor))
+    except ImportError as error:
+        plan.notes.append(f"the reward model's activations are not counted: measuring them needs "
+                          f"its plugin ({error})")
+        return _NoProfile()
 
 
 def _decoder(profiles: Profiles, vae: ModelSpec, dtype: torch.dtype, checkpointing: bool,
@@ -585,5 +448,5 @@ def plan_file(path: str | Path, recipe: str | None = None, *, num_processes: int
     return plan_config(config, launch, profiles or Profiles())
 
 
-__all__ = ["GiB", "KNOWN_REWARDS", "Launch", "Line", "MemoryPlan", "load_for_plan", "plan_config",
+__all__ = ["GiB", "Launch", "Line", "MemoryPlan", "load_for_plan", "plan_config",
            "plan_file"]

@@ -26,7 +26,9 @@ def parse_memory(text: str, key: str = "--gpu_memory") -> float:
 
 
 def gib(value: float) -> str:
-    return f"{value / GiB:.2f}"
+    """GiB with two decimals (three under 0.1 GiB, so a tiny model's figures show)."""
+    value = value / GiB
+    return f"{value:.2f}" if value >= 0.1 or value == 0 else f"{value:.3f}"
 
 
 def plan_table(plan: MemoryPlan, gpu_memory: float | None = None) -> Table:
