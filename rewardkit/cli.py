@@ -194,6 +194,18 @@ def run_command(
                                           help="TOML/YAML/JSON file with the recipe's config."),
     show_help: bool = typer.Option(False, "--help", "-h", is_eager=True,
                                    help="Show this message; after a recipe, its config keys."),
+    plan: bool = typer.Option(False, "--plan", help="Print the memory plan per GPU of this "
+                              "configuration (lcd, rg-lcd; no weights load) and exit."),
+    gpu_memory: Optional[str] = typer.Option(
+        None, "--gpu_memory", "--gpu-memory",
+        help="With --plan: the GPU's memory (80GiB, 80GB, 24G): does it fit, and what would."),
+    num_processes: Optional[int] = typer.Option(
+        None, "--num_processes", "--num-processes",
+        help="With --plan: processes (GPUs) of the launch (default: WORLD_SIZE, else 1)."),
+    zero_stage: Optional[int] = typer.Option(
+        None, "--zero_stage", "--zero-stage",
+        help="With --plan: DeepSpeed ZeRO stage of the launch (default: what accelerate's "
+             "environment asks for, else no DeepSpeed)."),
 ) -> None:
     """Run a recipe. Extra `--key value` options override config keys
     (`rewardkit run RECIPE --help` lists them)."""
@@ -213,6 +225,11 @@ def run_command(
         console.print(parameter_table(spec, title=f"recipe {recipe}: config keys"))
         raise typer.Exit(0)
     overrides = parse_cli_overrides(list(ctx.args))
+    if plan:
+        print_plan(recipe, config, overrides, gpu_memory, num_processes, zero_stage)
+        return
+    if gpu_memory is not None or num_processes is not None or zero_stage is not None:
+        raise typer.BadParameter("--gpu_memory, --num_processes and --zero_stage go with --plan")
     built = build_recipe(recipe, config, **overrides)
     try:
         output = built.run(progress=True)
@@ -221,6 +238,41 @@ def run_command(
         err_console.print(interrupted_message(command, built.config), highlight=False)
         raise typer.Exit(130)
     console.print(f"[green]done[/]: {escape(str(output))}", highlight=False)
+
+
+def print_plan(recipe: str, config: Path | None, overrides: dict[str, Any],
+               gpu_memory: str | None, num_processes: int | None,
+               zero_stage: int | None) -> None:
+    """``run --plan``: the memory plan per GPU (:mod:`rewardkit.plan`), with what would make it
+    fit ``gpu_memory``; config checks that fail are said beside it, not raised."""
+    import os
+
+    from .plan import Launch, load_for_plan, parse_memory, plan_config, plan_table, suggestions
+    from .plan.table import Profiles
+    from .training.runtime import requested_zero_stage
+
+    memory = parse_memory(gpu_memory) if gpu_memory is not None else None
+    loaded = load_for_plan(recipe, config, overrides)
+    refusal = None
+    try:
+        loaded.validate()
+    except RewardkitError as error:  # e.g. a reward plugin installed only on the GPU machine
+        refusal = str(error)
+    processes = num_processes or int(os.environ.get("WORLD_SIZE", "1") or 1)
+    stage = zero_stage if zero_stage is not None else requested_zero_stage()
+    profiles = Profiles()
+    result = plan_config(loaded, Launch(num_processes=processes, zero_stage=stage), profiles)
+    if memory is not None:
+        suggestions(result, memory, profiles)
+    console.print(plan_table(result, memory))
+    for note in result.notes:
+        console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
+    if profiles.measured:
+        console.print(f"note: measured {len(profiles.measured)} activation profile(s) not in the "
+                      f"shipped table ({sum(profiles.measured.values()):.1f} s)", highlight=False)
+    if refusal:
+        console.print(f"[yellow]note: the run itself would refuse this config here: "
+                      f"{escape(refusal)}[/]", highlight=False, soft_wrap=True)
 
 
 def interrupted_message(command: list[str], config: Any) -> str:
