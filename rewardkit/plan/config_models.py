@@ -19,9 +19,6 @@ from .sources import clip_spec, pipeline_specs, vae_spec
 BNB_MIN_8BIT_SIZE = 4096
 
 
-#: The backbones the plan covers (their models are diffusers UNets, VAEs and CLIP text encoders).
-PLANNED_BACKBONES = ("stable-diffusion", "stable-diffusion-xl")
-
 #: Reward models the plan knows, by registered name: the config key of their CLIP model and its
 #: default (hpsv2's OpenCLIP ViT-H/14 is the size of the transformers one), or another kind.
 KNOWN_REWARDS: dict[str, tuple[str, str | None, str | None]] = {
@@ -56,9 +53,9 @@ def weight_dtype(mixed_precision: str) -> torch.dtype:
 
 def resolve_models(config: Any, notes: list[str]) -> Models:
     """Read the config's model configs (never weights) into specs."""
-    if config.backbone not in PLANNED_BACKBONES:
-        raise ConfigError(f"backbone: the memory plan covers {' and '.join(PLANNED_BACKBONES)}, "
-                          f"not '{config.backbone}'")
+    if config.backbone not in ("stable-diffusion", "stable-diffusion-xl"):
+        raise ConfigError(f"backbone: the memory plan knows stable-diffusion and "
+                          f"stable-diffusion-xl, not '{config.backbone}'")
     xl = config.backbone == "stable-diffusion-xl"
     teacher = pipeline_specs("pretrained_teacher_model", config.pretrained_teacher_model, xl)
     vae_key = config.pretrained_vae_model_name_or_path or config.backbone_params.get(
@@ -181,6 +178,6 @@ def imagereward_count() -> int:
         return int(known_models().get("parameter_counts", {}).get("imagereward", 0))
 
 
-__all__ = ["BNB_MIN_8BIT_SIZE", "KNOWN_REWARDS", "Models", "PLANNED_BACKBONES",
-           "count_parameters", "imagereward_count", "proxy_counts", "resolve_models",
-           "student_counts", "weight_dtype"]
+__all__ = ["BNB_MIN_8BIT_SIZE", "KNOWN_REWARDS", "Models", "count_parameters",
+           "imagereward_count", "proxy_counts", "resolve_models", "student_counts",
+           "weight_dtype"]
