@@ -66,6 +66,7 @@ def values(assets, out, recipe: str, teacher: str, extra: dict) -> dict:
     return {**base, **extra}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_plan_is_within_15_percent_of_a_real_steps_peak(assets, profiles, tmp_path, case):
     recipe_name, teacher, extra = CASES[case]
