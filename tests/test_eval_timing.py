@@ -4,6 +4,7 @@ evaluation's use of it: tests/test_world_eval.py)."""
 
 from __future__ import annotations
 
+import statistics
 from types import SimpleNamespace
 
 import pytest
@@ -14,52 +15,93 @@ from rewardkit.evaluation.timing import round_ratios, summarise, time_interleave
 
 TEACHER = ModelSpec("teacher", "teacher-dir", "teacher", [50])
 STUDENT = ModelSpec("student", "student-dir", "student", [1, 2])
+ROWS = [("teacher", 50), ("student", 1), ("student", 2)]
 #: The true cost of one image per row (ms), at no load.
 COST = {("teacher", 50): 100.0, ("student", 1): 2.0, ("student", 2): 4.0}
 
 
-def fake_sampling(monkeypatch, load=lambda call: 1.0):
-    """Pipelines that record their calls and take ``COST * load(timed call index)`` ms/image."""
-    calls = []
+class FakeMachine:
+    """Pipelines on a simulated clock: a call's work (``COST`` ms per image) runs ``load(t)``
+    times slower while the clock is at ``t`` (integrated in 1 ms ticks); calls are recorded."""
 
-    def load_pipeline(location, scheduler, device, dtype):
-        return {"teacher-dir": "teacher", "student-dir": "student"}[location]
+    def __init__(self, monkeypatch, load=lambda ms: 1.0):
+        self.load, self.clock, self.calls = load, 0.0, []
+        monkeypatch.setattr("rewardkit.sampling.load_pipeline",
+                            lambda location, *_: location.split("-")[0])
+        monkeypatch.setattr("rewardkit.sampling.run_pipeline", self.run_pipeline)
 
-    def run_pipeline(pipe, prompts, steps, guidance_scale, seed=0, batch_size=8, seeds=None, **_):
-        calls.append((pipe, steps, len(prompts)))
-        timed = sum(1 for c in calls if c[2] > 1) - 1
-        factor = load(timed) if len(prompts) > 1 else 1.0
-        return SimpleNamespace(ms_per_image=COST[(pipe, steps)] * factor)
-
-    monkeypatch.setattr("rewardkit.sampling.load_pipeline", load_pipeline)
-    monkeypatch.setattr("rewardkit.sampling.run_pipeline", run_pipeline)
-    return calls
+    def run_pipeline(self, pipe, prompts, steps, guidance_scale, seed=0, batch_size=8, seeds=None):
+        self.calls.append((pipe, steps, len(prompts)))
+        work, began = COST[(pipe, steps)] * len(prompts), self.clock
+        while work > 1e-9:
+            tick = min(1.0, work)
+            self.clock += tick * self.load(self.clock)
+            work -= tick
+        return SimpleNamespace(seconds=(self.clock - began) / 1000.0)
 
 
 def test_rows_are_timed_in_turn_and_every_other_round_in_reverse(monkeypatch):
-    calls = fake_sampling(monkeypatch)
+    machine = FakeMachine(monkeypatch)
     times = time_interleaved([TEACHER, STUDENT], [f"p{i}" for i in range(10)], rounds=3,
-                             batch_size=4)
-    rows = [("teacher", 50), ("student", 1), ("student", 2)]
-    assert calls[:3] == [(*row, 1) for row in rows]  # one untimed warm-up call per row
-    assert calls[3:] == [(*row, 4) for row in rows + rows[::-1] + rows]
-    assert times == {row: [COST[row]] * 3 for row in rows}
+                             batch_size=4, match_duration=False)
+    warm_up, single, timed = machine.calls[:3], machine.calls[3:6], machine.calls[6:]
+    assert warm_up == [(*row, 1) for row in ROWS]  # one untimed one-image call per row
+    assert single == [(*row, 4) for row in ROWS]  # and one untimed batch
+    assert timed == [(*row, 4) for row in ROWS + ROWS[::-1] + ROWS]
+    assert times == {row: [pytest.approx(COST[row])] * 3 for row in ROWS}
+
+
+def test_each_row_repeats_its_batch_to_last_as_long_as_the_slowest(monkeypatch):
+    machine = FakeMachine(monkeypatch)
+    time_interleaved([TEACHER, STUDENT], ["a", "b"], rounds=1, batch_size=2)
+    timed = machine.calls[6:]
+    # the teacher's batch costs 50x a 1-step student's and 25x a 2-step one's
+    assert [timed.count((*row, 2)) for row in ROWS] == [1, 50, 25]
+    machine.calls.clear()
+    time_interleaved([TEACHER, STUDENT], ["a", "b"], rounds=1, batch_size=2, max_repeats=10)
+    assert [machine.calls[6:].count((*row, 2)) for row in ROWS] == [1, 10, 10]
 
 
 def test_a_load_spike_on_the_teacher_cannot_invent_a_speedup(monkeypatch):
-    # the teacher's timed call of round 1 (the 6th timed call: rows reversed) runs 20x slower,
-    # as on a machine where another job starts for a while
-    fake_sampling(monkeypatch, load=lambda call: 20.0 if call == 5 else 1.0)
+    # another job slows everything down 20x for a while: a round is 3 x 200 ms of work
+    # (durations matched), and the slow stretch covers the teacher's batches of rounds 1 and 2
+    # (the end of round 1, the start of round 2: the order is reversed every other round)
+    def spike(ms: float) -> float:
+        return 20.0 if 1500 <= ms < 5000 else 1.0
+
+    FakeMachine(monkeypatch, spike)
     times = time_interleaved([TEACHER, STUDENT], ["a", "b"], rounds=5, batch_size=2)
     teacher = times[("teacher", 50)]
-    assert teacher == [100.0, 2000.0, 100.0, 100.0, 100.0]
+    assert max(teacher) > 5 * sorted(teacher)[2]  # the spike is there, in one round
     for steps in (1, 2):
         summary = summarise(round_ratios(teacher, times[("student", steps)]))
         true = COST[("teacher", 50)] / COST[("student", steps)]
         assert summary["median"] == pytest.approx(true)  # the spike shows only in the spread
-        assert summary["max"] == pytest.approx(20 * true) and summary["rounds"] == 5
-    # timing the teacher once and the students afterwards would have reported 20x the speed-up
-    assert 2000.0 / COST[("student", 1)] == pytest.approx(20 * 50.0)
+        assert summary["max"] > 5 * true and summary["rounds"] == 5
+
+
+def test_steady_or_fluctuating_load_leaves_the_speedup_where_it_is(monkeypatch):
+    true = COST[("teacher", 50)] / COST[("student", 1)]
+
+    def speedups(load, match_duration=True) -> list[float]:
+        FakeMachine(monkeypatch, load)
+        times = time_interleaved([TEACHER, STUDENT], ["a", "b", "c", "d"], rounds=5, batch_size=4,
+                                 match_duration=match_duration)
+        return round_ratios(times[("teacher", 50)], times[("student", 1)])
+
+    assert speedups(lambda ms: 3.0) == [pytest.approx(true)] * 5  # a busy process throughout
+    # load switching between 1x and 4x every 50 ms: a student batch (8 ms of work) lands in
+    # one phase or the other, the teacher's (400 ms) averages over both; timed once, the
+    # student's figure would swing with the phase, matched in duration it averages like the
+    # teacher's
+    def flicker(ms: float) -> float:
+        return 1.0 if int(ms // 50) % 2 == 0 else 4.0
+
+    once = speedups(flicker, match_duration=False)
+    matched = speedups(flicker)
+    assert max(once) / min(once) > 2
+    assert max(matched) / min(matched) < 1.3
+    assert statistics.median(matched) == pytest.approx(true, rel=0.15)
 
 
 def test_summaries_and_ratios_check_their_input(monkeypatch):
@@ -67,6 +109,6 @@ def test_summaries_and_ratios_check_their_input(monkeypatch):
     assert round_ratios([10.0, 20.0], [2.0, 5.0]) == [5.0, 4.0]
     with pytest.raises(ValueError, match="2 reference rounds but 1"):
         round_ratios([1.0, 2.0], [1.0])
-    fake_sampling(monkeypatch)
+    FakeMachine(monkeypatch)
     with pytest.raises(ConfigError, match="at least 1"):
         time_interleaved([TEACHER], ["a"], rounds=0)

@@ -6,7 +6,13 @@ does) lets a load spike that hits only the teacher's minutes multiply the speed-
 for several rounds (the order reversed every other round, so a slow drift hits both ends
 alike): a row's figure is the median over the rounds, its spread the lowest and highest round,
 and a speed-up is the median of the per-round ratios, each taken between two rows timed
-moments apart::
+moments apart.
+
+A student's batch takes a fraction of the teacher's (1 step against 50 with guidance), so timed
+once it would sample the machine's load at one instant while the teacher's figure averages it
+over seconds. So each row repeats its batch as often as it takes to last about as long as the
+slowest row's batch (the repeat counts are fixed up front, from one untimed batch of each row),
+and every row's figure averages the load over the same stretch of time::
 
     times = time_interleaved([teacher_spec, student_spec], prompts, rounds=5)
     speedups = round_ratios(times[("teacher", 50)], times[("student", 2)])
@@ -25,16 +31,23 @@ if TYPE_CHECKING:
 
 #: Rounds of the interleaved timing where a caller asks for it without saying how many.
 DEFAULT_TIMING_ROUNDS = 5
+#: The most times a row repeats its batch in one round to last as long as the slowest row's.
+MAX_REPEATS = 200
 
 
 def time_interleaved(models: Sequence["ModelSpec"], prompts: Sequence[str], *,
                      rounds: int = DEFAULT_TIMING_ROUNDS, seed: int = 0, batch_size: int = 8,
-                     device: str = "auto", dtype: str = "float32") -> dict[tuple[str, int], list[float]]:
+                     device: str = "auto", dtype: str = "float32",
+                     match_duration: bool = True,
+                     max_repeats: int = MAX_REPEATS) -> dict[tuple[str, int], list[float]]:
     """ms/image of every ``(model.label, steps)`` row in each round: ``{row: [ms, ...]}``.
 
     Each round samples the first ``batch_size`` prompts (image ``i`` with seed ``seed + i``)
-    once per row, rows in order on even rounds and in reverse on odd ones, after one untimed
-    call per row (allocation and kernel selection). Model loading is not timed.
+    with every row, rows in order on even rounds and in reverse on odd ones. Before the rounds,
+    each row makes one untimed one-image call (allocation, kernel selection) and one untimed
+    batch; with ``match_duration`` a row then repeats its batch in every round as many times
+    (at most ``max_repeats``) as its untimed batch fits into the slowest row's. Model loading
+    is not timed.
     """
     from ..sampling import load_pipeline, run_pipeline
 
@@ -50,12 +63,21 @@ def time_interleaved(models: Sequence["ModelSpec"], prompts: Sequence[str], *,
     rows = [(model, int(steps)) for model in models for steps in model.steps]
     for model, steps in rows:  # untimed warm-up
         run_pipeline(pipes[model.label], batch[:1], steps, model.guidance_scale, seeds=seeds[:1])
-    times: dict[tuple[str, int], list[float]] = {(m.label, s): [] for m, s in rows}
+
+    def sample(model: "ModelSpec", steps: int) -> float:
+        return run_pipeline(pipes[model.label], batch, steps, model.guidance_scale,
+                            batch_size=len(batch), seeds=seeds).seconds
+
+    single = {(m.label, s): sample(m, s) for m, s in rows}  # untimed: sets the repeat counts
+    longest = max(single.values())
+    repeats = {key: (min(max_repeats, max(1, round(longest / seconds))) if match_duration
+                     and seconds > 0 else 1) for key, seconds in single.items()}
+    times: dict[tuple[str, int], list[float]] = {key: [] for key in single}
     for index in range(rounds):
         for model, steps in (rows if index % 2 == 0 else rows[::-1]):
-            result = run_pipeline(pipes[model.label], batch, steps, model.guidance_scale,
-                                  batch_size=len(batch), seeds=seeds)
-            times[(model.label, steps)].append(result.ms_per_image)
+            key = (model.label, steps)
+            seconds = sum(sample(model, steps) for _ in range(repeats[key]))
+            times[key].append(1000.0 * seconds / (repeats[key] * len(batch)))
     return times
 
 

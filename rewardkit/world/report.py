@@ -47,8 +47,9 @@ TABLE_NOTE = (
 ROUNDS_NOTE = (
     "ms/image: the median of {rounds} rounds, in brackets the lowest and highest round; each "
     "round times every row in turn on the same batch of prompts and seeds (teacher and students "
-    "interleaved, order reversed every other round, after a warm-up call; model loading "
-    "excluded), so load on the machine slows every row alike. Speed-up: the median of the "
+    "interleaved, order reversed every other round, each row repeating its batch to last about "
+    "as long as the teacher's, after a warm-up call; model loading excluded), so load on the "
+    "machine slows every row alike. Speed-up: the median of the "
     "per-round ratios of the teacher row's ms/image to the row's, in brackets the lowest and "
     "highest.")
 
