@@ -189,8 +189,7 @@ def launched(request, assets, tmp_path_factory):
                    MASTER_PORT=str(free_port()))
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
-               "--nproc_per_node", str(processes), "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), *args]
+               "--nproc_per_node", str(processes), "--standalone", *args]
     result = subprocess.run(cmd, cwd=REPO, env=child_env(**env), capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]

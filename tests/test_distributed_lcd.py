@@ -104,7 +104,7 @@ def test_two_processes_see_different_data_and_end_identical(engine, assets, tmp_
     out = tmp_path / "out"
     extra = {"checkpointing_steps": 2}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), __file__, str(out),
+           "--standalone", __file__, str(out),
            str(assets["teacher"]), str(assets["data"]), "2", json.dumps(extra)]
     result = subprocess.run(cmd, cwd=REPO, env=child_env(**env_extra), capture_output=True,
                             text=True, timeout=300)

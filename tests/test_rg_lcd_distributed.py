@@ -7,9 +7,7 @@ tests/test_rg_lcd_distributed.py OUT TEACHER DATA``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -38,12 +36,6 @@ def worker(out: str, teacher: str, data: str) -> None:
                 "world": recipe.accelerator.num_processes}, Path(out) / f"lrm-{rank}.pt")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_processes_keep_one_identical_lrm(tmp_path):
     from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
     from rewardkit.testing.tiny_training import write_tiny_image_folder
@@ -56,7 +48,7 @@ def test_two_processes_keep_one_identical_lrm(tmp_path):
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), __file__, str(out),
+           "--standalone", __file__, str(out),
            str(teacher), str(data)]
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]

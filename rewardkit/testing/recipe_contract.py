@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -141,9 +140,6 @@ def check_non_finite(recipe_class: type, values: dict[str, Any], root: Path) -> 
 def check_two_processes(recipe_class: type, values: dict[str, Any], root: Path) -> None:
     """Two gloo processes train 2 steps and end with identical weights."""
     out = root / "two-processes"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     target = f"{recipe_class.__module__}:{recipe_class.__qualname__}"
     config = json.dumps({**values, "output_dir": str(out), "max_train_steps": 2,
                          "checkpointing_steps": 2})
@@ -151,7 +147,7 @@ def check_two_processes(recipe_class: type, values: dict[str, Any], root: Path) 
            if not k.startswith(("ACCELERATE_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_"))}
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
-               "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
+               "--nproc_per_node", "2", "--standalone",
                "-m", "rewardkit.testing.recipe_contract", target, config]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"two_processes: the run failed:\n{done.stderr[-3000:]}"
