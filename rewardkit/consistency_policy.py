@@ -1,27 +1,37 @@
 """The stochastic multistep consistency sampler as a policy: a log-probability for every step.
 
-``LCMScheduler``'s chain of S steps (what :func:`rewardkit.sample_consistency` and a saved
-student's pipeline run) takes, at step ``i`` and timestep ``t_i``, the student's boundary-
-conditioned estimate of the clean latents::
+The sampler's chain of S steps takes, at step ``i`` and timestep ``t_i``, the student's
+consistency function (its boundary-conditioned estimate of the clean latents) ``d_i = f(z_i, t_i)``
+and, except on the last step, re-noises it to the next timestep with the teacher's forward
+process and fresh Gaussian noise::
 
-    d_i = c_out(t_i) * x0_pred(z_i, t_i, c) + c_skip(t_i) * z_i
+    z_{i+1} = alpha(t_{i+1}) * d_i + sigma(t_{i+1}) * eps,    eps ~ N(0, I)
 
-and, except on the last step, re-noises it to the next timestep with fresh Gaussian noise::
+with ``alpha``, ``sigma`` the backbone's noise process (``backbone.schedule``):
 
-    z_{i+1} = sqrt(abar(t_{i+1})) * d_i + sqrt(1 - abar(t_{i+1})) * eps,    eps ~ N(0, I)
+- DDPM teachers (SD 1.x/2.x, SDXL): ``d_i = c_out(t_i) x0_hat + c_skip(t_i) z_i``,
+  ``alpha = sqrt(abar)``, ``sigma = sqrt(1 - abar)``: ``LCMScheduler``'s chain, which
+  :func:`rewardkit.sample_consistency` and a saved student's pipeline run;
+- flow teachers (SD 3 / 3.5): ``d_i = z_i - s_i v``, ``alpha = 1 - s``, ``sigma = s``
+  (``z = (1 - s) x0 + s eps``): diffusers' ``FlowMatchLCMScheduler`` chain on the student's
+  ``FlowMatchEulerDiscreteScheduler`` timesteps. The saved student samples the deterministic
+  Euler chain on the same consistency function instead (``z_{i+1} = (1 - s') d_i + s' eps_hat``):
+  the policy is the stochastic sampler and the pipeline its mean-noise counterpart, as Flow-GRPO
+  trains on an SDE and samples the ODE.
 
 So each such step is a Gaussian policy ``pi_theta(z_{i+1} | z_i, c) = N(mu_i, sigma_i^2 I)``
-with ``mu_i = sqrt(abar(t_{i+1})) d_i`` and ``sigma_i = sqrt(1 - abar(t_{i+1}))``, and its
-log-density is closed-form (:func:`gaussian_log_prob`). This is the MDP that RLCM (Oertell et
-al. 2024) optimises; Flow-GRPO's SDE steps play the same role for flow models. The last step
-is deterministic (the output ``x0 = d_{S-1}``): a chain of S steps has ``S - 1`` policy steps.
+with ``mu_i = alpha(t_{i+1}) d_i`` and ``sigma_i = sigma(t_{i+1})``, and its log-density is
+closed-form (:func:`gaussian_log_prob`). This is the MDP that RLCM (Oertell et al. 2024)
+optimises; Flow-GRPO's SDE steps play the same role for flow models. The last step is
+deterministic (the output ``x0 = d_{S-1}``): a chain of S steps has ``S - 1`` policy steps.
 
 :func:`rollout` samples the chain without gradients and records each policy step's input,
 output and log-probability; :func:`step_log_prob` re-evaluates one step's log-probability under
 the current weights, with gradients (the ratio ``pi_theta / pi_old`` of policy-gradient methods).
-Both share :class:`ConsistencyChain`, which computes ``d_i`` as ``LCMScheduler.step`` does (a
-test checks :func:`rollout`'s output against :func:`rewardkit.sample_consistency`, bit for bit,
-and its log-probabilities against diffusers' own ``denoised``).
+Both share :class:`ConsistencyChain`, which asks the noise process for ``d_i`` and the step's
+coefficients (tests check a DDPM rollout against :func:`rewardkit.sample_consistency` bit for
+bit and its log-probabilities against diffusers' own ``denoised``, and a flow rollout against
+``FlowMatchLCMScheduler``).
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from torch import nn
 
 from .backbones.conditioning import Conditioning
 from .errors import ConfigError
+from .sampling_chain import initial_noise_sigma, set_chain_timesteps
 from .sampling_grad import guidance_input
 
 __all__ = ["ConsistencyChain", "Rollout", "gaussian_log_prob", "rollout", "step_log_prob"]
@@ -49,8 +60,9 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | f
 
 
 class ConsistencyChain:
-    """One LCM schedule of ``steps`` steps on ``backbone``: its timesteps, the boundary-
-    conditioned denoising of each step, and each policy step's Gaussian."""
+    """One few-step schedule of ``steps`` steps on ``backbone``: its timesteps, the boundary-
+    conditioned denoising of each step, and each policy step's Gaussian, all through the
+    backbone's noise process (``backbone.schedule``)."""
 
     def __init__(self, backbone: Any, steps: int, *, original_inference_steps: int = 50,
                  timestep_scaling: float = 10.0, device: torch.device | str = "cpu") -> None:
@@ -58,37 +70,34 @@ class ConsistencyChain:
             raise ConfigError(f"sample_steps must be at least 2 for a policy (a {steps}-step "
                               "chain has no stochastic step), got {steps}")
         scheduler = backbone.lcm_scheduler(original_inference_steps, timestep_scaling)
-        if scheduler.config.get("thresholding"):
+        config = scheduler.config
+        if config.get("thresholding"):
             raise ConfigError("the teacher's scheduler uses dynamic thresholding, which the "
                               "consistency policy does not model; set thresholding=False")
-        scheduler.set_timesteps(steps, device=device,
-                                original_inference_steps=original_inference_steps)
+        set_chain_timesteps(scheduler, steps, device, original_inference_steps)
         self.scheduler = scheduler
+        self.process = backbone.schedule
         self.steps = steps
-        #: 0-d int64 tensors, as ``LCMScheduler.step`` receives them (its boundary scalings
-        #: then round as they do in the sampler)
+        #: the scheduler's timesteps as it holds them (0-d tensors: int64 DDPM timesteps,
+        #: float model times ``T s`` for a flow), so the boundary scalings round as in its step
         self.timesteps = list(scheduler.timesteps)
-        self.alphas_cumprod = scheduler.alphas_cumprod.float()
+        self.init_noise_sigma = initial_noise_sigma(scheduler)
+        self.timestep_scaling = float(config.get("timestep_scaling", timestep_scaling))
+        self.clip_range = (float(config.get("clip_sample_range", 1.0))
+                           if config.get("clip_sample") else None)
 
     def denoise(self, out: torch.Tensor, index: int, z: torch.Tensor) -> torch.Tensor:
-        """``d_i``: ``LCMScheduler.step``'s ``denoised`` for model output ``out`` at step ``index``."""
-        config, t = self.scheduler.config, self.timesteps[index]
-        abar = self.alphas_cumprod[t].to(z.device)
-        if config.prediction_type == "epsilon":
-            x0 = (z - (1 - abar).sqrt() * out) / abar.sqrt()
-        elif config.prediction_type == "v_prediction":
-            x0 = abar.sqrt() * z - (1 - abar).sqrt() * out
-        else:
-            x0 = out
-        if config.clip_sample:
-            x0 = x0.clamp(-config.clip_sample_range, config.clip_sample_range)
-        c_skip, c_out = self.scheduler.get_scalings_for_boundary_condition_discrete(t)
-        return c_out * x0 + c_skip * z
+        """``d_i = f(z_i, t_i)`` for model output ``out`` at step ``index`` (``LCMScheduler.step``'s
+        ``denoised`` for a DDPM teacher, ``z - s v`` for a flow)."""
+        return self.process.sampler_denoised(out, self.timesteps[index], z,
+                                             timestep_scaling=self.timestep_scaling,
+                                             clip_range=self.clip_range)
 
     def policy(self, denoised: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The mean and std of policy step ``index`` (``index < steps - 1``), in fp32."""
-        abar = self.alphas_cumprod[self.timesteps[index + 1]].to(denoised.device)
-        return abar.sqrt() * denoised.float(), (1 - abar).sqrt()
+        """The mean ``alpha' d_i`` and std ``sigma'`` of policy step ``index`` (``index < steps -
+        1``; ``alpha'``, ``sigma'`` the process's at the next timestep), in fp32."""
+        alpha, sigma = self.process.renoise_coefficients(self.timesteps[index + 1])
+        return alpha.to(denoised.device) * denoised.float(), sigma.to(denoised.device)
 
 
 @dataclass
@@ -125,7 +134,7 @@ def rollout(backbone: Any, unet: nn.Module, cond: Conditioning, chain: Consisten
     noise_device = generator.device if generator is not None else torch.device("cpu")
     z = torch.randn((batch, backbone.latent_channels, height, width), generator=generator,
                     device=noise_device)
-    z = (z * chain.scheduler.init_noise_sigma).to(device=device, dtype=dtype)
+    z = (z * chain.init_noise_sigma).to(device=device, dtype=dtype)
     w_embedding = guidance_input(guidance_scale, time_cond_proj_dim, batch, device, dtype)
     inputs, outputs, log_probs = [], [], []
     for index, t in enumerate(chain.timesteps):

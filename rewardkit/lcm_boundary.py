@@ -50,4 +50,27 @@ def consistency_output(sample: torch.Tensor, x0_pred: torch.Tensor,
     return out.to(sample.dtype)
 
 
-__all__ = ["scalings_for_boundary_conditions", "consistency_output"]
+def lcm_scheduler_denoised(alphas_cumprod: torch.Tensor, prediction_type: str,
+                           model_output: torch.Tensor, timestep: torch.Tensor, sample: torch.Tensor,
+                           timestep_scaling: float = 10.0,
+                           clip_range: float | None = None) -> torch.Tensor:
+    """``LCMScheduler.step``'s ``denoised`` at one (0-d integer) ``timestep``, with its float32
+    arithmetic (``alphas_cumprod`` in float32 as the scheduler holds it), so a sampler built on
+    it matches the scheduler bit for bit; keeps the gradient of ``model_output``."""
+    abar = alphas_cumprod[int(timestep)].to(sample.device)
+    if prediction_type == "epsilon":
+        x0 = (sample - (1 - abar).sqrt() * model_output) / abar.sqrt()
+    elif prediction_type == "v_prediction":
+        x0 = abar.sqrt() * sample - (1 - abar).sqrt() * model_output
+    else:
+        x0 = model_output
+    if clip_range is not None:
+        x0 = x0.clamp(-clip_range, clip_range)
+    # the scheduler's own scalings: t * scaling with the 0-d integer timestep, ** 0.5
+    scaled = torch.as_tensor(timestep).cpu() * timestep_scaling
+    c_skip = 0.5 ** 2 / (scaled ** 2 + 0.5 ** 2)
+    c_out = scaled / (scaled ** 2 + 0.5 ** 2) ** 0.5
+    return c_out.to(sample.device) * x0 + c_skip.to(sample.device) * sample
+
+
+__all__ = ["scalings_for_boundary_conditions", "consistency_output", "lcm_scheduler_denoised"]

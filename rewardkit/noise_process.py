@@ -23,11 +23,20 @@ process defines:
 ``consistency_output``      the consistency function ``f(z, t)`` built on ``x0_hat``
 ``ode_derivative``          ``dx/ds`` of the probability-flow ODE in the process's coordinates
 ``heun_coefficient``        the trapezoidal corrector's factor in those coordinates
+``sampler_denoised``        the stochastic few-step sampler's ``d = f(z, t)``
+``renoise_coefficients``    ``alpha_t``, ``sigma_t`` of its re-noising ``alpha d + sigma eps``
 ==========================  ================================================================
 
 The teacher's Euler step needs nothing more: with a constant ``(x0_hat, eps_hat)`` the ODE's
 solution from ``t`` to ``t'`` is ``alpha_t' x0_hat + sigma_t' eps_hat`` for both processes (DDIM
 for VP, exactly ``z + (s' - s) v`` for a flow), which is what the ``ddim`` solver computes.
+
+The last two serve the stochastic multistep consistency sampler that ``grpo`` optimises as a
+policy (:mod:`rewardkit.consistency_policy`): each step forms ``d = f(z, t)`` and re-noises it to
+the next timestep as ``alpha_t' d + sigma_t' eps``. Their defaults are built on the methods above
+(for a flow: ``d = z - s v``, ``z' = (1 - s') d + s' eps``, diffusers' ``FlowMatchLCMScheduler``);
+the VP process overrides them with ``LCMScheduler``'s float32 arithmetic so a policy's samples are
+its scheduler's bit for bit.
 """
 
 from __future__ import annotations
@@ -109,6 +118,24 @@ class NoiseProcess(ABC):
                          like: torch.Tensor) -> torch.Tensor:
         """``c`` with ``z_{t_end} = z_euler + c (d_2 - d_1)``: Heun's trapezoidal corrector from
         ``t_start`` to ``t_end`` (``d_i``: :meth:`ode_derivative` at the two ends)."""
+
+    def sampler_denoised(self, model_output: torch.Tensor, timestep: torch.Tensor,
+                         sample: torch.Tensor, *, timestep_scaling: float = 10.0,
+                         clip_range: float | None = None) -> torch.Tensor:
+        """``d = f(z, t)`` of the stochastic multistep consistency sampler at one (0-d)
+        ``timestep``: ``x0_hat`` (clamped to ``+-clip_range`` when given) through
+        :meth:`consistency_output`; keeps the gradient of ``model_output``."""
+        x0 = self.predicted_origin(model_output, timestep, sample)
+        if clip_range is not None:
+            x0 = x0.clamp(-clip_range, clip_range)
+        return self.consistency_output(sample, x0, timestep, timestep_scaling=timestep_scaling)
+
+    def renoise_coefficients(self, timestep: torch.Tensor | int | float
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``alpha_t``, ``sigma_t`` of one timestep as 0-d float32 CPU tensors: the sampler
+        re-noises ``d`` to ``t`` as ``alpha_t d + sigma_t eps``."""
+        alpha, sigma = self.alpha_sigma(torch.as_tensor(timestep).cpu(), torch.zeros(1))
+        return alpha.reshape(()), sigma.reshape(())
 
     @abstractmethod
     def matches(self, other: "NoiseProcess") -> bool:

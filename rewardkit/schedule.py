@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .errors import ConfigError
-from .lcm_boundary import consistency_output
+from .lcm_boundary import consistency_output, lcm_scheduler_denoised
 from .noise_process import NoiseProcess, _compute_dtype, _per_sample
 
 #: The teacher output parametrisations diffusers schedulers know (``prediction_type``).
@@ -128,6 +128,20 @@ class NoiseSchedule(NoiseProcess):
         alpha_prev, sigma_prev = self.alpha_sigma(t_end, like)
         coefficient = (sigma_prev - alpha_prev * sigma / alpha) / 2
         return torch.where(sigma_prev > 0, coefficient, torch.zeros_like(coefficient))
+
+    def sampler_denoised(self, model_output: torch.Tensor, timestep: torch.Tensor,
+                         sample: torch.Tensor, *, timestep_scaling: float = 10.0,
+                         clip_range: float | None = None) -> torch.Tensor:
+        """``LCMScheduler.step``'s ``denoised`` (its float32 arithmetic, bit for bit)."""
+        return lcm_scheduler_denoised(self.alphas_cumprod.float(), self.prediction_type,
+                                      model_output, timestep, sample, timestep_scaling,
+                                      clip_range)
+
+    def renoise_coefficients(self, timestep: torch.Tensor | int
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``sqrt(abar_t)``, ``sqrt(1 - abar_t)`` in float32, as ``LCMScheduler.step`` re-noises."""
+        abar = self.alphas_cumprod.float()[int(timestep)]
+        return abar.sqrt(), (1 - abar).sqrt()
 
     def matches(self, other: NoiseProcess) -> bool:
         """The same ``abar`` (to 1e-6)."""

@@ -1,6 +1,7 @@
 """The ``grpo`` recipe and the consistency sampler as a policy, on a tiny teacher and a tiny
 distilled student, offline: the rollout is the sampler's chain bit for bit, each step's
-log-probability is the closed-form Gaussian density around diffusers' own ``denoised``, the
+log-probability is the closed-form Gaussian density around diffusers' own ``denoised`` (and, for a
+flow teacher, around ``FlowMatchLCMScheduler``'s x0 with its re-noising ``(1 - s) x0 + s eps``), the
 clipped objective's gradient matches a hand-computed case, group advantages, LoRA with the KL
 term, a non-differentiable RM trains the student, and the recipe contract holds."""
 
@@ -23,6 +24,7 @@ from rewardkit.rewards.base import RewardModel
 from rewardkit.sampling_grad import guidance_input, sample_consistency
 from rewardkit.testing.recipe_contract import check_recipe
 from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
+from rewardkit.testing.tiny_sd3 import build_tiny_sd3_pipeline
 from rewardkit.testing.tiny_training import tiny_lcd_config, write_tiny_image_folder
 from rewardkit.training.metrics import read_metrics
 
@@ -91,6 +93,56 @@ def test_a_steps_log_prob_is_the_closed_form_gaussian_around_diffusers_denoised(
         again, _ = step_log_prob(backbone, student, cond, chain, index, z,
                                  samples.next_latents[index], time_cond_proj_dim=dim)
         torch.testing.assert_close(again, samples.log_probs[index], rtol=0, atol=1e-4)
+        assert again.requires_grad
+
+
+@pytest.fixture(scope="module")
+def flow_policy(tmp_path_factory):
+    teacher = build_tiny_sd3_pipeline(tmp_path_factory.mktemp("grpo-flow") / "sd3", t5=False)
+    backbone = rk.backbone("stable-diffusion-3", pretrained_model_name_or_path=str(teacher),
+                           max_sequence_length=16)
+    torch.manual_seed(0)
+    student = backbone.build_student()
+    with torch.no_grad():  # a student that is not the teacher: v differs at every step
+        for param in student.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    cond = backbone.encode_prompts(["a red circle", "a photo of a dog"]).float()
+    return backbone, student, cond
+
+
+def test_a_flow_rollout_is_flow_match_lcm_and_its_log_prob_the_closed_form_gaussian(flow_policy):
+    """Written from the equations: d = z - s v, z' = (1 - s') d + s' eps, so
+    log pi(z' | z) = log N(z'; (1 - s') d, s'^2 I), on the scheduler's own sigmas."""
+    from diffusers import FlowMatchLCMScheduler
+
+    backbone, student, cond = flow_policy
+    chain = ConsistencyChain(backbone, 3)
+    samples = rollout(backbone, student, cond, chain, generator=torch.Generator().manual_seed(3),
+                      time_cond_proj_dim=None, latent_size=8)
+    assert samples.latents.shape == (2, 2, 16, 8, 8)
+    # diffusers' stochastic flow consistency sampler, same noise: the same chain
+    lcm = FlowMatchLCMScheduler.from_config(backbone.noise_scheduler.config)
+    lcm.set_timesteps(3)
+    generator = torch.Generator().manual_seed(3)
+    z = torch.randn((2, 16, 8, 8), generator=generator)
+    for t in lcm.timesteps:
+        z = lcm.step(backbone.predict(student, z, t.expand(2), cond), t, z, generator=generator,
+                     return_dict=False)[0]
+    torch.testing.assert_close(samples.x0, z, rtol=1e-5, atol=1e-5)
+    sigmas = lcm.sigmas.double()
+    for index in range(2):
+        z, z_next = samples.latents[index], samples.next_latents[index]
+        t = lcm.timesteps[index]
+        v = backbone.predict(student, z, t.expand(2), cond).double()
+        d = z.double() - sigmas[index] * v
+        s_next = sigmas[index + 1]
+        density = torch.distributions.Normal((1 - s_next) * d, s_next)
+        closed_form = density.log_prob(z_next.double()).flatten(1).sum(1)
+        torch.testing.assert_close(samples.log_probs[index].double(), closed_form, rtol=1e-5,
+                                   atol=1e-2)
+        again, _ = step_log_prob(backbone, student, cond, chain, index, z, z_next,
+                                 time_cond_proj_dim=None)
+        torch.testing.assert_close(again, samples.log_probs[index], rtol=0, atol=1e-3)
         assert again.requires_grad
 
 
