@@ -121,3 +121,19 @@ def test_remote_reward_benchmark_times_both_paths(tmp_path):
     assert all(r["images_per_s"] > 0 and r["ms_per_call_median"] > 0 for r in rows)
     assert "added_ms_per_step" in next(r for r in rows if r["where"] == "remote"
                                        and r["clients"] == 1)
+
+
+def test_flow_world_compares_the_flow_teacher_with_its_students(tmp_path):
+    """A tiny flow teacher built on the world, lcd and rg-lcd through the LRM learning the
+    judge, each evaluated at 1/2/4 steps against the teacher with CFG."""
+    result = run("flow_world.py", "--quick", "--seeds", "0", "--output", str(tmp_path / "out"),
+                 out=tmp_path / "f.json")
+    rows = {(r["model"], r["steps"]): r for r in result["rows"]}
+    assert set(rows) == {("teacher", 4)} | {(m, s) for m in ("lcd", "rg-lcd lrm")
+                                            for s in (1, 2, 4)}
+    for row in rows.values():
+        assert 0.0 <= row["judge_reward"] <= 1.0 and row["frechet_distance"] >= 0
+        assert row["ms_per_image"] > 0 and row["speedup"] > 0
+    assert 0.0 <= rows[("rg-lcd lrm", 2)]["lrm_heldout_accuracy"] <= 1.0
+    assert (tmp_path / "out" / "world" / "teacher-flow" / "model_index.json").is_file()
+    assert (tmp_path / "out" / "table.md").read_text().count("\n| ") == 7  # a line per row
