@@ -3,8 +3,8 @@
 :class:`StudentTuningConfig` holds the keys of the student and its sampler, of the expert RM,
 of LoRA and of the validation grid. :class:`StudentTuningRecipe` loads the student
 (``Backbone.load_student``: a pipeline folder or a checkpoint), adds LoRA on request, builds
-the expert, samples the validation grid, and saves a diffusers pipeline with an
-``LCMScheduler``. The algorithms (:mod:`rewardkit.recipes.draft`,
+the expert, samples the validation grid, and saves a diffusers pipeline with the student's
+scheduler (``LCMScheduler``; a flow teacher's ``FlowMatchEulerDiscreteScheduler``). The algorithms (:mod:`rewardkit.recipes.draft`,
 :mod:`rewardkit.recipes.grpo`) write only their losses and after-step work.
 """
 
@@ -43,8 +43,9 @@ class StudentTuningConfig(TrainingConfig):
     learning_rate: float = _f(1e-5, "AdamW learning rate of the student", OURS)
     # ---------------------------------------------------------------- the sampler
     sample_steps: int = _f(2, "Consistency sampling steps of each training sample", OURS)
-    guidance_scale: float = _f(7.5, "The student's guidance input (it embeds w = scale - 1)",
-                               OURS)
+    guidance_scale: float = _f(7.5, "The student's guidance input (it embeds w = scale - 1); a "
+                               "student with the guidance baked in (SD3) has no such input, and "
+                               "draft's LCD term then guides the teacher with this scale", OURS)
     num_ddim_timesteps: int = _f(50, "The LCM schedule's original_inference_steps (the "
                                  "student's distillation grid)", OURS)
     timestep_scaling_factor: float = _f(10.0, "The LCM boundary-condition timestep scaling",
