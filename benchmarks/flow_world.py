@@ -126,7 +126,7 @@ def distil(row: str, teacher: Path, seed: int, args: argparse.Namespace) -> dict
     return result
 
 
-def evaluate(backbone: Any, evaluator: Any, label: str, images: Any, seconds: float,
+def evaluate(evaluator: Any, label: str, images: Any, seconds: float,
              steps: int) -> dict[str, Any]:
     """One row's figures from its images and sampling time."""
     scored = evaluator.score(images)
@@ -145,7 +145,7 @@ def run_seed(seed: int, teacher: Path, args: argparse.Namespace, evaluator: Any)
     images, seconds = teacher_images(backbone, prompts, steps=args.teacher_steps,
                                      guidance_scale=GUIDANCE_SCALE, seed=seed,
                                      batch_size=args.batch_size)
-    rows = [{**evaluate(backbone, evaluator, "teacher", images, seconds, args.teacher_steps),
+    rows = [{**evaluate(evaluator, "teacher", images, seconds, args.teacher_steps),
              "seed": seed}]
     for row in ROWS:
         trained = distil(row, teacher, seed, args)
@@ -153,7 +153,7 @@ def run_seed(seed: int, teacher: Path, args: argparse.Namespace, evaluator: Any)
         for steps in STUDENT_STEPS:
             images, seconds = student_images(backbone, student, prompts, steps=steps, seed=seed,
                                              batch_size=args.batch_size)
-            rows.append({**evaluate(backbone, evaluator, row, images, seconds, steps),
+            rows.append({**evaluate(evaluator, row, images, seconds, steps),
                          "seed": seed, **{k: v for k, v in trained.items() if k != "pipeline"}})
     for row in rows:
         row["speedup"] = rows[0]["ms_per_image"] / row["ms_per_image"]
