@@ -22,6 +22,9 @@ Mean ± std over the seeds.
 
     python benchmarks/flow_world.py                    # 3 seeds, 400 steps each
     python benchmarks/flow_world.py --quick            # smoke run: a tiny teacher, seconds
+
+Runs are kept under ``--output`` (``runs/flow_world``); a rerun reuses the finished ones
+(``--retrain`` to distil again), so an interrupted benchmark continues where it stopped.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: a tiny flow teacher, 2 steps, 4 prompts")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--retrain", action="store_true",
+                        help="distil again where --output already holds a finished run")
     args = parser.parse_args(argv)
     args.steps = args.steps or (2 if args.quick else 400)
     args.teacher_steps = args.teacher_steps or (4 if args.quick else 50)
@@ -106,12 +111,22 @@ def run_values(row: str, teacher: Path, seed: int, args: argparse.Namespace) -> 
     return values
 
 
+#: What a finished run leaves in its folder for a rerun to reuse.
+RUN_FILE = "flow_world.json"
+
+
 def distil(row: str, teacher: Path, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Train one student; its folder, minutes and (rg-lcd) the LRM's held-out accuracy."""
+    """Train one student (or reuse the finished run in its folder, unless ``--retrain``); its
+    folder, minutes and (rg-lcd) the LRM's held-out accuracy."""
     import rewardkit as rk
     from rewardkit.proxies.preference_set import preference_accuracy
 
-    recipe = rk.recipe("lcd" if row == "lcd" else "rg-lcd", run_values(row, teacher, seed, args))
+    values = run_values(row, teacher, seed, args)
+    finished = Path(values["output_dir"]) / RUN_FILE
+    if finished.is_file() and not args.retrain:
+        print(f"reusing {finished.parent} (--retrain to distil again)", flush=True)
+        return json.loads(finished.read_text())
+    recipe = rk.recipe("lcd" if row == "lcd" else "rg-lcd", values)
     began = time.perf_counter()
     output = recipe.run(progress=False)
     result: dict[str, Any] = {"pipeline": str(Path(output) / "pipeline"),
@@ -123,6 +138,7 @@ def distil(row: str, teacher: Path, seed: int, args: argparse.Namespace) -> dict
         result["lrm_heldout_accuracy_before"] = before
         result["lrm_heldout_accuracy"] = preference_accuracy(
             recipe.proxy_model, recipe.heldout)["proxy_heldout_accuracy"]
+    finished.write_text(json.dumps(result, indent=2))
     return result
 
 
