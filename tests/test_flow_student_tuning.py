@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import rewardkit as rk
+from rewardkit.flow_matching import FlowMatchProcess
 from rewardkit.recipes.grpo import GRPORecipe
 from rewardkit.rewards.base import RewardModel
 from rewardkit.testing.recipe_contract import check_recipe
@@ -73,6 +74,7 @@ def test_draft_trains_a_flow_student_directly_with_the_lcd_term(assets, tmp_path
                                        sample_steps=2, grad_steps="last 2", lcd_weight=1.0,
                                        guidance_scale=3.0), reward=Redness())
     recipe.run(progress=False)
+    assert isinstance(recipe.solver.schedule, FlowMatchProcess)  # the teacher's ODE is the flow's
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["lcd_loss"] > 0 and "reward_loss" in r for r in rows)
