@@ -1,5 +1,7 @@
-"""Keep the README and CONTRIBUTING honest: the CLI tour runs, the Python tour runs, the two
-fresh-machine commands exist as Make targets, every hook and contract helper is documented."""
+"""Keep the README, CONTRIBUTING and docs honest: the CLI tour runs, the Python tour runs, the two
+fresh-machine commands exist as Make targets, every hook and contract helper is documented, and
+every command of every page is run by a test or marked as needing weights, a GPU, the network,
+minutes or a server (and then checked without running it)."""
 
 from __future__ import annotations
 
