@@ -15,6 +15,7 @@ is needed. ``--student`` times a trained one instead (e.g. ``rg-lcd-world/pipeli
 
     python benchmarks/speedup_under_load.py                  # idle, then 1 busy process; ~5 min on 2 cores
     python benchmarks/speedup_under_load.py --load 2 --rounds 7 --json speedups.json
+    python benchmarks/speedup_under_load.py --quick          # seconds; a smoke run, figures not meaningful
 """
 
 from __future__ import annotations
@@ -46,7 +47,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)),
                         help="torch threads (default: OMP_NUM_THREADS, else 2)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
-    return parser.parse_args(argv)
+    parser.add_argument("--quick", action="store_true",
+                        help="toy sizes (2 images, 1 round, a 2-step teacher, 1- and 2-step students) "
+                             "unless given: a smoke run in seconds, figures not meaningful")
+    args = parser.parse_args(argv)
+    if args.quick:
+        parser.set_defaults(num_images=2, batch_size=2, rounds=1, teacher_steps=2, student_steps=[1, 2])
+        args = parser.parse_args(argv)
+    return args
 
 
 def untrained_student(folder: Path) -> Path:

@@ -123,6 +123,32 @@ def test_remote_reward_benchmark_times_both_paths(tmp_path):
                                        and r["clients"] == 1)
 
 
+def test_speedup_under_load_measures_idle_and_loaded(tmp_path):
+    """Toy sizes (2 images, 1 round, 2 teacher steps): the structure and the figures' signs,
+    not the speed-ups themselves."""
+    import math
+
+    result = run("speedup_under_load.py", "--quick", "--load", "1", "--threads", "1",
+                 out=tmp_path / "s.json")
+    assert list(result["conditions"]) == ["idle", "loaded (1 busy)"]
+    for condition in result["conditions"].values():
+        assert [r["row"] for r in condition["rows"]] == ["teacher 2", "student 1", "student 2"]
+        assert condition["seconds"] > 0
+        for row in condition["rows"]:
+            for key in ("ms_per_image", "ms_per_image_min", "ms_per_image_max", "speedup",
+                        "speedup_min", "speedup_max", "sampling_pass_ms_per_image",
+                        "sampling_pass_speedup"):
+                assert math.isfinite(row[key]) and row[key] > 0, (row["row"], key, row[key])
+            assert row["ms_per_image_min"] <= row["ms_per_image"] <= row["ms_per_image_max"]
+            assert 0.0 <= row["judge_reward"] <= 1.0
+        teacher = condition["rows"][0]
+        assert teacher["speedup"] == pytest.approx(1.0) and teacher["sampling_pass_speedup"] == 1.0
+    for summary in ("max_relative_change", "median_relative_change"):
+        assert set(result[summary]) == {"speedup", "sampling_pass_speedup"}
+        assert all(math.isfinite(v) and v >= 0 for v in result[summary].values())
+    assert "torch" in result["machine"]
+
+
 def test_flow_world_compares_the_flow_teacher_with_its_students(tmp_path):
     """A tiny flow teacher built on the world, lcd and rg-lcd through the LRM learning the
     judge, each evaluated at 1/2/4 steps against the teacher with CFG."""
