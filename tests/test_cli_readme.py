@@ -263,6 +263,9 @@ RUN_HERE: dict[str, list[tuple[str, tuple[str, ...], tuple[str, ...]]]] = {
 RUN_ELSEWHERE = {
     "rewardkit world build --size tiny --out tiny-world": (
         "tests/test_world_build.py", ["world", "build", "--size", "tiny", "--out"]),
+    "rewardkit world build --teacher flow --size tiny --out tiny-world": (
+        "tests/test_world_flow.py", ["world", "build", "--teacher", "flow", "--size", "tiny",
+                                     "--out"]),
 }
 TOUR = {" ".join([*(f"{k}={v}" for k, v in env.items()), "rewardkit", *argv]) for env, argv, _ in COMMANDS}
 RUN = {text for scenario in RUN_HERE.values() for text, _, _ in scenario} | set(RUN_ELSEWHERE) | TOUR
