@@ -16,9 +16,10 @@ Then, on the same held-out test prompts and sampling seeds, the teacher at 50 Eu
 classifier-free guidance 7.5 and each student at 1, 2 and 4 steps (no guidance: it is baked in),
 all sampled in this process through the backbone (:mod:`rewardkit.world.flow_eval`): the judge
 reward, the Frechet distance to real renders (``world-fd``), ms/image and the speed-up over the
-teacher (timed on this machine, the same prompts, seed by seed), and the LRM's held-out
-pairwise accuracy (``world:validation`` candidates judged once, before and after training).
-Mean ± std over the seeds.
+teacher (timed on this machine in rounds that sample every row in turn: medians), and the LRM's
+held-out pairwise accuracy (``world:validation`` candidates judged once, before and after
+training). Mean ± std over the seeds. The students sample with their saved pipeline's default
+schedule, whose last level is diffusers' smallest (``s = 0.001``), so 2 steps are close to 1.
 
     python benchmarks/flow_world.py                    # 3 seeds, 400 steps each
     python benchmarks/flow_world.py --quick            # smoke run: a tiny teacher, seconds
@@ -54,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heldout-prompts", type=int, default=None,
                         help="prompts of the LRM's held-out preference set (64)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--timing-rounds", type=int, default=None,
+                        help="rounds that time every row's sampling in turn (3)")
     parser.add_argument("--output", type=Path, default=Path("runs/flow_world"))
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: a tiny flow teacher, 2 steps, 4 prompts")
@@ -65,6 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.teacher_steps = args.teacher_steps or (4 if args.quick else 50)
     args.num_images = args.num_images or (4 if args.quick else 64)
     args.heldout_prompts = args.heldout_prompts or (4 if args.quick else 64)
+    args.timing_rounds = args.timing_rounds or (1 if args.quick else 3)
     return args
 
 
@@ -142,37 +146,43 @@ def distil(row: str, teacher: Path, seed: int, args: argparse.Namespace) -> dict
     return result
 
 
-def evaluate(evaluator: Any, label: str, images: Any, seconds: float,
-             steps: int) -> dict[str, Any]:
-    """One row's figures from its images and sampling time."""
-    scored = evaluator.score(images)
-    return {"model": label, "steps": steps, "judge_reward": scored["judge_reward"],
-            "frechet_distance": scored["frechet_distance"],
-            "ms_per_image": 1000.0 * seconds / len(images)}
-
-
 def run_seed(seed: int, teacher: Path, args: argparse.Namespace, evaluator: Any) -> list[dict]:
-    """The teacher's row and every student's rows of one seed (the speed-up against the
-    teacher's time of the same seed)."""
+    """The teacher's row and every student's rows of one seed. Sampling is timed in
+    ``--timing-rounds`` rounds that sample every row in turn (the images, hence the quality
+    figures, are the first round's): ms/image is the median over the rounds and the speed-up the
+    median of the per-round ratios to the teacher, so load on a shared machine slows both sides
+    of a ratio alike."""
     from rewardkit.world.flow_eval import flow_backbone, student_images, teacher_images
 
     backbone = flow_backbone(teacher)
     prompts = evaluator.prompts
-    images, seconds = teacher_images(backbone, prompts, steps=args.teacher_steps,
-                                     guidance_scale=GUIDANCE_SCALE, seed=seed,
-                                     batch_size=args.batch_size)
-    rows = [{**evaluate(evaluator, "teacher", images, seconds, args.teacher_steps),
-             "seed": seed}]
-    for row in ROWS:
-        trained = distil(row, teacher, seed, args)
-        student = backbone.load_student(trained["pipeline"]).eval()
-        for steps in STUDENT_STEPS:
-            images, seconds = student_images(backbone, student, prompts, steps=steps, seed=seed,
-                                             batch_size=args.batch_size)
-            rows.append({**evaluate(evaluator, row, images, seconds, steps),
-                         "seed": seed, **{k: v for k, v in trained.items() if k != "pipeline"}})
-    for row in rows:
-        row["speedup"] = rows[0]["ms_per_image"] / row["ms_per_image"]
+    trained = {row: distil(row, teacher, seed, args) for row in ROWS}
+    students = {row: backbone.load_student(done["pipeline"]).eval()
+                for row, done in trained.items()}
+    samplers = [("teacher", args.teacher_steps,
+                 lambda: teacher_images(backbone, prompts, steps=args.teacher_steps,
+                                        guidance_scale=GUIDANCE_SCALE, seed=seed,
+                                        batch_size=args.batch_size))]
+    samplers += [(row, steps, lambda row=row, steps=steps: student_images(
+        backbone, students[row], prompts, steps=steps, seed=seed, batch_size=args.batch_size))
+        for row in ROWS for steps in STUDENT_STEPS]
+    images: list[Any] = [None] * len(samplers)
+    times: list[list[float]] = [[] for _ in samplers]
+    for _ in range(args.timing_rounds):
+        for index, (_, _, sample) in enumerate(samplers):
+            drawn, seconds = sample()
+            images[index] = drawn if images[index] is None else images[index]
+            times[index].append(1000.0 * seconds / len(prompts))
+    rows = []
+    for index, (label, steps, _) in enumerate(samplers):
+        scored = evaluator.score(images[index])
+        ratios = [t / own for t, own in zip(times[0], times[index])]
+        extra = {k: v for k, v in trained.get(label, {}).items() if k != "pipeline"}
+        rows.append({"model": label, "steps": steps, "seed": seed,
+                     "judge_reward": scored["judge_reward"],
+                     "frechet_distance": scored["frechet_distance"],
+                     "ms_per_image": statistics.median(times[index]),
+                     "speedup": statistics.median(ratios), **extra})
     return rows
 
 
