@@ -136,7 +136,8 @@ def distil(row: str, teacher: Path, seed: int, args: argparse.Namespace) -> dict
     result: dict[str, Any] = {"pipeline": str(Path(output) / "pipeline"),
                               "train_minutes": round((time.perf_counter() - began) / 60, 2)}
     if row == "rg-lcd lrm":
-        rows = [json.loads(line) for line in (Path(output) / "metrics.jsonl").read_text().splitlines()]
+        metrics = (Path(output) / "metrics.jsonl").read_text().splitlines()
+        rows = [json.loads(line) for line in metrics]
         before = next((r["proxy_heldout_accuracy"] for r in rows
                        if "proxy_heldout_accuracy" in r), None)
         result["lrm_heldout_accuracy_before"] = before

@@ -202,8 +202,9 @@ def train_transformer(transformer: nn.Module, latents: tuple[torch.Tensor, torch
     return ema, StageStats(step, schedule.elapsed(), final, losses)
 
 
-def train_flow_teacher(path: str | Path, source: str | Path, plan: FlowTeacherPlan = FlowTeacherPlan(),
-                       seed: int = 0, progress: Progress | None = None,
+def train_flow_teacher(path: str | Path, source: str | Path,
+                       plan: FlowTeacherPlan = FlowTeacherPlan(), seed: int = 0,
+                       progress: Progress | None = None,
                        untrained_path: str | Path | None = None) -> FlowTeacherResult:
     """Train the flow teacher on the world and save it at ``path`` (see the module docstring).
 
@@ -234,8 +235,8 @@ def train_flow_teacher(path: str | Path, source: str | Path, plan: FlowTeacherPl
     scaling = float(vae.config.scaling_factor)
     distinct = sorted(set(captions))
     caption_index = torch.tensor([distinct.index(c) for c in captions])
-    cond = Conditioning.cat([backbone.encode_prompts(distinct[i:i + 256])
-                             for i in range(0, len(distinct), 256)] + [backbone.empty_conditioning(1)])
+    chunks = [backbone.encode_prompts(distinct[i:i + 256]) for i in range(0, len(distinct), 256)]
+    cond = Conditioning.cat(chunks + [backbone.empty_conditioning(1)])  # the empty prompt last
     ema, stats = train_transformer(transformer, (means * scaling, stds * scaling), caption_index,
                                    cond.prompt_embeds.float(),
                                    cond.added["pooled_projections"].float(), plan, seed, progress)
