@@ -53,7 +53,8 @@ class PromptCache:
             self._as_tuple = not isinstance(encoded, torch.Tensor)
             parts = tuple(encoded) if self._as_tuple else (encoded,)
             for i, prompt in enumerate(missing):
-                rows[prompt] = tuple(part[i].detach() for part in parts)
+                # a clone, not a view: a kept row must not keep its whole batch alive
+                rows[prompt] = tuple(part[i].detach().clone() for part in parts)
         for prompt in distinct:
             self._rows[prompt] = rows[prompt]
             self._rows.move_to_end(prompt)
