@@ -88,16 +88,24 @@ def test_lrm_pairs_splits_ground_truth_pairs_by_the_deciding_judge_term(tmp_path
     assert all(0.0 <= float(acc) <= 1.0 for _, _, acc in decided)
 
 
-def test_alignment_table_trains_each_row_on_its_budget_and_counts_expert_calls(tmp_path):
-    """Two rows of the table (a frozen LRM: no expert call; DRaFT through a from-scratch LRM on
-    the scorer) from a student distilled for 2 steps, on a budget of 3 CPU seconds."""
+@pytest.fixture(scope="module")
+def tiny_world_student(tmp_path_factory) -> Path:
+    """The world's LCD student, distilled for 2 steps only (the table's starting point)."""
+    folder = tmp_path_factory.mktemp("student")
     student = subprocess.run(
         [sys.executable, "-c", "from rewardkit.world.tuning_run import world_student; "
-         f"print(world_student({str(tmp_path / 'student')!r}, steps=2))"],
+         f"print(world_student({str(folder)!r}, steps=2))"],
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert student.returncode == 0, student.stderr[-2000:]
+    return folder / "pipeline"
+
+
+def test_alignment_table_trains_each_row_on_its_budget_and_counts_expert_calls(
+        tmp_path, tiny_world_student):
+    """Two rows of the table (a frozen LRM: no expert call; DRaFT through a from-scratch LRM on
+    the scorer) from a student distilled for 2 steps, on a budget of 3 CPU seconds."""
     result = run("alignment_table.py", "--quick", "--seeds", "0", "--num-images", "4",
-                 "--student", str(tmp_path / "student" / "pipeline"),
+                 "--student", str(tiny_world_student),
                  "--output", str(tmp_path / "out"), "--only", "rg-lcd lrm frozen",
                  "draft lrm b20", out=tmp_path / "a.json")
     rows = {r["row"]: r for r in result["runs"]}
@@ -109,6 +117,21 @@ def test_alignment_table_trains_each_row_on_its_budget_and_counts_expert_calls(t
     trained = [rows["rg-lcd lrm frozen"], rows["draft lrm b20"]]
     assert all(r["steps"] >= 1 and 0.04 < r["train_minutes"] for r in trained)
     assert (tmp_path / "out" / "table.md").read_text().count("\n| ") == 3  # a line per row
+
+
+def test_draft_world_sweep_scores_each_setting_on_validation_captions(tmp_path, tiny_world_student):
+    """One setting of the sweep that chose draft's world defaults, beside the untuned student."""
+    result = run("draft_world_sweep.py", "--quick", "--num-images", "4",
+                 "--student", str(tiny_world_student), "--output", str(tmp_path / "out"),
+                 "--only", "lr 3e-5, lcd 1", out=tmp_path / "s.json")
+    rows = {r["setting"]: r for r in result["results"]}
+    assert set(rows) == {"student", "lr 3e-5, lcd 1"}
+    for row in rows.values():
+        assert all(0.0 <= row[f"judge@{s}"] <= 1.0 and row[f"fd@{s}"] >= 0 for s in (1, 2, 4))
+    config = json.loads((tmp_path / "out" / "lr3e-5-lcd1" / "config.json").read_text())
+    assert config["learning_rate"] == 3e-5 and config["lcd_weight"] == 1.0
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "validation captions" in table and table.count("\n| ") == 2  # a line per setting
 
 
 def test_remote_reward_benchmark_times_both_paths(tmp_path):

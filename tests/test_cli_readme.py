@@ -374,8 +374,8 @@ def cli_command():
 def check_rewardkit(command: DocCommand, args: list[str]) -> None:
     """The subcommand exists and takes these options and values (click parses them, nothing
     runs); for `run`, the recipe exists and knows every --key, with values of the right types."""
-    from rewardkit.config import apply_aliases, check_keys, parse_cli_overrides
-    from rewardkit.plan import load_for_plan
+    from rewardkit.config import (apply_aliases, check_keys, load_config, normalise_key,
+                                  parse_cli_overrides)
     from rewardkit.plugins import get_host
 
     words = [word for word in args if word != "..."]  # `...`: the options of the example above
@@ -398,11 +398,12 @@ def check_rewardkit(command: DocCommand, args: list[str]) -> None:
         config, recipe = ctx.params["config"], ctx.params["recipe"]
         overrides = parse_cli_overrides(list(ctx.args))
         try:
-            if config is None or (ROOT / config).exists():
-                load_for_plan(recipe, config and ROOT / config, overrides)
-            else:  # the reader's own file (lcd.toml): the keys given here, without it
-                config_class = get_host().get("recipe", recipe).factory.Config
-                check_keys(config_class, apply_aliases(config_class, overrides))
+            config_class = get_host().get("recipe", recipe).factory.Config
+            overrides = apply_aliases(config_class, {normalise_key(k): v
+                                                     for k, v in overrides.items()})
+            check_keys(config_class, overrides)
+            if config is not None and (ROOT / config).exists():  # else the reader's own file
+                load_config(config_class, ROOT / config, overrides, validate=False)
         except Exception as error:  # a RewardkitError names the key
             raise AssertionError(f"{command}: {error}") from None
 

@@ -149,7 +149,7 @@ def test_example_configs_carry_the_plans_figures(path):
     come back without measuring anything, in a few seconds."""
     if 'backbone = "stable-diffusion-3"' in path.read_text():
         # the plan covers UNet backbones only; an SD3 config gets its one sentence
-        with pytest.raises(ConfigError, match="knows stable-diffusion and stable-diffusion-xl"):
+        with pytest.raises(ConfigError, match="not the 'stable-diffusion-3' backbone"):
             plan_file(path, num_processes=1, profiles=Profiles(measure_missing=False))
         return
     comment = " ".join(line.lstrip("#").strip() for line in path.read_text().splitlines()
@@ -198,8 +198,45 @@ def test_plan_options_need_plan_and_other_recipes_are_refused(assets, tmp_path, 
     config = tiny_config_file(assets, tmp_path)
     assert cli_run(["run", "lcd", "--config", str(config), "--gpu_memory", "80GiB"]) == 2
     capsys.readouterr()
-    with pytest.raises(ConfigError, match="covers the lcd and rg-lcd recipes"):
+    with pytest.raises(ConfigError, match="covers only the lcd and rg-lcd recipes .* not the "
+                                          "'grpo' recipe; to size this run, train it for a few"):
         plan_file(ROOT / "examples" / "configs" / "grpo" / "sd21-pickscore.toml", "grpo")
+
+
+@pytest.mark.parametrize("argv, what", [
+    (["draft"], "the 'draft' recipe"),  # its embedded defaults would train a student first
+    (["grpo", "--config", str(ROOT / "examples/configs/grpo/sdxl-lora-hpsv21.toml")],
+     "the 'grpo' recipe"),
+    (["lrm-pretrain"], "the 'lrm-pretrain' recipe"),
+    (["rg-lcd", "--config", str(ROOT / "examples/configs/sd35m-hpsv21-lrm.toml")],
+     "the 'stable-diffusion-3' backbone"),
+    (["rg-lcd", "--backbone", "stable-diffusion-3", "--gpu_memory", "80GiB"],
+     "the 'stable-diffusion-3' backbone"),
+], ids=["draft", "grpo", "lrm-pretrain", "sd3-config", "sd3-override"])
+def test_run_plan_refuses_what_it_does_not_cover_in_one_sentence(argv, what, tmp_path, capsys,
+                                                                 monkeypatch):
+    """No plan table, no traceback, nothing loaded or trained: one sentence naming what is not
+    covered and how to size the run instead."""
+    from rewardkit.recipes import presets
+
+    real = presets.preset_defaults
+
+    def guarded(recipe, chosen=None):
+        assert recipe == "rg-lcd", f"the plan resolved {recipe}'s preset (it trains) before refusing"
+        return real(recipe, chosen)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(presets, "preset_defaults", guarded)
+    assert cli_run(["run", *argv, "--plan"]) == 1
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    message = " ".join(out.split())
+    assert f"covers only the lcd and rg-lcd recipes on the stable-diffusion and " \
+           f"stable-diffusion-xl backbones, not {what}; to size this run, train it for a few " \
+           f"steps on the GPU (--max_train_steps 5) and read its peak memory in nvidia-smi" in message
+    assert "Traceback" not in out and "memory plan per GPU" not in out and "GiB" not in out
+    assert message.count(". ") == 0 and message.count("; ") == 1  # one sentence
+    assert list(tmp_path.iterdir()) == []  # nothing ran
 
 
 def test_an_unknown_hub_teacher_is_refused_naming_the_key(assets, tmp_path):

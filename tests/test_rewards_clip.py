@@ -78,7 +78,7 @@ def test_gradient_reaches_pixels_through_preprocessing(clip_rm):
 
 def test_text_embeddings_are_cached_per_prompt_with_a_bound(clip_dir):
     rm = rk.reward_model("clip-score", model=str(clip_dir))
-    rm.text_cache_size = 2
+    rm.text_cache.size = 2
     calls = []
     original = rm.model.get_text_features
     rm.model.get_text_features = lambda **kw: calls.append(kw["input_ids"].shape[0]) or original(**kw)
@@ -90,7 +90,7 @@ def test_text_embeddings_are_cached_per_prompt_with_a_bound(clip_dir):
     assert torch.equal(first, again)
     with torch.no_grad():
         rm(images[:2], ["a blue dog", "a green tree"])
-    assert len(rm._text_cache) == 2 and "a red cat" not in rm._text_cache
+    assert len(rm.text_cache) == 2 and "a red cat" not in rm.text_cache
 
 
 def test_weights_are_moved_once_not_per_call(clip_dir, monkeypatch):

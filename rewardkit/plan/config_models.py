@@ -34,6 +34,19 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
+#: What the plan covers; anything else is refused by :func:`not_planned` before anything loads.
+PLANNED_RECIPES = ("lcd", "rg-lcd")
+PLANNED_BACKBONES = ("stable-diffusion", "stable-diffusion-xl")
+
+
+def not_planned(what: str) -> ConfigError:
+    """The one-sentence refusal for ``what`` (``"the 'draft' recipe"``) the plan does not cover."""
+    return ConfigError(
+        f"the memory plan covers only the {' and '.join(PLANNED_RECIPES)} recipes on the "
+        f"{' and '.join(PLANNED_BACKBONES)} backbones, not {what}; to size this run, train it for "
+        "a few steps on the GPU (--max_train_steps 5) and read its peak memory in nvidia-smi")
+
+
 @dataclass
 class Models:
     """The specs of a config's models, and the counts the plan needs."""
@@ -53,9 +66,8 @@ def weight_dtype(mixed_precision: str) -> torch.dtype:
 
 def resolve_models(config: Any, notes: list[str]) -> Models:
     """Read the config's model configs (never weights) into specs."""
-    if config.backbone not in ("stable-diffusion", "stable-diffusion-xl"):
-        raise ConfigError(f"backbone: the memory plan knows stable-diffusion and "
-                          f"stable-diffusion-xl, not '{config.backbone}'")
+    if config.backbone not in PLANNED_BACKBONES:
+        raise not_planned(f"the '{config.backbone}' backbone")
     xl = config.backbone == "stable-diffusion-xl"
     teacher = pipeline_specs("pretrained_teacher_model", config.pretrained_teacher_model, xl)
     vae_key = config.pretrained_vae_model_name_or_path or config.backbone_params.get(

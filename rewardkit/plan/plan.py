@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .config_models import (Models, count_parameters, imagereward_count, proxy_counts,
-                            resolve_models, student_counts, weight_dtype)
+from .config_models import (Models, count_parameters, imagereward_count, not_planned,
+                            proxy_counts, resolve_models, student_counts, weight_dtype)
 from .modules import ModelSpec
 from .runs import (Precision, proxy_run, reward_run, unet_run, vae_decode_run, vae_encode_run,
                    vae_factor)
@@ -140,8 +140,7 @@ def plan_config(config: Any, launch: Launch | None = None,
     from ..recipes.lcd_config import LCDConfig
 
     if not isinstance(config, LCDConfig):
-        raise ConfigError(f"the memory plan covers the lcd and rg-lcd recipes; "
-                          f"{type(config).__name__} is not planned yet")
+        raise not_planned(f"a {type(config).__name__}")
     launch = launch or Launch()
     if launch.num_processes < 1:
         raise ConfigError(f"num_processes must be at least 1, got {launch.num_processes}")
@@ -419,11 +418,13 @@ def load_for_plan(recipe: str, path: str | Path | None, overrides: dict[str, Any
     from ..api import _required_given
     from ..config import apply_aliases, check_keys, load_config, normalise_key
     from ..plugins import get_host
+    from ..recipes.lcd_config import LCDConfig
 
     spec = get_host().get("recipe", recipe)
     config_class = getattr(spec.factory, "Config", None)
-    if config_class is None:
-        raise ConfigError(f"recipe '{recipe}' has no Config to plan")
+    # refused before the embedded defaults: draft's and grpo's first train a student to tune
+    if config_class is None or not issubclass(config_class, LCDConfig):
+        raise not_planned(f"the '{recipe}' recipe")
     overrides = apply_aliases(config_class, {normalise_key(k): v for k, v in overrides.items()})
     check_keys(config_class, overrides)
     if path is None and not _required_given(config_class, overrides):
@@ -448,5 +449,4 @@ def plan_file(path: str | Path, recipe: str | None = None, *, num_processes: int
     return plan_config(config, launch, profiles or Profiles())
 
 
-__all__ = ["GiB", "Launch", "Line", "MemoryPlan", "load_for_plan", "plan_config",
-           "plan_file"]
+__all__ = ["GiB", "Launch", "Line", "MemoryPlan", "load_for_plan", "plan_config", "plan_file"]

@@ -8,15 +8,15 @@ flow to the pixels); prompts are embedded under ``no_grad`` and cached per promp
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any, Sequence
 
 import torch
 
-from ..errors import ConfigError, RewardModelError
+from ..errors import ConfigError
 from ..models import resolve_dtype as resolve_any_dtype
 from .module_reward import ModuleRewardModel
 from .preprocess import ImageTransform
+from .prompt_cache import PromptCache
 
 def resolve_dtype(dtype: str | torch.dtype, owner: str) -> torch.dtype:
     """``"float16"``/``"fp16"``/``torch.float16`` -> ``torch.float16``; ConfigError naming ``owner``."""
@@ -37,9 +37,6 @@ class CLIPRewardModel(ModuleRewardModel):
 
     Subclasses implement :meth:`score` with :meth:`image_embeddings` and :meth:`text_embeddings`.
     """
-
-    #: Prompts whose embeddings are kept (least recently used ones are dropped first).
-    text_cache_size: int = 4096
 
     def __init__(self, model: str, processor: str | None = None, dtype: str = "float32",
                  device: str = "cpu", revision: str | None = None) -> None:
@@ -64,7 +61,8 @@ class CLIPRewardModel(ModuleRewardModel):
         self.max_length = min(int(getattr(self.tokenizer, "model_max_length", 77) or 77),
                               int(clip.config.text_config.max_position_embeddings))
         self.logit_scale = float(clip.logit_scale.detach().float().exp())
-        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        #: The prompts' embeddings, computed once per distinct prompt (bounded, see PromptCache).
+        self.text_cache = PromptCache(self._encode_texts)
         self.to(device, torch_dtype)
 
     # ------------------------------------------------------------ placement
@@ -76,7 +74,7 @@ class CLIPRewardModel(ModuleRewardModel):
            dtype: torch.dtype | None = None) -> "CLIPRewardModel":
         """Move the weights once (and drop cached text embeddings made elsewhere)."""
         super().to(device, dtype)
-        self._text_cache.clear()
+        self.text_cache.clear()
         return self
 
     # ------------------------------------------------------------ embeddings
@@ -88,30 +86,20 @@ class CLIPRewardModel(ModuleRewardModel):
         embeds = features(self.model.get_image_features(pixel_values=pixels))
         return embeds / embeds.norm(dim=-1, keepdim=True)
 
-    @torch.no_grad()
     def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
         """L2-normalised text embeddings (no gradient), computed once per distinct prompt."""
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
-        if missing:
-            tokens = self.tokenizer(list(missing), padding=True, truncation=True,
-                                    max_length=self.max_length, return_tensors="pt")
-            tokens = {k: v.to(self.device) for k, v in tokens.items()
-                      if k in ("input_ids", "attention_mask")}
-            embeds = features(self.model.get_text_features(**tokens))
-            embeds = embeds / embeds.norm(dim=-1, keepdim=True)
-            for prompt, embed in zip(missing, embeds):
-                self._text_cache[prompt] = embed
-        for prompt in prompts:
-            self._text_cache.move_to_end(prompt)
-        while len(self._text_cache) > self.text_cache_size:
-            self._text_cache.popitem(last=False)
-        return torch.stack([self._text_cache[p] for p in prompts])
+        return self.text_cache(prompts)
+
+    def _encode_texts(self, prompts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(prompts, padding=True, truncation=True,
+                                max_length=self.max_length, return_tensors="pt")
+        tokens = {k: v.to(self.device) for k, v in tokens.items()
+                  if k in ("input_ids", "attention_mask")}
+        embeds = features(self.model.get_text_features(**tokens))
+        return embeds / embeds.norm(dim=-1, keepdim=True)
 
     def cosine(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Cosine similarity of each image with its prompt, shape ``[B]``, on ``images.device``."""
-        if len(prompts) > self.text_cache_size:
-            raise RewardModelError(f"reward model '{self.name}' got {len(prompts)} prompts in one "
-                                   f"batch; at most {self.text_cache_size} are supported")
         image = self.image_embeddings(images)
         text = self.text_embeddings(prompts).to(image.dtype)
         return (image * text).sum(dim=-1).to(images.device)

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 
 from rewardkit.errors import ConfigError
-from rewardkit.rewards import RewardModel
+from rewardkit.rewards import PromptCache, RewardModel
 
 from .loading import HPS_VERSIONS, load_hps_model, resolve_checkpoint
 from .preprocess import hps_preprocess
@@ -43,7 +43,8 @@ class HPSv2Reward(RewardModel):
 
     The image passes through HPSv2's evaluation preprocessing in torch (longest side to the model's
     input size, bicubic; zero-pad to square; OpenAI normalisation), so the score is differentiable
-    with respect to the images. The prompt side runs without gradients. The score is the plain
+    with respect to the images. The prompt side runs without gradients, once per distinct prompt
+    (:attr:`text_cache`). The score is the plain
     cosine similarity (about 0.2-0.35 for real images, as the reference RG-LCD code uses it; the
     HPSv2 benchmark reports it x100). ``logit_scale`` is ``exp(model.logit_scale)``.
     """
@@ -67,12 +68,16 @@ class HPSv2Reward(RewardModel):
         image_size = self.model.visual.image_size
         self.image_size = int(image_size[0] if isinstance(image_size, (tuple, list)) else image_size)
         self.logit_scale = float(self.model.logit_scale.detach().float().exp())
+        #: Prompt embeddings, computed once per distinct prompt (bounded, see PromptCache).
+        self.text_cache = PromptCache(self._encode_texts)
         self.to(config.device, _DTYPES[config.dtype])
 
     def to(self, device: torch.device | str | None = None,
            dtype: torch.dtype | None = None) -> "HPSv2Reward":
-        """Move the weights once; :meth:`score` moves the (small) inputs to them."""
+        """Move the weights once (and drop cached prompt embeddings); :meth:`score` moves the
+        (small) inputs to them."""
         self.model.to(device=device, dtype=dtype)
+        self.text_cache.clear()
         return self
 
     @property
@@ -83,10 +88,13 @@ class HPSv2Reward(RewardModel):
     def dtype(self) -> torch.dtype:
         return self.model.logit_scale.dtype
 
-    @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Unit-norm prompt embeddings ``[B, D]`` (no gradients)."""
-        tokens = self.tokenizer(list(prompts)).to(self.device)
+        """Unit-norm prompt embeddings ``[B, D]`` (no gradients), computed once per distinct
+        prompt."""
+        return self.text_cache(prompts)
+
+    def _encode_texts(self, prompts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(prompts).to(self.device)
         return self.model.encode_text(tokens, normalize=True)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

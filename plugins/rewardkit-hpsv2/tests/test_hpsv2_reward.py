@@ -177,3 +177,35 @@ def test_bad_checkpoints_and_options_fail_with_clear_errors(tmp_path, tiny):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(RewardModelError, match="junk.pt"):
         HPSv2Reward(HPSv2Config(checkpoint=str(junk), model_config=str(config)))
+
+
+def test_each_distinct_caption_is_encoded_once_per_step(tiny, monkeypatch):
+    checkpoint, config = tiny
+    rm = rk.reward_model("hpsv2", checkpoint=str(checkpoint), model_config=str(config))
+    calls = []
+    encode_text = rm.model.encode_text
+    monkeypatch.setattr(rm.model, "encode_text",
+                        lambda tokens, **kw: calls.append(tokens.shape[0]) or encode_text(tokens, **kw))
+
+    def uncached(x, prompts):  # the path without a cache: every prompt of the batch encoded
+        with torch.no_grad():
+            text = encode_text(rm.tokenizer(prompts), normalize=True)
+            return (rm.encode_images(x) * text).sum(dim=-1).float()
+
+    step = PROMPTS * 3  # an LRM step scores three images per caption
+    x = images(len(step), seed=2).requires_grad_(True)  # scored with gradients, as in training
+    scores = torch.cat([rm(x[i::3], PROMPTS) for i in range(3)] + [rm(x, step)])
+    assert calls == [len(PROMPTS)]  # four calls, 21 captions, one encoding of the three
+    torch.testing.assert_close(scores, torch.cat(
+        [uncached(x[i::3], PROMPTS) for i in range(3)] + [uncached(x, step)]), atol=1e-6, rtol=1e-5)
+    assert all(not row.requires_grad and row.grad_fn is None  # no graph is kept alive
+               for rows in rm.text_cache._rows.values() for row in rows)
+    changed = ["a boat on a lake", PROMPTS[0]]
+    torch.testing.assert_close(rm(x[:2], changed), uncached(x[:2], changed), atol=1e-6, rtol=1e-5)
+    assert calls == [len(PROMPTS), 1]  # the new caption is encoded, the known one is not
+    rm.text_cache.size = 4
+    for i in range(10):  # a training run brings new captions every step
+        rm(x[:2], [f"step {i} a", f"step {i} b"])
+    assert len(rm.text_cache) == 4
+    rm.to("cpu", torch.float32)  # a move drops embeddings computed on the old device/dtype
+    assert len(rm.text_cache) == 0

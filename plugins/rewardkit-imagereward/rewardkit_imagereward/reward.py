@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 
 from rewardkit.errors import ConfigError
-from rewardkit.rewards import RewardModel
+from rewardkit.rewards import PromptCache, RewardModel
 
 from .loading import load_imagereward
 from .preprocess import imagereward_preprocess
@@ -50,10 +50,12 @@ class ImageRewardReward(RewardModel):
     Images pass through ImageReward's preprocessing in torch (shorter side to 224 bicubic, centre
     crop, CLIP normalisation) and the BLIP ViT; the prompt (35 tokens) cross-attends to the image
     tokens in the BERT encoder; the [CLS] state goes through the MLP head and ImageReward's
-    standardisation: ``r`` is the library's ``score_gard``. ``output="hinge"`` returns
-    ``min(r - hinge_at, 0)``, the reward of the reference RG-LCD code, which stops rewarding once
-    ``r >= 2``; ``output="raw"`` returns ``r``. ``logit_scale`` is ``None`` (the reference code
-    multiplies ImageReward by the LRM's own logit scale in the distillation loss).
+    standardisation: ``r`` is the library's ``score_gard``. The text encoder depends on the image,
+    so only the tokens are computed once per distinct prompt (:attr:`text_cache`, on the device).
+    ``output="hinge"`` returns ``min(r - hinge_at, 0)``, the reward of the reference RG-LCD code,
+    which stops rewarding once ``r >= 2``; ``output="raw"`` returns ``r``. ``logit_scale`` is
+    ``None`` (the reference code multiplies ImageReward by the LRM's own logit scale in the
+    distillation loss).
     """
 
     name = "imagereward"
@@ -78,12 +80,16 @@ class ImageRewardReward(RewardModel):
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.checkpoint_path = loaded.checkpoint_path
         self.image_size = self.model.vision_config.image_size
+        #: Token ids and masks on the device, computed once per distinct prompt (see PromptCache).
+        self.text_cache = PromptCache(self._tokenize)
         self.to(config.device, _DTYPES[config.dtype])
 
     def to(self, device: torch.device | str | None = None,
            dtype: torch.dtype | None = None) -> "ImageRewardReward":
-        """Move the weights once; :meth:`score` moves the (small) inputs to them."""
+        """Move the weights once (and drop cached tokens); :meth:`score` moves the (small) inputs
+        to them."""
         self.model.to(device=device, dtype=dtype)
+        self.text_cache.clear()
         return self
 
     @property
@@ -95,8 +101,12 @@ class ImageRewardReward(RewardModel):
         return self.model.blip.visual_encoder.cls_token.dtype
 
     def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids and attention mask ``[B, max_length]`` (padded to max_length, truncated)."""
-        tokens = self.tokenizer(list(prompts), padding="max_length", truncation=True,
+        """Token ids and attention mask ``[B, max_length]`` (padded to max_length, truncated),
+        computed once per distinct prompt."""
+        return self.text_cache(prompts)
+
+    def _tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.tokenizer(prompts, padding="max_length", truncation=True,
                                 max_length=self.config.max_length, return_tensors="pt")
         return tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
 

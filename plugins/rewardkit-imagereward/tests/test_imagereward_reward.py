@@ -228,3 +228,33 @@ def test_unknown_checkpoint_entries_warn(tmp_path, folder):
     torch.save(state, extra / "ImageReward.pt")
     with pytest.warns(UserWarning, match="something_new"):
         ImageRewardReward(ImageRewardConfig(checkpoint=str(extra)))
+
+
+def test_each_distinct_prompt_is_tokenised_once(folder, monkeypatch):
+    # the BERT encoder cross-attends to the image, so the prompt side cached is the tokens
+    rm = rk.reward_model("imagereward", checkpoint=str(folder), output="raw")
+    calls = []
+    tokenizer = rm.tokenizer
+    monkeypatch.setattr(rm, "tokenizer",
+                        lambda prompts, **kw: calls.append(list(prompts)) or tokenizer(prompts, **kw))
+
+    def uncached(x, prompts):
+        tokens = tokenizer(list(prompts), padding="max_length", truncation=True,
+                           max_length=rm.config.max_length, return_tensors="pt")
+        pixels = imagereward_preprocess(x, rm.image_size, antialias=True)
+        with torch.no_grad():
+            return rm.model(pixels, tokens["input_ids"], tokens["attention_mask"]).float()
+
+    step = PROMPTS * 3
+    x = images(len(step), seed=6).requires_grad_(True)
+    scores = torch.cat([rm(x[i::3], PROMPTS) for i in range(3)] + [rm(x, step)])
+    assert calls == [PROMPTS]
+    torch.testing.assert_close(scores, torch.cat(
+        [uncached(x[i::3], PROMPTS) for i in range(3)] + [uncached(x, step)]), atol=1e-5, rtol=1e-5)
+    changed = ["a boat on a lake", PROMPTS[1]]
+    torch.testing.assert_close(rm(x[:2], changed), uncached(x[:2], changed), atol=1e-5, rtol=1e-5)
+    assert calls[1:] == [["a boat on a lake"]]
+    rm.text_cache.size = 4
+    for i in range(10):
+        rm(x[:2], [f"step {i} a", f"step {i} b"])
+    assert len(rm.text_cache) == 4
