@@ -83,6 +83,15 @@ def _source(out: Path, source: str | Path | None) -> Path:
                       "text encoder from; build the world first with `rewardkit world build`")
 
 
+def _recorded(source: Path, out: Path) -> str:
+    """``source`` as the report records it: relative to ``out`` when inside it, so a shipped
+    report does not name the folder of the machine that built it."""
+    try:
+        return str(source.resolve().relative_to(out.resolve()))
+    except ValueError:
+        return str(source)
+
+
 def build_flow_world(out_dir: str | Path | None = None, size: str = "full",
                      minutes: float | None = None, seed: int = 0, progress: bool = True,
                      source: str | Path | None = None) -> dict[str, Any]:
@@ -126,7 +135,7 @@ def build_flow_world(out_dir: str | Path | None = None, size: str = "full",
             quality = _quality(plan, work, seed)
             quality_seconds = time.perf_counter() - start
         report = {
-            "size": size, "seed": seed, "minutes": minutes, "source": str(teacher_source),
+            "size": size, "seed": seed, "minutes": minutes, "source": _recorded(teacher_source, out),
             "seconds": {"transformer": round(result.stats.seconds, 1),
                         "quality": round(quality_seconds, 1),
                         "total": round(time.perf_counter() - began, 1)},
