@@ -328,6 +328,7 @@ def measure(args, recipe, batch, latents, teacher, reward) -> dict:
             synchronize(device)
             if round_ >= args.warmup:
                 times[key].append(time.perf_counter() - began)
+        print(f"round {round_ + 1}/{args.warmup + args.rounds} done", file=sys.stderr, flush=True)
     clock = ModelClock(device)
     profiled = {key: {"step": [], "models": []} for key in run}
     modules, rewards = model_parts(recipe, peer, reward)
