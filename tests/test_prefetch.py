@@ -156,3 +156,41 @@ def test_pinned_batches_hold_the_same_values():
     pinned = pin(batch)
     assert pinned["pixel_values"].is_pinned() and pinned["captions"] == ["a", "b"]
     assert torch.equal(pinned["pixel_values"], batch["pixel_values"])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
+    from rewardkit.testing.tiny_training import write_tiny_image_folder
+
+    root = tmp_path_factory.mktemp("prefetch")
+    # 5 images, batch 2: the batches cross epochs at different offsets
+    return build_tiny_sd_pipeline(root / "teacher"), write_tiny_image_folder(root / "data",
+                                                                              count=5, size=16)
+
+
+def test_training_reads_ahead_and_trains_as_without_it(tiny, tmp_path):
+    """A run with the prefetching thread logs the losses and saves the weights and data position
+    of a run reading each batch inside the step, bit for bit."""
+    from safetensors.torch import load_file
+
+    from rewardkit.recipes.lcd import LCDRecipe
+    from rewardkit.testing.tiny_training import tiny_lcd_config
+    from rewardkit.training.checkpoint import load_rank_state
+    from rewardkit.training.metrics import read_metrics
+
+    runs = {}
+    for depth in (0, 2):
+        out = tmp_path / f"depth{depth}"
+        recipe = LCDRecipe(tiny_lcd_config(*tiny, out, max_train_steps=3, checkpointing_steps=3,
+                                           dataloader_prefetch=depth))
+        recipe.run(progress=False)
+        assert isinstance(recipe.batches, Prefetcher) == bool(depth)
+        runs[depth] = ([row["lcd_loss"] for row in read_metrics(out / "metrics.jsonl")
+                        if "lcd_loss" in row],
+                       load_file(str(out / "checkpoint-3" / "model.safetensors")),
+                       load_rank_state(out / "checkpoint-3", 0)["loader"])
+    (losses0, weights0, position0), (losses2, weights2, position2) = runs[0], runs[2]
+    assert len(losses0) == 3 and losses2 == losses0
+    assert all(torch.equal(weights2[k], weights0[k]) for k in weights0)
+    assert position2 == position0 and position0["skips"]["loaded"] == 6  # 3 batches of 2 taken
