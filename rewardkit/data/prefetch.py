@@ -42,10 +42,12 @@ class Prefetcher:
     A loader's error is raised by the ``next`` that would have returned that batch.
     """
 
-    def __init__(self, loader: Any, *, depth: int = 1, pin_memory: bool = False) -> None:
+    def __init__(self, loader: Any, *, depth: int = 1, pin_memory: bool = False,
+                 device: torch.device | None = None) -> None:
         if not isinstance(depth, int) or depth < 1:
             raise DataError(f"prefetch depth must be a positive integer, got {depth!r}")
         self.loader, self.depth, self.pin_memory = loader, depth, pin_memory
+        self.device = device  # the CUDA device pinned batches go to
         self._thread: threading.Thread | None = None
         self._queue: queue.Queue = queue.Queue()
         self._slots = threading.Semaphore(depth)  # batches the thread may read ahead
@@ -78,6 +80,10 @@ class Prefetcher:
         self._thread.start()
 
     def _read(self) -> None:
+        if self.pin_memory and self.device is not None and self.device.type == "cuda":
+            # a new thread's current device is 0: pinning there would open a context on GPU 0
+            # in every process (torch's DataLoader pins the same way)
+            torch.cuda.set_device(self.device)
         while not self._stop.is_set():
             if not self._slots.acquire(timeout=_POLL_S):
                 continue

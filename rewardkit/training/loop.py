@@ -363,7 +363,8 @@ class TrainingLoop(Recipe):
             return iter(loader)
         from ..data.prefetch import Prefetcher
 
-        return Prefetcher(loader, depth=depth, pin_memory=self.device.type == "cuda")
+        return Prefetcher(loader, depth=depth, pin_memory=self.device.type == "cuda",
+                          device=self.device)
 
     def data_position(self) -> dict[str, Any]:
         """This rank's data position after the batches the steps took (what a checkpoint
