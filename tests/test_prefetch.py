@@ -194,3 +194,12 @@ def test_training_reads_ahead_and_trains_as_without_it(tiny, tmp_path):
     assert len(losses0) == 3 and losses2 == losses0
     assert all(torch.equal(weights2[k], weights0[k]) for k in weights0)
     assert position2 == position0 and position0["skips"]["loaded"] == 6  # 3 batches of 2 taken
+
+
+def test_a_negative_prefetch_depth_is_refused_naming_the_key(tiny, tmp_path):
+    from rewardkit.errors import ConfigError
+    from rewardkit.testing.tiny_training import tiny_lcd_config
+
+    with pytest.raises(ConfigError, match="^dataloader_prefetch must be finite and not "
+                                          "negative, got -1$"):
+        tiny_lcd_config(*tiny, tmp_path, dataloader_prefetch=-1)
