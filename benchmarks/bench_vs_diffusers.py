@@ -7,19 +7,28 @@ teacher's conditional and unconditional passes as two calls, a per-parameter EMA
 default AdamW, ``loss.item()`` for logging). ``--recipe rg-lcd`` adds the reference RG-LCD
 reward term to it (decode ``f_theta``, score it with the RM, ``loss -= beta * mean(reward)``).
 
-rewardkit runs its own recipe as a user would: pre-encoded latents (``rewardkit data encode``)
-and, with ``--dtype bf16``, mixed precision (frozen teacher, VAE and text encoder in bf16, the
-student's fp32 master weights under autocast). The two steps alternate, one each per round, so
-both see the same machine load. Printed: s/step (median over rounds), images/s, peak memory, the ratio, and a profile
-of rewardkit's step: UNet forwards (hooks on the three UNets), the backward pass (all of it:
-the student UNet's, plus the VAE decoder's and the RM's in rg-lcd), the decode + RM forward
-(rg-lcd), and what is left ("other": text encoder, solver arithmetic, EMA, optimiser, clipping,
-the one host read). With ``--check`` both
-compute one step from the same weights and the same draws in fp32 and the losses are compared.
+rewardkit runs its own recipe as a user would, reading its image folder through its own
+(prefetching) loader, with ``--dtype bf16`` in mixed precision (frozen teacher, VAE and text
+encoder in bf16, the student's fp32 master weights under autocast). Two like-for-like rows:
+
+- ``encode_each_step``: both VAE-encode every batch (the peer gets the same pixels from memory);
+- ``pre_encoded``: both train on the same stored latents (what ``rewardkit data encode`` writes;
+  the peer is handed them in place of its encode);
+
+and, on a line of its own, what pre-encoding saves each side (pre-encoded / encoding): an
+option a user takes, not a property of the step. The four steps alternate, one each per round,
+so all see the same machine load; medians over rounds. Then profiled rounds split each step
+into model time (forwards of the text encoder, VAE encoder and decoder, the three UNets, the
+RM's calls, and all of backward: :mod:`model_clock`) and the rest, the per-step framework
+overhead, printed in ms for both sides (data, tokenising, solver arithmetic, clipping, the
+optimiser, the EMA, checks, the host read). With ``--check`` both compute one step from the
+same weights, latents and draws in fp32 and the losses are compared.
 
 Usage::
 
     python benchmarks/bench_vs_diffusers.py                          # CPU, reduced SD 2.1
+    python benchmarks/bench_vs_diffusers.py --recipe rg-lcd --widths 32,64 --vae-widths 32,64 \
+        --latent 16                                                 # the tiny 32 px setting
     python benchmarks/bench_vs_diffusers.py --recipe rg-lcd --check
     python benchmarks/bench_vs_diffusers.py --device cuda --dtype bf16 --widths 320,640,1280,1280 \\
         --vae-widths 128,256,512,512 --head-dim 5,10,20,20 --cross-attention 1024 --latent 64 \\
@@ -33,11 +42,11 @@ import copy
 import itertools
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -179,29 +188,6 @@ class DiffusersLCDStep:
 # ---------------------------------------------------------------- rewardkit's side
 
 
-@contextmanager
-def unet_timer(modules, device):
-    """Seconds spent in forward calls of ``modules`` (and, via ``backward``, their backward)."""
-    spent = {"forward": 0.0}
-    started = {}
-
-    def pre(module, *_):
-        synchronize(device)
-        started[id(module)] = time.perf_counter()
-
-    def post(module, *_):
-        synchronize(device)
-        spent["forward"] += time.perf_counter() - started.pop(id(module))
-
-    handles = [h for m in modules for h in (m.register_forward_pre_hook(pre),
-                                            m.register_forward_hook(post))]
-    try:
-        yield spent
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def build(args, root: Path):
     from rewardkit.testing.tiny_sd import build_tiny_sd_pipeline
     from rewardkit.testing.tiny_training import write_tiny_image_folder
@@ -220,6 +206,9 @@ def build(args, root: Path):
 
 
 def rewardkit_recipe(args, teacher, data, side, root, reward):
+    """rewardkit's recipe as a user builds it, reading its image folder through its own (prefetching)
+    loader; plus one batch of those images and its latents as ``rewardkit data encode`` stores
+    them (encoded once)."""
     import rewardkit as rk
 
     values = dict(pretrained_teacher_model=str(teacher), train_shards_path_or_url=str(data),
@@ -235,11 +224,15 @@ def rewardkit_recipe(args, teacher, data, side, root, reward):
         recipe = rk.recipe("lcd", values)
     recipe.setup()
     batch = next(recipe.batches)
-    with torch.no_grad():  # what `rewardkit data encode` stores: latents, encoded once
+    with torch.no_grad():
         latents = recipe.backbone.encode_images(batch["pixel_values"].to(recipe.accelerator.device),
                                                 generator=torch.Generator().manual_seed(0))
-    recipe.batches = itertools.repeat({"latents": latents.cpu(), "captions": batch["captions"]})
-    return recipe, batch
+    return recipe, batch, latents.cpu()
+
+
+def pre_encoded(batch, latents):
+    """The endless batches of a pre-encoded run: these latents and captions."""
+    return itertools.repeat({"latents": latents, "captions": batch["captions"]})
 
 
 def tiny_reward(root: Path):
@@ -253,8 +246,11 @@ def check_losses(args, teacher, data, side, root, reward) -> float:
     """Both steps from the same weights, latents and draws in fp32: |loss difference|."""
     from rewardkit.training.step import lcd_forward
 
-    recipe, batch = rewardkit_recipe(argparse.Namespace(**{**vars(args), "dtype": "fp32"}),
-                                     teacher, data, side, root / "check", reward)
+    recipe, batch, latents = rewardkit_recipe(
+        argparse.Namespace(**{**vars(args), "dtype": "fp32"}), teacher, data, side,
+        root / "check", reward)
+    recipe.batches.close()  # the check's batch is fixed: stop reading ahead
+    recipe.batches = pre_encoded(batch, latents)
     peer = DiffusersLCDStep(teacher, recipe.accelerator.device, torch.float32, 1e-5, args.batch,
                             reward if args.recipe == "rg-lcd" else None)
     peer.unet.load_state_dict(recipe.unwrapped_student.state_dict())
@@ -273,6 +269,124 @@ def check_losses(args, teacher, data, side, root, reward) -> float:
     noise = torch.randn(latents.shape, generator=generator)
     theirs = peer.step(None, fixed["captions"], (index, w, noise), latents=latents)
     return abs(float(ours) - theirs)
+
+
+# ---------------------------------------------------------------- measuring
+
+
+#: The rows: (name, does the step VAE-encode its batch).
+ROWS = (("encode_each_step", True), ("pre_encoded", False))
+
+
+def steps(recipe, peer, batch, latents, prefetched):
+    """The four steps timed, by (row, side): rewardkit reads its images through its loader (or
+    repeats the stored latents); the peer gets the same pixels (or latents) from memory."""
+    stored = pre_encoded(batch, latents)
+
+    def rewardkit(batches):
+        def step():
+            recipe.batches = batches
+            recipe.train_step()
+        return step
+
+    pixels, captions = batch["pixel_values"], batch["captions"]
+    return {
+        ("encode_each_step", "rewardkit"): rewardkit(prefetched),
+        ("encode_each_step", "diffusers"): lambda: peer.step(pixels, captions),
+        ("pre_encoded", "rewardkit"): rewardkit(stored),
+        ("pre_encoded", "diffusers"): lambda: peer.step(None, captions, latents=latents),
+    }
+
+
+def model_parts(recipe, peer, reward):
+    """The modules whose forward is model time (text encoder, VAE encoder and decoder, the three
+    UNets of each side) and the reward models (called, not hooked: they need not be modules)."""
+    backbone = recipe.backbone
+    modules = [backbone.text_encoder, backbone.vae.encoder, backbone.vae.decoder, backbone.unet,
+               recipe.unwrapped_student, recipe.target_network,
+               peer.text_encoder, peer.vae.encoder, peer.vae.decoder, peer.teacher, peer.unet,
+               peer.target]
+    return modules, [reward] if reward is not None else []
+
+
+def measure(args, recipe, batch, latents, teacher, reward) -> dict:
+    """Timed rounds (the four steps alternating, one each per round, so all see the same load),
+    then profiled rounds (alternating too) that split each step into model time and the rest."""
+    from model_clock import ModelClock
+
+    device = recipe.accelerator.device
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    peer = DiffusersLCDStep(teacher, device, dtype, 1e-5, args.batch, reward)
+    prefetched = recipe.batches  # the recipe's own loader, reading ahead in its thread
+    run = steps(recipe, peer, batch, latents.to(device), prefetched)
+    times = {key: [] for key in run}
+    for round_ in range(args.warmup + args.rounds):
+        for key, step in run.items():
+            synchronize(device)
+            began = time.perf_counter()
+            step()
+            synchronize(device)
+            if round_ >= args.warmup:
+                times[key].append(time.perf_counter() - began)
+        print(f"round {round_ + 1}/{args.warmup + args.rounds} done", file=sys.stderr, flush=True)
+    clock = ModelClock(device)
+    profiled = {key: {"step": [], "models": []} for key in run}
+    modules, rewards = model_parts(recipe, peer, reward)
+    with clock.watching(modules, rewards):
+        for _ in range(max(1, args.rounds // 2)):
+            for key, step in run.items():
+                clock.reset()
+                synchronize(device)
+                began = time.perf_counter()
+                step()
+                synchronize(device)
+                profiled[key]["step"].append(time.perf_counter() - began)
+                profiled[key]["models"].append(clock.seconds)
+    prefetched.close()
+
+    out: dict = {"rows": {}, "overhead_ms": {}, "model_s": {}, "rounds_s": {}}
+    median = statistics.median
+    for row, _ in ROWS:
+        ours, theirs = (median(times[(row, side)]) for side in ("rewardkit", "diffusers"))
+        out["rows"][row] = {"rewardkit_s": ours, "diffusers_s": theirs,
+                            "ratio_rewardkit_over_diffusers": ours / theirs,
+                            "rewardkit_images_per_s": args.batch / ours,
+                            "diffusers_images_per_s": args.batch / theirs}
+        for side in ("rewardkit", "diffusers"):
+            parts = profiled[(row, side)]
+            out["overhead_ms"].setdefault(side, {})[row] = 1e3 * median(
+                [s - m for s, m in zip(parts["step"], parts["models"])])
+            out["model_s"].setdefault(side, {})[row] = median(parts["models"])
+            out["rounds_s"][f"{row}/{side}"] = times[(row, side)]
+    out["pre_encoding_effect"] = {
+        side: out["rows"]["pre_encoded"][f"{side}_s"] / out["rows"]["encode_each_step"][f"{side}_s"]
+        for side in ("rewardkit", "diffusers")}
+    out["peak_memory_mib_process"] = peak_memory_mb(device)
+    return out
+
+
+def report(result: dict) -> None:
+    """The rows as a table, then the setting."""
+    rows, overhead = result["rows"], result.get("overhead_ms", {})
+    print(f"{result['recipe']}, {result['device']} {result['dtype']}, batch {result['batch']}, "
+          f"{result['resolution']} px, {result['threads']} threads, median of {result['rounds']} "
+          f"alternating rounds; load average {result['load_average']:.2f} -> "
+          f"{result['load_average_after']:.2f}")
+    print(f"{'row':44s} {'rewardkit s':>11s} {'peer s':>9s} {'ratio':>7s} "
+          f"{'rk overhead ms':>15s} {'peer overhead ms':>17s}")
+    labels = {"encode_each_step": "equal work: both VAE-encode every step",
+              "pre_encoded": "equal work: both on pre-encoded latents"}
+    for row, label in labels.items():
+        r = rows[row]
+        print(f"{label:44s} {r['rewardkit_s']:11.4f} {r['diffusers_s']:9.4f} "
+              f"{r['ratio_rewardkit_over_diffusers']:6.3f}x "
+              f"{overhead['rewardkit'][row]:15.1f} {overhead['diffusers'][row]:17.1f}")
+    effect = result["pre_encoding_effect"]
+    print(f"{'pre-encoded / encoding (an option, not a step)':44s} "
+          f"{'':11s} {'':9s} rewardkit {effect['rewardkit']:.3f}x, peer {effect['diffusers']:.3f}x")
+    if "loss_abs_difference_fp32" in result:
+        print(f"|loss difference| in fp32, same weights and draws: "
+              f"{result['loss_abs_difference_fp32']:.3g}")
 
 
 def main() -> None:
@@ -299,7 +413,6 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
 
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -307,95 +420,15 @@ def main() -> None:
         reward = tiny_reward(root) if args.recipe == "rg-lcd" else None
         result = {"recipe": args.recipe, "device": args.device, "dtype": args.dtype,
                   "compile": args.compile and args.compile_backend,
-                  "widths": args.widths, "latent": args.latent, "batch": args.batch,
-                  "threads": args.threads}
+                  "widths": args.widths, "vae_widths": args.vae_widths, "resolution": side,
+                  "latent": args.latent, "batch": args.batch, "threads": args.threads,
+                  "rounds": args.rounds, "load_average": os.getloadavg()[0]}
         if args.check:
             result["loss_abs_difference_fp32"] = check_losses(args, teacher, data, side, root, reward)
-        recipe, batch = rewardkit_recipe(args, teacher, data, side, root, reward)
-        device = recipe.accelerator.device
-        peer = DiffusersLCDStep(teacher, device, dtype, 1e-5, args.batch,
-                                reward if args.recipe == "rg-lcd" else None)
-        pixels, captions = batch["pixel_values"], batch["captions"]
-        times = {"rewardkit": [], "diffusers": []}
-        unet_forward, backward = [], []
-        backward_seconds = [0.0]
-        original_backward = recipe.accelerator.backward
-
-        def timed_backward(loss, **kwargs):
-            synchronize(device)
-            began = time.perf_counter()
-            original_backward(loss, **kwargs)
-            synchronize(device)
-            backward_seconds[0] += time.perf_counter() - began
-
-        recipe.accelerator.backward = timed_backward
-        reward_seconds = [0.0]
-        if args.recipe == "rg-lcd":  # the decode of f_theta and the RM's forward
-            original_scores = recipe.expert_scores
-
-            def timed_scores(latents, captions):
-                synchronize(device)
-                began = time.perf_counter()
-                out = original_scores(latents, captions)
-                synchronize(device)
-                reward_seconds[0] += time.perf_counter() - began
-                return out
-
-            recipe.expert_scores = timed_scores
-        reward_forward = []
-        unets = [recipe.backbone.unet, recipe.unwrapped_student, recipe.target_network]
-        # timed rounds without any profiling (its hooks synchronise a GPU after every call)
-        recipe.accelerator.backward = original_backward
-        scores = recipe.expert_scores if args.recipe == "rg-lcd" else None
-        if scores is not None:
-            recipe.expert_scores = original_scores
-        for round_ in range(args.warmup + args.rounds):
-            for name in ("rewardkit", "diffusers"):
-                synchronize(device)
-                began = time.perf_counter()
-                if name == "rewardkit":
-                    recipe.train_step()
-                else:
-                    peer.step(pixels, captions)
-                synchronize(device)
-                if round_ >= args.warmup:
-                    times[name].append(time.perf_counter() - began)
-        # then profiled rounds of rewardkit's step alone
-        recipe.accelerator.backward = timed_backward
-        if scores is not None:
-            recipe.expert_scores = scores
-        profiled = []
-        for _ in range(max(1, args.rounds // 2)):
-            backward_seconds[0] = reward_seconds[0] = 0.0
-            synchronize(device)
-            began = time.perf_counter()
-            with unet_timer(unets, device) as spent:
-                recipe.train_step()
-            synchronize(device)
-            profiled.append(time.perf_counter() - began)
-            unet_forward.append(spent["forward"])
-            backward.append(backward_seconds[0])
-            reward_forward.append(reward_seconds[0])
-        # medians: a shared machine's load spikes hit single rounds
-        ours, theirs = (statistics.median(times[n]) for n in ("rewardkit", "diffusers"))
-        profiled_step = sum(profiled) / len(profiled)
-        step_unet = (sum(unet_forward) + sum(backward)) / len(profiled)
-        step_reward = sum(reward_forward) / len(profiled)
-        result.update({
-            "rounds_rewardkit_s": times["rewardkit"], "rounds_diffusers_s": times["diffusers"],
-            "rewardkit_s_per_step": ours, "diffusers_s_per_step": theirs,
-            "ratio_rewardkit_over_diffusers": ours / theirs,
-            "rewardkit_images_per_s": args.batch / ours, "diffusers_images_per_s": args.batch / theirs,
-            "profile_unet_forward_s": sum(unet_forward) / len(unet_forward),
-            "profile_backward_s": sum(backward) / len(backward),
-            "profile_reward_forward_s": step_reward,
-            "profile_step_s": profiled_step,
-            "profile_non_unet_share": max(0.0, 1 - step_unet / profiled_step),
-            "profile_other_share": max(0.0, 1 - (step_unet + step_reward) / profiled_step),
-            "peak_memory_mib_process": peak_memory_mb(device),
-        })
-        for key, value in result.items():
-            print(f"{key:34s} {value:.4g}" if isinstance(value, float) else f"{key:34s} {value}")
+        recipe, batch, latents = rewardkit_recipe(args, teacher, data, side, root, reward)
+        result.update(measure(args, recipe, batch, latents, teacher, reward))
+        result["load_average_after"] = os.getloadavg()[0]
+        report(result)
         if args.json:
             args.json.write_text(json.dumps(result, indent=2))
 

@@ -29,8 +29,19 @@ def test_bench_vs_diffusers_computes_the_peers_loss(tmp_path, recipe):
                  "--warmup", "0", "--latent", "8", "--batch", "2", "--threads", "1",
                  "--widths", "32,64", "--vae-widths", "32,64", out=tmp_path / "r.json")
     assert result["loss_abs_difference_fp32"] < 1e-6  # the same algorithm, the same loss
-    assert result["rewardkit_s_per_step"] > 0 and result["diffusers_s_per_step"] > 0
-    assert 0.0 <= result["profile_non_unet_share"] <= 1.0
+    rows = result["rows"]
+    assert set(rows) == {"encode_each_step", "pre_encoded"}  # like for like, both ways
+    for row in rows.values():
+        assert row["ratio_rewardkit_over_diffusers"] == pytest.approx(
+            row["rewardkit_s"] / row["diffusers_s"])
+    for side in ("rewardkit", "diffusers"):
+        assert result["pre_encoding_effect"][side] == pytest.approx(
+            rows["pre_encoded"][f"{side}_s"] / rows["encode_each_step"][f"{side}_s"])
+        for row in rows:
+            # the step's time outside its models, and the models' (they ran, and were timed)
+            overhead_s = result["overhead_ms"][side][row] / 1e3
+            assert 0.0 < overhead_s and 0.0 < result["model_s"][side][row]
+            assert len(result["rounds_s"][f"{row}/{side}"]) == 1
 
 
 def test_check_compile_finds_eagers_gradients_and_losses(tmp_path):

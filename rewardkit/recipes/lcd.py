@@ -159,10 +159,11 @@ class LCDRecipe(TrainingLoop):
     def encode_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Conditioning, Conditioning]:
         """Scaled latents ``z0``, the prompts' and the empty prompt's conditioning (no grad, fp32)."""
         device = self.device
+        # non-blocking: a prefetched batch is in pinned memory on CUDA, so the copy overlaps
         if "latents" in batch:
-            latents = batch["latents"].to(device=device, dtype=torch.float32)
+            latents = batch["latents"].to(device=device, non_blocking=True).float()
         else:
-            latents = self.backbone.encode_images(batch["pixel_values"].to(device),
+            latents = self.backbone.encode_images(batch["pixel_values"].to(device, non_blocking=True),
                                                   generator=self.generator).float()
         cond = self.backbone.encode_prompts(batch["captions"]).float()
         uncond = self.backbone.empty_conditioning(latents.shape[0]).float()

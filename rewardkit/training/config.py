@@ -73,6 +73,9 @@ class TrainingConfig(RecipeConfig):
     dataloader_num_workers: int = _f(0, "Threads decoding samples (batches do not depend on it)",
                                      OURS)
     dataloader_seed: Optional[int] = _f(None, "Seed of the data order (defaults to seed)", OURS)
+    dataloader_prefetch: int = _f(1, "Batches a background thread reads ahead while the step "
+                                  "computes (pinned memory on CUDA); 0 reads each batch inside "
+                                  "the step (batches do not depend on it)", OURS)
 
     # ---------------------------------------------------------------- optimisation
     max_train_steps: int = _f(10000, "Optimiser steps to train")
@@ -136,7 +139,8 @@ class TrainingConfig(RecipeConfig):
         "Model": ("pretrained_teacher_model", "revision", "variant", "backbone", "backbone_params",
                   "pretrained_vae_model_name_or_path", "output_dir", "overwrite_output_dir", "seed"),
         "Data": ("train_shards_path_or_url", "resolution", "center_crop", "random_flip",
-                 "train_batch_size", "dataloader_num_workers", "dataloader_seed"),
+                 "train_batch_size", "dataloader_num_workers", "dataloader_seed",
+                 "dataloader_prefetch"),
         "Training and optimiser": (
             "max_train_steps", "max_train_minutes", "train_time_clock", "learning_rate",
             "lr_scheduler",
@@ -214,7 +218,8 @@ class TrainingConfig(RecipeConfig):
         check_resolution(self.pretrained_teacher_model, self.resolution)
         check_distributed_engine()
         self.require_non_negative("lr_warmup_steps", "checkpointing_steps",
-                                  "dataloader_num_workers", "validation_steps",
+                                  "dataloader_num_workers", "dataloader_prefetch",
+                                  "validation_steps",
                                   "adam_weight_decay", "adam_epsilon")
         self.require_positive("learning_rate", "max_grad_norm")
         for key in ("seed", "dataloader_seed"):  # numpy's and accelerate's seeding range

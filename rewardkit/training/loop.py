@@ -350,9 +350,29 @@ class TrainingLoop(Recipe):
         elif cfg.resume_from_checkpoint:
             acc.print(f"resume_from_checkpoint={cfg.resume_from_checkpoint}: no checkpoint in "
                       f"{self.output_dir}; starting a new run")
-        self.batches: Iterator[dict[str, Any]] = iter(self.loader)
+        self.batches: Iterator[dict[str, Any]] = self.prefetching(self.loader)
         write_run_config(acc, cfg, self.output_dir)  # every check has passed
         self.metrics_log = start_logging(acc, cfg, self.output_dir, self.global_step)
+
+    def prefetching(self, loader: Any) -> Iterator[dict[str, Any]]:
+        """The batches of ``loader`` the steps take: read ``dataloader_prefetch`` batches ahead
+        by a background thread (pinned on CUDA, for non-blocking copies), or, at 0, inside the
+        step."""
+        depth = self.config.dataloader_prefetch
+        if not depth:
+            return iter(loader)
+        from ..data.prefetch import Prefetcher
+
+        return Prefetcher(loader, depth=depth, pin_memory=self.device.type == "cuda",
+                          device=self.device)
+
+    def data_position(self) -> dict[str, Any]:
+        """This rank's data position after the batches the steps took (what a checkpoint
+        saves): the prefetcher's when batches are read ahead, else the loader's."""
+        from ..data.prefetch import Prefetcher
+
+        source = self.batches if isinstance(self.batches, Prefetcher) else self.loader
+        return source.state_dict()
 
     # ================================================================ one step
 
@@ -483,7 +503,7 @@ class TrainingLoop(Recipe):
             save_train_state(acc, folder, self.unwrapped_model, self.optimizer, self.lr_scheduler)
             save_rank_state(folder, acc.process_index, {
                 "generator": self.generator.get_state(),
-                "loader": self.loader.state_dict(),
+                "loader": self.data_position(),
             })
 
         def main_files(folder: Path) -> None:
@@ -626,6 +646,9 @@ class TrainingLoop(Recipe):
                     self.save_checkpoint()
                 if stop:
                     break
+        close = getattr(self.batches, "close", None)
+        if close is not None:  # stop reading ahead; the loader is back at the steps' position
+            close()
         self.save_final()
         if acc.is_main_process:
             skipped = sum(getattr(self.loader, "skipped", {}).values())

@@ -27,16 +27,26 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], *, learning_rate: floa
         else:
             logger.warning("use_8bit_adam: bitsandbytes is not installed; using torch AdamW")
     if optimizer_class is torch.optim.AdamW:
-        # the multi-tensor implementation on every device (torch picks it only for CUDA
-        # tensors by default); fused where the parameters are on CUDA and DeepSpeed does not
-        # wrap the optimiser (not measured here: no GPU)
-        from .runtime import deepspeed_requested
-
-        on_cuda = all(p.is_cuda for p in params) and not deepspeed_requested()
+        # fused (one kernel over all tensors) where torch has it for the parameters' device,
+        # CPU included, and DeepSpeed does not wrap the optimiser; else the multi-tensor
+        # implementation (torch picks it only for CUDA tensors by default). On 2 CPU cores the
+        # fused step of the tiny test UNet (305 tensors) takes about a tenth of foreach's.
         return torch.optim.AdamW(params, lr=learning_rate, betas=betas, weight_decay=weight_decay,
-                                 eps=eps, **({"fused": True} if on_cuda else {"foreach": True}))
+                                 eps=eps, **adamw_implementation(params))
     return optimizer_class(params, lr=learning_rate, betas=betas, weight_decay=weight_decay,
                            eps=eps)
+
+
+def adamw_implementation(params: list[torch.nn.Parameter]) -> dict[str, bool]:
+    """``{"fused": True}`` where torch fuses AdamW for every parameter's device and dtype and
+    DeepSpeed does not wrap the optimiser, else ``{"foreach": True}``."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    from .runtime import deepspeed_requested
+
+    fusable = all(p.device.type in _get_fused_kernels_supported_devices()
+                  and p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params)
+    return {"fused": True} if fusable and not deepspeed_requested() else {"foreach": True}
 
 
 def build_lr_scheduler(name: str, optimizer: torch.optim.Optimizer, *, warmup_steps: int,
