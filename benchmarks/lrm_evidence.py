@@ -120,7 +120,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def fmt(values: list[float], digits: int = 3) -> str:
-    if not values:
+    """``mean ± std`` over seeds; ``-`` where there is nothing to show (no values, or NaN ones:
+    a ratio with no denominator, such as the gain per expert call of a run that made none)."""
+    if not values or any(math.isnan(v) for v in values):
         return "-"
     mean, std = mean_std(values)
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
