@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--load", type=int, default=1, help="busy processes in the loaded measurement")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)),
                         help="torch threads (default: OMP_NUM_THREADS, else 2)")
+    parser.add_argument("--timing-threads", type=int, default=None,
+                        help="torch threads of the timing rounds (default: the default run's, "
+                             "rewardkit.world.default_run.REPORT_TIMING_THREADS)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--quick", action="store_true",
                         help="toy sizes (2 images, 1 round, a 2-step teacher, 1- and 2-step students) "
@@ -54,6 +57,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         parser.set_defaults(num_images=2, batch_size=2, rounds=1, teacher_steps=2, student_steps=[1, 2])
         args = parser.parse_args(argv)
+    if args.timing_threads is None:
+        from rewardkit.world.default_run import REPORT_TIMING_THREADS
+
+        args.timing_threads = REPORT_TIMING_THREADS
     return args
 
 
@@ -76,7 +83,8 @@ def measure(args: argparse.Namespace, student: Path, output: Path) -> dict[str, 
               model_spec(student, "student", tuple(args.student_steps), "student")]
     began = time.perf_counter()
     rows = evaluator.evaluate_models(models, batch_size=args.batch_size,
-                                     timing_rounds=args.rounds, output_dir=output)
+                                     timing_rounds=args.rounds, output_dir=output,
+                                     timing_threads=args.timing_threads)
     seconds = time.perf_counter() - began
     add_speedups(rows)
     results = json.loads((output / "results.json").read_text())
@@ -147,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{c:.0%}" for c in changes["sampling_pass_speedup"])
               + f" (max {max(changes['sampling_pass_speedup']):.0%})"]
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-               f"torch {torch.__version__}, {args.threads} torch threads")
+               f"torch {torch.__version__}, {args.threads} torch threads "
+               f"(the timing rounds: {args.timing_threads})")
     lines += [f"machine: {machine}; 1-min load average before: idle "
               f"{idle['loadavg_1min_before']}, loaded {loaded['loadavg_1min_before']}; "
               f"{args.rounds} rounds of {min(args.batch_size, args.num_images)} images; "

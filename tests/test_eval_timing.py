@@ -112,3 +112,23 @@ def test_summaries_and_ratios_check_their_input(monkeypatch):
     FakeMachine(monkeypatch)
     with pytest.raises(ConfigError, match="at least 1"):
         time_interleaved([TEACHER], ["a"], rounds=0)
+
+
+def test_the_rounds_run_on_the_threads_asked_for_and_restore_the_process_s(monkeypatch):
+    import torch
+
+    machine = FakeMachine(monkeypatch)
+    seen = []
+    sample = machine.run_pipeline
+    machine.run_pipeline = lambda *a, **k: (seen.append(torch.get_num_threads()), sample(*a, **k))[1]
+    monkeypatch.setattr("rewardkit.sampling.run_pipeline", machine.run_pipeline)
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    time_interleaved([TEACHER, STUDENT], ["a", "b"], rounds=1, batch_size=2, threads=wanted)
+    assert seen and set(seen) == {wanted}
+    assert torch.get_num_threads() == before
+    seen.clear()
+    time_interleaved([TEACHER, STUDENT], ["a", "b"], rounds=1, batch_size=2)  # 0: the process's
+    assert set(seen) == {before}
+    with pytest.raises(ConfigError, match="timing threads must be 0"):
+        time_interleaved([TEACHER, STUDENT], ["a", "b"], rounds=1, threads=-1)

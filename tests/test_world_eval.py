@@ -90,6 +90,25 @@ def test_rows_timed_interleaved_keep_their_quality_figures_and_pair_their_rounds
     assert "median of 3 rounds" in table_note(timed) and "median" not in table_note(plain)
 
 
+def test_the_timing_rounds_run_on_the_cpu_threads_asked_for(world, tmp_path):
+    """timing_threads reaches the rounds, and results.json records it (the default run's report
+    times with one thread: rewardkit.world.default_run.REPORT_TIMING_THREADS)."""
+    import json
+
+    import torch
+
+    evaluator = WorldEvaluator(num_images=2, scorer_path=world["scorer"],
+                               features_path=world["features"])
+    models = [model_spec(world["teacher"], "teacher", 2, "teacher"),
+              model_spec(world["student"], "student", (1,))]
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    evaluator.evaluate_models(models, batch_size=2, timing_rounds=1, timing_threads=wanted,
+                              output_dir=tmp_path / "eval")
+    timing = json.loads((tmp_path / "eval" / "results.json").read_text())["timing"]
+    assert timing["cpu_threads"] == wanted and torch.get_num_threads() == before
+
+
 def test_scores_match_the_judge_and_scorer_on_real_renders(world, evaluator):
     from rewardkit.world.rewards import WorldJudge, WorldScorer
 

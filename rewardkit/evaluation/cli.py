@@ -138,6 +138,9 @@ def eval_command(
         "row in turn on one batch, this many rounds; ms/image is the median (with the lowest and "
         "highest round) and each row gets a speed-up over the teacher. 0: the sampling pass's "
         "own times.")] = 0,
+    timing_threads: Annotated[int, typer.Option(
+        "--timing-threads", help="torch's CPU threads during the timing rounds (0: as sampling; "
+        "1 keeps the speed-up steady when other processes load the cores).")] = 0,
 ) -> None:
     """Sample models on a prompt set, score them with reward models and FID, compare with the
     teacher (win rates with bootstrap intervals); writes results.json, report.md and grids."""
@@ -177,7 +180,7 @@ def eval_command(
         images_per_prompt=images_per_prompt, seed=seed, batch_size=batch_size, device=device,
         dtype=dtype, resume=resume, overwrite=overwrite, reference_images=reference_images,
         metric_params=parse_params(metric_param), timing_rounds=timing_rounds,
-        command=" ".join(["rewardkit", "eval",
+        timing_threads=timing_threads, command=" ".join(["rewardkit", "eval",
                           *map(shlex.quote, redact_command(sys.argv[2:]))]))
     evaluation.prepare_output(specs)  # before anything (an export) is written into OUTPUT
     for spec in exports:

@@ -205,6 +205,9 @@ class Evaluation:
             after sampling (:mod:`rewardkit.evaluation.timing`): ms/image is then the median
             over the rounds, with its lowest and highest round, and rows get a speed-up over
             the first teacher. 0: the sampling pass's own times, no speed-up.
+        timing_threads: torch's CPU thread count during those rounds (0: the process's; 1
+            keeps a speed-up steady when other processes load the cores, see
+            :mod:`~.timing`).
     """
 
     def __init__(self, prompts: PromptSet, metrics: Sequence[str], output_dir: str | Path, *,
@@ -212,7 +215,8 @@ class Evaluation:
                  device: str = "auto", dtype: str = "float32", resume: bool = False,
                  reference_images: str | Path | None = None,
                  metric_params: dict[str, dict[str, Any]] | None = None,
-                 command: str = "", overwrite: bool = False, timing_rounds: int = 0) -> None:
+                 command: str = "", overwrite: bool = False, timing_rounds: int = 0,
+                 timing_threads: int = 0) -> None:
         from ..plugins import get_host
 
         if images_per_prompt < 1:
@@ -224,6 +228,9 @@ class Evaluation:
                               "earlier evaluation's images, the other removes them); pass one")
         if timing_rounds < 0:
             raise ConfigError(f"--timing-rounds must be 0 or more, got {timing_rounds}")
+        if timing_threads < 0:
+            raise ConfigError(f"--timing-threads must be 0 (the process's) or more, got "
+                              f"{timing_threads}")
         host = get_host()
         rewards = {spec.name for spec in host.list("reward")}
         distributions = {spec.name for spec in host.list("metric")}
@@ -244,7 +251,7 @@ class Evaluation:
         self.device, self.dtype, self.resume = device, dtype, resume
         self.overwrite, self.prepared = overwrite, False
         self.reference_images, self.command = reference_images, command
-        self.timing_rounds = timing_rounds
+        self.timing_rounds, self.timing_threads = timing_rounds, timing_threads
 
     # ------------------------------------------------------------ the output folder
 
@@ -469,7 +476,7 @@ class Evaluation:
 
         return time_interleaved(models, self.image_prompts(), rounds=self.timing_rounds,
                                 seed=self.seed, batch_size=self.batch_size, device=self.device,
-                                dtype=self.dtype)
+                                dtype=self.dtype, threads=self.timing_threads)
 
     # ------------------------------------------------------------ scoring
 
@@ -590,6 +597,7 @@ class Evaluation:
         if timed:
             results["timing"] = {
                 "rounds": self.timing_rounds, "images_per_round": min(self.batch_size, self.num_images),
+                "cpu_threads": self.timing_threads or torch.get_num_threads(),
                 "method": "every row timed in turn on the same batch, order reversed every other "
                           "round; ms/image: median over the rounds [lowest, highest]; speed-up: "
                           "median of the per-round ratios to the first teacher row"}

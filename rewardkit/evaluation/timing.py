@@ -17,6 +17,13 @@ and every row's figure averages the load over the same stretch of time::
     times = time_interleaved([teacher_spec, student_spec], prompts, rounds=5)
     speedups = round_ratios(times[("teacher", 50)], times[("student", 2)])
     print(summarise(speedups))   # {"median": ..., "min": ..., "max": ..., "rounds": 5}
+
+On a CPU, ``threads`` sets torch's thread count for the rounds. With one thread, a process
+competing for the cores time-slices the sampler evenly; with one thread per core, every
+parallel region waits for the thread that shares its core with the other process, and those
+waits scale with the number of operations rather than with the arithmetic, so they slow the
+teacher's 50 small steps more than a student's few and inflate the speed-up (on the world's
+2-core machine with one busy process: 45% at 1 step with 2 threads, under 15% with one).
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ def time_interleaved(models: Sequence["ModelSpec"], prompts: Sequence[str], *,
                      rounds: int = DEFAULT_TIMING_ROUNDS, seed: int = 0, batch_size: int = 8,
                      device: str = "auto", dtype: str = "float32",
                      match_duration: bool = True,
-                     max_repeats: int = MAX_REPEATS) -> dict[tuple[str, int], list[float]]:
+                     max_repeats: int = MAX_REPEATS,
+                     threads: int = 0) -> dict[tuple[str, int], list[float]]:
     """ms/image of every ``(model.label, steps)`` row in each round: ``{row: [ms, ...]}``.
 
     Each round samples the first ``batch_size`` prompts (image ``i`` with seed ``seed + i``)
@@ -47,12 +55,30 @@ def time_interleaved(models: Sequence["ModelSpec"], prompts: Sequence[str], *,
     each row makes one untimed one-image call (allocation, kernel selection) and one untimed
     batch; with ``match_duration`` a row then repeats its batch in every round as many times
     (at most ``max_repeats``) as its untimed batch fits into the slowest row's. Model loading
-    is not timed.
+    is not timed. ``threads`` > 0 sets torch's CPU thread count for the rounds (restored
+    after); 0 keeps the process's.
     """
-    from ..sampling import load_pipeline, run_pipeline
+    import torch
 
     if rounds < 1:
         raise ConfigError(f"timing rounds must be at least 1, got {rounds}")
+    if threads < 0:
+        raise ConfigError(f"timing threads must be 0 (the process's) or more, got {threads}")
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _time_rounds(models, prompts, rounds, seed, batch_size, device, dtype,
+                            match_duration, max_repeats)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _time_rounds(models: Sequence["ModelSpec"], prompts: Sequence[str], rounds: int, seed: int,
+                 batch_size: int, device: str, dtype: str, match_duration: bool,
+                 max_repeats: int) -> dict[tuple[str, int], list[float]]:
+    from ..sampling import load_pipeline, run_pipeline
+
     if not prompts:
         raise ConfigError("no prompts to time sampling on")
     batch = list(prompts[:batch_size])

@@ -30,6 +30,9 @@ from .lrm import WORLD_LRM_PARAMS, proxy_params_for_world
 from .source import WorldSource
 
 DEFAULT_OUTPUT_DIR = "rg-lcd-world"
+#: CPU threads of the report's timing rounds: one, so another process on the cores slows the
+#: teacher and the student alike (see rewardkit.evaluation.timing).
+REPORT_TIMING_THREADS = 1
 #: Optimiser steps of the default run: about 7 minutes on 2 CPU cores with the shipped teacher
 #: (training plus the final evaluation; ``/usr/bin/time rewardkit run rg-lcd``).
 DEFAULT_MAX_TRAIN_STEPS = 600
@@ -158,7 +161,8 @@ def finalize_world_run(output_dir: str | Path, *, teacher: str | Path | None = N
                        student_steps: Sequence[int] = (1, 2, 4), teacher_steps: int = 50,
                        guidance_scale: float | None = None, batch_size: int = 16,
                        device: str = "cpu", command: str | None = None,
-                       timing_rounds: int = DEFAULT_TIMING_ROUNDS) -> Path:
+                       timing_rounds: int = DEFAULT_TIMING_ROUNDS,
+                       timing_threads: int = REPORT_TIMING_THREADS) -> Path:
     """Evaluate the teacher and the run's student, write the run's report; returns ``report.md``.
 
     Defaults come from the run folder: the student is ``output_dir/pipeline``, the teacher is the
@@ -171,7 +175,10 @@ def finalize_world_run(output_dir: str | Path, *, teacher: str | Path | None = N
     speed is then timed in ``timing_rounds`` rounds that time the teacher and the student rows
     in turn on the same batch (:mod:`rewardkit.evaluation.timing`): ms/image is the median
     over the rounds and the speed-up the median of the per-round ratios, each with its lowest
-    and highest round, so load on the machine slows both sides of a ratio alike.
+    and highest round, so load on the machine slows both sides of a ratio alike. The rounds run
+    on ``timing_threads`` CPU threads (one by default: a speed-up timed with one thread per
+    core moves with other processes' load, see :mod:`rewardkit.evaluation.timing`), so the
+    report's ms/image is one thread's.
     """
     from .report import comparison_columns, write_report
 
@@ -190,10 +197,14 @@ def finalize_world_run(output_dir: str | Path, *, teacher: str | Path | None = N
                                features_path=features_path, assets_root=root, device=device)
     models = [model_spec(teacher, "teacher", teacher_steps, "teacher", scale),
               model_spec(student, "student", tuple(student_steps), "student", scale)]
-    rows = evaluator.evaluate_models(models, batch_size=batch_size, timing_rounds=timing_rounds)
+    rows = evaluator.evaluate_models(models, batch_size=batch_size, timing_rounds=timing_rounds,
+                                    timing_threads=timing_threads)
     add_speedups(rows)
     columns = comparison_columns(teacher, student, grid_prompts, teacher_steps=teacher_steps,
                                  student_steps=student_steps, guidance_scale=scale, device=device)
     return write_report(output_dir, rows, columns=columns, grid_prompts=grid_prompts,
                         command=command, config=config or None,
+                        notes=(f"Sampling speed timed on {timing_threads} CPU thread"
+                               f"{'s' if timing_threads > 1 else ''} (the quality figures come "
+                               "from the sampling pass)." if timing_threads else None),
                         title=f"Run report: {output_dir.name}")

@@ -201,7 +201,8 @@ class WorldEvaluator:
                                     output_dir=output_dir, resume=resume)
 
     def evaluate_models(self, models: Sequence[Any], *, batch_size: int = 16,
-                        timing_rounds: int = 0, keep_images: bool = False,
+                        timing_rounds: int = 0, timing_threads: int = 0,
+                        keep_images: bool = False,
                         output_dir: str | Path | None = None,
                         resume: bool = False) -> list[EvalRow]:
         """Sample and score several models (:class:`rewardkit.evaluation.ModelSpec`) in one
@@ -210,7 +211,8 @@ class WorldEvaluator:
         With ``timing_rounds`` > 0 their sampling speed is then timed interleaved
         (:mod:`rewardkit.evaluation.timing`): ``ms_per_image`` is the median over the rounds
         and :func:`add_speedups` pairs the rows' rounds. The quality figures are those of the
-        sampled images either way.
+        sampled images either way. ``timing_threads``: torch's CPU threads during the rounds
+        (0: the process's).
         """
         from ..evaluation.runner import Evaluation, load_png_folder
 
@@ -221,6 +223,7 @@ class WorldEvaluator:
             evaluation = Evaluation(
                 self.prompt_set(), METRICS, folder, seed=self.seed, batch_size=batch_size,
                 device=self.device, resume=resume, timing_rounds=timing_rounds,
+                timing_threads=timing_threads,
                 metric_params={"world-scorer": {"path": str(self.scorer_dir), "device": self.device},
                                "world-fd": {"features_path": str(self.features_dir)}})
             results = evaluation.run(list(models), progress=False)
