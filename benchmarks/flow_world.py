@@ -24,8 +24,9 @@ schedule, whose last level is diffusers' smallest (``s = 0.001``), so 2 steps ar
     python benchmarks/flow_world.py                    # 3 seeds, 400 steps each
     python benchmarks/flow_world.py --quick            # smoke run: a tiny teacher, seconds
 
-Runs are kept under ``--output`` (``runs/flow_world``); a rerun reuses the finished ones
-(``--retrain`` to distil again), so an interrupted benchmark continues where it stopped.
+Runs are kept under ``--output`` (``runs/flow_world``); a rerun reuses the finished ones whose
+settings are the same (``--retrain`` to distil again), so an interrupted benchmark continues where
+it stopped.
 """
 
 from __future__ import annotations
@@ -128,13 +129,18 @@ def distil(row: str, teacher: Path, seed: int, args: argparse.Namespace) -> dict
     values = run_values(row, teacher, seed, args)
     finished = Path(values["output_dir"]) / RUN_FILE
     if finished.is_file() and not args.retrain:
-        print(f"reusing {finished.parent} (--retrain to distil again)", flush=True)
-        return json.loads(finished.read_text())
+        done = json.loads(finished.read_text())
+        if done.get("settings") == values:
+            print(f"reusing {finished.parent} (--retrain to distil again)", flush=True)
+            return done
+        print(f"{finished.parent} was distilled with other settings: distilling again",
+              flush=True)
     recipe = rk.recipe("lcd" if row == "lcd" else "rg-lcd", values)
     began = time.perf_counter()
     output = recipe.run(progress=False)
     result: dict[str, Any] = {"pipeline": str(Path(output) / "pipeline"),
-                              "train_minutes": round((time.perf_counter() - began) / 60, 2)}
+                              "train_minutes": round((time.perf_counter() - began) / 60, 2),
+                              "settings": values}
     if row == "rg-lcd lrm":
         metrics = (Path(output) / "metrics.jsonl").read_text().splitlines()
         rows = [json.loads(line) for line in metrics]
@@ -178,7 +184,8 @@ def run_seed(seed: int, teacher: Path, args: argparse.Namespace, evaluator: Any)
     for index, (label, steps, _) in enumerate(samplers):
         scored = evaluator.score(images[index])
         ratios = [t / own for t, own in zip(times[0], times[index])]
-        extra = {k: v for k, v in trained.get(label, {}).items() if k != "pipeline"}
+        extra = {k: v for k, v in trained.get(label, {}).items()
+                 if k not in ("pipeline", "settings")}
         rows.append({"model": label, "steps": steps, "seed": seed,
                      "judge_reward": scored["judge_reward"],
                      "frechet_distance": scored["frechet_distance"],
@@ -220,9 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     from rewardkit.world.evaluate import WorldEvaluator
 
     args = parse_args(argv)
-    torch.set_num_threads(1)
     args.output.mkdir(parents=True, exist_ok=True)
-    teacher = flow_teacher(args)
+    teacher = flow_teacher(args)  # a teacher built here trains on all the threads
+    torch.set_num_threads(1)  # distillation and timing: one thread, as the default run times
     evaluator = WorldEvaluator(num_images=args.num_images)
     rows = [row for seed in args.seeds for row in run_seed(seed, teacher, args, evaluator)]
     text = table(rows)

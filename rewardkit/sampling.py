@@ -116,8 +116,12 @@ def load_pipeline(model_dir: str | Path, scheduler: str = "lcm", device: str | N
     """Load a diffusers pipeline folder (or hub id) with an ``LCMScheduler`` (``"lcm"``, a
     student) or ``DDIMScheduler`` (``"ddim"``, a teacher). A flow-matching pipeline (SD3) keeps
     its own ``FlowMatch*`` scheduler either way: it is what its student was distilled for and
-    what its teacher's Euler sampling is."""
+    what its teacher's Euler sampling is. The call settings the folder's ``sampling.json``
+    records (:mod:`rewardkit.call_defaults`) are kept as ``pipe.rewardkit_call_kwargs`` and
+    passed by :func:`run_pipeline`."""
     from diffusers import DDIMScheduler, DiffusionPipeline, LCMScheduler
+
+    from .call_defaults import read_call_defaults
 
     from .models import (check_pipeline_location, check_student_folder, naming_load_errors,
                          pipeline_dtype_kwarg, resolve_dtype, saved_parts)
@@ -125,6 +129,7 @@ def load_pipeline(model_dir: str | Path, scheduler: str = "lcm", device: str | N
     check_pipeline_location(str(model_dir), key="model_dir", parts=saved_parts(str(model_dir)))
     if scheduler == "lcm":
         check_student_folder(str(model_dir))
+    call_kwargs = read_call_defaults(model_dir)  # before loading: a broken file is named first
     target = resolve_device(device)  # before loading: a device that is not there is named
     with naming_load_errors(f"model_dir '{model_dir}'"):
         pipe = DiffusionPipeline.from_pretrained(str(model_dir), **_absent_parts(model_dir),
@@ -135,7 +140,9 @@ def load_pipeline(model_dir: str | Path, scheduler: str = "lcm", device: str | N
     if hasattr(pipe, "safety_checker") and getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None  # a research tool compares raw samples
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(target)
+    pipe = pipe.to(target)
+    pipe.rewardkit_call_kwargs = call_kwargs
+    return pipe
 
 
 def _count_unet_calls(unet: torch.nn.Module) -> tuple[list[int], Any]:
@@ -178,6 +185,7 @@ def run_pipeline(pipe: Any, prompts: Sequence[str], steps: int, guidance_scale: 
     device = pipe.device
     # the denoiser: a UNet, or an SD3 pipeline's MMDiT transformer
     counter, handle = _count_unet_calls(getattr(pipe, "unet", None) or pipe.transformer)
+    call_kwargs = dict(getattr(pipe, "rewardkit_call_kwargs", None) or {})
     result = SampleResult(steps=steps, guidance_scale=guidance_scale)
     try:
         for start in range(0, len(prompts), batch_size):
@@ -187,7 +195,8 @@ def run_pipeline(pipe: Any, prompts: Sequence[str], steps: int, guidance_scale: 
             began = time.perf_counter()
             with torch.inference_mode():
                 output = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance_scale,
-                              generator=generators, height=height, width=width, output_type="pil")
+                              generator=generators, height=height, width=width, output_type="pil",
+                              **call_kwargs)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             result.seconds += time.perf_counter() - began

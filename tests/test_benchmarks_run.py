@@ -197,3 +197,15 @@ def test_flow_world_compares_the_flow_teacher_with_its_students(tmp_path):
     assert 0.0 <= rows[("rg-lcd lrm", 2)]["lrm_heldout_accuracy"] <= 1.0
     assert (tmp_path / "out" / "world" / "teacher-flow" / "model_index.json").is_file()
     assert (tmp_path / "out" / "table.md").read_text().count("\n| ") == 7  # a line per row
+    # a rerun reuses a finished run only when it was distilled with the same settings
+    lcd_done = tmp_path / "out" / "lcd" / "seed-0" / "flow_world.json"
+    rg_done = tmp_path / "out" / "rg-lcd-lrm" / "seed-0" / "flow_world.json"
+    stale = json.loads(lcd_done.read_text())
+    assert stale["settings"]["max_train_steps"] == 2
+    stale["settings"]["max_train_steps"] = 99
+    lcd_done.write_text(json.dumps(stale))
+    kept = rg_done.read_text()
+    run("flow_world.py", "--quick", "--seeds", "0", "--output", str(tmp_path / "out"),
+        out=tmp_path / "again.json")
+    assert json.loads(lcd_done.read_text())["settings"]["max_train_steps"] == 2  # distilled again
+    assert rg_done.read_text() == kept  # reused

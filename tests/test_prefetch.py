@@ -137,6 +137,16 @@ def test_a_loaders_crash_is_one_sentence_naming_the_loader_at_the_batch_it_spoil
     assert prefetched.state_dict() == {"given": 2}
 
 
+def test_even_a_base_exception_in_the_thread_reaches_the_step_not_a_hang():
+    class Stop(BaseException):
+        pass
+
+    prefetched = Prefetcher(Failing(Stop("loader interrupted"), fail_at=0))
+    with pytest.raises(DataError, match="failed: Stop: loader interrupted") as raised:
+        next(prefetched)  # would wait forever on the queue if the thread died silently
+    assert isinstance(raised.value.__cause__, Stop)
+
+
 def test_a_data_error_of_the_loader_reaches_the_step_unchanged():
     error = DataError("shards-000.tar: no readable sample (3 truncated images)")
     prefetched = Prefetcher(Failing(error, fail_at=0))
@@ -203,3 +213,24 @@ def test_a_negative_prefetch_depth_is_refused_naming_the_key(tiny, tmp_path):
     with pytest.raises(ConfigError, match="^dataloader_prefetch must be finite and not "
                                           "negative, got -1$"):
         tiny_lcd_config(*tiny, tmp_path, dataloader_prefetch=-1)
+
+
+def test_a_failing_step_stops_the_thread_reading_ahead(tiny, tmp_path, monkeypatch):
+    """A run that fails in a step (from Python: the session goes on) leaves no thread reading."""
+    from rewardkit.recipes.lcd import LCDRecipe
+    from rewardkit.testing.tiny_training import tiny_lcd_config
+
+    recipe = LCDRecipe(tiny_lcd_config(*tiny, tmp_path / "out", max_train_steps=3,
+                                       dataloader_prefetch=2))
+    calls = []
+
+    def failing_step():
+        next(recipe.batches)  # the thread has started and reads ahead
+        calls.append(recipe.batches._thread)
+        raise RuntimeError("the step broke")
+
+    monkeypatch.setattr(recipe, "train_step", failing_step)
+    with pytest.raises(RuntimeError, match="the step broke"):
+        recipe.run(progress=False)
+    (thread,) = calls
+    assert not thread.is_alive() and recipe.batches._thread is None

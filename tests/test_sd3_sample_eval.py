@@ -1,6 +1,7 @@
 """`rewardkit sample` and `rewardkit eval` take an SD3 student and teacher: the flow pipeline
 keeps its FlowMatch scheduler (what the student was distilled for), a folder saved without T5
-loads, and the transformer's calls are counted like a UNet's."""
+loads, its T5 token count (``sampling.json``) is what rewardkit samples with, and the
+transformer's calls are counted like a UNet's."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import torch
 from typer.testing import CliRunner
 
 import rewardkit as rk
+from rewardkit.call_defaults import CALL_DEFAULTS_FILE, read_call_defaults
 from rewardkit.cli import build_app
+from rewardkit.errors import ConfigError
 from rewardkit.sampling import load_pipeline, sample_student
 from rewardkit.testing.tiny_sd3 import build_tiny_sd3_pipeline
 from rewardkit.testing.tiny_training import write_tiny_image_folder
@@ -41,9 +44,43 @@ def test_a_flow_student_keeps_its_scheduler_and_samples_as_diffusers_does(models
     result = sample_student(models["student"], ["a red circle"], steps=2, guidance_scale=1.0,
                             device="cpu", height=16, width=16)
     assert result.unet_evaluations == 2 and result.images[0].size == (16, 16)
-    direct = pipe("a red circle", num_inference_steps=2, guidance_scale=1.0, height=16, width=16,
-                  generator=torch.Generator("cpu").manual_seed(0), output_type="pil").images[0]
-    assert list(direct.getdata()) == list(result.images[0].getdata())
+    # trained with 16 T5 tokens (not diffusers' 256): the folder says so and rewardkit samples so
+    assert read_call_defaults(models["student"]) == {"max_sequence_length": 16}
+    assert pipe.rewardkit_call_kwargs == {"max_sequence_length": 16}
+
+    def direct(**call):
+        return pipe("a red circle", num_inference_steps=2, guidance_scale=1.0, height=16,
+                    width=16, generator=torch.Generator("cpu").manual_seed(0),
+                    output_type="pil", **call).images[0]
+
+    assert list(direct(max_sequence_length=16).getdata()) == list(result.images[0].getdata())
+    # the setting matters: diffusers' default feeds other (zero) tokens, another image
+    assert list(direct().getdata()) != list(result.images[0].getdata())
+
+
+def test_the_backbone_reads_the_saved_sequence_length(models):
+    from rewardkit.backbones.stable_diffusion_3 import StableDiffusion3Backbone
+
+    assert StableDiffusion3Backbone(str(models["student"])).max_sequence_length == 16
+    assert StableDiffusion3Backbone(str(models["student"]),
+                                    max_sequence_length=8).max_sequence_length == 8
+    assert StableDiffusion3Backbone(str(models["teacher"])).max_sequence_length == 256
+
+
+@pytest.mark.parametrize("text, culprit", [
+    ("{not json", "not readable JSON"), ("[1]", "JSON object"),
+    ('{"max_sequence_length": 0}', "positive integer"),
+    ('{"max_sequence_length": true}', "positive integer"),
+    ('{"guidance": 2}', "unknown key 'guidance'")])
+def test_a_broken_sampling_file_is_named_before_loading(models, tmp_path, text, culprit):
+    import shutil
+
+    folder = tmp_path / "student"
+    shutil.copytree(models["student"], folder)
+    (folder / CALL_DEFAULTS_FILE).write_text(text)
+    with pytest.raises(ConfigError, match=culprit) as caught:
+        load_pipeline(folder, "lcm", device="cpu")
+    assert CALL_DEFAULTS_FILE in str(caught.value)
 
 
 def test_eval_compares_an_sd3_student_with_its_teacher(models, tmp_path):

@@ -90,7 +90,7 @@ def test_rows_timed_interleaved_keep_their_quality_figures_and_pair_their_rounds
     assert "median of 3 rounds" in table_note(timed) and "median" not in table_note(plain)
 
 
-def test_the_timing_rounds_run_on_the_cpu_threads_asked_for(world, tmp_path):
+def test_the_timing_rounds_run_on_the_cpu_threads_asked_for(world, tmp_path, monkeypatch):
     """timing_threads reaches the rounds, and results.json records it (the default run's report
     times with one thread: rewardkit.world.default_run.REPORT_TIMING_THREADS)."""
     import json
@@ -101,12 +101,23 @@ def test_the_timing_rounds_run_on_the_cpu_threads_asked_for(world, tmp_path):
                                features_path=world["features"])
     models = [model_spec(world["teacher"], "teacher", 2, "teacher"),
               model_spec(world["student"], "student", (1,))]
+    import rewardkit.sampling
+
     before = torch.get_num_threads()
     wanted = 1 if before != 1 else 2
+    seen = []  # the threads each sampling call ran on
+    sample = rewardkit.sampling.run_pipeline
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(rewardkit.sampling, "run_pipeline", recording)
     evaluator.evaluate_models(models, batch_size=2, timing_rounds=1, timing_threads=wanted,
                               output_dir=tmp_path / "eval")
     timing = json.loads((tmp_path / "eval" / "results.json").read_text())["timing"]
     assert timing["cpu_threads"] == wanted and torch.get_num_threads() == before
+    assert wanted in seen  # the timed rounds ran on the threads asked for
 
 
 def test_scores_match_the_judge_and_scorer_on_real_renders(world, evaluator):

@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from rewardkit import cli
+from rewardkit.call_defaults import read_call_defaults
 from rewardkit.cli import build_app
 from rewardkit.errors import ConfigError
 from rewardkit.world.assets import ASSETS, TEACHER
@@ -75,6 +76,24 @@ def test_plain_diffusers_samples_it_with_one_t5_token(built):
     image = pipe("a red circle", num_inference_steps=2, guidance_scale=3.0, height=32, width=32,
                  max_sequence_length=MAX_SEQUENCE_LENGTH, output_type="np").images[0]
     assert image.shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("where", ["built", "shipped"])
+def test_the_teacher_folder_records_its_one_t5_token(built, where):
+    """The backbone, `rewardkit sample/eval/demo` read the token count from the folder, so none
+    feeds the teacher diffusers' 256 zero tokens it was not trained on."""
+    from rewardkit.sampling import load_pipeline
+
+    folder = (built if where == "built" else ASSETS) / FLOW_TEACHER
+    if not (folder / "model_index.json").is_file():
+        pytest.skip("no flow teacher shipped in the package")
+    assert read_call_defaults(folder) == {"max_sequence_length": MAX_SEQUENCE_LENGTH}
+    from rewardkit.backbones.stable_diffusion_3 import StableDiffusion3Backbone
+
+    assert StableDiffusion3Backbone(str(folder)).max_sequence_length == MAX_SEQUENCE_LENGTH
+    if where == "built":
+        pipe = load_pipeline(folder, "ddim", device="cpu")
+        assert pipe.rewardkit_call_kwargs == {"max_sequence_length": MAX_SEQUENCE_LENGTH}
 
 
 def test_the_build_refuses_what_it_must_not_overwrite(tmp_path):

@@ -7,7 +7,9 @@ and tokenizers, and its ``FlowMatchEulerDiscreteScheduler``), so::
     pipe = DiffusionPipeline.from_pretrained("out")     # text_encoder_3=None, tokenizer_3=None
     pipe("a photo of a cat", num_inference_steps=4, guidance_scale=1.0)   # when trained without T5
 
-samples the student with no rewardkit code. ``transformer_target/`` holds the EMA target of full
+samples the student with no rewardkit code (a student trained with another
+``max_sequence_length`` than diffusers' 256 records it in ``sampling.json``, see
+:mod:`rewardkit.call_defaults`: pass it to the call). ``transformer_target/`` holds the EMA target of full
 fine-tuning. A LoRA student also gets ``pytorch_lora_weights.safetensors`` (peft key format,
 alpha in the metadata): the student has no guidance embedding, so plain
 ``teacher_pipe.load_lora_weights(out)`` reproduces the merged transformer.
@@ -25,10 +27,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..call_defaults import write_call_defaults
 from ..errors import ConfigError
 from ..files import replace_path
 from ..models import unwrap_model
 from .stable_diffusion import CHECKPOINT_WEIGHTS, LORA_WEIGHTS_FILE, merged_unet_state_dict
+from .stable_diffusion_3 import DIFFUSERS_MAX_SEQUENCE_LENGTH
 
 #: The text parts a saved pipeline holds (T5's only when the teacher has it).
 TEXT_PARTS = ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2",
@@ -77,6 +81,8 @@ def save_sd3_pipeline(backbone: Any, student: nn.Module, output_dir: str | Path,
             else:
                 part.save_pretrained(tmp / name, safe_serialization=True)
         pipe.scheduler.save_pretrained(tmp / "scheduler")
+        if backbone.max_sequence_length != DIFFUSERS_MAX_SEQUENCE_LENGTH:
+            write_call_defaults(tmp, {"max_sequence_length": backbone.max_sequence_length})
         _save_merged(student, tmp / "transformer")
         if target is not None:
             _save_merged(unwrap_model(target), tmp / backbone.target_dir)

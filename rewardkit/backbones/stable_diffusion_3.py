@@ -43,6 +43,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
+from ..call_defaults import read_call_defaults
 from ..errors import ConfigError
 from ..flow_matching import FLOW_PREDICTION, FlowMatchProcess
 from ..models import (check_pipeline_location, check_vae_location, pipeline_dtype_kwarg,
@@ -60,6 +61,8 @@ SD3_LORA_TARGETS: tuple[str, ...] = (
 )
 #: The conditioning key of the pooled CLIP projections (the transformer's keyword).
 POOLED = "pooled_projections"
+#: ``StableDiffusion3Pipeline``'s default ``max_sequence_length``.
+DIFFUSERS_MAX_SEQUENCE_LENGTH = 256
 
 
 def _saved_without_t5(path: str) -> bool:
@@ -83,7 +86,7 @@ class StableDiffusion3Backbone(Backbone):
     def __init__(self, pretrained_model_name_or_path: str, revision: str | None = None,
                  variant: str | None = None, dtype: str = "float32", device: str = "cpu",
                  pretrained_vae_model_name_or_path: str | None = None, drop_t5: bool = False,
-                 max_sequence_length: int = 256) -> None:
+                 max_sequence_length: int | None = None) -> None:
         """Load the SD3 teacher with ``StableDiffusion3Pipeline.from_pretrained``.
 
         Args:
@@ -95,14 +98,19 @@ class StableDiffusion3Backbone(Backbone):
             pretrained_vae_model_name_or_path: a VAE to use instead of the teacher's.
             drop_t5: leave the T5 encoder out (``text_encoder_3=None``: its tokens are zeros, as
                 diffusers does); a folder saved without T5 is read without it anyway.
-            max_sequence_length: T5 tokens per prompt (the pipeline's ``max_sequence_length``;
-                sample a saved student with the same value).
+            max_sequence_length: T5 tokens per prompt (the pipeline's ``max_sequence_length``).
+                Default: the value the folder's ``sampling.json`` records
+                (:mod:`rewardkit.call_defaults`), else diffusers' 256. A student saved from
+                this backbone records it, so rewardkit samples it with the same value.
         """
         from diffusers import AutoencoderKL, StableDiffusion3Pipeline
 
         check_pipeline_location(pretrained_model_name_or_path, parts=SD3_PARTS)
         if pretrained_vae_model_name_or_path:
             check_vae_location(pretrained_vae_model_name_or_path)
+        if max_sequence_length is None:
+            max_sequence_length = read_call_defaults(pretrained_model_name_or_path).get(
+                "max_sequence_length", DIFFUSERS_MAX_SEQUENCE_LENGTH)
         if int(max_sequence_length) < 1:
             raise ConfigError(f"max_sequence_length must be positive, got {max_sequence_length}")
         self.path = str(pretrained_model_name_or_path)

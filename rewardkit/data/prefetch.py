@@ -80,27 +80,27 @@ class Prefetcher:
         self._thread.start()
 
     def _read(self) -> None:
-        if self.pin_memory and self.device is not None and self.device.type == "cuda":
-            # a new thread's current device is 0: pinning there would open a context on GPU 0
-            # in every process (torch's DataLoader pins the same way)
-            torch.cuda.set_device(self.device)
-        while not self._stop.is_set():
-            if not self._slots.acquire(timeout=_POLL_S):
-                continue
-            try:
+        # Whatever goes wrong here is queued: a thread that died silently would leave ``next``
+        # waiting forever.
+        try:
+            if self.pin_memory and self.device is not None and self.device.type == "cuda":
+                # a new thread's current device is 0: pinning there would open a context on GPU
+                # 0 in every process (torch's DataLoader pins the same way)
+                torch.cuda.set_device(self.device)
+            while not self._stop.is_set():
+                if not self._slots.acquire(timeout=_POLL_S):
+                    continue
                 batch = next(self.loader)
                 if self.pin_memory:
                     batch = pin(batch)
-                item: Any = (batch, self.loader.state_dict())
-            except DataError as error:  # already one sentence naming the data
-                item = error
-            except Exception as error:  # noqa: BLE001 - handed to the step that needs the batch
-                item = DataError(f"reading the next training batch from {self.loader!r} failed: "
-                                 f"{type(error).__name__}: {error}")
-                item.__cause__ = error
+                self._queue.put((batch, self.loader.state_dict()))
+        except DataError as error:  # already one sentence naming the data
+            self._queue.put(error)
+        except BaseException as error:  # noqa: BLE001 - handed to the step that needs the batch
+            item = DataError(f"reading the next training batch from {self.loader!r} failed: "
+                             f"{type(error).__name__}: {error}")
+            item.__cause__ = error
             self._queue.put(item)
-            if isinstance(item, BaseException):
-                return
 
     # ------------------------------------------------------------ resuming
 

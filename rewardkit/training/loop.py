@@ -617,38 +617,42 @@ class TrainingLoop(Recipe):
             initial = {**self.initial_metrics(), **self.guard_measure()}
             if initial:
                 self.log(initial)
-        with TrainingProgress(total, min(self.global_step, total), keys=self.progress_keys,
-                              enabled=progress and acc.is_main_process) as bar:
-            while self.global_step < total:
-                started, cpu_started = time.perf_counter(), time.process_time()
-                with naming_out_of_memory(self.global_step + 1, cfg), \
-                        naming_the_step_of_remote_failures(self.global_step + 1, self.output_dir):
-                    metrics = self.train_step()
-                self.global_step += 1
-                metrics["step_time"] = time.perf_counter() - started
-                self.train_seconds += (metrics["step_time"] if cfg.train_time_clock == "wall"
-                                       else time.process_time() - cpu_started)
-                if self.trained_reward_model() is not None:
-                    metrics["expert_images"] = self.expert_images()
-                bar.update(self.global_step, metrics)
-                stop = self.out_of_time()
-                if self.validation_due(self.global_step):
-                    if acc.is_main_process:
-                        self.validate()
-                    acc.wait_for_everyone()
-                    if acc.is_main_process:
-                        metrics.update({**self.validation_metrics(), **self.guard_measure()})
-                    # only the main process measures; every process stops with it
-                    stop = stop or (cfg.stop_on_hacking
-                                    and broadcast_flag(self.hacked is not None, acc.device))
-                self.log(metrics)  # before the checkpoint: a resumed run keeps this step's row
-                if cfg.checkpointing_steps and self.global_step % cfg.checkpointing_steps == 0:
-                    self.save_checkpoint()
-                if stop:
-                    break
-        close = getattr(self.batches, "close", None)
-        if close is not None:  # stop reading ahead; the loader is back at the steps' position
-            close()
+        try:
+            with TrainingProgress(total, min(self.global_step, total), keys=self.progress_keys,
+                                  enabled=progress and acc.is_main_process) as bar:
+                while self.global_step < total:
+                    started, cpu_started = time.perf_counter(), time.process_time()
+                    with naming_out_of_memory(self.global_step + 1, cfg), \
+                            naming_the_step_of_remote_failures(self.global_step + 1, self.output_dir):
+                        metrics = self.train_step()
+                    self.global_step += 1
+                    metrics["step_time"] = time.perf_counter() - started
+                    self.train_seconds += (metrics["step_time"] if cfg.train_time_clock == "wall"
+                                           else time.process_time() - cpu_started)
+                    if self.trained_reward_model() is not None:
+                        metrics["expert_images"] = self.expert_images()
+                    bar.update(self.global_step, metrics)
+                    stop = self.out_of_time()
+                    if self.validation_due(self.global_step):
+                        if acc.is_main_process:
+                            self.validate()
+                        acc.wait_for_everyone()
+                        if acc.is_main_process:
+                            metrics.update({**self.validation_metrics(), **self.guard_measure()})
+                        # only the main process measures; every process stops with it
+                        stop = stop or (cfg.stop_on_hacking
+                                        and broadcast_flag(self.hacked is not None, acc.device))
+                    self.log(metrics)  # before the checkpoint: a resumed run keeps this step's row
+                    if cfg.checkpointing_steps and self.global_step % cfg.checkpointing_steps == 0:
+                        self.save_checkpoint()
+                    if stop:
+                        break
+        finally:
+            # stop reading ahead (also when a step fails: the thread and its batches would
+            # outlive the run in a Python session); the loader is back at the steps' position
+            close = getattr(self.batches, "close", None)
+            if close is not None:
+                close()
         self.save_final()
         if acc.is_main_process:
             skipped = sum(getattr(self.loader, "skipped", {}).values())

@@ -30,7 +30,8 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], *, learning_rate: floa
         # fused (one kernel over all tensors) where torch has it for the parameters' device,
         # CPU included, and DeepSpeed does not wrap the optimiser; else the multi-tensor
         # implementation (torch picks it only for CUDA tensors by default). On 2 CPU cores the
-        # fused step of the tiny test UNet (305 tensors) takes about a tenth of foreach's.
+        # fused step of the tiny test UNet (305 tensors) took 4 ms in a timed rg-lcd step,
+        # foreach's 7.9 ms.
         return torch.optim.AdamW(params, lr=learning_rate, betas=betas, weight_decay=weight_decay,
                                  eps=eps, **adamw_implementation(params))
     return optimizer_class(params, lr=learning_rate, betas=betas, weight_decay=weight_decay,
@@ -40,10 +41,12 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], *, learning_rate: floa
 def adamw_implementation(params: list[torch.nn.Parameter]) -> dict[str, bool]:
     """``{"fused": True}`` where torch fuses AdamW for every parameter's device and dtype and
     DeepSpeed does not wrap the optimiser, else ``{"foreach": True}``."""
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
     from .runtime import deepspeed_requested
 
+    try:  # torch's own list (private: a torch without it gets the multi-tensor AdamW)
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:
+        return {"foreach": True}
     fusable = all(p.device.type in _get_fused_kernels_supported_devices()
                   and p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params)
     return {"fused": True} if fusable and not deepspeed_requested() else {"foreach": True}

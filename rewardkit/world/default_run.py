@@ -206,5 +206,6 @@ def finalize_world_run(output_dir: str | Path, *, teacher: str | Path | None = N
                         command=command, config=config or None,
                         notes=(f"Sampling speed timed on {timing_threads} CPU thread"
                                f"{'s' if timing_threads > 1 else ''} (the quality figures come "
-                               "from the sampling pass)." if timing_threads else None),
+                               "from the sampling pass)." if timing_threads and timing_rounds
+                               else None),
                         title=f"Run report: {output_dir.name}")

@@ -13,7 +13,8 @@ already learned, where the SD3 format allows:
   ``text_encoder_2`` with the world tokenizer; **T5 is left out** (``text_encoder_3=None``).
   Without T5, diffusers feeds ``max_sequence_length`` zero tokens in its place; the world teacher
   is trained with :data:`MAX_SEQUENCE_LENGTH` (1) of them, so sample it with the same value
-  (``backbone_params = {"max_sequence_length": 1}``, or ``pipe(..., max_sequence_length=1)``).
+  (``pipe(..., max_sequence_length=1)`` in plain diffusers; the folder's ``sampling.json`` records
+  it, so the backbone and rewardkit's samplers use it by themselves: :mod:`rewardkit.call_defaults`).
 
 Only the transformer (``SD3Transformer2DModel``, patch size 1 on the 8x8 latents) is trained:
 rectified flow ``z_s = (1 - s) x0 + s eps`` with velocity target ``eps - x0`` and the noise levels
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..call_defaults import write_call_defaults
 from ..errors import ConfigError
 from .teacher import (IMAGE_SIDE, Progress, StageStats, _record, _Schedule, _set_lr, encode_pool,
                       render_pool)
@@ -128,6 +130,7 @@ def save_flow_pipeline(path: Path, transformer: nn.Module, vae: nn.Module, text_
         text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder,
         tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None)
     pipe.save_pretrained(path, safe_serialization=True)
+    write_call_defaults(path, {"max_sequence_length": MAX_SEQUENCE_LENGTH})
     return path
 
 
