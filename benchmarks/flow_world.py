@@ -90,8 +90,8 @@ def flow_teacher(args: argparse.Namespace) -> Path:
 
 def run_values(row: str, teacher: Path, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """The config of one (row, seed) distillation: the world's rg-lcd settings on the flow
-    teacher, the guidance baked in, no reward-hacking guard (its teacher samples would go
-    through diffusers' pipeline call, which feeds 256 T5 tokens, not the teacher's one)."""
+    teacher, the guidance baked in, no reward-hacking guard (the table compares the
+    distillations alone)."""
     from rewardkit.world.default_run import SCRATCH_LRM_SCHEDULE
     from rewardkit.world.flow_teacher import BACKBONE, BACKBONE_PARAMS
     from rewardkit.world.lrm import proxy_params_for_world

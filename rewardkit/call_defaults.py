@@ -28,6 +28,9 @@ CALL_DEFAULTS_FILE = "sampling.json"
 #: The pipeline-call arguments the file may hold, each a positive integer.
 KNOWN_KEYS = ("max_sequence_length",)
 
+#: ``StableDiffusion3Pipeline``'s default ``max_sequence_length`` (a folder records another).
+DIFFUSERS_MAX_SEQUENCE_LENGTH = 256
+
 
 def read_call_defaults(folder: str | Path) -> dict[str, Any]:
     """The call settings saved in ``folder`` (``{}`` for a hub id, or a folder without the file).
@@ -65,4 +68,5 @@ def write_call_defaults(folder: str | Path, values: dict[str, Any]) -> None:
     path.write_text(json.dumps(values, indent=2) + "\n")
 
 
-__all__ = ["CALL_DEFAULTS_FILE", "KNOWN_KEYS", "read_call_defaults", "write_call_defaults"]
+__all__ = ["CALL_DEFAULTS_FILE", "DIFFUSERS_MAX_SEQUENCE_LENGTH", "KNOWN_KEYS", "read_call_defaults",
+           "write_call_defaults"]

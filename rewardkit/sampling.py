@@ -96,6 +96,22 @@ def resolve_device(device: str | None) -> torch.device:
     return resolved
 
 
+def bakes_guidance(model_dir: str | Path) -> bool:
+    """Whether a student folder has its guidance baked in: a flow-matching (SD3) student, whose
+    transformer has no guidance input, so it was distilled at one guided scale and samples
+    without classifier-free guidance (``guidance_scale = 1``). A UNet student (LCM) embeds the
+    scale instead. Read from the folder's scheduler config; a hub id or unreadable config:
+    ``False``."""
+    import json
+
+    config = (Path(os.path.expanduser(str(model_dir))) / "scheduler" / "scheduler_config.json")
+    try:
+        name = json.loads(config.read_text()).get("_class_name", "")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(name, str) and name.startswith("FlowMatch")
+
+
 def _absent_parts(model_dir: str | Path) -> dict[str, None]:
     """The parts a local pipeline folder saved as absent (``[null, null]`` in
     ``model_index.json``, e.g. an SD3 pipeline without T5), which diffusers loads only when told
@@ -118,7 +134,9 @@ def load_pipeline(model_dir: str | Path, scheduler: str = "lcm", device: str | N
     its own ``FlowMatch*`` scheduler either way: it is what its student was distilled for and
     what its teacher's Euler sampling is. The call settings the folder's ``sampling.json``
     records (:mod:`rewardkit.call_defaults`) are kept as ``pipe.rewardkit_call_kwargs`` and
-    passed by :func:`run_pipeline`."""
+    passed by :func:`run_pipeline`; a student whose guidance is baked in
+    (:func:`bakes_guidance`) gets ``pipe.rewardkit_baked_guidance = True``, which
+    :func:`run_pipeline` samples without classifier-free guidance."""
     from diffusers import DDIMScheduler, DiffusionPipeline, LCMScheduler
 
     from .call_defaults import read_call_defaults
@@ -142,6 +160,7 @@ def load_pipeline(model_dir: str | Path, scheduler: str = "lcm", device: str | N
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(target)
     pipe.rewardkit_call_kwargs = call_kwargs
+    pipe.rewardkit_baked_guidance = scheduler == "lcm" and bakes_guidance(model_dir)
     return pipe
 
 
@@ -161,7 +180,10 @@ def run_pipeline(pipe: Any, prompts: Sequence[str], steps: int, guidance_scale: 
     """Sample ``prompts`` with a loaded pipeline in batches; image ``i`` uses seed ``seed + i``
     (or ``seeds[i]`` when given).
 
-    Per-image seeds make an image independent of the batch size and of its neighbours.
+    Per-image seeds make an image independent of the batch size and of its neighbours. A
+    student whose guidance is baked in (``pipe.rewardkit_baked_guidance``, an SD3 student)
+    samples with ``guidance_scale = 1`` whatever ``guidance_scale`` says: guiding it again would
+    double the cost and guide twice. The result records the scale used.
     """
     if steps < 1:
         raise ConfigError(f"steps must be at least 1, got {steps}")
@@ -186,6 +208,8 @@ def run_pipeline(pipe: Any, prompts: Sequence[str], steps: int, guidance_scale: 
     # the denoiser: a UNet, or an SD3 pipeline's MMDiT transformer
     counter, handle = _count_unet_calls(getattr(pipe, "unet", None) or pipe.transformer)
     call_kwargs = dict(getattr(pipe, "rewardkit_call_kwargs", None) or {})
+    if getattr(pipe, "rewardkit_baked_guidance", False):
+        guidance_scale = 1.0
     result = SampleResult(steps=steps, guidance_scale=guidance_scale)
     try:
         for start in range(0, len(prompts), batch_size):

@@ -93,3 +93,34 @@ def test_eval_compares_an_sd3_student_with_its_teacher(models, tmp_path):
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
     assert [(r["steps"], r["unet_evaluations"]) for r in rows] == [(2, 2), (2, 2)]
     assert all(r["jpeg-compressibility"] < 0 for r in rows)
+
+
+def test_a_flow_student_samples_without_guidance_whatever_the_scale(models, tmp_path):
+    """Its guidance is baked in: eval's --guidance sets the teacher's CFG, the student samples
+    at scale 1 (one transformer call per step) and its row says so."""
+    guided = sample_student(models["student"], ["a red circle"], steps=2, guidance_scale=7.5,
+                            device="cpu", height=16, width=16)
+    plain = sample_student(models["student"], ["a red circle"], steps=2, guidance_scale=1.0,
+                           device="cpu", height=16, width=16)
+    assert guided.guidance_scale == 1.0 and guided.unet_evaluations == 2
+    assert list(guided.images[0].getdata()) == list(plain.images[0].getdata())
+
+    (tmp_path / "p.txt").write_text("a red circle\n")
+    result = CliRunner().invoke(build_app(), [
+        "eval", str(models["student"]), "--prompts", str(tmp_path / "p.txt"), "--steps", "2",
+        "--teacher", str(models["teacher"]), "--teacher-steps", "2", "-g", "3.0",
+        "--metrics", "jpeg-compressibility", "--device", "cpu", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    rows = {r["kind"]: r for r in
+            json.loads((tmp_path / "out" / "results.json").read_text())["rows"]}
+    assert (rows["student"]["guidance_scale"], rows["student"]["unet_evaluations"]) == (1.0, 2)
+    assert (rows["teacher"]["guidance_scale"], rows["teacher"]["unet_evaluations"]) == (3.0, 4)
+
+
+def test_the_demo_session_samples_an_sd3_student_and_teacher(models):
+    from rewardkit.demo.session import DemoSession
+
+    session = DemoSession(str(models["student"]), str(models["teacher"]), device="cpu")
+    result = session.generate("a red circle", steps=2, guidance=3.0, seed=1, teacher_steps=2)
+    assert result.student.image.size == result.teacher.image.size
+    assert (result.student.unet_evaluations, result.teacher.unet_evaluations) == (2, 4)

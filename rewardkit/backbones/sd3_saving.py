@@ -27,12 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..call_defaults import write_call_defaults
+from ..call_defaults import DIFFUSERS_MAX_SEQUENCE_LENGTH, write_call_defaults
 from ..errors import ConfigError
 from ..files import replace_path
 from ..models import unwrap_model
 from .stable_diffusion import CHECKPOINT_WEIGHTS, LORA_WEIGHTS_FILE, merged_unet_state_dict
-from .stable_diffusion_3 import DIFFUSERS_MAX_SEQUENCE_LENGTH
 
 #: The text parts a saved pipeline holds (T5's only when the teacher has it).
 TEXT_PARTS = ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2",

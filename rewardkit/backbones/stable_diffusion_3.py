@@ -43,7 +43,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
-from ..call_defaults import read_call_defaults
+from ..call_defaults import DIFFUSERS_MAX_SEQUENCE_LENGTH, read_call_defaults
 from ..errors import ConfigError
 from ..flow_matching import FLOW_PREDICTION, FlowMatchProcess
 from ..models import (check_pipeline_location, check_vae_location, pipeline_dtype_kwarg,
@@ -61,8 +61,6 @@ SD3_LORA_TARGETS: tuple[str, ...] = (
 )
 #: The conditioning key of the pooled CLIP projections (the transformer's keyword).
 POOLED = "pooled_projections"
-#: ``StableDiffusion3Pipeline``'s default ``max_sequence_length``.
-DIFFUSERS_MAX_SEQUENCE_LENGTH = 256
 
 
 def _saved_without_t5(path: str) -> bool:

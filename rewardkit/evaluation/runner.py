@@ -606,11 +606,22 @@ class Evaluation:
         write_report(self, models, results)
         return results
 
+    @staticmethod
+    def sampled_guidance(model: ModelSpec) -> float:
+        """The guidance scale ``model``'s images were sampled at: its own, except for a student
+        whose guidance is baked in (an SD3 student samples without guidance, see
+        :func:`rewardkit.sampling.run_pipeline`)."""
+        from ..sampling import bakes_guidance
+
+        if model.kind == "student" and bakes_guidance(model.location):
+            return 1.0
+        return model.guidance_scale
+
     def _row(self, model: ModelSpec, steps: int, scores: dict[str, list[float]],
              distributions: dict[str, float], rounds: list[float] | None = None) -> dict[str, Any]:
         row: dict[str, Any] = {"model": model.label, "location": model.location,
                                "kind": model.kind, "steps": steps,
-                               "guidance_scale": model.guidance_scale,
+                               "guidance_scale": self.sampled_guidance(model),
                                "num_images": self.num_images, **self.timing(model, steps)}
         if rounds:
             from .timing import summarise
