@@ -33,7 +33,7 @@ DEFAULT_OUTPUT_DIR = "rg-lcd-world"
 #: CPU threads of the report's timing rounds: one, so another process on the cores slows the
 #: teacher and the student alike (see rewardkit.evaluation.timing).
 REPORT_TIMING_THREADS = 1
-#: Optimiser steps of the default run: about 7 minutes on 2 CPU cores with the shipped teacher
+#: Optimiser steps of the default run: 8-9 minutes on 2 CPU cores with the shipped teacher
 #: (training plus the final evaluation; ``/usr/bin/time rewardkit run rg-lcd``).
 DEFAULT_MAX_TRAIN_STEPS = 600
 #: Validation prompts of the default run (the first captions of the world's validation split).
