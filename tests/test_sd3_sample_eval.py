@@ -83,14 +83,19 @@ def test_a_broken_sampling_file_is_named_before_loading(models, tmp_path, text, 
     assert CALL_DEFAULTS_FILE in str(caught.value)
 
 
-def test_eval_compares_an_sd3_student_with_its_teacher(models, tmp_path):
-    (tmp_path / "p.txt").write_text("a red circle\na blue square\n")
+def _eval_rows(models, tmp_path, prompts, guidance):
+    """`rewardkit eval` of the student against the teacher at 2 steps each: results.json's rows."""
+    (tmp_path / "p.txt").write_text("".join(f"{p}\n" for p in prompts))
     result = CliRunner().invoke(build_app(), [
         "eval", str(models["student"]), "--prompts", str(tmp_path / "p.txt"), "--steps", "2",
-        "--teacher", str(models["teacher"]), "--teacher-steps", "2", "-g", "1.0",
+        "--teacher", str(models["teacher"]), "--teacher-steps", "2", "-g", guidance,
         "--metrics", "jpeg-compressibility", "--device", "cpu", "-o", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
+    return json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
+
+
+def test_eval_compares_an_sd3_student_with_its_teacher(models, tmp_path):
+    rows = _eval_rows(models, tmp_path, ["a red circle", "a blue square"], "1.0")
     assert [(r["steps"], r["unet_evaluations"]) for r in rows] == [(2, 2), (2, 2)]
     assert all(r["jpeg-compressibility"] < 0 for r in rows)
 
@@ -105,14 +110,7 @@ def test_a_flow_student_samples_without_guidance_whatever_the_scale(models, tmp_
     assert guided.guidance_scale == 1.0 and guided.unet_evaluations == 2
     assert list(guided.images[0].getdata()) == list(plain.images[0].getdata())
 
-    (tmp_path / "p.txt").write_text("a red circle\n")
-    result = CliRunner().invoke(build_app(), [
-        "eval", str(models["student"]), "--prompts", str(tmp_path / "p.txt"), "--steps", "2",
-        "--teacher", str(models["teacher"]), "--teacher-steps", "2", "-g", "3.0",
-        "--metrics", "jpeg-compressibility", "--device", "cpu", "-o", str(tmp_path / "out")])
-    assert result.exit_code == 0, result.output
-    rows = {r["kind"]: r for r in
-            json.loads((tmp_path / "out" / "results.json").read_text())["rows"]}
+    rows = {r["kind"]: r for r in _eval_rows(models, tmp_path, ["a red circle"], "3.0")}
     assert (rows["student"]["guidance_scale"], rows["student"]["unet_evaluations"]) == (1.0, 2)
     assert (rows["teacher"]["guidance_scale"], rows["teacher"]["unet_evaluations"]) == (3.0, 4)
 
