@@ -11,7 +11,7 @@ import inspect
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 #: The component kinds, in the order the CLI lists them. The keys are the CLI's KIND words.
 KINDS: dict[str, str] = {
@@ -62,12 +62,12 @@ class ComponentSpec:
         """Build the component; unknown parameter names are rejected with the valid ones listed."""
         from .errors import ConfigError
 
-        known = {p.name for p in self.params}
-        unknown = sorted(set(params) - known)
-        if unknown and not _accepts_var_kwargs(self.factory):
+        unknown = self.unknown_params(params)
+        if unknown:
+            known = sorted(p.name for p in self.params)
             raise ConfigError(
                 f"{self.kind} '{self.name}' has no parameter {', '.join(map(repr, unknown))}; "
-                f"its parameters are: {', '.join(sorted(known)) or '(none)'}"
+                f"its parameters are: {', '.join(known) or '(none)'}"
             )
         missing = [p.name for p in self.params if p.required and p.name not in params]
         if missing:
@@ -77,6 +77,13 @@ class ComponentSpec:
         if dataclasses.is_dataclass(config_class):  # factories with a Config take one instance
             return self.factory(config_class(**params))
         return self.factory(**params)
+
+    def unknown_params(self, params: Iterable[str]) -> list[str]:
+        """The names in ``params`` that are not parameters of this component, sorted (none
+        when its factory takes ``**kwargs``)."""
+        if _accepts_var_kwargs(self.factory):
+            return []
+        return sorted(set(params) - {p.name for p in self.params})
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "plugin": self.plugin,

@@ -1,6 +1,6 @@
 """Helpers about pretrained models that every component kind shares: naming a dtype, telling a
-Hugging Face Hub id from a local folder, checking a local pipeline or VAE folder before anything
-loads, the dtype keyword the installed transformers and diffusers expect, and the bare module
+Hugging Face Hub id from a local folder, checking a local pipeline or VAE folder (and that a
+training resolution fits a local teacher) before anything loads, the dtype keyword the installed transformers and diffusers expect, and the bare module
 inside a DDP or ``torch.compile`` wrapper.
 
 Why a module of their own, and why this name: reward models, sampling, the recipes and the
@@ -18,7 +18,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -74,8 +74,6 @@ def saved_parts(path_or_id: str) -> tuple[str, ...]:
     """The parts a local pipeline folder's ``model_index.json`` says it saved (not those saved
     as absent, like an SD3 pipeline's dropped T5), or the Stable Diffusion parts when it has no
     readable index (the check then names what is missing)."""
-    import json
-
     index = Path(os.path.expanduser(str(path_or_id))) / "model_index.json"
     try:
         entries = json.loads(index.read_text())
@@ -85,6 +83,16 @@ def saved_parts(path_or_id: str) -> tuple[str, ...]:
         return PIPELINE_PARTS
     return tuple(name for name, value in entries.items() if not name.startswith("_")
                  and isinstance(value, list) and len(value) == 2 and None not in value)
+
+
+def check_model_location(path_or_id: str, key: str) -> None:
+    """Before anything loads: config key ``key`` names a model, and one that is an existing
+    local path or could be a Hugging Face Hub id (the hub checks those when they load)."""
+    if not path_or_id:
+        raise ConfigError(f"{key} is required (a hub id or a local folder)")
+    if not Path(os.path.expanduser(path_or_id)).exists() and not looks_like_hub_id(path_or_id):
+        raise ConfigError(f"{key}: '{path_or_id}' does not exist (and is not a Hugging Face Hub "
+                          "id like 'stabilityai/stable-diffusion-2-1')")
 
 
 def check_vae_location(path_or_id: str, key: str = "pretrained_vae_model_name_or_path") -> None:
@@ -223,7 +231,54 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         model = inner
 
 
+def read_model_config(path: Path) -> dict[str, Any]:
+    """A ``config.json`` of a local model folder; ConfigError names a missing or damaged one."""
+    if not path.is_file():
+        raise ConfigError(f"the teacher has no '{path}'; is it a complete diffusers pipeline "
+                          "folder (as save_pretrained writes it)?")
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ConfigError(f"'{path}' is unreadable (truncated or not JSON: {error}); restore "
+                          "the teacher's files") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"'{path}' is not a JSON object; restore the teacher's files")
+    return data
+
+
+def check_resolution(teacher: str, resolution: int, key: str = "resolution") -> None:
+    """For a local teacher folder, before anything loads: ``resolution`` must be a multiple of the
+    VAE's downscale factor (else the VAE silently drops the remainder), and large enough that the
+    UNet's down blocks still have a latent pixel to halve; a transformer teacher (SD3's
+    ``transformer/``) needs latents that are a multiple of its patch size. Hub ids are checked
+    when they load."""
+    path = Path(os.path.expanduser(teacher))
+    if not (path / "model_index.json").is_file():
+        return
+    vae = read_model_config(path / "vae" / "config.json")
+    factor = 2 ** (len(vae.get("block_out_channels") or [0]) - 1)
+    if (path / "transformer" / "config.json").is_file() and not (path / "unet").is_dir():
+        patch = int(read_model_config(path / "transformer" / "config.json").get("patch_size") or 1)
+        step = factor * patch
+        if resolution % step:
+            raise ConfigError(
+                f"{key} {resolution} does not fit the teacher '{teacher}': it must be a multiple "
+                f"of {step} (the VAE's downscale factor {factor} times the transformer's patch "
+                f"size {patch}); try {key} {max(step, round(resolution / step) * step)}")
+        return
+    unet = read_model_config(path / "unet" / "config.json")
+    halvings = max(len(unet.get("down_block_types") or [0]) - 1, 0)
+    smallest = factor * 2 ** halvings
+    if resolution % factor or resolution < smallest:
+        fits = max(smallest, round(resolution / factor) * factor)
+        raise ConfigError(
+            f"{key} {resolution} does not fit the teacher '{teacher}': it must be a multiple of "
+            f"{factor} (the VAE's downscale factor) and at least {smallest} (the UNet halves the "
+            f"latents {halvings} times); try {key} {fits}")
+
+
 __all__ = ["PIPELINE_PARTS", "resolve_dtype", "looks_like_hub_id", "check_pipeline_location",
            "check_vae_location", "transformers_dtype_kwarg", "pipeline_dtype_kwarg", "unwrap_model",
            "load_error_reason", "model_fingerprint", "naming_load_errors", "pipeline_class_name",
-           "check_student_folder"]
+           "check_student_folder",
+           "check_model_location", "read_model_config", "check_resolution"]

@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from rewardkit.training.metrics import TrainingProgress
+from rewardkit.progress import ProgressBar
 
 
 def lines_of(console: Console) -> list[str]:
@@ -17,7 +17,7 @@ def test_a_log_file_gets_plain_lines_first_periodically_and_last(monkeypatch):
     clock = iter([0.0, 0.0, 1.0, 2.0, 40.0, 41.0])  # set-up, then one reading per step
     monkeypatch.setattr("time.monotonic", lambda: next(clock))
     console = Console(file=io.StringIO(), force_terminal=False, width=200)
-    with TrainingProgress(5, console=console, keys=("lcd_loss", "step_time"),
+    with ProgressBar(5, console=console, keys=("lcd_loss", "step_time"),
                           line_every_seconds=30) as bar:
         for step in range(1, 6):
             bar.update(step, {"lcd_loss": 0.25, "step_time": 0.5})
@@ -31,7 +31,7 @@ def test_a_log_file_gets_plain_lines_first_periodically_and_last(monkeypatch):
 
 def test_a_terminal_gets_the_bar_and_no_plain_lines():
     console = Console(file=io.StringIO(), force_terminal=True, width=120)
-    with TrainingProgress(3, console=console) as bar:
+    with ProgressBar(3, console=console) as bar:
         for step in range(1, 4):
             bar.update(step, {"lcd_loss": 0.1})
     assert not bar.lines and "step 1/3" not in console.file.getvalue()
@@ -41,14 +41,14 @@ def test_a_resumed_run_counts_its_rate_from_the_resumed_step(monkeypatch):
     clock = iter([0.0, 10.0])
     monkeypatch.setattr("time.monotonic", lambda: next(clock))
     console = Console(file=io.StringIO(), force_terminal=False, width=200)
-    with TrainingProgress(100, start=50, console=console) as bar:
+    with ProgressBar(100, start=50, console=console) as bar:
         bar.update(51, {})
     assert "step 51/100 (51%)" in lines_of(console)[0]
 
 
 def test_disabled_prints_nothing():
     console = Console(file=io.StringIO(), force_terminal=False)
-    with TrainingProgress(3, enabled=False, console=console) as bar:
+    with ProgressBar(3, enabled=False, console=console) as bar:
         bar.update(1, {"lcd_loss": 0.1})
     assert console.file.getvalue() == ""
 

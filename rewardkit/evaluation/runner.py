@@ -540,7 +540,7 @@ class Evaluation:
     def run(self, models: Sequence[ModelSpec], progress: bool = True) -> dict[str, Any]:
         """Sample every model, score every row, compare with the first teacher; write the
         report (main process); return the results (``results.json``)."""
-        from ..training.metrics import TrainingProgress
+        from ..progress import ProgressBar
 
         if not self.reward_metrics and not self.distribution_metrics:
             raise ConfigError("--metrics: name at least one metric")  # sample() needs none
@@ -556,7 +556,7 @@ class Evaluation:
         total = sum(len(m.steps) for m in models) * len(
             range(state.process_index, self.num_images, state.num_processes))
         done = [0]
-        with TrainingProgress(total, 0, enabled=progress and state.is_main_process,
+        with ProgressBar(total, 0, enabled=progress and state.is_main_process,
                               keys=(), label="sample", unit="image") as bar:
             def advance(count: int) -> None:
                 done[0] += count

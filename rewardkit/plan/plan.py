@@ -439,7 +439,7 @@ def plan_file(path: str | Path, recipe: str | None = None, *, num_processes: int
     """Plan the config file ``path`` (recipe: ``rg-lcd`` when the file names a reward, else
     ``lcd``) on ``num_processes`` GPUs."""
     from ..config import load_config
-    from ..recipes.rg_lcd import RGLCDConfig
+    from ..recipes.rg_lcd_config import RGLCDConfig
 
     if recipe is None:
         probe = load_config(RGLCDConfig, path, dict(overrides or {}), validate=False)

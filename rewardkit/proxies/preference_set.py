@@ -24,6 +24,7 @@ Sets are saved as safetensors + JSON (:meth:`PreferenceSet.save`), never pickles
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -159,6 +160,25 @@ class PreferenceSet:
                    prompt_index=tensors["prompt_index"], captions=list(meta["captions"]),
                    kinds=list(meta["kinds"]), expert=tensors["expert"],
                    meta=dict(meta.get("meta", {})))
+
+
+def check_saved_set(key: str, folder: str, fix: str) -> None:
+    """Before anything loads: config key ``key``'s ``folder`` holds a saved preference set
+    (``fix`` says what to pass instead)."""
+    if not (Path(os.path.expanduser(folder)) / SET_META).is_file():
+        raise ConfigError(f"{key}: '{folder}' holds no saved preference set ({SET_META}); {fix}")
+
+
+def load_for_teacher(key: str, folder: str, text_width: int) -> PreferenceSet:
+    """The saved set of config key ``key``, refused when its prompt embeddings are not the
+    teacher's ``text_width`` wide (a set exported with another teacher)."""
+    pset = PreferenceSet.load(os.path.expanduser(folder))
+    found = pset.prompt_embeds.shape[-1]
+    if found != text_width:
+        raise ConfigError(f"{key}: its prompt embeddings are {found}-wide but the teacher's are "
+                          f"{text_width}; build it with this teacher (lrm-pretrain, or rewardkit "
+                          "vote export --teacher)")
+    return pset
 
 
 def other_latent_size(latents: torch.Tensor, side: int) -> str | None:
@@ -347,5 +367,5 @@ def build_preference_set(backbone: Any, expert: ExpertFn, latents: torch.Tensor,
                                "student_steps": list(student_steps) if student is not None else []})
 
 
-__all__ = ["PreferenceSet", "build_preference_set", "preference_accuracy", "proxy_scores",
+__all__ = ["PreferenceSet", "build_preference_set", "check_saved_set", "load_for_teacher", "preference_accuracy", "proxy_scores",
            "agreement", "scores_accuracy", "other_latent_size", "teacher_ddim_latents", "GEN_VS_GEN", "GEN_VS_GT", "GROUND_TRUTH"]

@@ -1,221 +1,47 @@
 """The ``lrm-pretrain`` recipe: pretrain the latent proxy RM (LRM) before reward-guided LCD.
 
-RG-LCD's LRM is a *latent CLIP*: the paper pretrains it contrastively on (latent, caption) pairs
-before distillation starts, so that the proxy the student maximises already reads latents. This
-recipe does that, and optionally a second stage that is rewardkit's addition:
+RG-LCD's LRM is a *latent CLIP*, pretrained before distillation so that the proxy the student
+maximises already reads latents. Two stages, one after the other (docs/lrm-pretrain.md):
 
-1. **Contrastive** (``contrastive_steps`` optimiser steps). Batches of training (image, caption)
-   pairs become scaled latents (the teacher's VAE, or pre-encoded ``latents``) and frozen prompt
-   embeddings (the teacher's text encoder); the loss is CLIP's symmetric InfoNCE on the LRM's
-   unit-norm embeddings with its learned ``logit_scale``, with *multi-positive* targets: samples
-   sharing a caption are positives of each other, never negatives
-   (:func:`~rewardkit.proxies.pretrain_losses.multi_positive_info_nce`). Negatives come from
-   this process's batch.
-2. **Preference** (``preference_steps``, with ``reward`` or ``preference_set``). A
-   :class:`~rewardkit.proxies.preference_set.PreferenceSet` is built once from
-   ``preference_num_prompts`` training samples: per prompt the ground truth, teacher DDIM samples
-   at several step counts and guidance scales and noised ground truths, each scored once by the
-   expert RM (saved to ``output_dir/preference_set``). Each step trains on
-   ``preference_batch_size`` random same-prompt pairs with the Bradley-Terry loss
-   ``BCE_with_logits(logit_scale * (s_a - s_b), 1[expert_a > expert_b])``, so the LRM starts
-   rg-lcd already agreeing with the expert. With ``preference_set`` (a saved set, e.g. human
-   votes from ``rewardkit vote export``) the stage trains on that set instead, and needs no
-   ``reward``.
+1. **Contrastive** (``contrastive_steps``): CLIP's symmetric InfoNCE between the LRM's embeddings
+   of training latents and of their captions, samples sharing a caption being positives of each
+   other (:func:`~rewardkit.proxies.pretrain_losses.multi_positive_info_nce`).
+2. **Preference** (``preference_steps``, rewardkit's addition): the Bradley-Terry loss on
+   same-prompt pairs of a :class:`~rewardkit.proxies.preference_set.PreferenceSet` ordered by the
+   expert RM (``reward``), or of a saved set such as human votes (``preference_set``).
 
-Every parameter of the proxy trains here, whatever its ``trainable`` setting; ``trainable`` is
-kept in the saved config, because it is what rg-lcd's online update trains. With
-``eval_shards_path_or_url`` a held-out set is built the same way (``output_dir/
-heldout_preference_set``) and ``proxy_heldout_accuracy*`` (pairwise agreement with the expert)
-is logged before training, every ``validation_steps`` and at the end of each stage.
-
-It runs on the training loop (:mod:`rewardkit.training.loop`): this file is the two stages'
-losses, their optimiser (AdamW, no decay on 1-d parameters; its state starts afresh with the
-preference stage) and LR schedule (linear warm-up over ``lr_warmup_steps`` at the start of each
-stage, then each stage's rate). The proxy is called through ``encode_latents`` /
-``encode_prompts``, not ``forward``, so it is not DDP-wrapped: the loop averages its gradients.
-
-Outputs: ``output_dir/proxy`` (``save_pretrained``; pass it to rg-lcd as
-``--pretrained_proxy``), ``config.json``, ``metrics.jsonl`` and ``checkpoint-N`` folders (the
-loop's, without pickles, plus the proxy as ``proxy/``); a resumed run ends bit-identical to an
-uninterrupted one.
+Every proxy parameter trains here; ``trainable`` is kept in the saved config for rg-lcd's online
+update. The proxy is called through ``encode_latents`` / ``encode_prompts``, not ``forward``, so
+it is not DDP-wrapped and the loop averages its gradients. The output is ``output_dir/proxy``,
+rg-lcd's ``pretrained_proxy``.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import OURS
-from ..config import config_field as _f
 from ..distributed import broadcast_from_main
 from ..errors import ConfigError
 from ..files import write_aside
 from ..proxies.base import ProxyRewardModel
 from ..proxies.factory import PROXY_DIR
-from ..proxies.preference_set import (DEFAULT_NOISE_LEVELS, DEFAULT_TEACHER_SETTINGS, SET_META,
-                                      PreferenceSet, build_preference_set, preference_accuracy)
+from ..proxies.preference_set import (PreferenceSet, build_preference_set, load_for_teacher,
+                                      preference_accuracy)
 from ..proxies.pretrain_losses import (caption_groups, multi_positive_info_nce, pairwise_agreement,
                                        pairwise_logistic_loss, retrieval_accuracy)
 from ..proxies.pretrain_sets import ensure_preference_set, expert_on_latents, first_samples
-from ..data.specs import check_data_spec
 from ..rewards.base import RewardModel
 from ..rewards.build import build_expert
-from ..training.config import TrainingConfig, check_named
 from ..training.loop import TrainingLoop
+from .lrm_pretrain_config import LRMPretrainConfig
 
 PREFERENCE_SET_DIR = "preference_set"
 HELDOUT_SET_DIR = "heldout_preference_set"
 CONTRASTIVE, PREFERENCE = "contrastive", "preference"
-
-
-@dataclass
-class LRMPretrainConfig(TrainingConfig):
-    """Pretraining of the latent proxy RM: contrastive on (latent, caption), then expert pairs.
-    The training loop's keys (:class:`~rewardkit.training.config.TrainingConfig`), some with
-    defaults of their own here (CLIP's optimiser settings), plus the stages' keys."""
-
-    pretrained_teacher_model: str = field(metadata={
-        "help": "Backbone whose VAE and text encoder feed the LRM: a hub id or a local diffusers "
-                "pipeline folder (required)", "provenance": OURS})
-    output_dir: str = _f("lrm-pretrained", "Where proxy/, checkpoints and metrics go", OURS)
-    train_batch_size: int = _f(64, "(latent, caption) pairs per contrastive step and process",
-                               OURS)
-    max_train_steps: Optional[int] = _f(None, "Stop after this many optimiser steps (None: "
-                                        "contrastive_steps + preference_steps)", OURS)
-    learning_rate: float = _f(1e-4, "AdamW learning rate of the contrastive stage", OURS)
-    adam_beta2: float = _f(0.98, "AdamW beta2 (CLIP's)", OURS)
-    adam_epsilon: float = _f(1e-6, "AdamW epsilon (CLIP's)", OURS)
-    adam_weight_decay: float = _f(0.0, "AdamW weight decay (not on biases, norms, logit_scale)",
-                                  OURS)
-    lr_scheduler: str = _f("constant", "After each stage's warm-up the rate is constant (the "
-                           "only schedule lrm-pretrain takes)", OURS)
-    lr_warmup_steps: int = _f(100, "Linear LR warm-up steps at the start of each stage", OURS)
-    mixed_precision: str = _f("no", "Dtype of the frozen backbone: no, fp16 or bf16 (the LRM "
-                              "trains in fp32)", OURS)
-    validation_steps: int = _f(100, "Held-out accuracy every N steps, besides each stage's end "
-                               "(0: only there)", OURS)
-    seed: Optional[int] = _f(0, "Global seed (None: not seeded)", OURS)
-    tracker_project_name: str = _f("rewardkit-lrm-pretrain", "Tracker project name", OURS)
-
-    # ---------------------------------------------------------------- the proxy
-    proxy: str = _f("lrm", "Registered proxy RM to pretrain", OURS)
-    proxy_params: dict = _f({}, "Keyword arguments for the proxy (sizes, trainable: kept in the "
-                            "saved config for rg-lcd; all parameters train here)", OURS)
-    pretrained_proxy: Optional[str] = _f(None, "Start from a saved proxy (a save_pretrained "
-                                         "folder; alias: pretrained_latent_rm)", OURS)
-
-    # ---------------------------------------------------------------- contrastive stage
-    contrastive_steps: int = _f(1000, "InfoNCE optimiser steps (0: skip the stage)", OURS)
-    # ---------------------------------------------------------------- preference stage
-    reward: Optional[str] = _f(None, "Expert RM of the preference stage and the held-out "
-                               "measurement (none: contrastive only)", OURS)
-    reward_params: dict = _f({}, "Keyword arguments for the reward model", OURS)
-    preference_set: Optional[str] = _f(None, "A saved preference set the preference stage trains "
-                                       "on instead of one built with reward (e.g. human votes: "
-                                       "rewardkit vote export)", OURS)
-    preference_num_prompts: int = _f(64, "Training prompts that get scored candidates", OURS)
-    preference_steps: int = _f(500, "Pairwise (Bradley-Terry) optimiser steps (needs reward)",
-                               OURS)
-    preference_batch_size: int = _f(64, "Random expert-ordered pairs per preference step", OURS)
-    preference_learning_rate: float = _f(1e-5, "AdamW learning rate of the preference stage",
-                                         OURS)
-    preference_teacher_settings: list = _f([list(s) for s in DEFAULT_TEACHER_SETTINGS],
-                                           "Teacher DDIM candidates per prompt, as [steps, "
-                                           "guidance scale] pairs", OURS)
-    preference_noise_levels: list[float] = _f(list(DEFAULT_NOISE_LEVELS), "Noise std of the "
-                                              "noised ground-truth candidates", OURS)
-    preference_build_batch_size: int = _f(16, "Latents sampled, decoded and scored per chunk "
-                                          "when building a preference set", OURS)
-
-    # ---------------------------------------------------------------- held-out measurement
-    eval_shards_path_or_url: Optional[str] = _f(None, "Held-out data (e.g. world:validation) for "
-                                                "proxy_heldout_accuracy (needs reward)", OURS)
-    eval_num_prompts: int = _f(32, "Held-out prompts that get scored candidates", OURS)
-
-    #: The reference code's flag name, accepted for ``pretrained_proxy``.
-    KEY_ALIASES: ClassVar[dict[str, str]] = {"pretrained_latent_rm": "pretrained_proxy"}
-    KEY_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "Model": TrainingConfig.KEY_GROUPS["Model"],
-        "Data": TrainingConfig.KEY_GROUPS["Data"],
-        "Proxy": ("proxy", "proxy_params", "pretrained_proxy"),
-        "Contrastive stage": ("contrastive_steps", "max_train_steps", "max_train_minutes",
-                              "train_time_clock", "learning_rate",
-                              "lr_scheduler", "lr_warmup_steps", "gradient_accumulation_steps",
-                              "use_8bit_adam", "adam_beta1", "adam_beta2", "adam_epsilon",
-                              "adam_weight_decay", "max_grad_norm"),
-        "Preference stage": ("reward", "reward_params", "preference_set", "preference_num_prompts",
-                             "preference_steps", "preference_batch_size",
-                             "preference_learning_rate", "preference_teacher_settings",
-                             "preference_noise_levels", "preference_build_batch_size"),
-        "Precision and distribution": ("mixed_precision",),
-        "Checkpoints": TrainingConfig.KEY_GROUPS["Checkpoints"],
-        "Evaluation and logging": ("eval_shards_path_or_url", "eval_num_prompts",
-                                   "validation_steps", "report_to", "tracker_project_name"),
-        "Reward-hacking guard": TrainingConfig.KEY_GROUPS["Reward-hacking guard"],
-    }
-
-    @property
-    def preference_enabled(self) -> bool:
-        """True when the preference stage runs (a reward or a given preference set, and
-        preference steps)."""
-        return bool(self.reward or self.preference_set) and self.preference_steps > 0
-
-    @property
-    def total_steps(self) -> int:
-        """Optimiser steps of the run: both stages, or ``max_train_steps`` when it is smaller."""
-        both = self.contrastive_steps + (self.preference_steps if self.preference_enabled else 0)
-        return both if self.max_train_steps is None else min(both, self.max_train_steps)
-
-    def validate(self) -> None:
-        """The shared checks, then the stages', naming the key, before anything is loaded."""
-        super().validate()
-        if self.eval_shards_path_or_url:
-            check_data_spec("eval_shards_path_or_url", self.eval_shards_path_or_url)
-            if not self.reward:
-                raise ConfigError("eval_shards_path_or_url needs reward (the expert that scores "
-                                  "the held-out candidates)")
-        self.require_positive("preference_num_prompts", "preference_batch_size",
-                              "preference_build_batch_size", "eval_num_prompts",
-                              "preference_learning_rate")
-        self.require_non_negative("contrastive_steps", "preference_steps")
-        if self.lr_scheduler != "constant":
-            raise ConfigError(f"lr_scheduler: lrm-pretrain warms each stage up over "
-                              f"lr_warmup_steps and then holds its rate; it takes 'constant' "
-                              f"only, got {self.lr_scheduler!r}")
-        if self.contrastive_steps and self.train_batch_size < 2:
-            raise ConfigError("train_batch_size must be at least 2 for the contrastive stage (a "
-                              f"batch of one has no negatives), got {self.train_batch_size}")
-        if self.total_steps == 0:
-            raise ConfigError("contrastive_steps is 0 and there is no preference stage (it needs "
-                              "reward or preference_set, and preference_steps > 0): nothing to "
-                              "train")
-        if self.preference_set is not None:
-            folder = Path(os.path.expanduser(self.preference_set))
-            if not (folder / SET_META).is_file():
-                raise ConfigError(f"preference_set: '{self.preference_set}' holds no saved "
-                                  f"preference set ({SET_META}); pass a folder that `rewardkit "
-                                  "vote export` or lrm-pretrain (output_dir/preference_set) wrote")
-        self._check_candidates()
-        self.require_folder("pretrained_proxy")
-        check_named(self, "proxy", "proxy", loaded_into="pretrained_proxy")
-        if self.reward:
-            check_named(self, "reward", "reward")
-
-    def _check_candidates(self) -> None:
-        for setting in self.preference_teacher_settings:
-            if (not isinstance(setting, (list, tuple)) or len(setting) != 2
-                    or not isinstance(setting[0], int) or setting[0] < 1
-                    or not isinstance(setting[1], (int, float))):
-                raise ConfigError("preference_teacher_settings must be [steps, guidance scale] "
-                                  f"pairs with steps >= 1, got {setting!r}")
-        if any(level <= 0 for level in self.preference_noise_levels):
-            raise ConfigError("preference_noise_levels must be positive, got "
-                              f"{self.preference_noise_levels}")
 
 
 def warmup_factor(step_in_stage: int, warmup_steps: int) -> float:
@@ -338,18 +164,8 @@ class LRMPretrainRecipe(TrainingLoop):
         for attribute, (folder, _, _) in wanted.items():
             setattr(self, attribute, PreferenceSet.load(self.output_dir / folder))
         if cfg.preference_enabled and cfg.preference_set:
-            self.preference_set = self.given_preference_set()
-
-    def given_preference_set(self) -> PreferenceSet:
-        """The ``preference_set`` the user gave, checked against the teacher's text width."""
-        cfg = self.config
-        pset = PreferenceSet.load(os.path.expanduser(cfg.preference_set))
-        width = self.backbone.text_embed_dim
-        if pset.prompt_embeds.shape[-1] != width:
-            raise ConfigError(f"preference_set: its prompt embeddings are "
-                              f"{pset.prompt_embeds.shape[-1]}-wide but the teacher's are {width}; "
-                              "export it with this teacher (rewardkit vote export --teacher)")
-        return pset
+            self.preference_set = load_for_teacher("preference_set", cfg.preference_set,
+                                                   self.backbone.text_embed_dim)
 
     def set_identity(self, spec: str, count: int) -> dict[str, Any]:
         """What a cached preference set must have been built from to be reused (written

@@ -10,7 +10,6 @@ only. Fields are declared with :func:`rewardkit.config.config_field`; every chec
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any, ClassVar, Optional
 from ..config import OURS, REF
 from ..config import config_field as _f
 from ..errors import ConfigError
+from ..models import check_model_location, check_resolution, check_vae_location
 from ..recipes.base import RecipeConfig
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -196,10 +196,8 @@ class TrainingConfig(RecipeConfig):
         from .runtime import check_distributed_engine
 
         self.require_finite()
-        check_teacher_location(self.pretrained_teacher_model)
+        check_model_location(self.pretrained_teacher_model, "pretrained_teacher_model")
         if self.pretrained_vae_model_name_or_path:
-            from ..models import check_vae_location
-
             check_vae_location(self.pretrained_vae_model_name_or_path)
             if "pretrained_vae_model_name_or_path" in self.backbone_params:
                 raise ConfigError("pretrained_vae_model_name_or_path is given twice (also in "
@@ -267,22 +265,6 @@ class TrainingConfig(RecipeConfig):
                               "drop gold_panel and guard_fd_metric")
 
 
-def looks_like_local_path(value: str) -> bool:
-    """True for strings that are clearly filesystem paths rather than hub ids (``org/name``)."""
-    return (value.startswith(("/", "./", "../", "~", "\\")) or value in (".", "..")
-            or value.count("/") > 1 or "\\" in value or (len(value) > 1 and value[1] == ":"))
-
-
-def check_teacher_location(teacher: str, key: str = "pretrained_teacher_model") -> None:
-    """Raise :class:`ConfigError` naming ``key`` if the teacher is missing, or is a local path
-    that does not exist (hub ids are checked when they load)."""
-    if not teacher:
-        raise ConfigError(f"{key} is required (a hub id or a local folder)")
-    path = os.path.expanduser(teacher)
-    if looks_like_local_path(path) and not Path(path).exists():
-        raise ConfigError(f"{key}: '{teacher}' looks like a local path but does not exist")
-
-
 def check_resume_keys(resume: str | None, output_dir: str, overwrite: bool) -> None:
     """``resume_from_checkpoint`` is 'latest' or an existing checkpoint folder (a path, or a
     name inside ``output_dir``), and is not combined with ``overwrite_output_dir``."""
@@ -312,17 +294,13 @@ def check_component(key: str, kind: str, name: str, params: dict[str, Any] | Non
         if reserved and param in reserved:
             raise ConfigError(f"{params_key}: '{param}' is set by the recipe; use "
                               f"--{reserved[param]} instead")
-    from ..components import _accepts_var_kwargs
-
-    known = {p.name for p in spec.params}
-    if not _accepts_var_kwargs(spec.factory):
-        unknown = sorted(set(params or {}) - known - set(reserved or {}))
-        if unknown:
-            takes = sorted(known - set(reserved or {}))
-            raise ConfigError(f"{params_key}: {kind} '{name}' takes no parameter "
-                              f"{', '.join(repr(u) for u in unknown)}; "
-                              + (f"it takes {', '.join(takes)}" if takes else
-                                 "it takes no extra parameters"))
+    unknown = [p for p in spec.unknown_params(params or {}) if p not in (reserved or {})]
+    if unknown:
+        takes = sorted({p.name for p in spec.params} - set(reserved or {}))
+        raise ConfigError(f"{params_key}: {kind} '{name}' takes no parameter "
+                          f"{', '.join(repr(u) for u in unknown)}; "
+                          + (f"it takes {', '.join(takes)}" if takes else
+                             "it takes no extra parameters"))
 
 
 def check_named(config: Any, key: str, kind: str, *, loaded_into: str | None = None,
@@ -369,52 +347,6 @@ def check_reward_and_proxy(config: Any) -> None:
     if not is_given(config, "reward") and getattr(
             get_host().get("reward", config.reward).factory, "differentiable", True) is False:
         raise ConfigError(not_differentiable(config.reward))
-
-
-def read_model_config(path: Path) -> dict[str, Any]:
-    """A ``config.json`` of a local model folder; ConfigError names a missing or damaged one."""
-    if not path.is_file():
-        raise ConfigError(f"the teacher has no '{path}'; is it a complete diffusers pipeline "
-                          "folder (as save_pretrained writes it)?")
-    try:
-        data = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ConfigError(f"'{path}' is unreadable (truncated or not JSON: {error}); restore "
-                          "the teacher's files") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"'{path}' is not a JSON object; restore the teacher's files")
-    return data
-
-
-def check_resolution(teacher: str, resolution: int, key: str = "resolution") -> None:
-    """For a local teacher folder, before anything loads: ``resolution`` must be a multiple of the
-    VAE's downscale factor (else the VAE silently drops the remainder), and large enough that the
-    UNet's down blocks still have a latent pixel to halve; a transformer teacher (SD3's
-    ``transformer/``) needs latents that are a multiple of its patch size. Hub ids are checked
-    when they load."""
-    path = Path(os.path.expanduser(teacher))
-    if not (path / "model_index.json").is_file():
-        return
-    vae = read_model_config(path / "vae" / "config.json")
-    factor = 2 ** (len(vae.get("block_out_channels") or [0]) - 1)
-    if (path / "transformer" / "config.json").is_file() and not (path / "unet").is_dir():
-        patch = int(read_model_config(path / "transformer" / "config.json").get("patch_size") or 1)
-        step = factor * patch
-        if resolution % step:
-            raise ConfigError(
-                f"{key} {resolution} does not fit the teacher '{teacher}': it must be a multiple "
-                f"of {step} (the VAE's downscale factor {factor} times the transformer's patch "
-                f"size {patch}); try {key} {max(step, round(resolution / step) * step)}")
-        return
-    unet = read_model_config(path / "unet" / "config.json")
-    halvings = max(len(unet.get("down_block_types") or [0]) - 1, 0)
-    smallest = factor * 2 ** halvings
-    if resolution % factor or resolution < smallest:
-        fits = max(smallest, round(resolution / factor) * factor)
-        raise ConfigError(
-            f"{key} {resolution} does not fit the teacher '{teacher}': it must be a multiple of "
-            f"{factor} (the VAE's downscale factor) and at least {smallest} (the UNet halves the "
-            f"latents {halvings} times); try {key} {fits}")
 
 
 def _choice(key: str, value: str, options: tuple[str, ...]) -> None:

@@ -1,28 +1,13 @@
 """The one training loop every training recipe runs on: everything that is not the algorithm.
 
-A recipe subclasses :class:`TrainingLoop` and writes only its algorithm::
-
-    class MyRecipe(TrainingLoop):
-        name = "my-recipe"
-        Config = MyConfig                      # extends rewardkit.training.TrainingConfig
-
-        def build_models(self):                # self.backbone is loaded
-            self.student = ...                 # whatever the algorithm needs
-            return self.student                # the module the optimiser trains
-
-        def losses(self, batch):               # named scalar terms; the loop sums them
-            return {"my_loss": ...}
-
-The loop owns the rest, in this order (:meth:`TrainingLoop.setup`, :meth:`TrainingLoop.train_step`,
-:meth:`TrainingLoop.run`): the output folder's protection, the ``accelerate.Accelerator``
-(data parallel, DeepSpeed, mixed precision), seeding, the teacher backbone, the optimiser and
-its LR schedule, wrapping the trained module, the data (a recipe says what a batch holds:
-:attr:`TrainingLoop.batch_kind`), the checkpointed step generator, resume, the micro-batches of
-gradient accumulation with backward, clipping and the optimiser step, the deferred non-finite
-checks (one host read per step, :mod:`rewardkit.checks`), ``metrics.jsonl`` and the trackers, a
-progress line showing :attr:`TrainingLoop.progress_keys`, validation, atomic checkpoints and the
-final export. The hooks a recipe may override are the methods of the first section below,
-each saying when it runs; ``docs/training.md`` ("Writing a recipe") walks through them.
+A recipe subclasses :class:`TrainingLoop`, names itself (``name``) and its config (``Config``,
+extending :class:`~rewardkit.training.config.TrainingConfig`), and implements ``build_models``
+and ``losses``; the other hooks, in the class's first section, are optional. The loop owns the
+rest: accelerate (data parallel, DeepSpeed, mixed precision), seeding, the teacher backbone, the
+optimiser and its schedule, the data (:attr:`TrainingLoop.batch_kind`), accumulation and
+clipping, the deferred non-finite checks, metrics and the progress line, validation, the guard,
+atomic checkpoints with exact resume and the final export. ``docs/training.md`` ("Writing a
+recipe") walks through it.
 
 Why a base class and not a loop object the recipe is handed: the recipe's state (its models, the
 last step's outputs) then lives on ``self``, as in trl's trainers, and an algorithm is a few short
@@ -43,13 +28,14 @@ from torch import nn
 from ..checks import deferred, nonfinite_count, require
 from ..distributed import average_gradients, broadcast_flag
 from ..errors import ConfigError
+from ..progress import ProgressBar
 from ..recipes.base import Recipe
 from .checkpoint import (check_resume_step, load_rank_state, read_trainer_state, resolve_resume,
                          restoring, save_checkpoint, save_rank_state)
 from .config import TrainingConfig
 from .errors import TrainingError, naming_out_of_memory
 from .guard import HackingGuard
-from .metrics import TrainingProgress, start_logging, write_run_config
+from .metrics import start_logging, write_run_config
 from .optim import build_lr_scheduler, build_optimizer
 from .output_dir import check_output_dir, clear_for_overwrite
 from .remote_failures import naming_the_step_of_remote_failures
@@ -618,7 +604,7 @@ class TrainingLoop(Recipe):
             if initial:
                 self.log(initial)
         try:
-            with TrainingProgress(total, min(self.global_step, total), keys=self.progress_keys,
+            with ProgressBar(total, min(self.global_step, total), keys=self.progress_keys,
                                   enabled=progress and acc.is_main_process) as bar:
                 while self.global_step < total:
                     started, cpu_started = time.perf_counter(), time.process_time()

@@ -196,7 +196,7 @@ class Study:
         seeds, resumable: images already on disk are kept); returns :meth:`save`'s note."""
         from ..evaluation.prompt_sets import PromptSet
         from ..evaluation.runner import Evaluation, ModelSpec
-        from ..training.metrics import TrainingProgress
+        from ..progress import ProgressBar
 
         note = self.save()
         prompt_set = PromptSet(self.prompt_set or "study", self.prompts, self.categories)
@@ -207,7 +207,7 @@ class Study:
         if not missing:
             return note
         done = [0]
-        with TrainingProgress(missing, 0, enabled=progress, keys=(), label="sample",
+        with ProgressBar(missing, 0, enabled=progress, keys=(), label="sample",
                               unit="image") as bar:
             def advance(count: int) -> None:
                 done[0] += count

@@ -49,7 +49,7 @@ def default_rg_lcd_overrides(assets_root: str | Path | None = None,
     """Config overrides of ``rg-lcd`` for the embedded world (LRM learning from ``world-judge``).
 
     ``assets_root`` points at another built world (default: the shipped assets). Every value is
-    an ordinary :class:`~rewardkit.recipes.rg_lcd.RGLCDConfig` key, so a user can override any of
+    an ordinary :class:`~rewardkit.recipes.rg_lcd_config.RGLCDConfig` key, so a user can override any of
     them on the command line.
     """
     root = Path(assets_root) if assets_root is not None else None

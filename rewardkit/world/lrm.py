@@ -84,8 +84,8 @@ def pretrain_world_lrm(teacher: str | Path, out: str | Path, work: str | Path, *
     ``work`` holds the run (metrics, preference sets) and is removed afterwards. The summary has
     the steps and the held-out accuracy measured at the end (``proxy_heldout_accuracy*``).
     """
-    from ..recipes.lrm_pretrain import (PREFERENCE_SET_DIR, PROXY_DIR, LRMPretrainConfig,
-                                        LRMPretrainRecipe)
+    from ..recipes.lrm_pretrain import PREFERENCE_SET_DIR, PROXY_DIR, LRMPretrainRecipe
+    from ..recipes.lrm_pretrain_config import LRMPretrainConfig
     from ..config import load_config
     from ..training.metrics import read_metrics
 
