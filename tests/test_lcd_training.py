@@ -405,6 +405,9 @@ def test_max_train_minutes_stops_with_its_sentence_saves_and_a_resume_keeps_the_
     resumed.run(progress=False)
     assert resumed.global_step == 2  # one more step, then the (already spent) budget stops it
     assert resumed.train_seconds > spent
+    # what the progress line's ETA is capped by: the budget's seconds left (none are)
+    assert resumed.budget_left() == pytest.approx(60 * 1e-9 - resumed.train_seconds)
+    assert resumed.budget_left() < 0
     cpu = LCDRecipe(config(assets, tmp_path / "cpu", max_train_steps=4, max_train_minutes=1e-9,
                            train_time_clock="process"))
     cpu.run(progress=False)

@@ -18,7 +18,7 @@ def test_a_log_file_gets_plain_lines_first_periodically_and_last(monkeypatch):
     monkeypatch.setattr("time.monotonic", lambda: next(clock))
     console = Console(file=io.StringIO(), force_terminal=False, width=200)
     with ProgressBar(5, console=console, keys=("lcd_loss", "step_time"),
-                          line_every_seconds=30) as bar:
+                     line_every_seconds=30) as bar:
         for step in range(1, 6):
             bar.update(step, {"lcd_loss": 0.25, "step_time": 0.5})
     lines = lines_of(console)
@@ -27,6 +27,17 @@ def test_a_log_file_gets_plain_lines_first_periodically_and_last(monkeypatch):
     assert lines[1].startswith("step 4/5 (80%) lcd_loss 0.25  s/step 0.5 | 0.10 steps/s | ")
     assert "steps/s | elapsed 0:00:40 | ETA 0:00:" in lines[1]
     assert "\x1b[" not in console.file.getvalue()  # no control codes in a log
+
+
+def test_a_time_budget_caps_the_eta(monkeypatch):
+    clock = iter([0.0, 10.0, 20.0])  # set-up, then one reading per step: 0.1 steps/s
+    monkeypatch.setattr("time.monotonic", lambda: next(clock))
+    console = Console(file=io.StringIO(), force_terminal=False, width=200)
+    with ProgressBar(100, console=console, line_every_seconds=0) as bar:
+        bar.update(1, {})  # 99 steps at 0.1 steps/s: 990 s
+        bar.update(2, {}, seconds_left=125.0)  # the budget ends the run first
+    first, second = lines_of(console)
+    assert first.endswith("ETA 0:16:30") and second.endswith("ETA 0:02:05")
 
 
 def test_a_terminal_gets_the_bar_and_no_plain_lines():

@@ -580,6 +580,12 @@ class TrainingLoop(Recipe):
         scored = getattr(self.trained_reward_model(), "images_scored", 0)
         return self.expert_images_before + int(scored)
 
+    def budget_left(self) -> float | None:
+        """Seconds of ``max_train_minutes`` not yet spent (on ``train_time_clock``), or None
+        without a budget: the progress line's ETA is capped by it."""
+        budget = self.config.max_train_minutes
+        return None if budget is None else 60.0 * budget - self.train_seconds
+
     def out_of_time(self) -> bool:
         """Whether ``max_train_minutes`` of training steps are spent (the main process's clock
         decides for every process), said once."""
@@ -617,7 +623,7 @@ class TrainingLoop(Recipe):
                                            else time.process_time() - cpu_started)
                     if self.trained_reward_model() is not None:
                         metrics["expert_images"] = self.expert_images()
-                    bar.update(self.global_step, metrics)
+                    bar.update(self.global_step, metrics, self.budget_left())
                     stop = self.out_of_time()
                     if self.validation_due(self.global_step):
                         if acc.is_main_process:
