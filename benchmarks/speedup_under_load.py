@@ -108,7 +108,7 @@ def busy(count: int) -> list[subprocess.Popen]:
 
 def loadavg() -> float | None:
     try:
-        return os.getloadavg()[0]
+        return round(os.getloadavg()[0], 2)
     except OSError:
         return None
 
