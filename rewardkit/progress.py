@@ -42,7 +42,8 @@ class ProgressBar:
         self.total, self.start = total, start
         self.progress = Progress(
             TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+            TextColumn("ETA {task.fields[eta]}"),
             disable=not enabled, transient=False, console=console)
         self.lines = enabled and not self.progress.console.is_terminal
         if self.lines:

@@ -367,5 +367,5 @@ def build_preference_set(backbone: Any, expert: ExpertFn, latents: torch.Tensor,
                                "student_steps": list(student_steps) if student is not None else []})
 
 
-__all__ = ["PreferenceSet", "build_preference_set", "check_saved_set", "load_for_teacher", "preference_accuracy", "proxy_scores",
-           "agreement", "scores_accuracy", "other_latent_size", "teacher_ddim_latents", "GEN_VS_GEN", "GEN_VS_GT", "GROUND_TRUTH"]
+__all__ = ["PreferenceSet", "build_preference_set", "check_saved_set", "load_for_teacher",
+           "preference_accuracy", "proxy_scores", "agreement", "scores_accuracy", "other_latent_size", "teacher_ddim_latents", "GEN_VS_GEN", "GEN_VS_GT", "GROUND_TRUTH"]
