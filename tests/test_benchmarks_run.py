@@ -44,14 +44,16 @@ def test_bench_vs_diffusers_computes_the_peers_loss(tmp_path, recipe):
             assert len(result["rounds_s"][f"{row}/{side}"]) == 1
 
 
-def test_check_compile_finds_eagers_gradients_and_losses(tmp_path):
-    result = run("check_compile.py", "--backend", "aot_eager", "--steps", "2", "--threads", "1",
-                 out=tmp_path / "c.json")
+def test_check_compile_finds_eagers_gradients(tmp_path):
+    """The gradient check only: its training half (``lcd`` with compile off and on, losses
+    compared) is what ``test_lcd_training.py::test_compile_trains_the_same_student_and_keeps_
+    checkpoint_names`` pins, and compiling twice more here would cost the suite half a minute."""
+    result = run("check_compile.py", "--backend", "aot_eager", "--threads", "1",
+                 "--skip-training", out=tmp_path / "c.json")
     assert result["gradients"]["parameters"] > 100
     assert result["gradients"]["wrong_gradients"] == 0
     assert result["gradients"]["max_relative_difference"] < 1e-5
-    assert result["training"]["max_relative_loss_difference"] < 1e-6
-    assert len(result["training"]["compiled"]["losses"]) == 2
+    assert "training" not in result
 
 
 def test_lrm_losses_trains_every_variant(tmp_path):
