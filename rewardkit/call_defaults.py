@@ -9,18 +9,22 @@ when sampled with the default. ``sampling.json`` in the folder holds such values
     {"max_sequence_length": 1}
 
 The SD3 backbone writes it with a student it saves and reads it as its default; rewardkit's
-samplers (``rewardkit sample``, ``eval``, ``demo``) pass its values to the pipeline call. Plain
+samplers (``rewardkit sample``, ``eval``, ``demo``) pass its values to the pipeline call, for a
+local folder and for a hub id alike. Plain
 diffusers ignores the file: pass the same values yourself (``pipe(..., max_sequence_length=1)``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 #: The file, inside a pipeline folder.
 CALL_DEFAULTS_FILE = "sampling.json"
@@ -40,6 +44,29 @@ def read_call_defaults(folder: str | Path) -> dict[str, Any]:
     path = Path(os.path.expanduser(str(folder))) / CALL_DEFAULTS_FILE
     if not path.is_file():
         return {}
+    return _checked(path)
+
+
+def hub_call_defaults(repo_id: str) -> dict[str, Any]:
+    """The call settings a model on the Hugging Face Hub saved: its ``sampling.json``, fetched
+    through the hub cache (diffusers' ``from_pretrained`` does not fetch it). ``{}`` when the
+    model has none; also ``{}``, with a warning, when the hub cannot say (offline and not
+    cached): the pipeline then samples with diffusers' defaults."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        path = hf_hub_download(repo_id, CALL_DEFAULTS_FILE)
+    except LocalEntryNotFoundError:
+        logger.warning("could not fetch %s of '%s' (offline and not cached); sampling with "
+                       "diffusers' call defaults", CALL_DEFAULTS_FILE, repo_id)
+        return {}
+    except EntryNotFoundError:
+        return {}
+    return _checked(Path(path))
+
+
+def _checked(path: Path) -> dict[str, Any]:
     try:
         values = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -68,5 +95,5 @@ def write_call_defaults(folder: str | Path, values: dict[str, Any]) -> None:
     path.write_text(json.dumps(values, indent=2) + "\n")
 
 
-__all__ = ["CALL_DEFAULTS_FILE", "DIFFUSERS_MAX_SEQUENCE_LENGTH", "KNOWN_KEYS", "read_call_defaults",
-           "write_call_defaults"]
+__all__ = ["CALL_DEFAULTS_FILE", "DIFFUSERS_MAX_SEQUENCE_LENGTH", "KNOWN_KEYS", "hub_call_defaults",
+           "read_call_defaults", "write_call_defaults"]

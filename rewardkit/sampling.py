@@ -100,8 +100,9 @@ def bakes_guidance(model_dir: str | Path) -> bool:
     """Whether a student folder has its guidance baked in: a flow-matching (SD3) student, whose
     transformer has no guidance input, so it was distilled at one guided scale and samples
     without classifier-free guidance (``guidance_scale = 1``). A UNet student (LCM) embeds the
-    scale instead. Read from the folder's scheduler config; a hub id or unreadable config:
-    ``False``."""
+    scale instead. Read from the folder's scheduler config without loading anything; a hub id
+    or unreadable config: ``False`` (:func:`load_pipeline` decides from the loaded scheduler,
+    hub ids included)."""
     import json
 
     config = (Path(os.path.expanduser(str(model_dir))) / "scheduler" / "scheduler_config.json")
@@ -133,13 +134,14 @@ def load_pipeline(model_dir: str | Path, scheduler: str = "lcm", device: str | N
     student) or ``DDIMScheduler`` (``"ddim"``, a teacher). A flow-matching pipeline (SD3) keeps
     its own ``FlowMatch*`` scheduler either way: it is what its student was distilled for and
     what its teacher's Euler sampling is. The call settings the folder's ``sampling.json``
-    records (:mod:`rewardkit.call_defaults`) are kept as ``pipe.rewardkit_call_kwargs`` and
-    passed by :func:`run_pipeline`; a student whose guidance is baked in
-    (:func:`bakes_guidance`) gets ``pipe.rewardkit_baked_guidance = True``, which
-    :func:`run_pipeline` samples without classifier-free guidance."""
+    records (:mod:`rewardkit.call_defaults`; a hub id's is fetched once the model loaded) are kept
+    as ``pipe.rewardkit_call_kwargs`` and passed by :func:`run_pipeline`; a student whose
+    guidance is baked in (its scheduler is a ``FlowMatch*`` one: an SD3 student) gets
+    ``pipe.rewardkit_baked_guidance = True``, which :func:`run_pipeline` samples without
+    classifier-free guidance."""
     from diffusers import DDIMScheduler, DiffusionPipeline, LCMScheduler
 
-    from .call_defaults import read_call_defaults
+    from .call_defaults import hub_call_defaults, read_call_defaults
 
     from .models import (check_pipeline_location, check_student_folder, naming_load_errors,
                          pipeline_dtype_kwarg, resolve_dtype, saved_parts)
@@ -159,8 +161,12 @@ def load_pipeline(model_dir: str | Path, scheduler: str = "lcm", device: str | N
         pipe.safety_checker = None  # a research tool compares raw samples
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(target)
+    if not Path(os.path.expanduser(str(model_dir))).is_dir():  # a hub id: now that it loaded
+        call_kwargs = hub_call_defaults(str(model_dir))
     pipe.rewardkit_call_kwargs = call_kwargs
-    pipe.rewardkit_baked_guidance = scheduler == "lcm" and bakes_guidance(model_dir)
+    # the loaded scheduler decides, so a student given by hub id is covered too
+    flow = type(pipe.scheduler).__name__.startswith("FlowMatch")
+    pipe.rewardkit_baked_guidance = scheduler == "lcm" and flow
     return pipe
 
 

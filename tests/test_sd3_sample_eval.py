@@ -122,3 +122,49 @@ def test_the_demo_session_samples_an_sd3_student_and_teacher(models):
     result = session.generate("a red circle", steps=2, guidance=3.0, seed=1, teacher_steps=2)
     assert result.student.image.size == result.teacher.image.size
     assert (result.student.unet_evaluations, result.teacher.unet_evaluations) == (2, 4)
+
+
+def test_a_student_given_by_hub_id_gets_its_sampling_file_and_no_guidance(models, monkeypatch,
+                                                                          caplog):
+    """The same student as if pushed to the hub: diffusers loads it (here: redirected to the
+    folder) but does not fetch ``sampling.json``, so rewardkit fetches it through the hub cache
+    once the model loaded; the loaded FlowMatch scheduler says its guidance is baked in."""
+    import huggingface_hub
+    from diffusers import DiffusionPipeline
+    from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
+
+    from rewardkit.sampling import _absent_parts
+
+    repo, folder = "someone/tiny-sd3-student", models["student"]
+    original = DiffusionPipeline.from_pretrained.__func__
+
+    def from_hub(cls, name, **kwargs):
+        assert name == repo
+        return original(cls, str(folder), **{**kwargs, **_absent_parts(folder)})
+
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", classmethod(from_hub))
+    fetched = []
+
+    def download(repo_id, filename, **_):
+        fetched.append((repo_id, filename))
+        return str(folder / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    pipe = load_pipeline(repo, "lcm", device="cpu")
+    assert fetched == [(repo, CALL_DEFAULTS_FILE)]
+    assert pipe.rewardkit_call_kwargs == {"max_sequence_length": 16}
+    assert pipe.rewardkit_baked_guidance is True
+
+    def no_file(repo_id, filename, **_):
+        raise EntryNotFoundError(f"{filename} is not in {repo_id}")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_file)
+    assert load_pipeline(repo, "lcm", device="cpu").rewardkit_call_kwargs == {}
+
+    def offline(repo_id, filename, **_):
+        raise LocalEntryNotFoundError("offline and not cached")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with caplog.at_level("WARNING", logger="rewardkit.call_defaults"):
+        assert load_pipeline(repo, "lcm", device="cpu").rewardkit_call_kwargs == {}
+    assert f"could not fetch {CALL_DEFAULTS_FILE} of '{repo}'" in caplog.text

@@ -442,7 +442,8 @@ class Evaluation:
                         / max(earlier.get("images", 0), 1)),
                     "batch_size": self.batch_size, "unet_calls_per_batch": calls / batches,
                     "cfg_passes": passes, "device": str(pipe.device), "dtype": self.dtype,
-                    "size": list(result.images[0].size)}))
+                    "size": list(result.images[0].size),
+                    "guidance_scale": result.guidance_scale}))
                 if progress is not None:
                     progress(len(chunk))
         del pipe
@@ -467,7 +468,8 @@ class Evaluation:
         return {"ms_per_image": 1000.0 * seconds / images if images else float("nan"),
                 "timed_images": images,
                 "unet_calls": int(round(calls)) if records else None,
-                "unet_evaluations": int(round(calls)) * passes if records else None}
+                "unet_evaluations": int(round(calls)) * passes if records else None,
+                "guidance_scale": records[0].get("guidance_scale") if records else None}
 
     def time_rows(self, models: Sequence[ModelSpec]) -> dict[tuple[str, int], list[float]]:
         """Per-round ms/image of every (model, steps) row, timed interleaved
@@ -607,22 +609,27 @@ class Evaluation:
         return results
 
     @staticmethod
-    def sampled_guidance(model: ModelSpec) -> float:
-        """The guidance scale ``model``'s images were sampled at: its own, except for a student
-        whose guidance is baked in (an SD3 student samples without guidance, see
-        :func:`rewardkit.sampling.run_pipeline`)."""
+    def sampled_guidance(model: ModelSpec, recorded: float | None = None) -> float:
+        """The guidance scale ``model``'s images were sampled at: the one their timing record
+        holds (``recorded``, what :func:`rewardkit.sampling.run_pipeline` used), else its own,
+        except for a student folder whose guidance is baked in (an SD3 student samples without
+        guidance)."""
         from ..sampling import bakes_guidance
 
+        if recorded is not None:
+            return float(recorded)
         if model.kind == "student" and bakes_guidance(model.location):
             return 1.0
         return model.guidance_scale
 
     def _row(self, model: ModelSpec, steps: int, scores: dict[str, list[float]],
              distributions: dict[str, float], rounds: list[float] | None = None) -> dict[str, Any]:
+        timing = self.timing(model, steps)
         row: dict[str, Any] = {"model": model.label, "location": model.location,
                                "kind": model.kind, "steps": steps,
-                               "guidance_scale": self.sampled_guidance(model),
-                               "num_images": self.num_images, **self.timing(model, steps)}
+                               "guidance_scale": self.sampled_guidance(
+                                   model, timing.pop("guidance_scale")),
+                               "num_images": self.num_images, **timing}
         if rounds:
             from .timing import summarise
 
