@@ -10,8 +10,8 @@ when sampled with the default. ``sampling.json`` in the folder holds such values
 
 The SD3 backbone writes it with a student it saves and reads it as its default; rewardkit's
 samplers (``rewardkit sample``, ``eval``, ``demo``) pass its values to the pipeline call, for a
-local folder and for a hub id alike. Plain
-diffusers ignores the file: pass the same values yourself (``pipe(..., max_sequence_length=1)``).
+local folder and for a hub id alike. Plain diffusers ignores the file: pass the same values
+yourself (``pipe(..., max_sequence_length=1)``).
 """
 
 from __future__ import annotations

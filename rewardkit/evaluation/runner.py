@@ -559,7 +559,7 @@ class Evaluation:
             range(state.process_index, self.num_images, state.num_processes))
         done = [0]
         with ProgressBar(total, 0, enabled=progress and state.is_main_process,
-                              keys=(), label="sample", unit="image") as bar:
+                         keys=(), label="sample", unit="image") as bar:
             def advance(count: int) -> None:
                 done[0] += count
                 bar.update(done[0], {})

@@ -208,7 +208,7 @@ class Study:
             return note
         done = [0]
         with ProgressBar(missing, 0, enabled=progress, keys=(), label="sample",
-                              unit="image") as bar:
+                         unit="image") as bar:
             def advance(count: int) -> None:
                 done[0] += count
                 bar.update(done[0], {})
