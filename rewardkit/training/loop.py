@@ -589,12 +589,12 @@ class TrainingLoop(Recipe):
     def out_of_time(self) -> bool:
         """Whether ``max_train_minutes`` of training steps are spent (the main process's clock
         decides for every process), said once."""
-        budget = self.config.max_train_minutes
-        if budget is None:
+        left = self.budget_left()
+        if left is None:
             return False
-        spent = broadcast_flag(self.train_seconds >= 60.0 * budget, self.accelerator.device)
+        spent = broadcast_flag(left <= 0, self.accelerator.device)
         if spent:
-            self.print(f"max_train_minutes ({budget:g}) spent after step {self.global_step} "
+            self.print(f"max_train_minutes ({self.config.max_train_minutes:g}) spent after step {self.global_step} "
                        f"({self.train_seconds / 60:.2f} min of training steps, "
                        f"{self.config.train_time_clock} clock); saving the output as it is now")
         return spent
